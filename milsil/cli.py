@@ -1,0 +1,59 @@
+"""The ``milsil`` command line: one sub-command per job.
+
+Each sub-command lives in the module that does its work and exposes
+``register_cli(subparsers)``, which adds its parser and sets ``func`` to a function taking
+the parsed arguments and returning an exit code. Bad input (:class:`MilsilError`) is
+printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from milsil.errors import MilsilError
+
+# Modules that contribute sub-commands, in the order ``--help`` lists them.
+COMMAND_MODULES = (
+    "milsil.synth",
+    "milsil.train",
+    "milsil.evaluate",
+    "milsil.heatmap_cli",
+    "milsil.client_cli",
+    "server.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="milsil",
+        description="MIL-SIL BagNet: weakly supervised histology classification with exact logit heatmaps.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that part is not installed in this build
+                continue
+            raise
+        module.register_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MilsilError as exc:
+        print(f"milsil {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"milsil {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Bag models: a patch feature extractor, bag pooling, and one linear classifier.
+
+The paper's three BagNet variants differ only in which outputs are trained:
+
+* ``sil``    -- BagNet: every patch is classified with its bag's label.
+* ``mil``    -- MILBagNet: the mean of a bag's patch feature vectors is classified.
+* ``milsil`` -- the proposed model: both, through ONE shared Linear layer.
+
+Because the classifier is linear, the MIL logits equal the mean of the SIL logits; every
+head can therefore give both outputs at inference, and the head only decides the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+HEADS = ("sil", "mil", "milsil")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class BagOutput:
+    """What every model returns for ``bags`` of shape ``[B, N, 3, h, w]``.
+
+    ``sil_logits`` ``[B, N, C]`` (None only for models without per-patch outputs),
+    ``mil_logits`` ``[B, C]``, ``attention`` ``[B, N]`` for attention MIL, else None.
+    """
+
+    sil_logits: torch.Tensor | None
+    mil_logits: torch.Tensor
+    attention: torch.Tensor | None = None
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model: stored in every checkpoint."""
+
+    arch: str
+    num_classes: int = 2
+    head: str = "milsil"
+    width: int = 64
+    class_names: list[str] = field(default_factory=list)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "head": self.head,
+            "width": self.width,
+            "class_names": list(self.class_names),
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        return cls(
+            arch=str(d["arch"]),
+            num_classes=int(d["num_classes"]),
+            head=str(d["head"]),
+            width=int(d["width"]),
+            class_names=[str(c) for c in d["class_names"]],
+            mean=tuple(float(v) for v in d["mean"]),
+            std=tuple(float(v) for v in d["std"]),
+        )
+
+
+class ConfiguredModel(nn.Module):
+    """Base for all milsil models: knows its config, classes, normalization, receptive field."""
+
+    config: ModelConfig
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.class_names)
+
+    @property
+    def head(self) -> str:
+        return self.config.head
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return tuple(self.config.mean), tuple(self.config.std)
+
+    @property
+    def receptive_field(self) -> int | None:
+        """Side of the square input window one output sees; None when it is the whole image."""
+        return None
+
+
+class MilSilNet(ConfiguredModel):
+    """Feature extractor + global average pool + one shared linear classifier."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.fc = nn.Linear(feature_dim, config.num_classes)
+
+    @property
+    def receptive_field(self) -> int | None:
+        return getattr(self.backbone, "receptive_field", None)
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """``[M, 3, h, w] -> [M, D, h', w']``: the last convolutional feature map."""
+        return self.backbone(images)
+
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``[M, 3, h, w] -> [M, D]``: spatial mean of the feature map (BagNet's pooling)."""
+        return self.feature_map(images).mean(dim=(2, 3))
+
+    def forward(self, bags: torch.Tensor) -> BagOutput:
+        b, n = bags.shape[:2]
+        features = self.patch_features(bags.flatten(0, 1)).view(b, n, -1)
+        return BagOutput(sil_logits=self.fc(features), mil_logits=self.fc(features.mean(dim=1)))
+
+
+class DenseNetFeatures(nn.Module):
+    """torchvision's DenseNet-161 body with a final ReLU, scaled by ``width`` (64 = original)."""
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        from torchvision.models.densenet import DenseNet
+
+        growth = max(4, 48 * width // 64)
+        net = DenseNet(
+            growth_rate=growth,
+            block_config=(6, 12, 36, 24),
+            num_init_features=2 * growth,
+            num_classes=1,
+        )
+        self.features = net.features
+        self.out_channels = net.classifier.in_features
+        self.receptive_field = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.features(x))
+
+
+class AttentionMIL(ConfiguredModel):
+    """Attention-based deep MIL (Ilse, Tomczak & Welling, ICML 2018), plain or gated.
+
+    Patches go through a small LeNet-style extractor (as in Ilse et al.), then attention
+    weights ``a_i = softmax(w^T tanh(V h_i))`` (gated: ``* sigmoid(U h_i)``) pool them.
+    It has no per-patch classifier, so ``sil_logits`` is None.
+    """
+
+    def __init__(self, config: ModelConfig, gated: bool) -> None:
+        super().__init__()
+        self.config = config
+        c1, c2 = max(4, 20 * config.width // 64), max(8, 50 * config.width // 64)
+        embed, attn = max(16, 500 * config.width // 64), max(8, 128 * config.width // 64)
+        self.extractor = nn.Sequential(
+            nn.Conv2d(3, c1, 5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(c1, c2, 5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(c2, embed),
+            nn.ReLU(inplace=True),
+        )
+        self.attention_v = nn.Linear(embed, attn)
+        self.attention_u = nn.Linear(embed, attn) if gated else None
+        self.attention_w = nn.Linear(attn, 1)
+        self.fc = nn.Linear(embed, config.num_classes)
+
+    def forward(self, bags: torch.Tensor) -> BagOutput:
+        b, n = bags.shape[:2]
+        h = self.extractor(bags.flatten(0, 1)).view(b, n, -1)
+        gate = torch.tanh(self.attention_v(h))
+        if self.attention_u is not None:
+            gate = gate * torch.sigmoid(self.attention_u(h))
+        attention = torch.softmax(self.attention_w(gate).squeeze(-1), dim=1)
+        pooled = (attention.unsqueeze(-1) * h).sum(dim=1)
+        return BagOutput(sil_logits=None, mil_logits=self.fc(pooled), attention=attention)
