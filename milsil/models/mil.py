@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from milsil.errors import MilsilError
+
 HEADS = ("sil", "mil", "milsil")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -76,6 +78,23 @@ class ConfiguredModel(nn.Module):
     """Base for all milsil models: knows its config, classes, normalization, receptive field."""
 
     config: ModelConfig
+    # Smallest patch side the architecture accepts (BagNets: their receptive field).
+    min_patch_size: int = 32
+
+    def check_bags(self, bags: torch.Tensor) -> None:
+        """Reject malformed input with a message naming the expected layout."""
+        if not isinstance(bags, torch.Tensor) or bags.ndim != 5 or bags.shape[2] != 3:
+            shape = tuple(bags.shape) if isinstance(bags, torch.Tensor) else type(bags).__name__
+            raise MilsilError(
+                f"bags must be a float tensor [B, N, 3, h, w] (B bags of N RGB patches), got {shape}"
+            )
+        if not bags.is_floating_point():
+            raise MilsilError(f"bags must be normalized floats, got dtype {bags.dtype}")
+        if min(bags.shape[-2:]) < self.min_patch_size:
+            raise MilsilError(
+                f"patches are {bags.shape[-1]}x{bags.shape[-2]} pixels; {self.config.arch} needs "
+                f"at least {self.min_patch_size}x{self.min_patch_size}"
+            )
 
     @property
     def class_names(self) -> list[str]:
@@ -108,6 +127,10 @@ class MilSilNet(ConfiguredModel):
     def receptive_field(self) -> int | None:
         return getattr(self.backbone, "receptive_field", None)
 
+    @property
+    def min_patch_size(self) -> int:  # type: ignore[override]
+        return self.receptive_field or 32
+
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         """``[M, 3, h, w] -> [M, D, h', w']``: the last convolutional feature map."""
         return self.backbone(images)
@@ -117,6 +140,7 @@ class MilSilNet(ConfiguredModel):
         return self.feature_map(images).mean(dim=(2, 3))
 
     def forward(self, bags: torch.Tensor) -> BagOutput:
+        self.check_bags(bags)
         b, n = bags.shape[:2]
         features = self.patch_features(bags.flatten(0, 1)).view(b, n, -1)
         return BagOutput(sil_logits=self.fc(features), mil_logits=self.fc(features.mean(dim=1)))
@@ -174,7 +198,10 @@ class AttentionMIL(ConfiguredModel):
         self.attention_w = nn.Linear(attn, 1)
         self.fc = nn.Linear(embed, config.num_classes)
 
+    min_patch_size = 16  # two 5x5 convs and two 2x2 pools must leave a 1x1 map
+
     def forward(self, bags: torch.Tensor) -> BagOutput:
+        self.check_bags(bags)
         b, n = bags.shape[:2]
         h = self.extractor(bags.flatten(0, 1)).view(b, n, -1)
         gate = torch.tanh(self.attention_v(h))

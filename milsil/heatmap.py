@@ -1,0 +1,377 @@
+"""Per-pixel class-logit heatmaps (the paper's visualisation), CAM and Grad-CAM.
+
+The paper defines the logit heatmap window by window: for every pixel, crop the
+receptive-field window centred on it, run the network with the MIL branch off, and put the
+class logits at that pixel. :func:`naive_logit_heatmap` does exactly that (it is the
+reference the tests and the benchmark compare against).
+
+:func:`logit_heatmap` computes the same numbers densely. A BagNet is a stack of valid
+(unpadded) convolutions, so running it on a whole region gives the logits of every window
+on an 8-pixel grid. To get a finer grid, strides are turned into dilations (the
+"a trous" trick): a conv that had stride 2 now has stride 1, and every later kxk conv
+has its dilation doubled, so each output still sees exactly the pixels of its window.
+The residual crop at the bottom/right keeps the same top-left alignment. BatchNorm is
+folded into the convolutions and the classifier is a 1x1 conv, so the whole heatmap is
+one convolutional pass per tile, with no windows cropped and no work repeated.
+
+Border policy: pixels outside the given image are zero in normalized space (the
+normalization mean colour). A caller who has real context pixels around the region of
+interest passes them in and says how many with ``margin``: the heatmap then covers only
+the interior, and windows at its border see the real neighbours (this is how tiles and
+slide regions are stitched without seams).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from milsil.errors import MilsilError
+from milsil.models.bagnet import BagNet, Bottleneck
+from milsil.models.mil import ConfiguredModel, MilSilNet
+
+# Largest intermediate activation one tile may hold (bytes): keeps memory bounded for
+# regions of any size.
+TILE_ACTIVATION_BUDGET = 256 * 2**20
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def prepare_image(model: ConfiguredModel, image: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Validate ``image`` and return it as a normalized float32 tensor ``[3, H, W]``.
+
+    Accepts a uint8 ``H x W x 3`` array/tensor (normalized with the model's own mean/std)
+    or an already normalized float ``[3, H, W]`` tensor.
+    """
+    if isinstance(image, np.ndarray) or (
+        isinstance(image, torch.Tensor) and image.dtype == torch.uint8
+    ):
+        pixels = np.asarray(image)
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise MilsilError(
+                "image must be RGB: an H x W x 3 uint8 array or a normalized float tensor "
+                f"[3, H, W]; got an array of shape {tuple(pixels.shape)} and dtype {pixels.dtype}"
+            )
+        from milsil.data import to_tensor
+
+        mean, std = model.normalization
+        return to_tensor(pixels, mean, std)
+    if not isinstance(image, torch.Tensor):
+        raise MilsilError(f"image must be a numpy array or a torch tensor, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
+        raise MilsilError(
+            "image must be RGB: a normalized float tensor [3, H, W] or an H x W x 3 uint8 "
+            f"array; got a tensor of shape {tuple(image.shape)} and dtype {image.dtype}"
+        )
+    if not torch.isfinite(image).all():
+        raise MilsilError("image contains NaN or infinite values")
+    return image.float()
+
+
+def _bagnet_of(model: ConfiguredModel) -> BagNet:
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(model, MilSilNet) or not isinstance(backbone, BagNet):
+        raise MilsilError(
+            f"per-pixel logit heatmaps need a BagNet (bagnet9, bagnet17, bagnet33); "
+            f"{model.config.arch} has no bounded receptive field: use cam() or gradcam()"
+        )
+    return backbone
+
+
+def _check_stride(stride: int) -> int:
+    if not isinstance(stride, (int, np.integer)) or isinstance(stride, bool) or stride < 1:
+        raise MilsilError(f"stride must be a positive integer (1 = every pixel, 8 = preview), got {stride!r}")
+    return int(stride)
+
+
+# ------------------------------------------------------------------ the dense network
+
+
+@dataclass
+class _Conv:
+    """A convolution with BatchNorm folded in, and the stride/dilation it runs with."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    stride: int
+    dilation: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, stride=self.stride, dilation=self.dilation)
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
+    weight = conv.weight.detach()
+    bias = torch.zeros(weight.shape[0], device=weight.device, dtype=weight.dtype)
+    if bn is not None:
+        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+        weight = weight * scale[:, None, None, None]
+        bias = bn.bias.detach() - bn.running_mean * scale
+    return weight, bias
+
+
+class _StrideSchedule:
+    """Tracks which strides are kept and the dilation that replaces the others.
+
+    Strides are kept, first to last, while their product divides ``base``; a removed
+    stride multiplies the dilation of every later kxk conv instead.
+    """
+
+    def __init__(self, base: int) -> None:
+        self.remaining = base
+        self.dilation = 1
+
+    def conv(self, weight: torch.Tensor, bias: torch.Tensor, stride: int) -> _Conv:
+        # A 1x1 conv needs no dilation (and oneDNN runs it on a slower path if given one).
+        dilation = self.dilation if weight.shape[-1] > 1 else 1
+        keep = stride > 1 and self.remaining % stride == 0
+        return _Conv(weight, bias, stride if keep else 1, dilation)
+
+    def advance(self, stride: int) -> None:
+        if stride == 1:
+            return
+        if self.remaining % stride == 0:
+            self.remaining //= stride
+        else:
+            self.dilation *= stride
+
+
+class _DenseBlock:
+    def __init__(self, block: Bottleneck, schedule: _StrideSchedule) -> None:
+        stride = block.conv2.stride[0]
+        self.conv1 = schedule.conv(*_fold(block.conv1, block.bn1), 1)
+        self.conv2 = schedule.conv(*_fold(block.conv2, block.bn2), stride)
+        self.downsample = None
+        if block.downsample is not None:
+            self.downsample = schedule.conv(*_fold(block.downsample[0], block.downsample[1]), stride)
+        schedule.advance(stride)
+        self.conv3 = schedule.conv(*_fold(block.conv3, block.bn3), 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        residual = x if self.downsample is None else self.downsample(x)
+        out = torch.relu_(self.conv1(x))
+        out = torch.relu_(self.conv2(out))
+        out = self.conv3(out)
+        h, w = out.shape[-2:]
+        return torch.relu_(out.add_(residual[..., :h, :w]))
+
+
+class DenseLogitNet:
+    """A BagNet + classifier turned into one fully convolutional logit map at ``base`` stride.
+
+    ``base`` must divide the BagNet's output stride (1, 2, 4 or 8). The input is a padded
+    region; output ``[i, j]`` is the logits of the window whose top-left input pixel is
+    ``(i*base, j*base)``.
+    """
+
+    def __init__(self, model: MilSilNet, base: int, dtype: torch.dtype = torch.float32) -> None:
+        bagnet = _bagnet_of(model)
+        if bagnet.output_stride % base:
+            raise ValueError(f"base stride {base} must divide {bagnet.output_stride}")
+        self.base = base
+        self.receptive_field = bagnet.receptive_field
+        schedule = _StrideSchedule(base)
+        # The stem's 1x1 (no bias, no BN) and 3x3 convs compose into one 3x3 conv.
+        w1 = bagnet.conv1.weight.detach()[:, :, 0, 0]
+        w2, b2 = _fold(bagnet.conv2, bagnet.bn1)
+        stem = torch.einsum("omhw,mi->oihw", w2, w1)
+        self.stem = schedule.conv(stem, b2, 1)
+        self.blocks = [
+            _DenseBlock(block, schedule)
+            for layer in (bagnet.layer1, bagnet.layer2, bagnet.layer3, bagnet.layer4)
+            for block in layer
+        ]
+        fc = model.fc
+        self.classifier = _Conv(fc.weight.detach()[:, :, None, None], fc.bias.detach(), 1, 1)
+        if dtype != torch.float32:
+            for conv in self._convs():
+                conv.weight = conv.weight.to(dtype)
+                conv.bias = conv.bias.to(dtype)
+        for conv in self._convs():
+            conv.weight = conv.weight.contiguous(memory_format=torch.channels_last)
+
+    def _convs(self) -> Iterator[_Conv]:
+        yield self.stem
+        for block in self.blocks:
+            yield from (c for c in (block.conv1, block.conv2, block.conv3, block.downsample) if c)
+        yield self.classifier
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` padded input -> ``[B, C, (H-RF)//base+1, (W-RF)//base+1]``."""
+        x = x.to(self.stem.weight.dtype).contiguous(memory_format=torch.channels_last)
+        x = torch.relu_(self.stem(x))
+        for block in self.blocks:
+            x = block(x)
+        return self.classifier(x)
+
+
+def output_size(length: int, stride: int) -> int:
+    """Number of heatmap samples along an axis of ``length`` pixels: ceil(length / stride)."""
+    return -(-length // stride)
+
+
+# ------------------------------------------------------------------ the public API
+
+
+def logit_heatmap(
+    model: ConfiguredModel,
+    image: torch.Tensor | np.ndarray,
+    stride: int = 1,
+    margin: int = 0,
+    tile: int | None = None,
+    device: torch.device | str | None = None,
+    bf16: bool = False,
+) -> torch.Tensor:
+    """Class-logit heatmap: ``[C, ceil(H'/stride), ceil(W'/stride)]`` float32 on the CPU.
+
+    Element ``[c, i, j]`` is the class-``c`` logit of the receptive-field window centred on
+    interior pixel ``(i*stride, j*stride)``; ``H' = H - 2*margin`` (see the module
+    docstring for the border policy). ``tile`` is the output side of one tile (default:
+    chosen to keep activations under :data:`TILE_ACTIVATION_BUDGET`); the result does not
+    depend on it. ``bf16`` runs under bfloat16 autocast (about 2x faster on CPUs with
+    AVX-512 BF16, logits within about 1e-2).
+    """
+    model.eval()
+    stride = _check_stride(stride)
+    bagnet = _bagnet_of(model)
+    x = prepare_image(model, image)
+    rf = bagnet.receptive_field
+    margin = int(margin)
+    height, width = x.shape[1] - 2 * margin, x.shape[2] - 2 * margin
+    if margin < 0 or height < 1 or width < 1:
+        raise MilsilError(
+            f"margin {margin} leaves no interior in a {x.shape[1]}x{x.shape[2]} image; "
+            "margin must be >= 0 and less than half the image side"
+        )
+    if min(x.shape[1], x.shape[2]) < rf:
+        raise MilsilError(
+            f"image is {x.shape[2]}x{x.shape[1]} pixels; a {model.config.arch} heatmap needs at "
+            f"least {rf}x{rf} (its receptive field)"
+        )
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    base = math.gcd(stride, bagnet.output_stride)
+    step = stride // base
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    net = DenseLogitNet(model.to(device), base, dtype=dtype)
+
+    # Pad so that every interior pixel has a full window; real context replaces padding.
+    half = rf // 2
+    pad = max(0, half - margin)
+    x = F.pad(x, (pad, pad, pad, pad))
+    origin = margin + pad - half  # padded-image offset of the window of interior pixel (0, 0)
+    out_h, out_w = output_size(height, stride), output_size(width, stride)
+    if tile is None:
+        tile = _default_tile(model, base, step)
+    tile = max(1, int(tile))
+
+    result = torch.empty(model.config.num_classes, out_h, out_w, dtype=torch.float32)
+    for r0 in range(0, out_h, tile):
+        for c0 in range(0, out_w, tile):
+            th, tw = min(tile, out_h - r0), min(tile, out_w - c0)
+            # Window top-lefts of this tile, in padded-image pixels.
+            y0, x0 = origin + r0 * stride, origin + c0 * stride
+            y1 = y0 + (th - 1) * stride + rf
+            x1 = x0 + (tw - 1) * stride + rf
+            crop = x[:, y0:y1, x0:x1].unsqueeze(0).to(device)
+            logits = net(crop)[0, :, ::step, ::step][:, :th, :tw]
+            result[:, r0 : r0 + th, c0 : c0 + tw] = logits.float().cpu()
+    return result
+
+
+def _default_tile(model: ConfiguredModel, base: int, step: int) -> int:
+    widest = model.config.width * 32 * 4  # channels x bytes of the last stage
+    side = int(math.sqrt(TILE_ACTIVATION_BUDGET / widest))  # positions at the base stride
+    return max(8, side // step)
+
+
+def naive_logit_heatmap(
+    model: ConfiguredModel,
+    image: torch.Tensor | np.ndarray,
+    stride: int = 1,
+    batch_size: int = 1000,
+) -> torch.Tensor:
+    """The paper's definition, literally: crop every window, run it as an image.
+
+    Slow (it repeats every shared computation); the reference for tests and benchmarks.
+    """
+    model.eval()
+    stride = _check_stride(stride)
+    rf = _bagnet_of(model).receptive_field
+    x = prepare_image(model, image)
+    half = rf // 2
+    height, width = x.shape[1:]
+    x = F.pad(x, (half, half, half, half))
+    ys = range(0, height, stride)
+    xs = range(0, width, stride)
+    windows = [(i, j) for i in ys for j in xs]
+    device = next(model.parameters()).device
+    out = []
+    with torch.inference_mode():
+        for k in range(0, len(windows), batch_size):
+            batch = torch.stack([x[:, i : i + rf, j : j + rf] for i, j in windows[k : k + batch_size]])
+            out.append(model(batch.unsqueeze(1).to(device)).sil_logits[:, 0].float().cpu())
+    logits = torch.cat(out)
+    return logits.T.reshape(model.config.num_classes, len(ys), len(xs)).contiguous()
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class axis (axis 0) of a logit heatmap."""
+    return torch.softmax(logits, dim=0)
+
+
+# ------------------------------------------------------------------ CAM and Grad-CAM
+
+
+def _feature_model(model: ConfiguredModel) -> MilSilNet:
+    if not isinstance(model, MilSilNet):
+        raise MilsilError(
+            f"CAM and Grad-CAM need a model with a convolutional feature map and a linear "
+            f"classifier; {model.config.arch} has none"
+        )
+    return model
+
+
+def cam(model: ConfiguredModel, image: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Class activation maps (Zhou et al. 2016): ``[C, H, W]``, upsampled bilinearly.
+
+    The classifier applied to each position of the last feature map, the way CAM is usually
+    shown: coarse, and smeared by the upsampling (the paper's Fig. 1 contrast).
+    """
+    net = _feature_model(model).eval()
+    x = prepare_image(model, image)
+    device = next(net.parameters()).device
+    with torch.inference_mode():
+        fmap = net.feature_map(x.unsqueeze(0).to(device))
+        maps = F.conv2d(fmap, net.fc.weight[:, :, None, None], net.fc.bias)
+        return _upsample(maps, x.shape[1:])
+
+
+def gradcam(model: ConfiguredModel, image: torch.Tensor | np.ndarray, class_index: int) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) of one class on the last feature map: ``[H, W]``."""
+    net = _feature_model(model).eval()
+    if not 0 <= class_index < net.config.num_classes:
+        raise MilsilError(f"class_index must be in 0..{net.config.num_classes - 1}, got {class_index}")
+    x = prepare_image(model, image)
+    device = next(net.parameters()).device
+    with torch.enable_grad():
+        fmap = net.feature_map(x.unsqueeze(0).to(device)).detach().requires_grad_(True)
+        score = net.fc(fmap.mean(dim=(2, 3)))[0, class_index]
+        (grad,) = torch.autograd.grad(score, fmap)
+    weights = grad.mean(dim=(2, 3), keepdim=True)
+    heat = torch.relu((weights * fmap.detach()).sum(dim=1, keepdim=True))
+    return _upsample(heat, x.shape[1:])[0]
+
+
+def _upsample(maps: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    up = F.interpolate(maps.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return up[0].cpu()

@@ -1,0 +1,181 @@
+from milsil.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ClassifyBagRequest(_message.Message):
+    __slots__ = ("model", "tiles")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TILES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    tiles: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tile]
+    def __init__(self, model: _Optional[str] = ..., tiles: _Optional[_Iterable[_Union[_common_pb2.Tile, _Mapping]]] = ...) -> None: ...
+
+class TileClassification(_message.Message):
+    __slots__ = ("index", "logits", "probabilities")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    logits: _containers.RepeatedScalarFieldContainer[float]
+    probabilities: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, index: _Optional[int] = ..., logits: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ClassifyBagResponse(_message.Message):
+    __slots__ = ("model", "class_names", "tiles", "bag_logits", "bag_probabilities", "attention", "predicted_class")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    TILES_FIELD_NUMBER: _ClassVar[int]
+    BAG_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    BAG_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    tiles: _containers.RepeatedCompositeFieldContainer[TileClassification]
+    bag_logits: _containers.RepeatedScalarFieldContainer[float]
+    bag_probabilities: _containers.RepeatedScalarFieldContainer[float]
+    attention: _containers.RepeatedScalarFieldContainer[float]
+    predicted_class: str
+    def __init__(self, model: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., tiles: _Optional[_Iterable[_Union[TileClassification, _Mapping]]] = ..., bag_logits: _Optional[_Iterable[float]] = ..., bag_probabilities: _Optional[_Iterable[float]] = ..., attention: _Optional[_Iterable[float]] = ..., predicted_class: _Optional[str] = ...) -> None: ...
+
+class HeatmapConfig(_message.Message):
+    __slots__ = ("model", "region", "stride", "value_type", "include_probabilities")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    region: _common_pb2.Region
+    stride: int
+    value_type: _common_pb2.ValueType
+    include_probabilities: bool
+    def __init__(self, model: _Optional[str] = ..., region: _Optional[_Union[_common_pb2.Region, _Mapping]] = ..., stride: _Optional[int] = ..., value_type: _Optional[_Union[_common_pb2.ValueType, str]] = ..., include_probabilities: _Optional[bool] = ...) -> None: ...
+
+class HeatmapRequest(_message.Message):
+    __slots__ = ("config", "tiles")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    TILES_FIELD_NUMBER: _ClassVar[int]
+    config: HeatmapConfig
+    tiles: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tile]
+    def __init__(self, config: _Optional[_Union[HeatmapConfig, _Mapping]] = ..., tiles: _Optional[_Iterable[_Union[_common_pb2.Tile, _Mapping]]] = ...) -> None: ...
+
+class HeatmapHeader(_message.Message):
+    __slots__ = ("model", "class_names", "rows", "cols", "stride", "step", "origin_x", "origin_y", "value_type", "receptive_field")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_X_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_Y_FIELD_NUMBER: _ClassVar[int]
+    VALUE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    RECEPTIVE_FIELD_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    rows: int
+    cols: int
+    stride: int
+    step: float
+    origin_x: float
+    origin_y: float
+    value_type: _common_pb2.ValueType
+    receptive_field: int
+    def __init__(self, model: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., stride: _Optional[int] = ..., step: _Optional[float] = ..., origin_x: _Optional[float] = ..., origin_y: _Optional[float] = ..., value_type: _Optional[_Union[_common_pb2.ValueType, str]] = ..., receptive_field: _Optional[int] = ...) -> None: ...
+
+class HeatmapTile(_message.Message):
+    __slots__ = ("tile_index", "row", "col", "rows", "cols", "num_classes", "logits", "probabilities")
+    TILE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    COL_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    COLS_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    LOGITS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    tile_index: int
+    row: int
+    col: int
+    rows: int
+    cols: int
+    num_classes: int
+    logits: bytes
+    probabilities: bytes
+    def __init__(self, tile_index: _Optional[int] = ..., row: _Optional[int] = ..., col: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., num_classes: _Optional[int] = ..., logits: _Optional[bytes] = ..., probabilities: _Optional[bytes] = ...) -> None: ...
+
+class HeatmapResponse(_message.Message):
+    __slots__ = ("header", "tile")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    TILE_FIELD_NUMBER: _ClassVar[int]
+    header: HeatmapHeader
+    tile: HeatmapTile
+    def __init__(self, header: _Optional[_Union[HeatmapHeader, _Mapping]] = ..., tile: _Optional[_Union[HeatmapTile, _Mapping]] = ...) -> None: ...
+
+class AnnotateConfig(_message.Message):
+    __slots__ = ("heatmap", "class_name", "threshold_on", "threshold", "min_area", "simplify_tolerance", "classification", "color")
+    class ThresholdOn(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        THRESHOLD_ON_UNSPECIFIED: _ClassVar[AnnotateConfig.ThresholdOn]
+        PROBABILITY: _ClassVar[AnnotateConfig.ThresholdOn]
+        LOGIT: _ClassVar[AnnotateConfig.ThresholdOn]
+    THRESHOLD_ON_UNSPECIFIED: AnnotateConfig.ThresholdOn
+    PROBABILITY: AnnotateConfig.ThresholdOn
+    LOGIT: AnnotateConfig.ThresholdOn
+    HEATMAP_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_ON_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MIN_AREA_FIELD_NUMBER: _ClassVar[int]
+    SIMPLIFY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    COLOR_FIELD_NUMBER: _ClassVar[int]
+    heatmap: HeatmapConfig
+    class_name: str
+    threshold_on: AnnotateConfig.ThresholdOn
+    threshold: float
+    min_area: float
+    simplify_tolerance: float
+    classification: str
+    color: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, heatmap: _Optional[_Union[HeatmapConfig, _Mapping]] = ..., class_name: _Optional[str] = ..., threshold_on: _Optional[_Union[AnnotateConfig.ThresholdOn, str]] = ..., threshold: _Optional[float] = ..., min_area: _Optional[float] = ..., simplify_tolerance: _Optional[float] = ..., classification: _Optional[str] = ..., color: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class AnnotateRequest(_message.Message):
+    __slots__ = ("config", "tiles")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    TILES_FIELD_NUMBER: _ClassVar[int]
+    config: AnnotateConfig
+    tiles: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tile]
+    def __init__(self, config: _Optional[_Union[AnnotateConfig, _Mapping]] = ..., tiles: _Optional[_Iterable[_Union[_common_pb2.Tile, _Mapping]]] = ...) -> None: ...
+
+class AnnotationObject(_message.Message):
+    __slots__ = ("id", "area", "mean_probability", "max_probability", "mean_logit")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AREA_FIELD_NUMBER: _ClassVar[int]
+    MEAN_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LOGIT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    area: float
+    mean_probability: float
+    max_probability: float
+    mean_logit: float
+    def __init__(self, id: _Optional[str] = ..., area: _Optional[float] = ..., mean_probability: _Optional[float] = ..., max_probability: _Optional[float] = ..., mean_logit: _Optional[float] = ...) -> None: ...
+
+class AnnotateResponse(_message.Message):
+    __slots__ = ("geojson", "objects", "model", "class_name")
+    GEOJSON_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    geojson: str
+    objects: _containers.RepeatedCompositeFieldContainer[AnnotationObject]
+    model: str
+    class_name: str
+    def __init__(self, geojson: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[AnnotationObject, _Mapping]]] = ..., model: _Optional[str] = ..., class_name: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,402 @@
+"""Assemble and run the server: servicers, interceptor, health, reflection, TLS, metrics.
+
+``build_server(ServerConfig(port=0))`` returns a started :class:`MilsilServer` whose
+``port`` is the bound port (port 0 picks a free one: what the tests use). ``drain()`` is
+the SIGTERM path: health NOT_SERVING, new requests UNAVAILABLE, running jobs checkpoint,
+in-flight requests get ``grace`` seconds to finish.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from milsil.errors import MilsilError
+from milsil.v1 import (
+    inference_service_pb2,
+    inference_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    training_service_pb2,
+    training_service_pb2_grpc,
+)
+from server import auth
+from server.errors import Unauthenticated, Unavailable, status_for
+from server.inference import ComputeSlots, Limits, ModelCache, default_device
+from server.jobs import JobManager
+from server.services import InferenceServicer, ModelServicer, TrainingServicer
+from server.store import Store
+
+log = logging.getLogger("milsil.server")
+access_log = logging.getLogger("milsil.server.access")
+
+SERVICE_NAMES = (
+    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    training_service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
+)
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".milsil" / "server"
+
+
+@dataclass
+class ServerConfig:
+    """Everything ``milsil serve`` can set; the defaults work with no configuration."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: Path = field(default_factory=default_data_dir)
+    token: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    max_message_mb: int = 64
+    max_model_mb: int = 2048
+    max_workers: int = 16
+    max_concurrent_rpcs: int | None = None  # default: max_workers
+    compute_slots: int = 1
+    max_waiting: int = 8
+    max_queued_jobs: int = 16
+    metrics_port: int | None = None
+    grace: float = 10.0
+    device: str | None = None
+    limits: Limits = field(default_factory=Limits)
+
+
+class _Metrics:
+    """Prometheus metrics in a registry of their own (several servers per process in tests)."""
+
+    def __init__(self, host: str, port: int, device: Any) -> None:
+        try:
+            import prometheus_client as prom
+        except ImportError:
+            raise MilsilError(
+                "--metrics-port needs the prometheus_client package (pip install prometheus_client)"
+            ) from None
+        self.registry = prom.CollectorRegistry()
+        self.requests = prom.Counter(
+            "milsil_requests_total",
+            "RPCs by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.errors = prom.Counter(
+            "milsil_errors_total",
+            "Failed RPCs by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.latency = prom.Histogram(
+            "milsil_request_seconds",
+            "RPC latency",
+            ["method"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+        self.in_flight = prom.Gauge(
+            "milsil_requests_in_flight", "RPCs being served", ["method"], registry=self.registry
+        )
+        memory = prom.Gauge(
+            "milsil_device_memory_bytes",
+            "Device memory allocated by PyTorch",
+            registry=self.registry,
+        )
+
+        def allocated() -> float:
+            import torch
+
+            return float(torch.cuda.memory_allocated()) if device.type == "cuda" else 0.0
+
+        memory.set_function(allocated)
+        self.http, self.thread = prom.start_http_server(port, addr=host, registry=self.registry)
+        self.port = self.http.server_port
+
+    def stop(self) -> None:
+        self.http.shutdown()
+
+
+class _Interceptor(grpc.ServerInterceptor):
+    """Auth, draining, exception -> status mapping, one access-log line and metrics per RPC."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        metadata = handler_call_details.invocation_metadata
+        state = self.state
+
+        def admit() -> None:
+            if auth.is_exempt(method):
+                return
+            if state.draining:
+                raise Unavailable("server is shutting down; retry on another instance or later")
+            if not auth.token_ok(state.token, metadata):
+                raise Unauthenticated(
+                    "missing or wrong bearer token (metadata 'authorization: Bearer <token>')"
+                )
+
+        def finish(context, started: float, exc: BaseException | None) -> None:
+            code = grpc.StatusCode.OK
+            message = ""
+            if exc is not None:
+                code, message = status_for(exc)
+                if code == grpc.StatusCode.INTERNAL:
+                    log.error("%s failed unexpectedly", method, exc_info=exc)
+            elif not context.is_active():
+                code = grpc.StatusCode.CANCELLED
+            if code == grpc.StatusCode.CANCELLED:
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+            state.record(method, code, time.perf_counter() - started, context, message)
+            if exc is not None:
+                context.abort(code, message)
+
+        def unary_response(behavior, streaming_request):
+            def wrapped(request, context):
+                started = time.perf_counter()
+                state.enter(method)
+                try:
+                    admit()
+                    response = behavior(request, context)
+                except Exception as exc:  # noqa: BLE001 - mapped, never UNKNOWN
+                    state.leave(method)
+                    finish(context, started, exc)
+                    raise AssertionError("unreachable") from exc  # abort raised already
+                state.leave(method)
+                finish(context, started, None)
+                return response
+
+            return wrapped
+
+        def stream_response(behavior, streaming_request):
+            def wrapped(request, context):
+                started = time.perf_counter()
+                state.enter(method)
+                error = None
+                try:
+                    admit()
+                    yield from behavior(request, context)
+                except GeneratorExit:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - mapped, never UNKNOWN
+                    error = exc
+                finally:
+                    state.leave(method)
+                    if error is None:
+                        finish(context, started, None)
+                if error is not None:
+                    finish(context, started, error)
+
+            return wrapped
+
+        if handler.unary_unary:
+            fn = unary_response(handler.unary_unary, False)
+            return grpc.unary_unary_rpc_method_handler(
+                fn, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary:
+            fn = unary_response(handler.stream_unary, True)
+            return grpc.stream_unary_rpc_method_handler(
+                fn, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            fn = stream_response(handler.unary_stream, False)
+            return grpc.unary_stream_rpc_method_handler(
+                fn, handler.request_deserializer, handler.response_serializer
+            )
+        fn = stream_response(handler.stream_stream, True)
+        return grpc.stream_stream_rpc_method_handler(
+            fn, handler.request_deserializer, handler.response_serializer
+        )
+
+
+class _State:
+    """Shared mutable server state the interceptor reads."""
+
+    def __init__(self, token: str | None, metrics: _Metrics | None) -> None:
+        self.token = token
+        self.metrics = metrics
+        self.draining = False
+        self._lock = threading.Lock()
+        self.in_flight = 0
+
+    def enter(self, method: str) -> None:
+        with self._lock:
+            self.in_flight += 1
+        if self.metrics:
+            self.metrics.in_flight.labels(method).inc()
+
+    def leave(self, method: str) -> None:
+        with self._lock:
+            self.in_flight -= 1
+        if self.metrics:
+            self.metrics.in_flight.labels(method).dec()
+
+    def record(
+        self, method: str, code: grpc.StatusCode, seconds: float, context, message: str
+    ) -> None:
+        entry = {
+            "event": "rpc",
+            "method": method,
+            "code": code.name,
+            "ms": round(seconds * 1000, 2),
+            "peer": context.peer(),
+        }
+        if message:
+            entry["message"] = message
+        access_log.info(json.dumps(entry))
+        if self.metrics:
+            self.metrics.requests.labels(method, code.name).inc()
+            self.metrics.latency.labels(method).observe(seconds)
+            if code != grpc.StatusCode.OK:
+                self.metrics.errors.labels(method, code.name).inc()
+
+
+class MilsilServer:
+    """A running server: ``port``, ``server`` (grpc.Server), ``store``, ``jobs``; ``drain``/``stop``."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        import torch
+
+        self.config = config
+        limits = config.limits
+        self.device = torch.device(config.device) if config.device else default_device()
+        self.store = Store(config.data_dir)
+        self.cache = ModelCache(self._model_path, device=self.device)
+        self.slots = ComputeSlots(config.compute_slots, config.max_waiting)
+        self.jobs = JobManager(self.store, max_queued=config.max_queued_jobs)
+        self.metrics = (
+            _Metrics(config.host, config.metrics_port, self.device)
+            if config.metrics_port is not None
+            else None
+        )
+        self.state = _State(config.token, self.metrics)
+        max_bytes = config.max_message_mb * 2**20
+        options = [
+            ("grpc.max_receive_message_length", max_bytes),
+            ("grpc.max_send_message_length", max_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(
+                max_workers=config.max_workers, thread_name_prefix="milsil-rpc"
+            ),
+            interceptors=[_Interceptor(self.state)],
+            options=options,
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs or config.max_workers,
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServicer(self.store, self.cache, max_bytes, config.max_model_mb * 2**20),
+            self.server,
+        )
+        inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
+            InferenceServicer(self.store, self.cache, self.slots, limits), self.server
+        )
+        training_service_pb2_grpc.add_TrainingServiceServicer_to_server(
+            TrainingServicer(self.store, self.jobs, limits), self.server
+        )
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        credentials = auth.server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+        address = f"{_bracket(config.host)}:{config.port}"
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
+        if not self.port:
+            raise MilsilError(f"cannot listen on {address} (port in use or host not local)")
+        if not _is_loopback(config.host) and not (config.token and credentials):
+            log.warning(
+                "listening on %s without both a token and TLS: anyone on the network can use it",
+                address,
+            )
+        self.server.start()
+        self._stopped = threading.Event()
+        log.info(
+            json.dumps(
+                {
+                    "event": "start",
+                    "address": f"{config.host}:{self.port}",
+                    "tls": credentials is not None,
+                    "auth": bool(config.token),
+                    "device": str(self.device),
+                    "data_dir": str(self.store.root),
+                    "metrics_port": self.metrics.port if self.metrics else None,
+                }
+            )
+        )
+
+    def _model_path(self, model_id: str) -> Path:
+        self.store.get_model(model_id)
+        return self.store.model_path(model_id)
+
+    def drain(self, grace: float | None = None) -> None:
+        """SIGTERM: NOT_SERVING, refuse new RPCs, checkpoint jobs, let in-flight RPCs finish."""
+        grace = self.config.grace if grace is None else grace
+        log.info(
+            json.dumps({"event": "drain", "grace_s": grace, "in_flight": self.state.in_flight})
+        )
+        self.health.enter_graceful_shutdown()
+        self.state.draining = True
+        jobs = threading.Thread(target=self.jobs.shutdown, args=(max(grace, 1.0),), daemon=True)
+        jobs.start()
+        deadline = time.monotonic() + grace
+        while self.state.in_flight > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        jobs.join(max(0.0, deadline - time.monotonic()) + 5)
+        self.stop(0)
+
+    def stop(self, grace: float | None = 0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.server.stop(grace).wait()
+        self.jobs.shutdown(grace or 0.0)
+        if self.metrics:
+            self.metrics.stop()
+        self.store.close()
+        log.info(json.dumps({"event": "stopped"}))
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def build_server(config: ServerConfig | None = None) -> MilsilServer:
+    """Create, bind and start a server; ``.port`` is the bound port."""
+    return MilsilServer(config or ServerConfig())

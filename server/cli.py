@@ -1,0 +1,143 @@
+"""``milsil serve``: run the gRPC server until SIGTERM/SIGINT, then drain."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from milsil.errors import MilsilError
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    from server.app import default_data_dir
+
+    p = subparsers.add_parser(
+        "serve",
+        help="run the gRPC server (QuPath backend)",
+        description=(
+            "Serve models, heatmaps, QuPath annotations and training jobs over gRPC "
+            "(milsil.v1; health and reflection included). Listens on loopback by default. "
+            "SIGTERM drains: health NOT_SERVING, new calls UNAVAILABLE, running jobs checkpoint."
+        ),
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    p.add_argument(
+        "--port", type=int, default=50051, help="port (0 = any free port; default 50051)"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help=f"datasets, models, jobs and the SQLite store (default {default_data_dir()})",
+    )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="require 'authorization: Bearer TOKEN' (default: $MILSIL_TOKEN if set; health is exempt)",
+    )
+    p.add_argument("--tls-cert", help="PEM certificate chain: enables TLS")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca",
+        help="PEM CA bundle: require client certificates signed by it (mutual TLS)",
+    )
+    p.add_argument(
+        "--max-message-mb",
+        type=int,
+        default=64,
+        help="largest message in either direction (MiB; default 64)",
+    )
+    p.add_argument(
+        "--max-workers",
+        type=int,
+        default=16,
+        help="RPC threads = most concurrent RPCs; more get RESOURCE_EXHAUSTED (default 16)",
+    )
+    p.add_argument(
+        "--compute-slots", type=int, default=1, help="inference computations at once (default 1)"
+    )
+    p.add_argument(
+        "--max-waiting",
+        type=int,
+        default=8,
+        help="requests that may wait for a compute slot; more get RESOURCE_EXHAUSTED (default 8)",
+    )
+    p.add_argument(
+        "--max-region-pixels",
+        type=int,
+        default=1 << 25,
+        help="largest Heatmap/Annotate region (pixels)",
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this HTTP port"
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds in-flight requests get on shutdown (default 10)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device for inference (default: cuda if present, else cpu)",
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from server.app import ServerConfig, build_server
+    from server.inference import Limits
+
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    for name in ("max_message_mb", "max_workers", "compute_slots", "max_region_pixels"):
+        if getattr(args, name) < 1:
+            raise MilsilError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.port <= 65535:
+        raise MilsilError(f"--port must be 0-65535, got {args.port}")
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        token=args.token or os.environ.get("MILSIL_TOKEN") or None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        max_message_mb=args.max_message_mb,
+        max_workers=args.max_workers,
+        compute_slots=args.compute_slots,
+        max_waiting=args.max_waiting,
+        metrics_port=args.metrics_port,
+        grace=args.grace,
+        device=args.device,
+        limits=Limits(max_region_pixels=args.max_region_pixels),
+    )
+    server = build_server(config)
+    print(
+        f"milsil serve: listening on {args.host}:{server.port} (data dir {server.store.root})",
+        flush=True,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(0.5):
+        pass
+    print("milsil serve: draining", flush=True)
+    server.drain()
+    print("milsil serve: stopped", flush=True)
+    return 0

@@ -1,0 +1,457 @@
+"""Training jobs: queued, run one at a time in a *spawned* process, persisted in the store.
+
+Why a spawned process: grpcio cannot survive ``fork`` once a server exists, and an
+exception, a segfault or an out-of-memory kill in training must not take the server down.
+The child reports progress through a multiprocessing queue; the parent's monitor thread
+writes it to SQLite (so a restarted server still knows the job) and wakes WatchJob
+streams. Stopping is cooperative: ``train_model(should_stop=...)`` checkpoints ``last.pt``
+and returns, so a cancelled or interrupted job can be resumed where it stopped.
+
+States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | INTERRUPTED. A job that was
+RUNNING when the server died is marked INTERRUPTED at the next start; StartTraining with
+``resume_job`` puts it back in the queue and training continues from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import queue as queue_mod
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from milsil.errors import MilsilError
+from server.errors import FailedPrecondition, ResourceExhausted
+from server.store import Store, new_id
+
+log = logging.getLogger("milsil.server.jobs")
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
+    "QUEUED",
+    "RUNNING",
+    "SUCCEEDED",
+    "FAILED",
+    "CANCELLED",
+    "INTERRUPTED",
+)
+FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
+RESUMABLE_STATES = (FAILED, CANCELLED, INTERRUPTED)
+
+# Defaults for zero-valued TrainingConfig fields (proto3 cannot tell unset from 0).
+DEFAULTS = {
+    "arch": "bagnet9",
+    "head": "milsil",
+    "width": 16,
+    "epochs": 10,
+    "learning_rate": 1e-4,
+    "lr_decay": 0.9,
+    "batch_size": 8,
+    "validation_fraction": 0.2,
+}
+
+
+def effective_config(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any]:
+    """Fill defaults into a request's training settings and validate them (MilsilError)."""
+    cfg = {k: request.get(k) for k in request}
+    for key, default in DEFAULTS.items():
+        if not cfg.get(key):
+            cfg[key] = default
+    for key in ("learning_rate", "lr_decay", "validation_fraction"):
+        if not math.isfinite(float(cfg[key])):
+            raise MilsilError(f"config.{key} must be a finite number, got {cfg[key]}")
+    sizes = {tuple(b["tile_size"]) for b in dataset["bags"]}
+    if not cfg.get("patch_size"):
+        smallest = min(min(s) for s in sizes)
+        cfg["patch_size"] = smallest
+    folds, fold = int(cfg.get("folds") or 0), int(cfg.get("fold") or 0)
+    if folds < 0 or folds == 1 and fold:
+        raise MilsilError(f"config.folds must be 0, 1 or >= 2, got {folds}")
+    if folds > 1 and not 0 <= fold < folds:
+        raise MilsilError(f"config.fold must be 0-{folds - 1} for folds={folds}, got {fold}")
+    if folds <= 1 and not 0 < cfg["validation_fraction"] <= 0.9:
+        raise MilsilError(
+            f"config.validation_fraction must be in (0, 0.9] (0 = 0.2), got {cfg['validation_fraction']}"
+        )
+    if cfg.get("seed", 0) < 0:
+        raise MilsilError(f"config.seed must be >= 0, got {cfg['seed']}")
+    train_config(cfg)  # validates arch/head/width/epochs/lr/patch size (names the field)
+    return cfg
+
+
+def train_config(cfg: dict[str, Any]) -> Any:
+    """The milsil.train.TrainConfig for effective settings."""
+    from milsil.train import TrainConfig
+
+    try:
+        return TrainConfig(
+            arch=cfg["arch"],
+            head=cfg["head"],
+            width=int(cfg["width"]),
+            epochs=int(cfg["epochs"]),
+            lr=float(cfg["learning_rate"]),
+            lr_decay=float(cfg["lr_decay"]),
+            batch_size=int(cfg["batch_size"]),
+            patch_size=int(cfg["patch_size"]),
+            augment=not cfg.get("no_augment", False),
+            seed=int(cfg.get("seed") or 0),
+            device="auto",
+            num_workers=0,
+        )
+    except MilsilError as exc:
+        raise MilsilError(f"config: {exc}") from None
+
+
+def dataset_records(dataset: dict[str, Any], dataset_dir: Path) -> tuple[list[Any], list[str]]:
+    """BagRecords (absolute .npz paths) and class names of a stored dataset."""
+    from milsil.data import BagRecord
+
+    classes = list(dataset["class_names"])
+    records = [
+        BagRecord(
+            path=str(dataset_dir / "bags" / f"{b['sha']}.npz"),
+            label=classes.index(b["label"]),
+            patient=b["patient"],
+        )
+        for b in dataset["bags"]
+    ]
+    return records, classes
+
+
+def split_records(records: list[Any], cfg: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """Patient-level train/validation split per the config (fold of k, or a fraction)."""
+    from milsil.data import patient_kfold, patient_split
+
+    seed = int(cfg.get("seed") or 0)
+    folds = int(cfg.get("folds") or 0)
+    if folds > 1:
+        return patient_kfold(records, k=folds, seed=seed)[int(cfg.get("fold") or 0)]
+    return patient_split(records, test_fraction=float(cfg["validation_fraction"]), seed=seed)
+
+
+def _child_main(args: dict[str, Any], events: Any, stop: Any) -> None:
+    """Entry point of the spawned training process (top-level so spawn can import it)."""
+    try:
+        from milsil.train import train_model
+
+        dataset_dir = Path(args["dataset_dir"])
+        records, classes = dataset_records(args["dataset"], dataset_dir)
+        train, val = split_records(records, args["config"])
+        config = train_config(args["config"])
+        last_sent = [0.0]
+
+        def progress(p: Any) -> None:
+            now = time.monotonic()
+            if getattr(p, "event", "step") == "step" and now - last_sent[0] < 0.25:
+                return  # throttle step events; epoch/end always go through
+            last_sent[0] = now
+            events.put(("progress", p.to_dict()))
+
+        result = train_model(
+            config,
+            train,
+            val,
+            classes,
+            args["out_dir"],
+            progress=progress,
+            should_stop=stop.is_set,
+            resume=True,
+        )
+        history = result.history[-1] if result.history else {}
+        events.put(
+            (
+                "done",
+                {
+                    "stopped": bool(result.stopped),
+                    "best_checkpoint": str(result.best_checkpoint),
+                    "metrics": {k: v for k, v in history.items() if isinstance(v, (int, float))},
+                },
+            )
+        )
+    except MilsilError as exc:
+        events.put(("error", str(exc)))
+    except BaseException as exc:  # noqa: BLE001 - report anything to the parent, then exit
+        traceback.print_exc()
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        events.put(("error", f"{type(exc).__name__}: {text}"))
+
+
+class JobManager:
+    """Owns the job queue, the worker process and the watchers."""
+
+    def __init__(
+        self,
+        store: Store,
+        on_model: Callable[[str], None] | None = None,
+        max_queued: int = 16,
+        start: bool = True,
+    ) -> None:
+        self.store = store
+        self.on_model = on_model
+        self.max_queued = max_queued
+        self._ctx = mp.get_context("spawn")
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[str, bool]] = deque()
+        self._versions: dict[str, int] = {}
+        self._running: dict[str, Any] = {}  # job id -> {"process", "stop", "reason"}
+        self._closing = False
+        for job in store.jobs_in_state(RUNNING):
+            job["state"] = INTERRUPTED
+            job["error"] = (
+                "the server stopped while this job ran; resume it with StartTraining(resume_job)"
+            )
+            job["end_time"] = time.time()
+            store.put_job(job)
+            log.info("job %s marked INTERRUPTED (server restarted)", job["id"])
+        for job in store.jobs_in_state(QUEUED):
+            self._queue.append((job["id"], job.get("attempts", 1) > 1))
+        self._thread = threading.Thread(target=self._scheduler, name="milsil-jobs", daemon=True)
+        if start:
+            self._thread.start()
+
+    # ------------------------------------------------------------------ public API
+
+    def start(
+        self, dataset_id: str, request_config: dict[str, Any], display_name: str = ""
+    ) -> dict[str, Any]:
+        dataset = self.store.get_dataset(dataset_id)
+        cfg = effective_config(request_config, dataset)
+        records, _ = dataset_records(dataset, self.store.dataset_dir(dataset_id))
+        try:
+            split_records(records, cfg)  # refuse impossible splits now, not in the worker
+        except MilsilError as exc:
+            raise MilsilError(
+                f"dataset datasets/{dataset_id} cannot be split as configured: {exc}"
+            ) from None
+        now = time.time()
+        job = {
+            "id": new_id("job-"),
+            "display_name": display_name,
+            "state": QUEUED,
+            "dataset_id": dataset_id,
+            "config": cfg,
+            "progress": {},
+            "model_id": "",
+            "error": "",
+            "create_time": now,
+            "end_time": None,
+            "attempts": 1,
+        }
+        with self._cond:
+            self._check_capacity()
+            self.store.put_job(job)
+            self._queue.append((job["id"], False))
+            self._bump(job["id"])
+        return job
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        with self._cond:
+            job = self.store.get_job(job_id)
+            if job["state"] not in RESUMABLE_STATES:
+                raise FailedPrecondition(
+                    f"job jobs/{job_id} is {job['state']}; only {', '.join(RESUMABLE_STATES)} jobs can be resumed"
+                )
+            self._check_capacity()
+            job["state"] = QUEUED
+            job["error"] = ""
+            job["end_time"] = None
+            job["attempts"] = int(job.get("attempts", 1)) + 1
+            self.store.put_job(job)
+            self._queue.append((job_id, True))
+            self._bump(job_id)
+        return job
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        with self._cond:
+            job = self.store.get_job(job_id)
+            if job["state"] == QUEUED:
+                self._queue = deque(item for item in self._queue if item[0] != job_id)
+                self._finish(job, CANCELLED)
+            elif job["state"] == RUNNING and job_id in self._running:
+                self._running[job_id]["reason"] = "cancel"
+                self._running[job_id]["stop"].set()
+            return self.store.get_job(job_id)
+
+    def watch(
+        self, job_id: str, is_active: Callable[[], bool], heartbeat: float = 10.0
+    ) -> Iterator[dict[str, Any]]:
+        """Yield the job now and after every change until it is final or the client leaves."""
+        job = self.store.get_job(job_id)
+        yield job
+        seen = self._versions.get(job_id, 0)
+        last = time.monotonic()
+        while job["state"] not in FINAL_STATES and is_active():
+            with self._cond:
+                last_seen = seen
+                self._cond.wait_for(
+                    lambda last_seen=last_seen: (
+                        self._versions.get(job_id, 0) != last_seen or self._closing
+                    ),
+                    timeout=0.5,
+                )
+                version = self._versions.get(job_id, 0)
+            if version != seen or time.monotonic() - last > heartbeat:
+                seen, last = version, time.monotonic()
+                job = self.store.get_job(job_id)
+                yield job
+            if self._closing:
+                return
+
+    def shutdown(self, grace: float = 30.0) -> None:
+        """Stop accepting work; running jobs checkpoint and become INTERRUPTED (resumable)."""
+        with self._cond:
+            self._closing = True
+            running = dict(self._running)
+            for entry in running.values():
+                entry["reason"] = "shutdown"
+                entry["stop"].set()
+            self._cond.notify_all()
+        deadline = time.monotonic() + grace
+        for entry in running.values():
+            entry["process"].join(max(0.1, deadline - time.monotonic()))
+            if entry["process"].is_alive():
+                entry["process"].terminate()
+                entry["process"].join(5)
+        if self._thread.is_alive():
+            self._thread.join(max(0.1, deadline - time.monotonic()) + 5)
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_capacity(self) -> None:
+        if len(self._queue) >= self.max_queued:
+            raise ResourceExhausted(
+                f"{len(self._queue)} training jobs are already queued (limit {self.max_queued})"
+            )
+
+    def _bump(self, job_id: str) -> None:
+        self._versions[job_id] = self._versions.get(job_id, 0) + 1
+        self._cond.notify_all()
+
+    def _finish(self, job: dict[str, Any], state: str, error: str = "") -> None:
+        job["state"] = state
+        job["error"] = error
+        job["end_time"] = time.time()
+        self.store.put_job(job)
+        self._bump(job["id"])
+        log.info("job %s %s%s", job["id"], state, f": {error}" if error else "")
+
+    def _scheduler(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closing, timeout=1.0)
+                if self._closing:
+                    return
+                if not self._queue:
+                    continue
+                job_id, resume = self._queue.popleft()
+            try:
+                self._run(job_id, resume)
+            except Exception:  # noqa: BLE001 - the scheduler must survive any single job
+                log.exception("job %s: unexpected error in the job manager", job_id)
+                try:
+                    self._finish(
+                        self.store.get_job(job_id),
+                        FAILED,
+                        "internal error in the job manager; see server log",
+                    )
+                except Exception:  # noqa: BLE001
+                    log.exception("job %s: could not record the failure", job_id)
+
+    def _run(self, job_id: str, resume: bool) -> None:
+        job = self.store.get_job(job_id)
+        if job["state"] != QUEUED:
+            return
+        dataset = self.store.get_dataset(job["dataset_id"])
+        out_dir = self.store.job_dir(job_id)
+        args = {
+            "dataset": dataset,
+            "dataset_dir": str(self.store.dataset_dir(job["dataset_id"])),
+            "config": job["config"],
+            "out_dir": str(out_dir),
+        }
+        events = self._ctx.Queue()
+        stop = self._ctx.Event()
+        process = self._ctx.Process(
+            target=_child_main,
+            args=(args, events, stop),
+            name=f"milsil-train-{job_id}",
+            daemon=True,
+        )
+        with self._cond:
+            if self._closing:
+                return
+            job["state"] = RUNNING
+            self.store.put_job(job)
+            self._running[job_id] = {"process": process, "stop": stop, "reason": ""}
+            self._bump(job_id)
+        process.start()
+        log.info("job %s RUNNING in process %s (resume=%s)", job_id, process.pid, resume)
+        outcome: tuple[str, Any] | None = None
+        last_write = 0.0
+        while True:
+            try:
+                kind, payload = events.get(timeout=0.25)
+            except queue_mod.Empty:
+                if not process.is_alive():
+                    # drain anything sent just before exit
+                    try:
+                        kind, payload = events.get(timeout=0.5)
+                    except queue_mod.Empty:
+                        break
+                else:
+                    continue
+            if kind == "progress":
+                job["progress"] = payload
+                now = time.monotonic()
+                if payload.get("event") != "step" or now - last_write > 1.0:
+                    self.store.put_job(job)
+                    last_write = now
+                with self._cond:
+                    self._bump(job_id)
+            else:
+                outcome = (kind, payload)
+        process.join(5)
+        with self._cond:
+            entry = self._running.pop(job_id, {})
+        reason = entry.get("reason", "")
+        if outcome is None:
+            self._finish(
+                job,
+                FAILED if reason != "shutdown" else INTERRUPTED,
+                f"training process died (exit code {process.exitcode}; out of memory?)",
+            )
+        elif outcome[0] == "error":
+            self._finish(job, FAILED, outcome[1])
+        elif outcome[1]["stopped"]:
+            self._finish(job, INTERRUPTED if reason == "shutdown" else CANCELLED)
+        else:
+            self._register(job, outcome[1])
+
+    def _register(self, job: dict[str, Any], result: dict[str, Any]) -> None:
+        metrics = {
+            k: float(v) for k, v in result.get("metrics", {}).items() if math.isfinite(float(v))
+        }
+        try:
+            self.store.register_model(
+                Path(result["best_checkpoint"]),
+                job["id"],
+                display_name=job.get("display_name") or f"trained by jobs/{job['id']}",
+                source_job=f"jobs/{job['id']}",
+                metrics=metrics,
+                patch_size=int(job["config"].get("patch_size") or 0),
+            )
+        except Exception as exc:  # noqa: BLE001 - a bad checkpoint fails the job, not the server
+            log.exception("job %s: registering its model failed", job["id"])
+            self._finish(
+                job, FAILED, f"training finished but its model could not be registered: {exc}"
+            )
+            return
+        job["model_id"] = job["id"]
+        if self.on_model:
+            self.on_model(job["id"])
+        self._finish(job, SUCCEEDED)
