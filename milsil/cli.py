@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # that part is not installed in this build
+            # That part (or its parent package) is not in this build: leave its command out.
+            if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
                 continue
             raise
         module.register_cli(sub)

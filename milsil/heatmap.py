@@ -64,7 +64,9 @@ def prepare_image(model: ConfiguredModel, image: torch.Tensor | np.ndarray) -> t
         mean, std = model.normalization
         return to_tensor(pixels, mean, std)
     if not isinstance(image, torch.Tensor):
-        raise MilsilError(f"image must be a numpy array or a torch tensor, got {type(image).__name__}")
+        raise MilsilError(
+            f"image must be a numpy array or a torch tensor, got {type(image).__name__}"
+        )
     if image.ndim != 3 or image.shape[0] != 3 or not image.is_floating_point():
         raise MilsilError(
             "image must be RGB: a normalized float tensor [3, H, W] or an H x W x 3 uint8 "
@@ -87,7 +89,9 @@ def _bagnet_of(model: ConfiguredModel) -> BagNet:
 
 def _check_stride(stride: int) -> int:
     if not isinstance(stride, (int, np.integer)) or isinstance(stride, bool) or stride < 1:
-        raise MilsilError(f"stride must be a positive integer (1 = every pixel, 8 = preview), got {stride!r}")
+        raise MilsilError(
+            f"stride must be a positive integer (1 = every pixel, 8 = preview), got {stride!r}"
+        )
     return int(stride)
 
 
@@ -150,7 +154,9 @@ class _DenseBlock:
         self.conv2 = schedule.conv(*_fold(block.conv2, block.bn2), stride)
         self.downsample = None
         if block.downsample is not None:
-            self.downsample = schedule.conv(*_fold(block.downsample[0], block.downsample[1]), stride)
+            self.downsample = schedule.conv(
+                *_fold(block.downsample[0], block.downsample[1]), stride
+            )
         schedule.advance(stride)
         self.conv3 = schedule.conv(*_fold(block.conv3, block.bn3), 1)
 
@@ -213,6 +219,30 @@ class DenseLogitNet:
         return self.classifier(x)
 
 
+def dense_net(model: MilSilNet, base: int, dtype: torch.dtype = torch.float32) -> DenseLogitNet:
+    """The model's :class:`DenseLogitNet`, built once and reused while its weights are unchanged.
+
+    Folding BatchNorm and converting weights costs tens of milliseconds at full width, which
+    would dominate small tiles. The cache is checked against every parameter's and
+    buffer's storage and version counter, which optimizer steps and ``load_state_dict``
+    bump; (edits through ``tensor.data`` bypass the counter: call :func:`clear_dense_cache`.)
+    """
+    tensors = list(model.parameters()) + list(model.buffers())
+    fingerprint = tuple((t.data_ptr(), t._version, t.device) for t in tensors)
+    cache: dict = model.__dict__.setdefault("_dense_cache", {})
+    key = (base, dtype)
+    hit = cache.get(key)
+    if hit is not None and hit[0] == fingerprint:
+        return hit[1]
+    net = DenseLogitNet(model, base, dtype=dtype)
+    cache[key] = (fingerprint, net)
+    return net
+
+
+def clear_dense_cache(model: MilSilNet) -> None:
+    model.__dict__.pop("_dense_cache", None)
+
+
 def output_size(length: int, stride: int) -> int:
     """Number of heatmap samples along an axis of ``length`` pixels: ceil(length / stride)."""
     return -(-length // stride)
@@ -262,7 +292,7 @@ def logit_heatmap(
     base = math.gcd(stride, bagnet.output_stride)
     step = stride // base
     dtype = torch.bfloat16 if bf16 else torch.float32
-    net = DenseLogitNet(model.to(device), base, dtype=dtype)
+    net = dense_net(model.to(device), base, dtype=dtype)
 
     # Pad so that every interior pixel has a full window; real context replaces padding.
     half = rf // 2
@@ -318,7 +348,9 @@ def naive_logit_heatmap(
     out = []
     with torch.inference_mode():
         for k in range(0, len(windows), batch_size):
-            batch = torch.stack([x[:, i : i + rf, j : j + rf] for i, j in windows[k : k + batch_size]])
+            batch = torch.stack(
+                [x[:, i : i + rf, j : j + rf] for i, j in windows[k : k + batch_size]]
+            )
             out.append(model(batch.unsqueeze(1).to(device)).sil_logits[:, 0].float().cpu())
     logits = torch.cat(out)
     return logits.T.reshape(model.config.num_classes, len(ys), len(xs)).contiguous()
@@ -356,11 +388,15 @@ def cam(model: ConfiguredModel, image: torch.Tensor | np.ndarray) -> torch.Tenso
         return _upsample(maps, x.shape[1:])
 
 
-def gradcam(model: ConfiguredModel, image: torch.Tensor | np.ndarray, class_index: int) -> torch.Tensor:
+def gradcam(
+    model: ConfiguredModel, image: torch.Tensor | np.ndarray, class_index: int
+) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017) of one class on the last feature map: ``[H, W]``."""
     net = _feature_model(model).eval()
     if not 0 <= class_index < net.config.num_classes:
-        raise MilsilError(f"class_index must be in 0..{net.config.num_classes - 1}, got {class_index}")
+        raise MilsilError(
+            f"class_index must be in 0..{net.config.num_classes - 1}, got {class_index}"
+        )
     x = prepare_image(model, image)
     device = next(net.parameters()).device
     with torch.enable_grad():

@@ -16,7 +16,9 @@ from milsil.models import create_model
 def test_dense_equals_naive(small_bagnet, arch, stride):
     model = small_bagnet(arch, width=8, seed=stride)
     rf = model.receptive_field
-    image = torch.randn(3, rf + 6, rf + 4, generator=torch.Generator().manual_seed(1))  # odd-ish sizes
+    image = torch.randn(
+        3, rf + 6, rf + 4, generator=torch.Generator().manual_seed(1)
+    )  # odd-ish sizes
     dense = logit_heatmap(model, image, stride=stride)
     naive = naive_logit_heatmap(model, image, stride=stride)
     h, w = image.shape[1:]
@@ -29,7 +31,9 @@ def test_dense_equals_naive_odd_sizes_and_other_strides(small_bagnet):
     model = small_bagnet("bagnet9", seed=3)
     image = torch.randn(3, 21, 13)
     for stride in (1, 3, 5, 16):
-        diff = logit_heatmap(model, image, stride=stride) - naive_logit_heatmap(model, image, stride=stride)
+        diff = logit_heatmap(model, image, stride=stride) - naive_logit_heatmap(
+            model, image, stride=stride
+        )
         assert diff.abs().max().item() < 1e-4, stride
 
 
@@ -37,7 +41,8 @@ def test_dense_equals_naive_odd_sizes_and_other_strides(small_bagnet):
 def test_pixel_logit_depends_exactly_on_its_window(small_bagnet, arch):
     """Changing one pixel moves exactly the logits whose window contains it."""
     model = small_bagnet(arch, seed=5)
-    model.fc.weight.data *= 1000  # make the (small, random-init) effects easy to see
+    with torch.no_grad():
+        model.fc.weight *= 1000  # make the (small, random-init) effects easy to see
     half = model.receptive_field // 2
     image = torch.randn(3, 37, 41, generator=torch.Generator().manual_seed(5))
     base = logit_heatmap(model, image)
@@ -58,7 +63,9 @@ def test_tiles_equal_one_pass_without_seams(small_bagnet):
     for tile in (5, 16):
         tiled = logit_heatmap(model, image, stride=1, tile=tile)
         assert (tiled - whole).abs().max().item() < 1e-5
-    assert (logit_heatmap(model, image, stride=2, tile=3) - logit_heatmap(model, image, stride=2)).abs().max() < 1e-5
+    assert (
+        logit_heatmap(model, image, stride=2, tile=3) - logit_heatmap(model, image, stride=2)
+    ).abs().max() < 1e-5
 
 
 def test_margin_uses_real_context(small_bagnet):
@@ -78,7 +85,9 @@ def test_uint8_image_is_normalized_with_the_models_statistics(small_bagnet):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(15, 12, 3), dtype=np.uint8)
     mean, std = model.normalization
-    manual = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    manual = (
+        torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - torch.tensor(mean)[:, None, None]
+    ) / torch.tensor(std)[:, None, None]
     assert (logit_heatmap(model, pixels) - logit_heatmap(model, manual)).abs().max() < 1e-4
 
 
@@ -140,3 +149,15 @@ def test_cam_of_bagnet_is_the_coarse_logit_grid(small_bagnet):
     direct = model(window[None, None]).sil_logits[0, 0]
     assert torch.allclose(grid[:, 1, 2], direct, atol=1e-5)
     assert cam(model, image).shape == (2, 41, 41)
+
+
+def test_dense_network_cache_follows_weight_updates(small_bagnet):
+    model = small_bagnet("bagnet9")
+    image = torch.randn(3, 16, 16)
+    before = logit_heatmap(model, image)
+    with torch.no_grad():
+        model.fc.bias += 1.0  # what an optimizer step does: an in-place update
+    after = logit_heatmap(model, image)
+    assert torch.allclose(after, before + 1.0, atol=1e-5)
+    model.load_state_dict(create_model("bagnet9", 3, width=8).state_dict())
+    assert torch.allclose(logit_heatmap(model, image), naive_logit_heatmap(model, image), atol=1e-4)

@@ -41,9 +41,14 @@ def test_bagnet_structure_matches_reference():
     assert net.conv1.kernel_size == (1, 1) and net.conv2.kernel_size == (3, 3)
     assert net.conv2.padding == (0, 0)
     assert all(m.bias is None for m in net.modules() if isinstance(m, torch.nn.Conv2d))
-    kernels = [[b.conv2.kernel_size[0] for b in layer] for layer in (net.layer1, net.layer2, net.layer3, net.layer4)]
+    kernels = [
+        [b.conv2.kernel_size[0] for b in layer]
+        for layer in (net.layer1, net.layer2, net.layer3, net.layer4)
+    ]
     assert kernels == [[3, 1, 1], [3, 1, 1, 1], [1] * 6, [1] * 3]
-    strides = [layer[0].conv2.stride[0] for layer in (net.layer1, net.layer2, net.layer3, net.layer4)]
+    strides = [
+        layer[0].conv2.stride[0] for layer in (net.layer1, net.layer2, net.layer3, net.layer4)
+    ]
     assert strides == [2, 2, 2, 1]
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
     # Output stride 8: a 9 + 8k input gives k+1 outputs.
@@ -111,7 +116,9 @@ def test_not_rgb_input_is_rejected():
 
 
 def test_checkpoint_round_trip(tmp_path):
-    model = create_model("bagnet9", 2, head="mil", width=8, class_names=["benign", "malignant"]).eval()
+    model = create_model(
+        "bagnet9", 2, head="mil", width=8, class_names=["benign", "malignant"]
+    ).eval()
     path = save_checkpoint(model, tmp_path / "m.pt", provenance={"epochs": 3, "note": "test"})
     loaded = load_checkpoint(path)
     assert loaded.config == model.config

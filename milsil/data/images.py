@@ -104,6 +104,8 @@ def to_tensor(
     if isinstance(pixels, np.ndarray):
         if pixels.dtype != np.uint8:
             raise MilsilError(f"pixels must be uint8, got {pixels.dtype}")
+        if not pixels.flags.writeable:  # e.g. np.asarray(PIL image): torch wants a writable buffer
+            pixels = pixels.copy()
         t = torch.from_numpy(np.ascontiguousarray(pixels))
     elif isinstance(pixels, torch.Tensor):
         if pixels.dtype != torch.uint8:

@@ -5,7 +5,14 @@
 
 from milsil.models.bagnet import BagNet, Bottleneck, ResNet50
 from milsil.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from milsil.models.mil import HEADS, AttentionMIL, BagOutput, ConfiguredModel, MilSilNet, ModelConfig
+from milsil.models.mil import (
+    HEADS,
+    AttentionMIL,
+    BagOutput,
+    ConfiguredModel,
+    MilSilNet,
+    ModelConfig,
+)
 from milsil.models.registry import create_model, list_models, load_pretrained_backbone, make_config
 
 __all__ = [

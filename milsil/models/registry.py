@@ -41,7 +41,9 @@ def _bagnet_builder(name: str) -> Callable[[ModelConfig], ConfiguredModel]:
         return MilSilNet(backbone, backbone.out_channels, config)
 
     build.__name__ = name
-    build.__doc__ = f"{name}: BagNet with receptive field {BagNet(BAGNET_KERNEL3[name], 4).receptive_field}."
+    build.__doc__ = (
+        f"{name}: BagNet with receptive field {BagNet(BAGNET_KERNEL3[name], 4).receptive_field}."
+    )
     return build
 
 
@@ -118,7 +120,9 @@ def make_config(
     if not isinstance(num_classes, int) or num_classes < 2:
         raise MilsilError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if not isinstance(width, int) or width < 4 or width > 256:
-        raise MilsilError(f"width must be an integer from 4 to 256 (64 = published size), got {width!r}")
+        raise MilsilError(
+            f"width must be an integer from 4 to 256 (64 = published size), got {width!r}"
+        )
     names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
     if len(names) != num_classes:
         raise MilsilError(f"{len(names)} class names given for num_classes={num_classes}")
@@ -136,7 +140,9 @@ def load_pretrained_backbone(model: ConfiguredModel, path: str | Path) -> None:
     """
     path = Path(path)
     if not path.is_file():
-        raise MilsilError(f"pretrained weights file not found: {path} (downloads are never attempted)")
+        raise MilsilError(
+            f"pretrained weights file not found: {path} (downloads are never attempted)"
+        )
     backbone = getattr(model, "backbone", None)
     if backbone is None:
         raise MilsilError(f"{model.config.arch} has no pretrained ImageNet backbone")

@@ -1,0 +1,156 @@
+"""``milsil heatmap``: logit heatmaps of images as arrays and paper-style PNG overlays."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from milsil import __version__
+from milsil.errors import MilsilError
+from milsil.heatmap import cam, gradcam, logit_heatmap
+from milsil.models import load_checkpoint
+from milsil.render import overlay, side_by_side
+
+
+def class_index(class_names: list[str], wanted: str | None) -> int:
+    """The class to draw: ``wanted``, else "malignant" when the model has it, else the last."""
+    if wanted is None:
+        return (
+            class_names.index("malignant") if "malignant" in class_names else len(class_names) - 1
+        )
+    if wanted not in class_names:
+        raise MilsilError(
+            f"unknown class {wanted!r}; this model's classes: {', '.join(class_names)}"
+        )
+    return class_names.index(wanted)
+
+
+def contrast(logits: torch.Tensor, index: int) -> np.ndarray:
+    """Evidence for one class: its logit minus the mean of the others (the 2-class logit gap).
+
+    Raw logits share an arbitrary offset across classes; the difference is what the
+    softmax sees, so 0 is a neutral pixel and the colour map is centred there.
+    """
+    others = torch.cat([logits[:index], logits[index + 1 :]]).mean(dim=0)
+    return (logits[index] - others).numpy()
+
+
+def render_image(
+    model, path: Path, out_dir: Path, stride: int, cls: int, compare: bool, bf16: bool
+) -> dict:
+    """Write ``<stem>.logits.npy``, ``<stem>.heatmap.png`` (and ``<stem>.compare.png``)."""
+    from milsil.data import load_rgb
+
+    image = load_rgb(path)
+    start = time.perf_counter()
+    logits = logit_heatmap(model, image, stride=stride, bf16=bf16)
+    seconds = time.perf_counter() - start
+    stem = out_dir / path.stem
+    np.save(f"{stem}.logits.npy", logits.numpy())
+    Image.fromarray(overlay(image, contrast(logits, cls))).save(f"{stem}.heatmap.png")
+    outputs = [f"{stem}.logits.npy", f"{stem}.heatmap.png"]
+    if compare:
+        cam_map = cam(model, image)
+        grad = gradcam(model, image, cls).numpy()
+        panels = [
+            image,
+            overlay(image, contrast(logits, cls)),
+            overlay(image, contrast(cam_map, cls)),
+            overlay(image, grad / max(float(grad.max()), 1e-6)),
+        ]
+        Image.fromarray(side_by_side(panels)).save(f"{stem}.compare.png")
+        outputs.append(f"{stem}.compare.png")
+    return {"image": str(path), "shape": list(logits.shape), "seconds": seconds, "outputs": outputs}
+
+
+def run(args: argparse.Namespace) -> int:
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = (
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else args.device.replace("auto", "cpu")
+    )
+    print(f"loading model {args.model} on {device}")
+    model = load_checkpoint(args.model, map_location=device)
+    cls = class_index(model.class_names, args.class_name)
+    print(f"drawing class {model.class_names[cls]!r} at stride {args.stride} into {out_dir}/")
+    results, failures = [], []
+    for i, raw in enumerate(args.images, 1):
+        path = Path(raw)
+        if not args.overwrite and Path(out_dir / f"{path.stem}.heatmap.png").exists():
+            print(
+                f"[{i}/{len(args.images)}] {path.name}: done already, skipped (--overwrite to redo)"
+            )
+            continue
+        try:
+            info = render_image(model, path, out_dir, args.stride, cls, args.compare, args.bf16)
+        except MilsilError as exc:
+            failures.append((str(path), str(exc)))
+            print(f"[{i}/{len(args.images)}] {path.name}: FAILED: {exc}", file=sys.stderr)
+            continue
+        results.append(info)
+        print(
+            f"[{i}/{len(args.images)}] {path.name}: {info['shape']} logits in {info['seconds']:.2f} s"
+        )
+    meta = {
+        "milsil_version": __version__,
+        "torch_version": torch.__version__,
+        "model": str(args.model),
+        "model_config": model.config.to_dict(),
+        "class": model.class_names[cls],
+        "stride": args.stride,
+        "bf16": args.bf16,
+        "results": results,
+        "failures": [{"image": p, "error": e} for p, e in failures],
+    }
+    (out_dir / "heatmap_run.json").write_text(json.dumps(meta, indent=2))
+    if failures:
+        print(f"{len(failures)} of {len(args.images)} images failed:", file=sys.stderr)
+        for p, e in failures:
+            print(f"  {p}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "heatmap",
+        help="per-pixel logit heatmaps of images (arrays + PNG overlays)",
+        description=(
+            "Compute the exact per-pixel class-logit heatmap of each IMAGE (the paper's "
+            "visualisation: the logits of the receptive-field window centred on every pixel) "
+            "and write <stem>.logits.npy (float32 [classes, H/stride, W/stride]) and "
+            "<stem>.heatmap.png (red = evidence for the class, blue = against, over the tissue). "
+            "Finished images are skipped on rerun; a failing image does not stop the others."
+        ),
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="RGB image files (PNG, JPEG, TIFF)")
+    p.add_argument("--model", required=True, help="checkpoint written by milsil train")
+    p.add_argument("--out", default="heatmaps", help="output folder (default: ./heatmaps)")
+    p.add_argument(
+        "--stride", type=int, default=1, help="1 = every pixel (default), 8 = fast preview"
+    )
+    p.add_argument(
+        "--class", dest="class_name", help="class to draw (default: malignant, else the last)"
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also write <stem>.compare.png: image | logit | CAM | Grad-CAM",
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bfloat16 compute (faster on AVX-512 BF16 CPUs and GPUs)",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
+    p.set_defaults(func=run)
