@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import milsil.heatmap as heatmap_module
 from milsil.heatmap import DenseLogitNet, logit_heatmap, naive_logit_heatmap
 from milsil.models import create_model
 
@@ -53,8 +54,13 @@ def dense_flops_per_pixel(model, stride: int, size: int) -> float:
     net = DenseLogitNet(model, base)
     rf = model.receptive_field
     side = (size - 1) // stride * stride + rf  # the padded input one tile of this region needs
-    with FlopCounterMode(display=False) as counter:
-        net(torch.zeros(1, 3, side, side, device=next(model.parameters()).device))
+    # FlopCounterMode sees aten convolutions only, so count on the unfused path.
+    fused, heatmap_module._POINTWISE = heatmap_module._POINTWISE, None
+    try:
+        with FlopCounterMode(display=False) as counter:
+            net(torch.zeros(1, 3, side, side, device=next(model.parameters()).device))
+    finally:
+        heatmap_module._POINTWISE = fused
     return counter.get_total_flops() / (size * size)
 
 

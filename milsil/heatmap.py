@@ -98,6 +98,20 @@ def _check_stride(stride: int) -> int:
 # ------------------------------------------------------------------ the dense network
 
 
+def _onednn_pointwise():
+    """oneDNN's fused conv+ReLU / conv+add+ReLU (what torch.compile uses on CPUs), if present.
+
+    Fusing saves a full read and write of every activation map; the dense network is
+    otherwise bound by those memory passes rather than by its matrix products.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
+
+
+_POINTWISE = _onednn_pointwise()
+
+
 @dataclass
 class _Conv:
     """A convolution with BatchNorm folded in, and the stride/dilation it runs with."""
@@ -109,6 +123,25 @@ class _Conv:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight, self.bias, stride=self.stride, dilation=self.dilation)
+
+    def _fusable(self, x: torch.Tensor) -> bool:
+        return _POINTWISE is not None and x.device.type == "cpu"
+
+    def relu(self, x: torch.Tensor) -> torch.Tensor:
+        if self._fusable(x):
+            geometry = ([0, 0], [self.stride] * 2, [self.dilation] * 2, 1)
+            return _POINTWISE(x, self.weight, self.bias, *geometry, "relu", [], "")
+        return torch.relu_(self(x))
+
+    def add_relu(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``relu(conv(x) + other)``; ``other`` must have the output's shape."""
+        if self._fusable(x):
+            other = other.contiguous(memory_format=torch.channels_last)
+            geometry = ([0, 0], [self.stride] * 2, [self.dilation] * 2, 1)
+            return _POINTWISE(
+                x, other, self.weight, self.bias, *geometry, "add", 1.0, "relu", [], ""
+            )
+        return torch.relu_(self(x).add_(other))
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,11 +195,10 @@ class _DenseBlock:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         residual = x if self.downsample is None else self.downsample(x)
-        out = torch.relu_(self.conv1(x))
-        out = torch.relu_(self.conv2(out))
-        out = self.conv3(out)
+        out = self.conv2.relu(self.conv1.relu(x))
+        # The shortcut keeps each window's top-left pixel: crop it at the bottom/right.
         h, w = out.shape[-2:]
-        return torch.relu_(out.add_(residual[..., :h, :w]))
+        return self.conv3.add_relu(out, residual[..., :h, :w])
 
 
 class DenseLogitNet:
@@ -213,7 +245,7 @@ class DenseLogitNet:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` padded input -> ``[B, C, (H-RF)//base+1, (W-RF)//base+1]``."""
         x = x.to(self.stem.weight.dtype).contiguous(memory_format=torch.channels_last)
-        x = torch.relu_(self.stem(x))
+        x = self.stem.relu(x)
         for block in self.blocks:
             x = block(x)
         return self.classifier(x)

@@ -161,3 +161,17 @@ def test_dense_network_cache_follows_weight_updates(small_bagnet):
     assert torch.allclose(after, before + 1.0, atol=1e-5)
     model.load_state_dict(create_model("bagnet9", 3, width=8).state_dict())
     assert torch.allclose(logit_heatmap(model, image), naive_logit_heatmap(model, image), atol=1e-4)
+
+
+def test_unfused_path_gives_the_same_logits(small_bagnet, monkeypatch):
+    """The plain conv/ReLU/add path (GPUs, builds without oneDNN) matches the fused one."""
+    import milsil.heatmap as heatmap_module
+
+    model = small_bagnet("bagnet17", seed=11)
+    image = torch.randn(3, 30, 26)
+    fused = logit_heatmap(model, image, stride=2)
+    monkeypatch.setattr(heatmap_module, "_POINTWISE", None)
+    heatmap_module.clear_dense_cache(model)
+    plain = logit_heatmap(model, image, stride=2)
+    assert (plain - fused).abs().max().item() < 1e-5
+    assert (plain - naive_logit_heatmap(model, image, stride=2)).abs().max().item() < 1e-4
