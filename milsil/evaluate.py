@@ -15,6 +15,12 @@ Maps compared:
   * CAM -- the target class's classifier applied to the last feature map, upsampled;
   * Grad-CAM -- of the target class on the last feature map, upsampled.
 Dice thresholds each map after min-max scaling to [0, 1], so one threshold serves all.
+
+Scores are taken over the image's *valid* interior by default: pixels whose receptive-field
+window lies inside the image (a border of ``receptive_field // 2``). Border windows of the
+logit heatmap see mirrored, partly invented context (the border policy of
+:mod:`milsil.heatmap`), and CAM/Grad-CAM are smeared at borders by upsampling; all maps are
+cropped alike to compare fairly.
 """
 
 from __future__ import annotations
@@ -31,7 +37,15 @@ import numpy as np
 import torch
 
 from milsil.errors import MilsilError
-from milsil.metrics import accuracy, auroc, dice, mean_std, normalize_map, pixel_auroc, pointing_game
+from milsil.metrics import (
+    accuracy,
+    auroc,
+    dice,
+    mean_std,
+    normalize_map,
+    pixel_auroc,
+    pointing_game,
+)
 from milsil.models.mil import ConfiguredModel
 from milsil.train import (
     TrainConfig,
@@ -99,7 +113,11 @@ def predict(
                     sil[i] = probs[k]
     finally:
         model.train(was_training)
-    result: dict[str, Any] = {"labels": labels, "mil_probs": mil_probs, "loss": loss_sum / len(records)}
+    result: dict[str, Any] = {
+        "labels": labels,
+        "mil_probs": mil_probs,
+        "loss": loss_sum / len(records),
+    }
     if sil:
         order = range(len(records))
         result["sil_probs"] = np.concatenate([sil[i] for i in order])
@@ -191,17 +209,24 @@ def localization(
     dice_threshold: float = 0.5,
     maps: Sequence[str] | None = None,
     max_images: int | None = None,
+    border: int | None = None,
 ) -> dict[str, Any]:
     """Compare maps with the masks on the target-class images that have a non-empty mask.
 
     Returns ``{map: {"pixel_auroc", "pointing_game", "dice", "images"}}`` (means over
-    images; ``pointing_game`` is the hit rate). Bags stored as ``.npz`` tiles are skipped:
-    they have no image to map.
+    images; ``pointing_game`` is the hit rate). ``border`` pixels are left out on each side
+    (default: half the receptive field, see the module docstring). Bags stored as ``.npz``
+    tiles are skipped: they have no image to map.
     """
     from milsil.data import load_mask, load_rgb
 
     target = target_class(class_names)
     maps = list(maps) if maps is not None else available_maps(model)
+    if border is None:
+        border = (model.receptive_field or 0) // 2
+    if not isinstance(border, int) or border < 0:
+        raise MilsilError(f"border must be a non-negative number of pixels, got {border!r}")
+    inner = (slice(border, -border or None), slice(border, -border or None))
     per: dict[str, dict[str, list[float]]] = {
         m: {"pixel_auroc": [], "pointing_game": [], "dice": []} for m in maps
     }
@@ -212,13 +237,19 @@ def localization(
         if max_images is not None and used >= max_images:
             break
         mask = load_mask(r.mask)
-        if not mask.any():
+        if not mask[inner].any():
             continue
         image = load_rgb(r.path)
         if image.shape[:2] != mask.shape:
-            raise MilsilError(f"mask {r.mask} is {mask.shape[::-1]}, image {r.path} is {image.shape[1::-1]}")
+            raise MilsilError(
+                f"mask {r.mask} is {mask.shape[::-1]}, image {r.path} is {image.shape[1::-1]}"
+            )
+        if min(mask.shape) <= 2 * border:
+            raise MilsilError(f"{r.path}: a {border}-pixel border leaves no interior")
         used += 1
+        mask = mask[inner]
         for name, heat in image_maps(model, image, target, maps).items():
+            heat = heat[inner]
             per[name]["pixel_auroc"].append(pixel_auroc(heat, mask))
             per[name]["pointing_game"].append(float(pointing_game(heat, mask)))
             per[name]["dice"].append(dice(normalize_map(heat), mask, dice_threshold))
@@ -317,14 +348,18 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     """Add ``summary`` (mean, std, n over folds) to every method and localization entry."""
     for entry in results["methods"].values():
         entry["summary"] = {
-            key: dict(zip(("mean", "std", "n"), mean_std([f[key] for f in entry["folds"]]), strict=True))
+            key: dict(
+                zip(("mean", "std", "n"), mean_std([f[key] for f in entry["folds"]]), strict=True)
+            )
             for key in ("sil_accuracy", "mil_accuracy", "sil_auroc", "mil_auroc")
         }
     summary: dict[str, Any] = {}
     for h, per_map in results["localization"].items():
         for name, per_fold in per_map.items():
             summary.setdefault(h, {})[name] = {
-                key: dict(zip(("mean", "std", "n"), mean_std([f[key] for f in per_fold]), strict=True))
+                key: dict(
+                    zip(("mean", "std", "n"), mean_std([f[key] for f in per_fold]), strict=True)
+                )
                 for key in ("pixel_auroc", "pointing_game", "dice")
             } | {"images": int(sum(f["images"] for f in per_fold))}
     results["localization_summary"] = summary
@@ -387,7 +422,9 @@ def format_localization_table(results: dict[str, Any], head: str | None = None) 
     for name, v in rows.items():
         lines.append(
             f"{MAP_NAMES.get(name, name):<15}"
-            + "  ".join(_cell(v[k], 1.0).rjust(15) for k in ("pixel_auroc", "pointing_game", "dice"))
+            + "  ".join(
+                _cell(v[k], 1.0).rjust(15) for k in ("pixel_auroc", "pointing_game", "dice")
+            )
         )
     return "\n".join(lines)
 
@@ -487,7 +524,9 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("data", help="dataset: manifest CSV or folder")
     parser.add_argument("--out", default=None, help="output folder (runs and ablation.json)")
     parser.add_argument("--folds", type=int, default=5, help="cross-validation folds")
-    parser.add_argument("--heads", default="sil,mil,milsil", help="comma-separated heads to compare")
+    parser.add_argument(
+        "--heads", default="sil,mil,milsil", help="comma-separated heads to compare"
+    )
     parser.add_argument("--checkpoint", default=None, help="evaluate this checkpoint instead")
     parser.add_argument("--no-localization", action="store_true", help="skip the heatmap table")
     parser.add_argument("--dice-threshold", type=float, default=0.5, help="on min-max scaled maps")

@@ -14,11 +14,13 @@ The residual crop at the bottom/right keeps the same top-left alignment. BatchNo
 folded into the convolutions and the classifier is a 1x1 conv, so the whole heatmap is
 one convolutional pass per tile, with no windows cropped and no work repeated.
 
-Border policy: pixels outside the given image are zero in normalized space (the
-normalization mean colour). A caller who has real context pixels around the region of
-interest passes them in and says how many with ``margin``: the heatmap then covers only
-the interior, and windows at its border see the real neighbours (this is how tiles and
-slide regions are stitched without seams).
+Border policy: pixels outside the given image are its mirror image (reflection without
+repeating the edge pixel), so a window at the border still sees tissue-like texture. A
+constant pad (e.g. the mean colour) would show the model flat patches it never saw in
+training and light the frame up with extreme logits. A caller who has real context
+pixels around the region of interest passes them in and says how many with ``margin``:
+the heatmap then covers only the interior, and windows at its border see the real
+neighbours (this is how tiles and slide regions are stitched without seams).
 """
 
 from __future__ import annotations
@@ -275,6 +277,13 @@ def clear_dense_cache(model: MilSilNet) -> None:
     model.__dict__.pop("_dense_cache", None)
 
 
+def pad_reflect(image: torch.Tensor, pad: int) -> torch.Tensor:
+    """Mirror ``pad`` pixels on every side of ``[3, H, W]`` (the border policy above)."""
+    if pad == 0:
+        return image
+    return F.pad(image.unsqueeze(0), (pad, pad, pad, pad), mode="reflect")[0]
+
+
 def output_size(length: int, stride: int) -> int:
     """Number of heatmap samples along an axis of ``length`` pixels: ceil(length / stride)."""
     return -(-length // stride)
@@ -329,7 +338,7 @@ def logit_heatmap(
     # Pad so that every interior pixel has a full window; real context replaces padding.
     half = rf // 2
     pad = max(0, half - margin)
-    x = F.pad(x, (pad, pad, pad, pad))
+    x = pad_reflect(x, pad)
     origin = margin + pad - half  # padded-image offset of the window of interior pixel (0, 0)
     out_h, out_w = output_size(height, stride), output_size(width, stride)
     if tile is None:
@@ -372,7 +381,7 @@ def naive_logit_heatmap(
     x = prepare_image(model, image)
     half = rf // 2
     height, width = x.shape[1:]
-    x = F.pad(x, (half, half, half, half))
+    x = pad_reflect(x, half)
     ys = range(0, height, stride)
     xs = range(0, width, stride)
     windows = [(i, j) for i in ys for j in xs]

@@ -36,7 +36,9 @@ def _as_numpy(x: Any, name: str) -> np.ndarray:
 def _labels(labels: Any, n: int) -> np.ndarray:
     y = _as_numpy(labels, "labels")
     if y.ndim != 1 or len(y) != n:
-        raise MilsilError(f"labels must be a 1-d sequence of {n} class indices, got shape {y.shape}")
+        raise MilsilError(
+            f"labels must be a 1-d sequence of {n} class indices, got shape {y.shape}"
+        )
     if y.size and (not np.issubdtype(y.dtype, np.integer) and not np.all(y == np.round(y))):
         raise MilsilError("labels must be integer class indices")
     return y.astype(np.int64)
@@ -52,7 +54,9 @@ def accuracy(predictions: Any, labels: Any) -> float:
     if p.ndim == 2:
         p = p.argmax(axis=1)
     elif p.ndim != 1:
-        raise MilsilError(f"predictions must be [M] class indices or [M, C] scores, got shape {p.shape}")
+        raise MilsilError(
+            f"predictions must be [M] class indices or [M, C] scores, got shape {p.shape}"
+        )
     y = _labels(labels, len(p))
     if len(y) == 0:
         return math.nan

@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F
 
 from milsil.errors import CheckpointError, MilsilError
-from milsil.models import HEADS, BagOutput, create_model, list_models, read_checkpoint, save_checkpoint
+from milsil.models import (
+    HEADS,
+    BagOutput,
+    create_model,
+    list_models,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 # The smallest patch each architecture can take (BagNets: their receptive field; the
 # strided ResNet/DenseNet stems need 32; the attention-MIL LeNet extractor 16).
@@ -103,7 +110,9 @@ class TrainConfig:
             )
         if self.pretrained is not None:
             if not isinstance(self.pretrained, str) or not self.pretrained:
-                raise MilsilError(f"pretrained must be a local file path or None, got {self.pretrained!r}")
+                raise MilsilError(
+                    f"pretrained must be a local file path or None, got {self.pretrained!r}"
+                )
             self.pretrained = str(self.pretrained)
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,7 +126,9 @@ class TrainConfig:
         allowed = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(allowed))
         if unknown:
-            raise MilsilError(f"unknown training setting(s) {unknown}; allowed: {', '.join(allowed)}")
+            raise MilsilError(
+                f"unknown training setting(s) {unknown}; allowed: {', '.join(allowed)}"
+            )
         return cls(**d)
 
 
@@ -131,9 +142,7 @@ def _check_int(cfg: TrainConfig, name: str, lo: int, hi: int) -> None:
     setattr(cfg, name, int(value))
 
 
-def _check_float(
-    cfg: TrainConfig, name: str, lo: float, hi: float, low_open: bool = False
-) -> None:
+def _check_float(cfg: TrainConfig, name: str, lo: float, hi: float, low_open: bool = False) -> None:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise MilsilError(f"{name} must be a number, got {value!r}")
@@ -223,9 +232,13 @@ def bag_loss(
     total = None
     if head in ("sil", "milsil"):
         if output.sil_logits is None:
-            raise MilsilError(f"head {head!r} needs per-patch logits; this model has none (use head 'mil')")
+            raise MilsilError(
+                f"head {head!r} needs per-patch logits; this model has none (use head 'mil')"
+            )
         b, n, c = output.sil_logits.shape
-        sil = F.cross_entropy(output.sil_logits.reshape(b * n, c).float(), labels.repeat_interleave(n))
+        sil = F.cross_entropy(
+            output.sil_logits.reshape(b * n, c).float(), labels.repeat_interleave(n)
+        )
         parts["sil_loss"] = float(sil.detach())
         total = sil
     if head in ("mil", "milsil"):
@@ -270,7 +283,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
     np.random.set_state(
-        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        (
+            "MT19937",
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
@@ -437,7 +456,9 @@ def _make_loader(
         seed=config.seed,
     )
     dataset.set_epoch(epoch)
-    batches = bucket_batches(dataset.bag_sizes, config.batch_size, True, _epoch_seed(config.seed, epoch))
+    batches = bucket_batches(
+        dataset.bag_sizes, config.batch_size, True, _epoch_seed(config.seed, epoch)
+    )
     kwargs: dict[str, Any] = {}
     if config.num_workers > 0:
         import multiprocessing as mp
@@ -494,7 +515,9 @@ def train_model(
     polled before every step: when it returns True the current state (mid-epoch included)
     is checkpointed and the result has ``stopped=True``. With ``resume`` a run already in
     ``out_dir`` continues from ``last.pt`` (or returns at once if it had finished); the
-    config must match except for ``epochs``, ``device`` and ``num_workers``.
+    config must match except for ``epochs``, ``device`` and ``num_workers``, and the data
+    must be the same (bags, patients, classes). ``best_checkpoint`` does not exist when the
+    run stopped before finishing its first epoch.
     """
     from milsil.evaluate import evaluate_model
 
@@ -559,6 +582,11 @@ def train_model(
                 f"{out_dir} was trained on classes {payload['config']['class_names']}, "
                 f"not {class_names}; use another output folder"
             )
+        if "data" in state and state["data"] != _clean(summary):
+            raise MilsilError(
+                f"{out_dir} holds a run on different data (was {state['data']['train']} for "
+                f"training, now {summary['train']}); use another output folder or start over"
+            )
         model.load_state_dict(payload["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -613,6 +641,7 @@ def train_model(
             "best": best,
             "history": _clean(history),
             "config": config.to_dict(),
+            "data": _clean(summary),
             "elapsed_seconds": elapsed,
         }
         save_checkpoint(
@@ -675,7 +704,9 @@ def train_model(
         if use_bar:
             from tqdm import tqdm
 
-            bar = tqdm(total=steps, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False)
+            bar = tqdm(
+                total=steps, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False
+            )
         for step, (bags, labels) in enumerate(loader, start=skip):
             if should_stop is not None and should_stop():
                 elapsed = elapsed_before + time.monotonic() - session_start
@@ -783,18 +814,26 @@ def _nan(value: Any) -> float:
 # Command line
 
 
-def add_train_arguments(parser: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
+def add_train_arguments(
+    parser: argparse.ArgumentParser, defaults: TrainConfig | None = None
+) -> None:
     """The training flags, shared by ``milsil train`` and ``milsil evaluate``."""
     d = defaults or TrainConfig()
     parser.add_argument("--arch", default=d.arch, choices=list_models(), help="model architecture")
-    parser.add_argument("--head", default=d.head, choices=HEADS, help="training loss (default %(default)s)")
-    parser.add_argument("--width", type=int, default=d.width, help="channel width (64 = published size)")
+    parser.add_argument(
+        "--head", default=d.head, choices=HEADS, help="training loss (default %(default)s)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=d.width, help="channel width (64 = published size)"
+    )
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (paper: 1e-4)")
     parser.add_argument("--lr-decay", type=float, default=d.lr_decay, help="lr factor per epoch")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="bags per batch")
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    parser.add_argument("--patch-size", type=int, default=d.patch_size, help="bag patch side in pixels")
+    parser.add_argument(
+        "--patch-size", type=int, default=d.patch_size, help="bag patch side in pixels"
+    )
     parser.add_argument("--no-augment", action="store_true", help="no flips/rotations")
     parser.add_argument(
         "--color-jitter", type=float, default=d.color_jitter, help="H&E stain jitter strength 0-1"
@@ -869,7 +908,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         flush=True,
     )
     if (out / "last.pt").exists() and not args.no_resume:
-        print(f"  resuming the run in {out} (use --no-resume to start over)", flush=True)
+        state = read_checkpoint(out / "last.pt").get("training_state") or {}
+        done, step = int(state.get("epoch", 0)), int(state.get("step", 0))
+        if done >= config.epochs and step == 0:
+            print(
+                f"  {out} already holds a finished run ({done} epochs): nothing to train",
+                flush=True,
+            )
+        else:
+            where = f"epoch {done + 1}" + (f", step {step + 1}" if step else "")
+            print(f"  resuming the run in {out} at {where} (--no-resume starts over)", flush=True)
     result = train_model(
         config,
         train,
@@ -912,5 +960,7 @@ def register_cli(subparsers: Any) -> None:
         default=0.2,
         help="fraction of patients held out for validation (0 = none; best = last)",
     )
-    parser.add_argument("--no-resume", action="store_true", help="start over even if --out has a run")
+    parser.add_argument(
+        "--no-resume", action="store_true", help="start over even if --out has a run"
+    )
     parser.set_defaults(func=_cmd_train)

@@ -31,3 +31,13 @@ def small_bagnet():
         return randomize_batchnorm(create_model(arch, num_classes, width=width), seed)
 
     return make
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One intra-op thread: servers, spawned trainers and JVMs share the 2 CI cores, and
+    OpenMP threads that spin-wait for a busy core make everything several times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -175,3 +175,15 @@ def test_unfused_path_gives_the_same_logits(small_bagnet, monkeypatch):
     plain = logit_heatmap(model, image, stride=2)
     assert (plain - fused).abs().max().item() < 1e-5
     assert (plain - naive_logit_heatmap(model, image, stride=2)).abs().max().item() < 1e-4
+
+
+def test_border_windows_see_mirrored_tissue(small_bagnet):
+    """Border policy: outside pixels are the image's mirror image, not a constant."""
+    model = small_bagnet("bagnet9", seed=13)
+    image = torch.randn(3, 20, 20)
+    mirrored = torch.nn.functional.pad(image[None], (4, 4, 4, 4), mode="reflect")[0]
+    inner = logit_heatmap(model, mirrored, margin=4)
+    assert (logit_heatmap(model, image) - inner).abs().max().item() < 1e-5
+    window = mirrored[:, 0:9, 0:9]  # the window centred on pixel (0, 0)
+    direct = model(window[None, None]).sil_logits[0, 0]
+    assert torch.allclose(logit_heatmap(model, image)[:, 0, 0], direct, atol=1e-5)

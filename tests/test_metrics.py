@@ -147,7 +147,9 @@ def test_dice():
 
 
 def test_normalize_map_and_mean_std():
-    np.testing.assert_allclose(normalize_map(np.array([[2.0, 4.0], [3.0, 2.0]])), [[0, 1], [0.5, 0]])
+    np.testing.assert_allclose(
+        normalize_map(np.array([[2.0, 4.0], [3.0, 2.0]])), [[0, 1], [0.5, 0]]
+    )
     assert normalize_map(np.ones((2, 2))).sum() == 0
     mean, std, n = mean_std([0.5, float("nan"), 1.0])
     assert (mean, std, n) == (0.75, 0.25, 2)
