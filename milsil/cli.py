@@ -20,6 +20,10 @@ COMMAND_MODULES = (
     "milsil.train",
     "milsil.evaluate",
     "milsil.heatmap_cli",
+    "milsil.slides",
+    "milsil.batch",
+    "milsil.reproduce",
+    "milsil.distributed",
     "milsil.client_cli",
     "server.cli",
 )

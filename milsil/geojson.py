@@ -10,7 +10,8 @@ valid) and checked; invalid results are repaired with ``make_valid``.
 
 Geometry of a sample: heatmap sample ``(i, j)`` is the window centred on region pixel
 ``(i*stride, j*stride)``; it stands for the ``stride x stride`` cell centred on that
-pixel's centre, clipped to the region. With ``stride = 1`` cells are exactly pixels:
+pixel's centre; boundaries lie midway between samples and the outer cells reach the region
+border, so the cells tile the region exactly. With ``stride = 1`` cells are exactly pixels:
 cell ``(i, j)`` spans level-0 ``x0 + j*ds .. x0 + (j+1)*ds``.
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 import geojson
 import numpy as np
 import shapely
-from shapely.geometry import MultiPolygon, Polygon, box, mapping, shape
+from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.polygon import orient
 
 from milsil.errors import MilsilError
@@ -210,10 +211,13 @@ def heatmap_to_geojson(
     ox, oy = float(origin[0]), float(origin[1])
     if region_size is None:
         region_size = (cols * stride * downsample, rows * stride * downsample)
-    bounds = box(ox, oy, ox + region_size[0], oy + region_size[1])
-    scale = stride * downsample
-    shift = (0.5 - stride / 2.0) * downsample  # cells centred on their sample's pixel centre
-    cell_area = scale * scale
+    width_px = region_size[0] / downsample
+    height_px = region_size[1] / downsample
+    # Cell boundaries in region pixels: midway between neighbouring samples (cells centred on
+    # their sample's pixel centre), the outer ones on the region border.
+    x_edges = cell_edges(cols, stride, width_px)
+    y_edges = cell_edges(rows, stride, height_px)
+    cell_area = (stride * downsample) ** 2
 
     mask = np.nan_to_num(values, nan=-np.inf) >= threshold
     labels, count = mask_components(mask)
@@ -229,18 +233,15 @@ def heatmap_to_geojson(
         if component.sum() * cell_area < min_area * 0.5:  # cheap early drop; exact check below
             continue
         geom = component_polygon(component)
-        geom = shapely.affinity.affine_transform(
-            geom,
-            [
-                scale,
-                0,
-                0,
-                scale,
-                ox + shift + sl[1].start * scale,
-                oy + shift + sl[0].start * scale,
-            ],
-        )
-        geom = geom.intersection(bounds)
+        x0, y0 = sl[1].start, sl[0].start
+
+        def to_level0(coords: np.ndarray, x0: int = x0, y0: int = y0) -> np.ndarray:
+            out = np.empty_like(coords)
+            out[:, 0] = ox + downsample * np.interp(coords[:, 0] + x0, np.arange(cols + 1), x_edges)
+            out[:, 1] = oy + downsample * np.interp(coords[:, 1] + y0, np.arange(rows + 1), y_edges)
+            return out
+
+        geom = shapely.transform(geom, to_level0)
         geom = clean_geometry(geom, simplify_tolerance)
         if geom is None or geom.area < max(min_area, PRECISION * PRECISION):
             continue
@@ -254,6 +255,13 @@ def heatmap_to_geojson(
         objects.append({"id": feature["id"], **measurements})
     collection = geojson.FeatureCollection(features)
     return dict(collection), objects
+
+
+def cell_edges(count: int, stride: int, length: float) -> np.ndarray:
+    """``count + 1`` cell boundaries along an axis of ``length`` region pixels (monotone)."""
+    inner = np.arange(1, count) * stride + 0.5 - stride / 2.0
+    edges = np.concatenate([[0.0], np.clip(inner, 0.0, length), [length]])
+    return np.maximum.accumulate(edges)
 
 
 def qupath_problems(collection: Mapping[str, Any]) -> list[str]:

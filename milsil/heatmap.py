@@ -342,7 +342,7 @@ def logit_heatmap(
     origin = margin + pad - half  # padded-image offset of the window of interior pixel (0, 0)
     out_h, out_w = output_size(height, stride), output_size(width, stride)
     if tile is None:
-        tile = _default_tile(model, base, step)
+        tile = default_tile(model, base, step)
     tile = max(1, int(tile))
 
     result = torch.empty(model.config.num_classes, out_h, out_w, dtype=torch.float32)
@@ -359,7 +359,7 @@ def logit_heatmap(
     return result
 
 
-def _default_tile(model: ConfiguredModel, base: int, step: int) -> int:
+def default_tile(model: ConfiguredModel, base: int, step: int) -> int:
     widest = model.config.width * 32 * 4  # channels x bytes of the last stage
     side = int(math.sqrt(TILE_ACTIVATION_BUDGET / widest))  # positions at the base stride
     return max(8, side // step)

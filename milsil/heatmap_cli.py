@@ -16,7 +16,7 @@ from milsil import __version__
 from milsil.errors import MilsilError
 from milsil.heatmap import cam, gradcam, logit_heatmap
 from milsil.models import load_checkpoint
-from milsil.render import overlay, side_by_side
+from milsil.render import comparison_figure, overlay
 
 
 def class_index(class_names: list[str], wanted: str | None) -> int:
@@ -59,13 +59,8 @@ def render_image(
     if compare:
         cam_map = cam(model, image)
         grad = gradcam(model, image, cls).numpy()
-        panels = [
-            image,
-            overlay(image, contrast(logits, cls)),
-            overlay(image, contrast(cam_map, cls)),
-            overlay(image, grad / max(float(grad.max()), 1e-6)),
-        ]
-        Image.fromarray(side_by_side(panels)).save(f"{stem}.compare.png")
+        maps = [contrast(logits, cls), contrast(cam_map, cls), grad / max(float(grad.max()), 1e-6)]
+        Image.fromarray(comparison_figure(image, maps)).save(f"{stem}.compare.png")
         outputs.append(f"{stem}.compare.png")
     return {"image": str(path), "shape": list(logits.shape), "seconds": seconds, "outputs": outputs}
 
@@ -144,7 +139,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compare",
         action="store_true",
-        help="also write <stem>.compare.png: image | logit | CAM | Grad-CAM",
+        help="also write <stem>.compare.png: image | logit heatmap | CAM | Grad-CAM, over the tissue and alone",
     )
     p.add_argument(
         "--bf16",

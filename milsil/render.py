@@ -66,3 +66,23 @@ def side_by_side(panels: list[np.ndarray], gap: int = 4) -> np.ndarray:
         canvas[: panel.shape[0], x : x + panel.shape[1]] = panel[..., :3]
         x += panel.shape[1] + gap
     return canvas
+
+
+def comparison_figure(image: np.ndarray, maps: list[np.ndarray], min_side: int = 384) -> np.ndarray:
+    """The paper's Fig. 1 layout: top row the image and each map over it, bottom row the
+    maps alone (the image's place left white). Small images are enlarged by an integer
+    factor (nearest neighbour, so single pixels stay visible) to at least ``min_side``.
+    """
+    scale = max(1, -(-min_side // max(image.shape[:2])))
+    h, w = image.shape[:2]
+
+    def big(rgb: np.ndarray) -> np.ndarray:
+        return np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1)
+
+    top = [big(image)] + [big(overlay(image, m)) for m in maps]
+    bottom = [np.full((h * scale, w * scale, 3), 255, np.uint8)] + [
+        big(colorize(upsample_nearest(np.asarray(m, np.float32), (h, w)))[..., :3]) for m in maps
+    ]
+    first, second = side_by_side(top), side_by_side(bottom)
+    gap = np.full((4, first.shape[1], 3), 255, np.uint8)
+    return np.concatenate([first, gap, second], axis=0)

@@ -25,7 +25,7 @@ from milsil.errors import MilsilError
 from server.errors import Cancelled, FailedPrecondition, ResourceExhausted
 
 ENCODINGS = ("RAW_RGB8", "PNG", "JPEG")
-BAND_TARGET_SECONDS = 0.5  # compute between two cancellation checks
+BAND_TARGET_SECONDS = 1.0  # most compute between two cancellation checks
 
 
 @dataclass
@@ -96,7 +96,10 @@ def decode_tile(
 
 def normalize(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]`` normalized with the model's mean/std."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).float().div_(255.0)
+    pixels = np.ascontiguousarray(pixels)
+    if not pixels.flags.writeable:  # frombuffer views of message bytes; torch wants writable
+        pixels = pixels.copy()
+    x = torch.from_numpy(pixels).float().div_(255.0)
     x = x.movedim(-1, -3)
     m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -238,9 +241,10 @@ class TilePlacement:
 class RegionCanvas:
     """A normalized float canvas of the region plus ``halo`` pixels of context on each side.
 
-    Pixels no tile supplied stay 0 (the normalization mean: logit_heatmap's own padding),
-    so a region sent without context gives exactly ``logit_heatmap(region)``, and one sent
-    with context gives the same numbers as the whole image would.
+    Context no tile supplied is filled by :meth:`mirror_missing_context` with the
+    mirror image, logit_heatmap's own border policy, so a region sent without context
+    gives exactly ``logit_heatmap(region)``, and one sent with context gives the same
+    numbers as the whole image would.
     """
 
     region: RegionSpec
@@ -249,12 +253,14 @@ class RegionCanvas:
     std: tuple[float, ...]
     canvas: torch.Tensor = field(init=False)
     covered: np.ndarray = field(init=False)
+    supplied: np.ndarray = field(init=False)
     placements: list[TilePlacement] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         h, w, p = self.region.height, self.region.width, self.halo
         self.canvas = torch.zeros(3, h + 2 * p, w + 2 * p, dtype=torch.float32)
         self.covered = np.zeros((h, w), dtype=bool)
+        self.supplied = np.zeros((h + 2 * p, w + 2 * p), dtype=bool)
 
     def add(
         self, pixels: np.ndarray, x: float, y: float, downsample: float, where: str
@@ -283,6 +289,7 @@ class RegionCanvas:
             )
         sub = pixels[cy0 - py : cy1 - py, cx0 - px : cx1 - px]
         self.canvas[:, cy0 + p : cy1 + p, cx0 + p : cx1 + p] = normalize(sub, self.mean, self.std)
+        self.supplied[cy0 + p : cy1 + p, cx0 + p : cx1 + p] = True
         ix0, iy0 = max(px, 0), max(py, 0)
         ix1, iy1 = min(px + tw, r.width), min(py + th, r.height)
         if ix0 < ix1 and iy0 < iy1:
@@ -290,6 +297,40 @@ class RegionCanvas:
         placement = TilePlacement(len(self.placements), ix0, iy0, max(ix0, ix1), max(iy0, iy1))
         self.placements.append(placement)
         return placement
+
+    def mirror_missing_context(self) -> None:
+        """Fill each side's context that no tile supplied with the mirror image.
+
+        On each side, the context rows/columns supplied all along the region count as
+        real; beyond them the image (region plus real context) is reflected, exactly as
+        ``logit_heatmap`` pads an image it is given without margin.
+        """
+        p, h, w = self.halo, self.region.height, self.region.width
+        s = self.supplied
+
+        def depth(lines: Iterator[np.ndarray]) -> int:
+            d = 0
+            for line in lines:
+                if not line.all():
+                    break
+                d += 1
+            return d
+
+        top = depth(s[p - 1 - k, p : p + w] for k in range(p))
+        bottom = depth(s[p + h + k, p : p + w] for k in range(p))
+        left = depth(s[p : p + h, p - 1 - k] for k in range(p))
+        right = depth(s[p : p + h, p + w + k] for k in range(p))
+        if min(top, bottom, left, right) == p:
+            return
+        core = self.canvas[:, p - top : p + h + bottom, p - left : p + w + right]
+        if min(core.shape[1:]) <= p:
+            raise MilsilError(
+                f"the region is {w}x{h} px with {min(top, bottom, left, right)} px of context on "
+                f"its narrowest side; a heatmap needs at least {2 * p + 1}x{2 * p + 1} pixels "
+                "(the receptive field): send a larger region or context around it"
+            )
+        pads = (p - left, p - right, p - top, p - bottom)
+        self.canvas = torch.nn.functional.pad(core[None], pads, mode="reflect")[0].contiguous()
 
     def check_covered(self) -> None:
         if not self.placements:
@@ -323,13 +364,15 @@ def banded_heatmap(
     is_active: Callable[[], bool],
     device: torch.device | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Compute ``logit_heatmap`` of the canvas interior band by band.
+    """Compute ``logit_heatmap`` of the canvas interior chunk by chunk.
 
-    Yields ``(rows_done, result)`` after each band; ``result`` is the full
-    ``[C, rows, cols]`` tensor, filled up to ``rows_done``. Each band includes ``halo``
-    rows of real canvas context above and below, so bands join without seams, and its
-    height is chosen from the measured speed so a band takes about half a second
-    (at most logit_heatmap's own tile, so banding adds no work on fast devices).
+    Yields ``(rows_done, result)`` after each band of rows; ``result`` is the full
+    ``[C, rows, cols]`` tensor, filled up to ``rows_done``. Each square chunk carries
+    ``halo`` pixels of real canvas context, so chunks join without seams. ``is_active`` is
+    checked between chunks. The side starts at 64 samples, doubles while chunks take under
+    a quarter of :data:`BAND_TARGET_SECONDS` (up to logit_heatmap's own tile, where the
+    work equals one in-process call) and halves when one takes longer, so a cancelled or
+    timed-out request stops within about a second on any device.
     """
     from milsil.heatmap import logit_heatmap
 
@@ -337,23 +380,31 @@ def banded_heatmap(
     rows, cols = -(-r.height // stride), -(-r.width // stride)
     result = torch.empty(model.config.num_classes, rows, cols, dtype=torch.float32)
     tile = max(1, _default_band_rows(model, stride))
-    band = min(tile, rows, max(1, 4096 // max(1, cols * stride * stride)))
+    side = min(tile, 64)  # start small: the first chunk's time is unknown
     done = 0
     while done < rows:
-        if not is_active():
-            raise Cancelled("request cancelled or deadline exceeded; heatmap computation stopped")
-        n = min(band, rows - done)
-        y0 = done * stride
-        y1 = min((done + n) * stride, r.height)
-        crop = canvas.canvas[:, y0 : y1 + 2 * p, :]
-        started = time.perf_counter()
-        out = logit_heatmap(model, crop, stride=stride, margin=p, tile=tile, device=device)
-        elapsed = time.perf_counter() - started
-        result[:, done : done + n] = out[:, :n]
+        n = min(side, rows - done)
+        y0, y1 = done * stride, min((done + n) * stride, r.height)
+        c0 = 0
+        while c0 < cols:
+            if not is_active():
+                raise Cancelled(
+                    "request cancelled or deadline exceeded; heatmap computation stopped"
+                )
+            m = min(side, cols - c0)
+            x0, x1 = c0 * stride, min((c0 + m) * stride, r.width)
+            crop = canvas.canvas[:, y0 : y1 + 2 * p, x0 : x1 + 2 * p]
+            started = time.perf_counter()
+            out = logit_heatmap(model, crop, stride=stride, margin=p, tile=max(n, m), device=device)
+            result[:, done : done + n, c0 : c0 + m] = out[:, :n, :m]
+            c0 += m
+            elapsed = time.perf_counter() - started
+            if elapsed > BAND_TARGET_SECONDS and side > 8:
+                side //= 2  # slow device: smaller chunks (the current band keeps its height)
+            elif elapsed < BAND_TARGET_SECONDS / 4 and side * 2 <= tile:
+                side *= 2  # fast: grow towards logit_heatmap's own tile (fewer halo overlaps)
         done += n
         yield done, result
-        per_row = elapsed / n
-        band = int(min(tile, max(1, BAND_TARGET_SECONDS / max(per_row, 1e-9))))
 
 
 def halo_for(model: torch.nn.Module) -> int:

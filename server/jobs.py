@@ -329,8 +329,9 @@ class JobManager:
             )
 
     def _bump(self, job_id: str) -> None:
-        self._versions[job_id] = self._versions.get(job_id, 0) + 1
-        self._cond.notify_all()
+        with self._cond:  # an RLock: callers may already hold it
+            self._versions[job_id] = self._versions.get(job_id, 0) + 1
+            self._cond.notify_all()
 
     def _finish(self, job: dict[str, Any], state: str, error: str = "") -> None:
         job["state"] = state
@@ -387,9 +388,9 @@ class JobManager:
                 return
             job["state"] = RUNNING
             self.store.put_job(job)
+            process.start()  # inside the lock: shutdown() never sees an unstarted process
             self._running[job_id] = {"process": process, "stop": stop, "reason": ""}
             self._bump(job_id)
-        process.start()
         log.info("job %s RUNNING in process %s (resume=%s)", job_id, process.pid, resume)
         outcome: tuple[str, Any] | None = None
         last_write = 0.0

@@ -356,6 +356,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                 raise MilsilError("config may only be sent in the first message")
             self._intake(job, request.tiles, context)
         job.canvas.check_covered()
+        job.canvas.mirror_missing_context()
         return config, job
 
     # ------------------------------------------------------------------ Heatmap

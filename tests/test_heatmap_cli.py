@@ -62,7 +62,8 @@ def test_writes_logits_overlay_and_metadata(workdir):
     overlay = np.asarray(Image.open(out / "tissue.heatmap.png"))
     assert overlay.shape == (48, 48, 3)
     compare = np.asarray(Image.open(out / "tissue.compare.png"))
-    assert compare.shape[0] == 48 and compare.shape[1] == 4 * 48 + 3 * 4
+    side = 48 * 8  # enlarged by 8 to at least 384 px
+    assert compare.shape[:2] == (2 * side + 4, 4 * side + 3 * 4)
     meta = json.loads((out / "heatmap_run.json").read_text())
     assert meta["class"] == "malignant" and meta["stride"] == 2 and not meta["failures"]
     # Rerun: finished work is skipped.

@@ -1,0 +1,226 @@
+#!/usr/bin/env python
+"""gRPC serving benchmark: tile streaming, Heatmap overhead vs in-process, concurrent clients.
+
+Starts ``milsil serve`` as a separate process on loopback (as in production: the client
+and server do not share a GIL), registers BagNet-9 models, and measures:
+
+1. streaming: MB/s of RAW tiles client->server (Heatmap at stride 64, where compute is
+   negligible) and of checkpoint bytes server->client (ExportModel);
+2. overhead: wall time of ``Heatmap`` over gRPC divided by the same
+   ``milsil.heatmap.logit_heatmap`` call in this process on the same region (goal <= 1.10);
+3. concurrency: N clients issuing small Heatmap requests: requests/s, p50 and p99 latency.
+
+Usage: ``python bench/grpc_bench.py [--quick] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def start_server(data_dir: Path, threads: int) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "milsil.cli",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            "--max-message-mb",
+            "128",
+            "--log-level",
+            "WARNING",
+            "--max-waiting",
+            "64",
+            "--max-workers",
+            "32",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        raise SystemExit(f"server did not start: {line}")
+    return proc, line.split("listening on ")[1].split()[0]
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller regions and fewer repeats")
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    from milsil.client import MilsilClient
+    from milsil.heatmap import logit_heatmap
+    from milsil.models import save_checkpoint
+    from server.testing import tiny_model
+
+    results: dict[str, object] = {"torch_threads": torch.get_num_threads(), "device": "cpu"}
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        proc, target = start_server(tmp / "data", torch.get_num_threads())
+        try:
+            client = MilsilClient(target, max_message_mb=128)
+            models = {}
+            for width in (8, 16, 64):
+                model = tiny_model(width=width)
+                save_checkpoint(model, tmp / f"w{width}.pt")
+                client.import_model(tmp / f"w{width}.pt", model_id=f"w{width}")
+                models[width] = model
+
+            # 1. streaming: the header is sent once every tile is received, decoded and
+            # placed, so time-to-header is the intake time of the whole region.
+            side = 1024 if args.quick else 2048
+            image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+            mb = image.nbytes / 1e6
+            client.heatmap("models/w8", image[:256, :256], stride=64)  # warm-up
+
+            def intake() -> None:
+                from milsil.v1 import common_pb2, inference_service_pb2
+
+                config = inference_service_pb2.HeatmapConfig(
+                    model="models/w8",
+                    region=common_pb2.Region(width=side, height=side, downsample=1),
+                    stride=64,
+                )
+                reqs = client._region_requests(  # noqa: SLF001 - the client's own tiling
+                    {"config": config},
+                    image,
+                    0,
+                    0,
+                    1.0,
+                    0,
+                    512,
+                    "raw",
+                    inference_service_pb2.HeatmapRequest,
+                )
+                call = client.inference.Heatmap(reqs)
+                next(call)
+                call.cancel()
+
+            wall = best_of(intake, args.repeat)
+            export_bytes = client.get_model("models/w64").size_bytes
+            export = best_of(lambda: client.export_model("models/w64", tmp / "out.pt"), args.repeat)
+            results["streaming"] = {
+                "tiles_mb": round(mb, 1),
+                "tile_intake_s": round(wall, 3),
+                "tiles_upload_mb_per_s": round(mb / wall, 1),
+                "export_mb_per_s": round(export_bytes / 1e6 / export, 1),
+            }
+            print(json.dumps({"streaming": results["streaming"]}), flush=True)
+
+            # 2. overhead vs in-process on the same region
+            overhead = []
+            cases = [(16, 256 if args.quick else 384, 1), (64, 1024 if args.quick else 2048, 8)]
+            for width, size, stride in cases:
+                region = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                client.heatmap(
+                    f"models/w{width}", region[:64, :64], stride=stride
+                )  # warm the model cache
+                grpc_times, local_times = [], []
+                for _ in range(args.repeat):  # alternate, so background load hits both alike
+                    grpc_times.append(
+                        best_of(
+                            lambda region=region, width=width, stride=stride: client.heatmap(
+                                f"models/w{width}", region, stride=stride, tile_size=512
+                            ),
+                            1,
+                        )
+                    )
+                    local_times.append(
+                        best_of(
+                            lambda region=region, width=width, stride=stride: logit_heatmap(
+                                models[width], region, stride=stride
+                            ),
+                            1,
+                        )
+                    )
+                grpc_s, local_s = min(grpc_times), min(local_times)
+                row = {
+                    "model": f"bagnet9 width {width}",
+                    "region": f"{size}x{size}",
+                    "stride": stride,
+                    "grpc_s": round(grpc_s, 3),
+                    "in_process_s": round(local_s, 3),
+                    "ratio": round(grpc_s / local_s, 3),
+                }
+                overhead.append(row)
+                print(json.dumps({"overhead": row}), flush=True)
+            results["overhead"] = overhead
+
+            # 3. concurrent clients
+            small = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+            per_client = 5 if args.quick else 10
+            concurrency = []
+            for n in (1, 2, 4, 8):
+                latencies: list[float] = []
+                lock = threading.Lock()
+                clients = [MilsilClient(target) for _ in range(n)]
+
+                def work(c: MilsilClient, lock=lock, latencies=latencies) -> None:
+                    for _ in range(per_client):
+                        t = time.perf_counter()
+                        c.heatmap("models/w16", small, stride=4)
+                        with lock:
+                            latencies.append(time.perf_counter() - t)
+
+                threads = [threading.Thread(target=work, args=(c,)) for c in clients]
+                t0 = time.perf_counter()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                total = time.perf_counter() - t0
+                for c in clients:
+                    c.close()
+                latencies.sort()
+                row = {
+                    "clients": n,
+                    "requests": len(latencies),
+                    "requests_per_s": round(len(latencies) / total, 2),
+                    "p50_ms": round(1000 * statistics.median(latencies), 1),
+                    "p99_ms": round(
+                        1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1
+                    ),
+                }
+                concurrency.append(row)
+                print(json.dumps({"concurrency": row}), flush=True)
+            results["concurrency"] = concurrency
+            client.close()
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

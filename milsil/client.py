@@ -1,0 +1,534 @@
+"""Python client of the milsil gRPC server (the reference client; the tests and demo use it).
+
+::
+
+    from milsil.client import MilsilClient
+
+    with MilsilClient("127.0.0.1:50051", token="...") as client:
+        ds = client.upload_dataset(bags_from_dataset("data/manifest.csv", patch_size=64))
+        job = client.start_training(ds.name, {"epochs": 5, "learning_rate": 1e-3})
+        for job in client.watch_job(job.name):
+            print(job.state, job.progress.epoch)
+        heat = client.heatmap(job.model, image)          # numpy [C, H, W] logits
+        fc, objects = client.annotate(job.model, image)  # QuPath GeoJSON
+
+Images are uint8 ``H x W x 3`` numpy arrays; they are cut into tiles, streamed, and the
+streamed heatmap tiles are put back together here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from milsil.errors import MilsilError
+from milsil.v1 import (
+    common_pb2,
+    inference_service_pb2,
+    inference_service_pb2_grpc,
+    model_service_pb2,
+    model_service_pb2_grpc,
+    training_service_pb2,
+    training_service_pb2_grpc,
+)
+
+ENCODINGS = {
+    "raw": common_pb2.Tile.RAW_RGB8,
+    "png": common_pb2.Tile.PNG,
+    "jpeg": common_pb2.Tile.JPEG,
+}
+VALUE_TYPES = {"float32": common_pb2.VALUE_TYPE_FLOAT32, "float16": common_pb2.VALUE_TYPE_FLOAT16}
+_NUMPY_TYPES = {common_pb2.VALUE_TYPE_FLOAT32: "<f4", common_pb2.VALUE_TYPE_FLOAT16: "<f2"}
+FINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "INTERRUPTED")
+
+
+def encode_tile(
+    pixels: np.ndarray,
+    encoding: str = "raw",
+    x: float = 0.0,
+    y: float = 0.0,
+    downsample: float = 1.0,
+) -> common_pb2.Tile:
+    """A Tile message from uint8 ``h x w x 3`` pixels at level-0 ``(x, y)``."""
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise MilsilError(
+            f"tiles must be uint8 h x w x 3 arrays, got {pixels.dtype} {pixels.shape}"
+        )
+    if encoding not in ENCODINGS:
+        raise MilsilError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    h, w = pixels.shape[:2]
+    if encoding == "raw":
+        data = pixels.tobytes()
+    else:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG" if encoding == "png" else "JPEG", quality=95)
+        data = buf.getvalue()
+    return common_pb2.Tile(
+        encoding=ENCODINGS[encoding], data=data, width=w, height=h, x=x, y=y, downsample=downsample
+    )
+
+
+def image_tiles(
+    image: np.ndarray,
+    tile_size: int,
+    encoding: str = "raw",
+    x: float = 0.0,
+    y: float = 0.0,
+    downsample: float = 1.0,
+) -> Iterator[common_pb2.Tile]:
+    """Cut an image whose top-left is level-0 ``(x, y)`` into a grid of tiles (edges smaller)."""
+    if tile_size < 1:
+        raise MilsilError(f"tile_size must be >= 1, got {tile_size}")
+    h, w = image.shape[:2]
+    for ty in range(0, h, tile_size):
+        for tx in range(0, w, tile_size):
+            yield encode_tile(
+                image[ty : ty + tile_size, tx : tx + tile_size],
+                encoding,
+                x + tx * downsample,
+                y + ty * downsample,
+                downsample,
+            )
+
+
+def bags_from_dataset(path: str | Path, patch_size: int) -> Iterator[tuple[np.ndarray, str, str]]:
+    """``(tiles, label, patient)`` for every bag of a local dataset (manifest CSV or folder)."""
+    from milsil.data import load_bag, load_dataset
+
+    records, classes = load_dataset(path)
+    for record in records:
+        yield load_bag(record, patch_size), classes[record.label], record.patient
+
+
+@dataclass
+class HeatmapResult:
+    """A heatmap put back together from the streamed tiles."""
+
+    header: inference_service_pb2.HeatmapHeader
+    logits: np.ndarray  # float32 [C, rows, cols]
+    probabilities: np.ndarray | None  # float32 [C, rows, cols] when requested
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.header.class_names)
+
+
+class MilsilClient:
+    """Connection to a milsil server; every call raises ``grpc.RpcError`` on a non-OK status."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        token: str | None = None,
+        root_certificates: bytes | str | Path | None = None,
+        client_cert: bytes | str | Path | None = None,
+        client_key: bytes | str | Path | None = None,
+        max_message_mb: int = 64,
+        timeout: float | None = None,
+        server_name: str | None = None,
+        tls: bool | None = None,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", max_message_mb * 2**20),
+            ("grpc.max_send_message_length", max_message_mb * 2**20),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        use_tls = (
+            tls if tls is not None else root_certificates is not None or client_cert is not None
+        )
+        if use_tls:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_pem(root_certificates),
+                private_key=_pem(client_key),
+                certificate_chain=_pem(client_cert),
+            )
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self.inference = inference_service_pb2_grpc.InferenceServiceStub(self.channel)
+        self.training = training_service_pb2_grpc.TrainingServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> MilsilClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _kw(self, timeout: float | None = None) -> dict[str, Any]:
+        return {
+            "metadata": self.metadata,
+            "timeout": timeout if timeout is not None else self.timeout,
+        }
+
+    def health(self, service: str = "", timeout: float | None = 5.0) -> str:
+        """Health status name ("SERVING", "NOT_SERVING", ...) of the server or one service."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    # ------------------------------------------------------------------ models
+
+    def list_models(self, page_size: int = 0) -> list[model_service_pb2.Model]:
+        models, token = [], ""
+        while True:
+            page = self.models.ListModels(
+                model_service_pb2.ListModelsRequest(page_size=page_size, page_token=token),
+                **self._kw(),
+            )
+            models.extend(page.models)
+            token = page.next_page_token
+            if not token:
+                return models
+
+    def get_model(self, name: str) -> model_service_pb2.Model:
+        return self.models.GetModel(model_service_pb2.GetModelRequest(name=name), **self._kw())
+
+    def delete_model(self, name: str) -> None:
+        self.models.DeleteModel(model_service_pb2.DeleteModelRequest(name=name), **self._kw())
+
+    def export_model(
+        self, name: str, path: str | Path, chunk_size: int = 0
+    ) -> model_service_pb2.Model:
+        """Download a model's checkpoint to ``path`` (written atomically)."""
+        path = Path(path)
+        model = None
+        tmp = path.with_name(f".{path.name}.part")
+        with open(tmp, "wb") as fh:
+            for response in self.models.ExportModel(
+                model_service_pb2.ExportModelRequest(name=name, chunk_size=chunk_size), **self._kw()
+            ):
+                if response.HasField("model"):
+                    model = response.model
+                fh.write(response.chunk_data)
+        tmp.replace(path)
+        return model
+
+    def import_model(
+        self,
+        path: str | Path,
+        model_id: str = "",
+        display_name: str = "",
+        chunk_size: int = 1 << 20,
+    ) -> model_service_pb2.Model:
+        data = Path(path).read_bytes()
+
+        def requests() -> Iterator[model_service_pb2.ImportModelRequest]:
+            for i in range(0, max(len(data), 1), chunk_size):
+                first = i == 0
+                yield model_service_pb2.ImportModelRequest(
+                    model_id=model_id if first else "",
+                    display_name=display_name if first else "",
+                    chunk_data=data[i : i + chunk_size],
+                )
+
+        return self.models.ImportModel(requests(), **self._kw())
+
+    # ------------------------------------------------------------------ inference
+
+    def classify_bag(
+        self,
+        model: str,
+        tiles: Sequence[np.ndarray] | np.ndarray,
+        encoding: str = "raw",
+        tiles_per_message: int = 16,
+        timeout: float | None = None,
+    ) -> inference_service_pb2.ClassifyBagResponse:
+        """Per-tile (SIL) and bag (MIL) probabilities of one bag of equally sized tiles."""
+        tiles = list(tiles)
+
+        def requests() -> Iterator[inference_service_pb2.ClassifyBagRequest]:
+            if not tiles:
+                yield inference_service_pb2.ClassifyBagRequest(model=model)
+            for k in range(0, len(tiles), tiles_per_message):
+                yield inference_service_pb2.ClassifyBagRequest(
+                    model=model if k == 0 else "",
+                    tiles=[encode_tile(t, encoding) for t in tiles[k : k + tiles_per_message]],
+                )
+
+        return self.inference.ClassifyBag(requests(), **self._kw(timeout))
+
+    def _region_requests(
+        self,
+        first_config: dict[str, Any],
+        image: np.ndarray,
+        x: float,
+        y: float,
+        downsample: float,
+        margin: int,
+        tile_size: int,
+        encoding: str,
+        request_cls: type,
+        tiles_per_message: int = 4,
+    ) -> Iterator[Any]:
+        ox, oy = x - margin * downsample, y - margin * downsample
+        if ox < 0 or oy < 0:
+            raise MilsilError(
+                "margin reaches left of/above level-0 (0, 0): lower margin or move the region"
+            )
+        batch: list[common_pb2.Tile] = []
+        first = True
+        for tile in image_tiles(image, tile_size, encoding, ox, oy, downsample):
+            batch.append(tile)
+            if len(batch) == tiles_per_message:
+                yield request_cls(**(first_config if first else {}), tiles=batch)
+                batch, first = [], False
+        if batch or first:
+            yield request_cls(**(first_config if first else {}), tiles=batch)
+
+    def heatmap(
+        self,
+        model: str,
+        image: np.ndarray,
+        x: float = 0.0,
+        y: float = 0.0,
+        downsample: float = 1.0,
+        stride: int = 1,
+        margin: int = 0,
+        tile_size: int = 512,
+        encoding: str = "raw",
+        value_type: str = "float32",
+        probabilities: bool = False,
+        timeout: float | None = None,
+    ) -> HeatmapResult:
+        """Logit heatmap of ``image`` (its interior when ``margin`` > 0 pixels are context).
+
+        ``(x, y)`` is the level-0 position of the interior's top-left pixel. Returns
+        ``[C, ceil(H'/stride), ceil(W'/stride)]`` arrays, as ``milsil.heatmap.logit_heatmap``.
+        """
+        if value_type not in VALUE_TYPES:
+            raise MilsilError(
+                f"value_type must be one of {', '.join(VALUE_TYPES)}, got {value_type!r}"
+            )
+        h, w = image.shape[0] - 2 * margin, image.shape[1] - 2 * margin
+        config = inference_service_pb2.HeatmapConfig(
+            model=model,
+            region=common_pb2.Region(
+                x=x, y=y, width=w * downsample, height=h * downsample, downsample=downsample
+            ),
+            stride=stride,
+            value_type=VALUE_TYPES[value_type],
+            include_probabilities=probabilities,
+        )
+        requests = self._region_requests(
+            {"config": config},
+            image,
+            x,
+            y,
+            downsample,
+            margin,
+            tile_size,
+            encoding,
+            inference_service_pb2.HeatmapRequest,
+        )
+        return assemble_heatmap(self.inference.Heatmap(requests, **self._kw(timeout)))
+
+    def annotate(
+        self,
+        model: str,
+        image: np.ndarray,
+        x: float = 0.0,
+        y: float = 0.0,
+        downsample: float = 1.0,
+        stride: int = 1,
+        margin: int = 0,
+        class_name: str = "",
+        threshold: float | None = None,
+        threshold_on: str = "probability",
+        min_area: float = 0.0,
+        simplify_tolerance: float = 0.0,
+        tile_size: int = 512,
+        encoding: str = "raw",
+        timeout: float | None = None,
+    ) -> tuple[dict[str, Any], inference_service_pb2.AnnotateResponse]:
+        """QuPath GeoJSON FeatureCollection (as a dict) of ``class_name`` regions, and the response."""
+        ons = {
+            "probability": inference_service_pb2.AnnotateConfig.PROBABILITY,
+            "logit": inference_service_pb2.AnnotateConfig.LOGIT,
+        }
+        if threshold_on not in ons:
+            raise MilsilError(
+                f"threshold_on must be 'probability' or 'logit', got {threshold_on!r}"
+            )
+        h, w = image.shape[0] - 2 * margin, image.shape[1] - 2 * margin
+        config = inference_service_pb2.AnnotateConfig(
+            heatmap=inference_service_pb2.HeatmapConfig(
+                model=model,
+                region=common_pb2.Region(
+                    x=x, y=y, width=w * downsample, height=h * downsample, downsample=downsample
+                ),
+                stride=stride,
+            ),
+            class_name=class_name,
+            threshold_on=ons[threshold_on],
+            min_area=min_area,
+            simplify_tolerance=simplify_tolerance,
+        )
+        if threshold is not None:
+            config.threshold = threshold
+        requests = self._region_requests(
+            {"config": config},
+            image,
+            x,
+            y,
+            downsample,
+            margin,
+            tile_size,
+            encoding,
+            inference_service_pb2.AnnotateRequest,
+        )
+        response = self.inference.Annotate(requests, **self._kw(timeout))
+        return json.loads(response.geojson), response
+
+    # ------------------------------------------------------------------ training
+
+    def upload_dataset(
+        self,
+        bags: Iterable[tuple[np.ndarray, str, str]],
+        display_name: str = "",
+        encoding: str = "raw",
+        max_message_bytes: int = 16 * 2**20,
+        timeout: float | None = None,
+    ) -> training_service_pb2.Dataset:
+        """Upload ``(tiles [N,h,w,3] uint8, label, patient)`` bags; returns the stored dataset."""
+
+        def requests() -> Iterator[training_service_pb2.UploadDatasetRequest]:
+            first = True
+            for n, (tiles, label, patient) in enumerate(bags):
+                # Split big bags across messages under one bag_id.
+                chunk: list[common_pb2.Tile] = []
+                size = 0
+                for tile in tiles:
+                    msg = encode_tile(np.asarray(tile), encoding)
+                    if chunk and size + len(msg.data) > max_message_bytes:
+                        yield _upload(first, display_name, n, label, patient, chunk)
+                        first, chunk, size = False, [], 0
+                    chunk.append(msg)
+                    size += len(msg.data)
+                yield _upload(first, display_name, n, label, patient, chunk)
+                first = False
+            if first:
+                yield training_service_pb2.UploadDatasetRequest(display_name=display_name)
+
+        return self.training.UploadDataset(requests(), **self._kw(timeout))
+
+    def start_training(
+        self,
+        dataset: str = "",
+        config: dict[str, Any] | None = None,
+        display_name: str = "",
+        resume_job: str = "",
+    ) -> training_service_pb2.Job:
+        """Start a job (fields of TrainingConfig: arch, head, width, epochs, learning_rate, ...)."""
+        try:
+            cfg = training_service_pb2.TrainingConfig(**(config or {}))
+        except (ValueError, TypeError) as exc:
+            raise MilsilError(f"bad training config: {exc}") from None
+        return self.training.StartTraining(
+            training_service_pb2.StartTrainingRequest(
+                dataset=dataset, config=cfg, display_name=display_name, resume_job=resume_job
+            ),
+            **self._kw(),
+        )
+
+    def get_job(self, name: str) -> training_service_pb2.Job:
+        return self.training.GetJob(training_service_pb2.GetJobRequest(name=name), **self._kw())
+
+    def list_jobs(self, state: str = "") -> list[training_service_pb2.Job]:
+        value = training_service_pb2.Job.State.Value(state.upper()) if state else 0
+        jobs, token = [], ""
+        while True:
+            page = self.training.ListJobs(
+                training_service_pb2.ListJobsRequest(page_token=token, state=value), **self._kw()
+            )
+            jobs.extend(page.jobs)
+            token = page.next_page_token
+            if not token:
+                return jobs
+
+    def cancel_job(self, name: str) -> training_service_pb2.Job:
+        return self.training.CancelJob(
+            training_service_pb2.CancelJobRequest(name=name), **self._kw()
+        )
+
+    def watch_job(
+        self, name: str, timeout: float | None = None
+    ) -> Iterator[training_service_pb2.Job]:
+        """Yield the job at every change until it reaches a final state."""
+        for response in self.training.WatchJob(
+            training_service_pb2.WatchJobRequest(name=name), **self._kw(timeout)
+        ):
+            yield response.job
+
+    def wait_job(self, name: str, timeout: float | None = None) -> training_service_pb2.Job:
+        """Block until the job is final; returns it."""
+        last = None
+        for job in self.watch_job(name, timeout):
+            last = job
+        return last if last is not None else self.get_job(name)
+
+
+def _upload(
+    first, display_name, n, label, patient, tiles
+) -> training_service_pb2.UploadDatasetRequest:
+    return training_service_pb2.UploadDatasetRequest(
+        display_name=display_name if first else "",
+        bags=[
+            training_service_pb2.Bag(
+                bag_id=f"bag-{n}", label=label, patient_id=patient, tiles=tiles
+            )
+        ],
+    )
+
+
+def assemble_heatmap(responses: Iterable[inference_service_pb2.HeatmapResponse]) -> HeatmapResult:
+    """Put streamed HeatmapResponse tiles back into whole ``[C, rows, cols]`` arrays."""
+    header = None
+    logits = probs = None
+    for response in responses:
+        if response.HasField("header"):
+            header = response.header
+            c = len(header.class_names)
+            logits = np.full((c, header.rows, header.cols), np.nan, dtype=np.float32)
+            continue
+        if header is None:
+            raise MilsilError("the server sent heatmap tiles before the header")
+        t = response.tile
+        dtype = _NUMPY_TYPES[header.value_type or common_pb2.VALUE_TYPE_FLOAT32]
+        shape = (t.num_classes, t.rows, t.cols)
+        logits[:, t.row : t.row + t.rows, t.col : t.col + t.cols] = np.frombuffer(
+            t.logits, dtype
+        ).reshape(shape)
+        if t.probabilities:
+            if probs is None:
+                probs = np.full_like(logits, np.nan)
+            probs[:, t.row : t.row + t.rows, t.col : t.col + t.cols] = np.frombuffer(
+                t.probabilities, dtype
+            ).reshape(shape)
+    if header is None:
+        raise MilsilError("the server sent no heatmap header")
+    return HeatmapResult(header, logits, probs)
+
+
+def _pem(value: bytes | str | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).expanduser().read_bytes()

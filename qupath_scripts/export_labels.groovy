@@ -1,0 +1,99 @@
+/*
+ * milsil: export_labels.groovy
+ *
+ * Collects the labelled material of the project and uploads it to the milsil server as one
+ * dataset (UploadDataset), each image being its own patient/group id so that no image ends
+ * up on both sides of a train/validation split. A bag is:
+ *   - a classified area annotation (its patches, label = its class),
+ *   - a classified, non-missing TMA core (label = its class),
+ *   - a whole image whose project metadata has `metadataKey` (label = that value).
+ * Prints the dataset's name for train_from_project.groovy (`dataset` setting) or the
+ * `milsil client train` command. Identical material gives the same dataset (nothing is re-stored).
+ *
+ * Run it once from the script editor: it reads every image of the project itself (the open
+ * image with its unsaved changes). Under "Run for project" it does the work once, on the
+ * last image of the batch. Never changes an image. On any problem it prints one line
+ * ("milsil: <CODE>: <message>"). Set-up: see qupath_scripts/README.md.
+ */
+
+import static qupath.lib.scripting.QP.*
+
+// ============================== settings ==============================
+def settings = [
+    server          : 'localhost:50051', // host:port of `milsil serve`
+    token           : '',                // bearer token; '' = the MILSIL_TOKEN environment variable
+    trustCert       : '',                // CA certificate (PEM) of a TLS server; '' = plaintext
+    sources         : ['annotations', 'tma', 'metadata'], // where labels come from
+    metadataKey     : 'milsil_label',    // project metadata key holding an image-level label
+    ignoreClasses   : ['Ignore*', 'Region*'], // classes that are not labels ('*' = prefix)
+    downsample      : 1.0,               // read pixels at this downsample
+    patchSize       : 64,                // patch side in pixels (at `downsample`)
+    maxPatchesPerBag: 64,                // at most this many patches per bag (evenly spaced)
+    datasetName     : '',                // display name; '' = the project's folder name
+    timeoutSeconds  : 60,                // deadline of quick calls
+    streamTimeoutSeconds: 3600,          // deadline of the upload
+    milsilHome      : '',                // folder with lib/MilsilClient.groovy; '' = beside this script
+]
+// ======================================================================
+
+// ---- load the shared milsil library (lib/ beside this script, or milsilHome) ----
+def milsil = null
+try {
+    def scriptFile = binding.getVariables().get('qupath.script.file')
+    def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+                scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
+                new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
+        h && new File(h.toString(), 'lib/MilsilClient.groovy').isFile()
+    }
+    if (home == null) {
+        throw new FileNotFoundException('lib/MilsilClient.groovy not found; set milsilHome in the settings')
+    }
+    def loader = new GroovyClassLoader(this.getClass().getClassLoader())
+    milsil = [home  : home.toString(),
+              Client: loader.parseClass(new File(home.toString(), 'lib/MilsilClient.groovy')),
+              QuPath: loader.parseClass(new File(home.toString(), 'lib/MilsilQuPath.groovy'))]
+} catch (Throwable e) {
+    def why = (e.getMessage() ?: e.toString()).readLines().find { it.contains('unable to resolve class') }
+    println('milsil: SETUP: ' + (why ? 'the grpc-java/protobuf jars are not on QuPath\'s class path (' +
+        why.trim() + '); copy the jars listed in qupath_scripts/README.md into QuPath\'s extensions folder' :
+        (e.getMessage() ?: e.toString()).readLines()[0]))
+    return
+}
+
+// ---- the work ----
+def client = null
+try {
+    def s = milsil.Client.withOverrides(settings + [home: milsil.home])
+    def Q = milsil.QuPath
+    def imageData = getCurrentImageData()
+    def project = getProject()
+    if (imageData == null && project == null) {
+        println('milsil: NO_IMAGE: open a project or an image first')
+        return
+    }
+    int batchSize = ((Number) Q.batch(binding, 'qupath.script.batchSize', 1)).intValue()
+    if (batchSize > 1 && !Q.flag(Q.batch(binding, 'qupath.script.batchLast', true))) {
+        println('milsil: ' + Q.imageName(getProjectEntry(), imageData) + ': the project is collected once, on the last image of the batch')
+        return
+    }
+    client = milsil.Client.connect(s)
+    client.listModels()   // fail fast (server down, wrong token) before reading any pixels
+    def bags = Q.projectBags(client, s, project, getProjectEntry(), imageData, { line -> println('milsil: ' + line) })
+    if (bags.isEmpty()) {
+        println('milsil: NOTHING_TO_DO: no labelled material: classify annotations or TMA cores, or set the ' +
+            'project metadata "' + s.metadataKey + '" of whole images; nothing was uploaded')
+        return
+    }
+    String display = s.datasetName ?: (project != null ? project.getPath().getParent().getFileName().toString() :
+        Q.imageName(null, imageData))
+    def dataset = Q.upload(client, display, bags, 32)
+    println('milsil: ' + (dataset.already_existed ? 'already on the server: ' : 'uploaded ') + dataset.name + ' (' +
+        dataset.bag_count + ' bags, ' + dataset.tile_count + ' patches, ' + dataset.patient_count +
+        ' images; classes ' + dataset.class_names.join(', ') + ')')
+} catch (Throwable e) {
+    println(milsil.Client.describe(e))
+} finally {
+    if (client != null) {
+        client.close()
+    }
+}

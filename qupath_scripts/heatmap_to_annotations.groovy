@@ -1,0 +1,133 @@
+/*
+ * milsil: heatmap_to_annotations.groovy
+ *
+ * For each selected annotation (or each annotation of class `annotationClass`; the whole image
+ * when nothing is selected), read the region
+ * with ImageServer.readRegion at `downsample`, stream it in tiles to the milsil server's
+ * Annotate call (a seamless per-pixel logit heatmap of the MIL-SIL BagNet, thresholded for
+ * one class) and add the returned outlines as child annotations of that annotation, with
+ * their classification and measurements. Optionally also adds tile objects carrying the
+ * class probabilities, for Measure > Show measurement maps.
+ *
+ * Works on the current image ("Run") and on every image ("Run for project"). On any problem
+ * it prints one line ("milsil: <CODE>: <message>") and changes nothing in the image.
+ * Set-up (jars, server, token): see qupath_scripts/README.md.
+ */
+
+import static qupath.lib.scripting.QP.*
+
+// ============================== settings ==============================
+def settings = [
+    server       : 'localhost:50051', // host:port of `milsil serve`
+    token        : '',                // bearer token; '' = the MILSIL_TOKEN environment variable
+    trustCert    : '',                // CA certificate (PEM) of a TLS server; '' = plaintext
+    model        : '',                // e.g. 'models/crc-bagnet9'; '' = the newest model on the server
+    className    : '',                // class to outline; '' = the model's last class (e.g. malignant)
+    threshold    : 0.5,               // probability at or above which a pixel is inside
+    downsample   : 1.0,               // read pixels at this downsample (match the training data)
+    stride       : 4,                 // heatmap sample spacing in pixels at that downsample (1 = every pixel)
+    tileSize     : 512,               // pixels per streamed tile side
+    minArea      : 0,                 // drop outlines smaller than this (level-0 square pixels)
+    simplify     : 1.0,               // outline simplification tolerance (level-0 pixels)
+    classification: '',               // QuPath class of the outlines; '' = className
+    color        : [],                // [r, g, b] of that class; [] = the server's default colour
+    addTiles     : false,             // also add probability tiles (for measurement maps)
+    tileStride   : 32,                // their spacing, in pixels at `downsample`
+    annotationClass: '',              // e.g. 'Tumor': use all annotations of this class, not the selection
+    wholeImageIfNoSelection: true,    // no selected annotation: use the whole image (false: stop)
+    timeoutSeconds: 60,               // deadline of quick calls
+    streamTimeoutSeconds: 900,        // deadline of one region's Annotate call
+    milsilHome   : '',                // folder with lib/MilsilClient.groovy; '' = beside this script
+]
+// ======================================================================
+
+// ---- load the shared milsil library (lib/ beside this script, or milsilHome) ----
+def milsil = null
+try {
+    def scriptFile = binding.getVariables().get('qupath.script.file')
+    def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+                scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
+                new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
+        h && new File(h.toString(), 'lib/MilsilClient.groovy').isFile()
+    }
+    if (home == null) {
+        throw new FileNotFoundException('lib/MilsilClient.groovy not found; set milsilHome in the settings')
+    }
+    def loader = new GroovyClassLoader(this.getClass().getClassLoader())
+    milsil = [home  : home.toString(),
+              Client: loader.parseClass(new File(home.toString(), 'lib/MilsilClient.groovy')),
+              QuPath: loader.parseClass(new File(home.toString(), 'lib/MilsilQuPath.groovy'))]
+} catch (Throwable e) {
+    def why = (e.getMessage() ?: e.toString()).readLines().find { it.contains('unable to resolve class') }
+    println('milsil: SETUP: ' + (why ? 'the grpc-java/protobuf jars are not on QuPath\'s class path (' +
+        why.trim() + '); copy the jars listed in qupath_scripts/README.md into QuPath\'s extensions folder' :
+        (e.getMessage() ?: e.toString()).readLines()[0]))
+    return
+}
+
+// ---- the work: everything is computed first, the image is changed only at the end ----
+def client = null
+try {
+    def s = milsil.Client.withOverrides(settings + [home: milsil.home])
+    def Q = milsil.QuPath
+    def imageData = getCurrentImageData()
+    if (imageData == null) {
+        println('milsil: NO_IMAGE: open an image first; nothing was changed')
+        return
+    }
+    def server = imageData.getServer()
+    def name = Q.imageName(getProjectEntry(), imageData)
+    // The selection, or (for "Run for project", where nothing is selected) every annotation
+    // of `annotationClass`.
+    def candidates = s.annotationClass ? getAnnotationObjects().findAll { o ->
+        o.getPathClass() != null && o.getPathClass().toString() == s.annotationClass.toString()
+    } : getSelectedObjects()
+    def targets = candidates.findAll { o ->
+        o.isAnnotation() && o.getROI() != null && o.getROI().isArea()
+    }
+    if (s.annotationClass && targets.isEmpty()) {
+        println('milsil: NOTHING_SELECTED: ' + name + ': no area annotation of class "' + s.annotationClass +
+            '"; nothing was changed')
+        return
+    }
+    if (targets.isEmpty()) {
+        if (!getSelectedObjects().isEmpty() || !Q.flag(s.wholeImageIfNoSelection)) {
+            println('milsil: NOTHING_SELECTED: ' + name + ': select one or more area annotations' +
+                (Q.flag(s.wholeImageIfNoSelection) ? ' (or clear the selection to use the whole image)' :
+                    ' (or set wholeImageIfNoSelection = true)') + '; nothing was changed')
+            return
+        }
+        targets = [null]   // the whole image
+    }
+    client = milsil.Client.connect(s)
+    def model = Q.resolveModel(client, s.model)
+    if (!model.receptive_field) {
+        throw Q.failure(client, 'FAILED_PRECONDITION', model.name + ' (' + model.arch +
+            ') has no bounded receptive field; heatmaps need a BagNet model')
+    }
+    def results = []
+    for (def parent : targets) {
+        def r = Q.annotate(client, s, server, model, parent)
+        def tiles = Q.flag(s.addTiles) ? Q.probabilityTiles(client, s, server, model, parent) : []
+        results.add([parent: parent, objects: r.objects, tiles: tiles, className: r.response.class_name])
+    }
+    // ---- all calls succeeded: now change the image ----
+    def hierarchy = imageData.getHierarchy()
+    int added = 0
+    for (def r : results) {
+        for (def o : (r.objects + r.tiles)) {
+            hierarchy.addObjectBelowParent(r.parent, o, false)
+            added++
+        }
+        println('milsil: ' + name + ': ' + (r.parent == null ? 'whole image' : (r.parent.getName() ?: 'annotation')) +
+            ': ' + r.objects.size() + ' ' + r.className + ' region(s)' +
+            (r.tiles.isEmpty() ? '' : ', ' + r.tiles.size() + ' probability tile(s)') + ' from ' + model.name)
+    }
+    fireHierarchyUpdate()
+} catch (Throwable e) {
+    println(milsil.Client.describe(e))
+} finally {
+    if (client != null) {
+        client.close()
+    }
+}

@@ -1,0 +1,415 @@
+/*
+ * MilsilQuPath.groovy -- the QuPath side shared by the milsil scripts: reading pixels with
+ * ImageServer.readRegion, turning the server's GeoJSON into QuPath objects, collecting
+ * labelled bags from a project. No model logic lives here (that is the server's job) and no
+ * gRPC either (that is MilsilClient's): every method takes the client as an argument.
+ *
+ * Every method only *builds* objects and results; none touches a hierarchy. The scripts add
+ * what was built at the very end, so that a failure half-way changes nothing in the image.
+ *
+ * QuPath API used (stable from v0.4 to v0.7): RegionRequest.createInstance(path, downsample,
+ * x, y, w, h), ImageServer.readRegion/getPath/getWidth/getHeight, ROI.getBounds*,
+ * ROI.contains, ROI.getArea, RoiTools.intersection, PathIO.readObjectsFromGeoJSON,
+ * PathObjects.createTileObject, ROIs.createRectangleROI, PathClass.fromString,
+ * ProjectImageEntry.getImageName/getMetadataValue/readImageData. Same Groovy subset as
+ * MilsilClient (Groovy 2.4 and 4; getters called explicitly).
+ */
+
+import qupath.lib.io.PathIO
+import qupath.lib.objects.PathObject
+import qupath.lib.objects.PathObjects
+import qupath.lib.objects.classes.PathClass
+import qupath.lib.regions.ImagePlane
+import qupath.lib.regions.RegionRequest
+import qupath.lib.roi.ROIs
+import qupath.lib.roi.RoiTools
+import qupath.lib.roi.interfaces.ROI
+
+import java.nio.charset.StandardCharsets
+
+class MilsilQuPath {
+
+    // ------------------------------------------------------------------ settings
+
+    static double num(Object v) {
+        if (v instanceof Number) {
+            return ((Number) v).doubleValue()
+        }
+        return Double.parseDouble(v.toString().trim())
+    }
+
+    static int integer(Object v) {
+        return (int) Math.round(num(v))
+    }
+
+    static boolean flag(Object v) {
+        if (v instanceof Boolean) {
+            return (Boolean) v
+        }
+        String s = v == null ? '' : v.toString().trim().toLowerCase()
+        return s == 'true' || s == '1' || s == 'yes'
+    }
+
+    /** A list setting: a Groovy list, or a comma-separated string (system-property overrides). */
+    static List<String> list(Object v) {
+        if (v == null) {
+            return []
+        }
+        if (v instanceof Collection) {
+            return ((Collection) v).collect { Object x -> x.toString() }
+        }
+        String s = v.toString().trim()
+        if (s.startsWith('[') && s.endsWith(']')) {
+            s = s.substring(1, s.length() - 1)
+        }
+        return s ? s.split(',').collect { String x -> x.trim() }.findAll { String x -> x } : []
+    }
+
+    /** Name of the image, for logs, CSVs and patient ids. */
+    static String imageName(Object entry, Object imageData) {
+        if (entry != null) {
+            return entry.getImageName()
+        }
+        String path = imageData.getServer().getPath()
+        String name = new File(path.replaceAll('[?#].*$', '')).getName()
+        return name ?: path
+    }
+
+    /** Model named in the settings, or the newest one on the server; checked before any pixel is read. */
+    static Map resolveModel(Object client, Object configured) {
+        String name = configured == null ? '' : configured.toString().trim()
+        if (!name) {
+            List<Map> models = client.listModels()
+            if (models.isEmpty()) {
+                throw failure(client, 'FAILED_PRECONDITION', 'the server has no models; train or import one first')
+            }
+            return models.get(0)
+        }
+        return client.getModel(name)
+    }
+
+    /** A one-line failure from the client library (same format as server errors). */
+    static Throwable failure(Object client, String code, String message) {
+        Class failureClass = client.getClass().getDeclaredClasses().find { Class c -> c.getSimpleName() == 'Failure' }
+        return (Throwable) failureClass.newInstance(code, message)
+    }
+
+    // ------------------------------------------------------------------ pixels
+
+    /**
+     * Level-0 rectangle of a ROI (or the whole image when roi is null), widened by `margin`
+     * level-0 pixels and clipped to the image, as integers [x, y, width, height].
+     */
+    static Map rect(Object server, ROI roi, double margin) {
+        double x0 = roi == null ? 0 : roi.getBoundsX()
+        double y0 = roi == null ? 0 : roi.getBoundsY()
+        double x1 = roi == null ? server.getWidth() : roi.getBoundsX() + roi.getBoundsWidth()
+        double y1 = roi == null ? server.getHeight() : roi.getBoundsY() + roi.getBoundsHeight()
+        int ix0 = (int) Math.max(0, Math.floor(x0 - margin))
+        int iy0 = (int) Math.max(0, Math.floor(y0 - margin))
+        int ix1 = (int) Math.min((double) server.getWidth(), Math.ceil(x1 + margin))
+        int iy1 = (int) Math.min((double) server.getHeight(), Math.ceil(y1 + margin))
+        return [x: ix0, y: iy0, width: Math.max(0, ix1 - ix0), height: Math.max(0, iy1 - iy0)]
+    }
+
+    /**
+     * Reads `area` (level-0 rect) at `downsample` in tiles of `tileSize` output pixels and
+     * calls sendTile(tile map) for each, reading each tile only when it is sent. Tiles
+     * overlap by one output pixel so that rounding never leaves a gap.
+     */
+    static int streamTiles(Object client, Object server, Map area, double downsample, int tileSize, Closure sendTile) {
+        int step = Math.max(1, (int) Math.floor(tileSize * downsample))
+        int overlap = (int) Math.ceil(downsample)
+        int count = 0
+        int ax = (int) area.get('x')
+        int ay = (int) area.get('y')
+        int aw = (int) area.get('width')
+        int ah = (int) area.get('height')
+        for (int y = ay; y < ay + ah; y += step) {
+            for (int x = ax; x < ax + aw; x += step) {
+                int w = Math.min(step + overlap, ax + aw - x)
+                int h = Math.min(step + overlap, ay + ah - y)
+                RegionRequest request = RegionRequest.createInstance(server.getPath(), downsample, x, y, w, h)
+                def image = server.readRegion(request)
+                sendTile.call(client.rgbTile(image, (double) x, (double) y, downsample))
+                count++
+            }
+        }
+        return count
+    }
+
+    /**
+     * Square patches of `patchSize` output pixels on a grid over the ROI's bounds whose centre
+     * lies inside the ROI (a bag, as the paper crops images exhaustively); at most `maxPatches`,
+     * evenly spaced when there are more.
+     */
+    static List<Map> patchTiles(Object client, Object server, ROI roi, double downsample, int patchSize, int maxPatches) {
+        int side = (int) Math.round(patchSize * downsample)
+        Map r = rect(server, roi, 0)
+        List<List<Integer>> origins = []
+        int rx = (int) r.get('x')
+        int ry = (int) r.get('y')
+        for (int y = ry; y + side <= ry + (int) r.get('height'); y += side) {
+            for (int x = rx; x + side <= rx + (int) r.get('width'); x += side) {
+                if (roi == null || roi.contains(x + side / 2.0d, y + side / 2.0d)) {
+                    origins.add([x, y])
+                }
+            }
+        }
+        if (maxPatches > 0 && origins.size() > maxPatches) {
+            List<List<Integer>> kept = []
+            for (int i = 0; i < maxPatches; i++) {
+                kept.add(origins.get((int) Math.floor(i * origins.size() / (double) maxPatches)))
+            }
+            origins = kept
+        }
+        List<Map> tiles = []
+        for (List<Integer> o : origins) {
+            RegionRequest request = RegionRequest.createInstance(server.getPath(), downsample,
+                (int) o.get(0), (int) o.get(1), side, side)
+            def image = server.readRegion(request)
+            if (image.getWidth() != patchSize || image.getHeight() != patchSize) {
+                image = resize(image, patchSize)
+            }
+            tiles.add(client.rgbTile(image, (double) o.get(0), (double) o.get(1), downsample))
+        }
+        return tiles
+    }
+
+    /** readRegion may be off by a pixel at fractional downsamples: bags need equal tiles. */
+    static Object resize(Object image, int size) {
+        java.awt.image.BufferedImage out = new java.awt.image.BufferedImage(size, size,
+            java.awt.image.BufferedImage.TYPE_INT_RGB)
+        java.awt.Graphics2D g = out.createGraphics()
+        g.drawImage((java.awt.Image) image, 0, 0, size, size, null)
+        g.dispose()
+        return out
+    }
+
+    // ------------------------------------------------------------------ heatmaps -> objects
+
+    /**
+     * Annotate one region: stream its tiles (plus the model's receptive-field context where the
+     * image has it), parse the returned QuPath GeoJSON with PathIO and clip the objects to the
+     * parent's ROI. Returns [objects: List<PathObject>, geojson: String, response: Map].
+     */
+    static Map annotate(Object client, Map s, Object server, Map model, PathObject parent) {
+        ROI roi = parent == null ? null : parent.getROI()
+        double ds = num(s.get('downsample'))
+        Map region = rect(server, roi, 0)
+        if ((int) region.get('width') < 1 || (int) region.get('height') < 1) {
+            throw failure(client, 'INVALID_ARGUMENT', 'the region lies outside the image')
+        }
+        int halo = (int) Math.ceil(((Number) model.get('receptive_field')).intValue() / 2.0d)
+        Map area = rect(server, roi, halo * ds)
+        Map config = [
+            heatmap           : [model : model.get('name'),
+                                 region: [x: region.get('x'), y: region.get('y'), width: region.get('width'),
+                                          height: region.get('height'), downsample: ds],
+                                 stride: integer(s.get('stride'))],
+            class_name        : (s.get('className') ?: '').toString(),
+            threshold_on      : 'PROBABILITY',
+            threshold         : num(s.get('threshold')),
+            min_area          : num(s.get('minArea')),
+            simplify_tolerance: num(s.get('simplify')),
+            classification    : (s.get('classification') ?: '').toString(),
+            color             : list(s.get('color')).collect { String c -> Integer.parseInt(c) },
+        ]
+        Map response = client.annotate(config, { Closure sendTile ->
+            streamTiles(client, server, area, ds, integer(s.get('tileSize')), sendTile)
+        })
+        String geojson = (String) response.get('geojson')
+        List<PathObject> objects = PathIO.readObjectsFromGeoJSON(
+            new ByteArrayInputStream(geojson.getBytes(StandardCharsets.UTF_8)))
+        List<PathObject> kept = []
+        boolean clip = roi != null && roi.getRoiName() != 'Rectangle'
+        for (PathObject o : objects) {
+            if (clip) {
+                ROI clipped = RoiTools.intersection(o.getROI(), roi)
+                if (clipped == null || clipped.isEmpty() || clipped.getArea() <= 0) {
+                    continue
+                }
+                o.setROI(clipped)
+                o.getMeasurementList().put('area', clipped.getArea())
+            }
+            kept.add(o)
+        }
+        return [objects: kept, geojson: geojson, response: response]
+    }
+
+    /**
+     * Per-sample probabilities as tile objects (for QuPath's measurement maps): a Heatmap call
+     * with stride `tileStride`; each sample becomes the square grid cell whose top-left pixel it
+     * was computed at (clipped to the region), with "milsil p(<class>)" measurements.
+     */
+    static List<PathObject> probabilityTiles(Object client, Map s, Object server, Map model, PathObject parent) {
+        ROI roi = parent == null ? null : parent.getROI()
+        double ds = num(s.get('downsample'))
+        Map region = rect(server, roi, 0)
+        int halo = (int) Math.ceil(((Number) model.get('receptive_field')).intValue() / 2.0d)
+        Map area = rect(server, roi, halo * ds)
+        Map config = [model : model.get('name'),
+                      region: [x: region.get('x'), y: region.get('y'), width: region.get('width'),
+                               height: region.get('height'), downsample: ds],
+                      stride: integer(s.get('tileStride')), value_type: 'VALUE_TYPE_FLOAT32',
+                      include_probabilities: true]
+        Map result = client.heatmap(config, { Closure sendTile ->
+            streamTiles(client, server, area, ds, integer(s.get('tileSize')), sendTile)
+        })
+        Map header = (Map) result.get('header')
+        List<String> classes = (List<String>) header.get('class_names')
+        double step = num(header.get('step'))
+        double rx0 = num(region.get('x'))
+        double ry0 = num(region.get('y'))
+        double rx1 = rx0 + num(region.get('width'))
+        double ry1 = ry0 + num(region.get('height'))
+        List<PathObject> tiles = []
+        Set<String> seen = new HashSet<String>()   // request tiles overlap: samples may repeat
+        for (Map t : (List<Map>) result.get('tiles')) {
+            int rows = (int) t.get('rows')
+            int cols = (int) t.get('cols')
+            float[] probs = (float[]) t.get('probabilities')
+            for (int i = 0; i < rows; i++) {
+                for (int j = 0; j < cols; j++) {
+                    // Sample (r, c) sits at the top-left pixel of grid cell (r, c): the tiles
+                    // are those cells, so they tile the region without gaps.
+                    double x0 = rx0 + ((int) t.get('col') + j) * step
+                    double y0 = ry0 + ((int) t.get('row') + i) * step
+                    double x1 = Math.min(rx1, x0 + step)
+                    double y1 = Math.min(ry1, y0 + step)
+                    double cx = (x0 + x1) / 2
+                    double cy = (y0 + y1) / 2
+                    String key = ((int) t.get('row') + i) + ',' + ((int) t.get('col') + j)
+                    if (!seen.add(key) || x1 <= x0 || y1 <= y0 || (roi != null && !roi.contains(cx, cy))) {
+                        continue
+                    }
+                    PathObject tile = PathObjects.createTileObject(
+                        ROIs.createRectangleROI(x0, y0, x1 - x0, y1 - y0, ImagePlane.getDefaultPlane()))
+                    for (int c = 0; c < classes.size(); c++) {
+                        tile.getMeasurementList().put('milsil p(' + classes.get(c) + ')',
+                            (double) probs[(c * rows + i) * cols + j])
+                    }
+                    tiles.add(tile)
+                }
+            }
+        }
+        return tiles
+    }
+
+    // ------------------------------------------------------------------ labelled bags
+
+    /**
+     * Labelled bags of one image: classified annotations and classified non-missing TMA
+     * cores (each one bag), and/or the whole image when its project metadata has
+     * `metadataKey`. Returns maps [bag_id, label, patient_id, tiles, source].
+     */
+    static List<Map> imageBags(Object client, Map s, String name, Object imageData, Object entry) {
+        List<String> sources = list(s.get('sources'))
+        List<String> ignore = list(s.get('ignoreClasses'))
+        double ds = num(s.get('downsample'))
+        int patch = integer(s.get('patchSize'))
+        int maxPatches = integer(s.get('maxPatchesPerBag'))
+        Object server = imageData.getServer()
+        def hierarchy = imageData.getHierarchy()
+        List<Map> bags = []
+        List<PathObject> candidates = []
+        if (sources.contains('annotations')) {
+            candidates.addAll(hierarchy.getAnnotationObjects())
+        }
+        if (sources.contains('tma') && hierarchy.getTMAGrid() != null) {
+            for (Object core : hierarchy.getTMAGrid().getTMACoreList()) {
+                if (!core.isMissing()) {
+                    candidates.add((PathObject) core)
+                }
+            }
+        }
+        int index = 0
+        for (PathObject o : candidates) {
+            PathClass pc = o.getPathClass()
+            ROI roi = o.getROI()
+            if (pc == null || roi == null || !roi.isArea() || ignored(pc.toString(), ignore)) {
+                continue
+            }
+            List<Map> tiles = patchTiles(client, server, roi, ds, patch, maxPatches)
+            if (!tiles.isEmpty()) {
+                String kind = o.getClass().getSimpleName().contains('TMA') ? 'core' : 'annotation'
+                bags.add([bag_id: name + '#' + kind + '-' + (o.getName() ?: index), label: pc.toString(),
+                          patient_id: name, tiles: tiles, source: kind])
+            }
+            index++
+        }
+        if (sources.contains('metadata') && entry != null) {
+            String label = entry.getMetadataValue((String) s.get('metadataKey'))
+            if (label) {
+                List<Map> tiles = patchTiles(client, server, null, ds, patch, maxPatches)
+                if (!tiles.isEmpty()) {
+                    bags.add([bag_id: name + '#image', label: label.trim(), patient_id: name,
+                              tiles: tiles, source: 'image'])
+                }
+            }
+        }
+        return bags
+    }
+
+    static boolean ignored(String name, List<String> patterns) {
+        for (String p : patterns) {
+            if (p.endsWith('*') ? name.startsWith(p.substring(0, p.length() - 1)) : name == p) {
+                return true
+            }
+        }
+        return false
+    }
+
+    /**
+     * Bags of every image of the project (or of the current image when there is no project).
+     * The open image is read from memory (unsaved changes count); the others are opened with
+     * ProjectImageEntry.readImageData and closed again.
+     */
+    static List<Map> projectBags(Object client, Map s, Object project, Object currentEntry, Object currentData, Closure log) {
+        List<Map> bags = []
+        if (project == null) {
+            String name = imageName(null, currentData)
+            bags.addAll(imageBags(client, s, name, currentData, null))
+            return bags
+        }
+        for (Object entry : project.getImageList()) {
+            boolean current = currentEntry != null && entry.getID() == currentEntry.getID()
+            Object data = current ? currentData : entry.readImageData()
+            try {
+                List<Map> found = imageBags(client, s, entry.getImageName(), data, entry)
+                bags.addAll(found)
+                if (!found.isEmpty()) {
+                    log.call(entry.getImageName() + ': ' + found.size() + ' bag(s)')
+                }
+            } finally {
+                if (!current) {
+                    data.getServer().close()
+                }
+            }
+        }
+        return bags
+    }
+
+    /** Streams bags to UploadDataset, `perMessage` tiles per message; returns the Dataset map. */
+    static Map upload(Object client, String displayName, List<Map> bags, int perMessage) {
+        return client.uploadDataset(displayName, { Closure sendBag ->
+            for (Map bag : bags) {
+                List<Map> tiles = (List<Map>) bag.get('tiles')
+                for (int i = 0; i < tiles.size(); i += perMessage) {
+                    sendBag.call([bag_id: bag.get('bag_id'), label: bag.get('label'), patient_id: bag.get('patient_id'),
+                                  tiles: tiles.subList(i, Math.min(tiles.size(), i + perMessage))])
+                }
+            }
+        })
+    }
+
+    /** Value of a QuPath batch attribute ("qupath.script.batchIndex", ...) or `otherwise`. */
+    static Object batch(Object binding, String key, Object otherwise) {
+        try {
+            Map vars = binding.getVariables()
+            return vars.containsKey(key) ? vars.get(key) : otherwise
+        } catch (Throwable ignored) {
+            return otherwise
+        }
+    }
+}

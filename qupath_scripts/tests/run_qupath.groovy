@@ -1,0 +1,164 @@
+/*
+ * Runs milsil's QuPath scripts against the QuPath stand-ins in tests/stubs, the way QuPath
+ * runs them: the current image (script editor "Run") or every image of the project in turn
+ * ("Run for project", with QuPath's qupath.script.batch* binding variables). One JVM runs all
+ * the scripts of a test session (JVM starts are slow).
+ *
+ * Usage: groovy -cp <stub classes>:<grpc jars> run_qupath.groovy spec.json
+ * spec.json: {"out": dir, "project_dir": dir, "images": [...], "runs": [...]}, see
+ * tests/test_qupath_scripts.py. Writes <out>/<run id>.log (what the script printed) and
+ * <out>/<run id>.state.json (every image's objects afterwards), parsed GeoJSON under
+ * <out>/geojson/.
+ */
+
+import com.google.gson.Gson
+import com.google.gson.GsonBuilder
+import com.google.gson.JsonArray
+import com.google.gson.JsonObject
+import milsilstub.PngImageServer
+import milsilstub.SimpleTMAGrid
+import milsilstub.StubProject
+import milsilstub.World
+import qupath.lib.images.ImageData
+import qupath.lib.objects.PathObject
+import qupath.lib.objects.PathObjects
+import qupath.lib.objects.TMACoreObject
+import qupath.lib.objects.classes.PathClass
+import qupath.lib.objects.hierarchy.PathObjectHierarchy
+import qupath.lib.regions.ImagePlane
+import qupath.lib.roi.ROIs
+
+import java.nio.file.Paths
+
+Gson gson = new GsonBuilder().disableHtmlEscaping().setPrettyPrinting().create()
+Map spec = new Gson().fromJson(new File(args[0]).getText('UTF-8'), Map)
+File out = new File((String) spec.get('out'))
+out.mkdirs()
+World.geojsonDir = new File(out, 'geojson').toPath()
+
+def makeObject = { Map o ->
+    String kind = (String) o.get('kind')
+    List c = (List) o.get('coords')
+    def plane = ImagePlane.getDefaultPlane()
+    if (kind == 'tma') {
+        TMACoreObject core = PathObjects.createTMACoreObject(
+            (double) c[0], (double) c[1], (double) c[2], (double) c[3], (Boolean) o.get('missing') ?: false)
+        return core
+    }
+    def roi
+    if (o.get('shape') == 'polygon') {
+        double[] xs = c.collect { List p -> (double) p[0] } as double[]
+        double[] ys = c.collect { List p -> (double) p[1] } as double[]
+        roi = ROIs.createPolygonROI(xs, ys, plane)
+    } else if (o.get('shape') == 'ellipse') {
+        roi = ROIs.createEllipseROI((double) c[0], (double) c[1], (double) c[2], (double) c[3], plane)
+    } else {
+        roi = ROIs.createRectangleROI((double) c[0], (double) c[1], (double) c[2], (double) c[3], plane)
+    }
+    PathClass pc = o.get('class') ? PathClass.fromString((String) o.get('class')) : null
+    return kind == 'detection' ? PathObjects.createDetectionObject(roi, pc) : PathObjects.createAnnotationObject(roi, pc)
+}
+
+StubProject project = spec.get('project_dir') ?
+    new StubProject(Paths.get((String) spec.get('project_dir'), 'project.qpproj')) : null
+List<Map> images = []
+for (Map img : (List<Map>) spec.get('images')) {
+    PathObjectHierarchy hierarchy = new PathObjectHierarchy()
+    ImageData data = new ImageData(new PngImageServer((String) img.get('path')), hierarchy)
+    List<PathObject> selected = []
+    List<TMACoreObject> cores = []
+    for (Map o : (List<Map>) (img.get('objects') ?: [])) {
+        PathObject obj = makeObject(o)
+        if (o.get('name')) {
+            obj.setName((String) o.get('name'))
+        }
+        if (obj instanceof TMACoreObject) {
+            if (o.get('class')) {
+                obj.setPathClass(PathClass.fromString((String) o.get('class')))
+            }
+            cores.add((TMACoreObject) obj)
+        } else {
+            hierarchy.addObject(obj, false)
+        }
+        if (o.get('selected')) {
+            selected.add(obj)
+        }
+    }
+    if (!cores.isEmpty()) {
+        hierarchy.setTMAGrid(new SimpleTMAGrid(cores))
+    }
+    hierarchy.getSelectionModel().setSelectedObjects(selected, null)
+    def entry = project == null ? null :
+        project.add((String) img.get('name'), data, (Map<String, String>) (img.get('metadata') ?: [:]))
+    images.add([name: img.get('name'), data: data, entry: entry])
+}
+
+def dumpAll = { ->
+    JsonArray all = new JsonArray()
+    for (Map img : images) {
+        JsonObject j = World.dump(((ImageData) img.get('data')).getHierarchy())
+        j.addProperty('image', (String) img.get('name'))
+        all.add(j)
+    }
+    return all
+}
+new File(out, 'initial.state.json').setText(gson.toJson(dumpAll()), 'UTF-8')
+
+Set<String> setProperties = [] as Set
+for (Map run : (List<Map>) spec.get('runs')) {
+    String id = (String) run.get('id')
+    for (String key : setProperties) {
+        System.clearProperty(key)
+    }
+    setProperties.clear()
+    ((Map) (run.get('properties') ?: [:])).each { k, v ->
+        System.setProperty(k.toString(), v.toString())
+        setProperties.add(k.toString())
+    }
+    File script = new File((String) run.get('script'))
+    List<Integer> order = run.get('mode') == 'project' ? (0..<images.size()).toList() :
+        [((Number) (run.get('image') ?: 0)).intValue()]
+    StringWriter log = new StringWriter()
+    long started = System.currentTimeMillis()
+    order.eachWithIndex { Integer index, int batchIndex ->
+        Map img = images.get(index)
+        World.imageData = (ImageData) img.get('data')
+        World.entry = run.get('no_project') ? null : img.get('entry')
+        World.project = run.get('no_project') ? null : project
+        if (run.containsKey('select')) {
+            // Select the named objects of this image (an empty list clears the selection).
+            PathObjectHierarchy h = ((ImageData) img.get('data')).getHierarchy()
+            List<PathObject> chosen = []
+            def walk
+            walk = { PathObject p ->
+                for (PathObject c : p.getChildObjects()) {
+                    if (((List) run.get('select')).contains(c.getName())) {
+                        chosen.add(c)
+                    }
+                    walk.call(c)
+                }
+            }
+            walk.call(h.getRootObject())
+            h.getSelectionModel().setSelectedObjects(chosen, null)
+        }
+        Binding binding = new Binding()
+        binding.setVariable('out', new PrintWriter(log, true))
+        binding.setVariable('qupath.script.file', script.getAbsolutePath())
+        binding.setVariable('qupath.script.batchSize', order.size())
+        binding.setVariable('qupath.script.batchIndex', batchIndex)
+        binding.setVariable('qupath.script.batchLast', batchIndex == order.size() - 1)
+        try {
+            new GroovyShell(this.class.classLoader, binding).evaluate(script)
+        } catch (Throwable t) {
+            // QuPath would log the stack trace; the tests require scripts never to get here.
+            log.append('UNCAUGHT ' + t.getClass().getName() + ': ' + t.getMessage() + '\n')
+            StringWriter sw = new StringWriter()
+            t.printStackTrace(new PrintWriter(sw))
+            System.err.println(sw)
+        }
+    }
+    new File(out, id + '.log').setText(log.toString(), 'UTF-8')
+    new File(out, id + '.state.json').setText(gson.toJson(dumpAll()), 'UTF-8')
+    println('RUN ' + id + ' ' + (System.currentTimeMillis() - started) + ' ms')
+}
+println('DONE')

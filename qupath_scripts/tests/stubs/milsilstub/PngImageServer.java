@@ -1,0 +1,80 @@
+package milsilstub;
+
+import java.awt.Graphics2D;
+import java.awt.RenderingHints;
+import java.awt.image.BufferedImage;
+import java.io.File;
+import java.io.IOException;
+
+import javax.imageio.ImageIO;
+
+import qupath.lib.images.servers.ImageServer;
+import qupath.lib.images.servers.PixelCalibration;
+import qupath.lib.regions.RegionRequest;
+
+/**
+ * Test plumbing: an ImageServer over one PNG. readRegion follows QuPath's
+ * AbstractTileableImageServer: the output is round(width / downsample) x round(height /
+ * downsample) pixels (at least 1), pixels outside the image are black. Counts reads.
+ */
+public class PngImageServer implements ImageServer<BufferedImage> {
+    private final String path;
+    private final BufferedImage image;
+    public int reads;
+
+    public PngImageServer(String path) throws IOException {
+        this.path = new File(path).getAbsolutePath();
+        BufferedImage raw = ImageIO.read(new File(path));
+        if (raw == null) {
+            throw new IOException("not an image: " + path);
+        }
+        image = new BufferedImage(raw.getWidth(), raw.getHeight(), BufferedImage.TYPE_INT_RGB);
+        Graphics2D g = image.createGraphics();
+        g.drawImage(raw, 0, 0, null);
+        g.dispose();
+    }
+
+    @Override
+    public String getPath() {
+        return path;
+    }
+
+    @Override
+    public int getWidth() {
+        return image.getWidth();
+    }
+
+    @Override
+    public int getHeight() {
+        return image.getHeight();
+    }
+
+    @Override
+    public boolean isRGB() {
+        return true;
+    }
+
+    @Override
+    public PixelCalibration getPixelCalibration() {
+        return new PixelCalibration(0.5);
+    }
+
+    @Override
+    public BufferedImage readRegion(RegionRequest request) throws IOException {
+        reads++;
+        double ds = request.getDownsample();
+        int w = (int) Math.max(1, Math.round(request.getWidth() / ds));
+        int h = (int) Math.max(1, Math.round(request.getHeight() / ds));
+        BufferedImage out = new BufferedImage(w, h, BufferedImage.TYPE_INT_RGB);
+        Graphics2D g = out.createGraphics();
+        g.setRenderingHint(RenderingHints.KEY_INTERPOLATION, RenderingHints.VALUE_INTERPOLATION_BILINEAR);
+        g.drawImage(image, 0, 0, w, h, request.getX(), request.getY(),
+            request.getX() + request.getWidth(), request.getY() + request.getHeight(), null);
+        g.dispose();
+        return out;
+    }
+
+    @Override
+    public void close() {
+    }
+}

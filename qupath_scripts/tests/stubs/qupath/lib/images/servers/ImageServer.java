@@ -1,0 +1,33 @@
+package qupath.lib.images.servers;
+
+import java.io.IOException;
+
+import qupath.lib.regions.RegionRequest;
+
+/**
+ * Stand-in for qupath.lib.images.servers.ImageServer&lt;T&gt; (QuPath v0.5/v0.6: "public
+ * interface ImageServer&lt;T&gt; extends AutoCloseable"); only the methods the scripts call.
+ */
+public interface ImageServer<T> extends AutoCloseable {
+    /** QuPath: public String getPath(). */
+    String getPath();
+
+    /** QuPath: public int getWidth() (full resolution). */
+    int getWidth();
+
+    /** QuPath: public int getHeight() (full resolution). */
+    int getHeight();
+
+    /** QuPath: public boolean isRGB(). */
+    boolean isRGB();
+
+    /** QuPath: public default PixelCalibration getPixelCalibration(). */
+    PixelCalibration getPixelCalibration();
+
+    /** QuPath: public default T readRegion(RegionRequest request) throws IOException. */
+    T readRegion(RegionRequest request) throws IOException;
+
+    /** QuPath: AutoCloseable.close(). */
+    @Override
+    void close() throws Exception;
+}

@@ -1,0 +1,166 @@
+/*
+ * milsil: tma_batch.groovy
+ *
+ * For every non-missing TMA core of the image: cut the core into patches (a bag, as in the
+ * paper), classify the bag with the milsil server's ClassifyBag, set the core's
+ * classification and add "milsil p(<class>)" measurements; optionally also outline the
+ * chosen class inside each core (Annotate, as heatmap_to_annotations.groovy). Appends one
+ * CSV row per core (image, core, class, probabilities): the first image of a "Run for project"
+ * batch starts the file, the others append, so one project run gives one summary.
+ *
+ * On any problem it prints one line ("milsil: <CODE>: <message>") and changes nothing in the
+ * image (and writes no CSV row). Set-up: see qupath_scripts/README.md.
+ */
+
+import static qupath.lib.scripting.QP.*
+
+import qupath.lib.objects.classes.PathClass
+
+// ============================== settings ==============================
+def settings = [
+    server        : 'localhost:50051', // host:port of `milsil serve`
+    token         : '',                // bearer token; '' = the MILSIL_TOKEN environment variable
+    trustCert     : '',                // CA certificate (PEM) of a TLS server; '' = plaintext
+    model         : '',                // e.g. 'models/tma-bagnet9'; '' = the newest model on the server
+    downsample    : 1.0,               // read pixels at this downsample (match the training data)
+    patchSize     : 0,                 // patch side in pixels; 0 = the model's training patch size
+    maxPatches    : 256,               // at most this many patches per core (evenly spaced)
+    setClass      : true,              // set each core's classification to the predicted class
+    addHeatmap    : false,             // also outline `className` inside each core
+    className     : '',                // class to outline; '' = the model's last class
+    threshold     : 0.5,               // probability threshold of the outlines
+    stride        : 4,                 // heatmap sample spacing (pixels at `downsample`)
+    tileSize      : 512,               // pixels per streamed tile side
+    minArea       : 0,                 // drop outlines smaller than this (level-0 square pixels)
+    simplify      : 1.0,               // outline simplification tolerance (level-0 pixels)
+    classification: '',                // QuPath class of the outlines; '' = className
+    color         : [],                // [r, g, b] of that class; [] = the server's default colour
+    csvPath       : '',                // '' = <project>/milsil/tma_summary.csv (or ~/milsil_tma_summary.csv)
+    timeoutSeconds: 60,                // deadline of quick calls
+    streamTimeoutSeconds: 900,         // deadline of one core's call
+    milsilHome    : '',                // folder with lib/MilsilClient.groovy; '' = beside this script
+]
+// ======================================================================
+
+// ---- load the shared milsil library (lib/ beside this script, or milsilHome) ----
+def milsil = null
+try {
+    def scriptFile = binding.getVariables().get('qupath.script.file')
+    def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+                scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
+                new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
+        h && new File(h.toString(), 'lib/MilsilClient.groovy').isFile()
+    }
+    if (home == null) {
+        throw new FileNotFoundException('lib/MilsilClient.groovy not found; set milsilHome in the settings')
+    }
+    def loader = new GroovyClassLoader(this.getClass().getClassLoader())
+    milsil = [home  : home.toString(),
+              Client: loader.parseClass(new File(home.toString(), 'lib/MilsilClient.groovy')),
+              QuPath: loader.parseClass(new File(home.toString(), 'lib/MilsilQuPath.groovy'))]
+} catch (Throwable e) {
+    def why = (e.getMessage() ?: e.toString()).readLines().find { it.contains('unable to resolve class') }
+    println('milsil: SETUP: ' + (why ? 'the grpc-java/protobuf jars are not on QuPath\'s class path (' +
+        why.trim() + '); copy the jars listed in qupath_scripts/README.md into QuPath\'s extensions folder' :
+        (e.getMessage() ?: e.toString()).readLines()[0]))
+    return
+}
+
+// ---- the work: everything is computed first, the image is changed only at the end ----
+def client = null
+try {
+    def s = milsil.Client.withOverrides(settings + [home: milsil.home])
+    def Q = milsil.QuPath
+    def imageData = getCurrentImageData()
+    if (imageData == null) {
+        println('milsil: NO_IMAGE: open an image first; nothing was changed')
+        return
+    }
+    def server = imageData.getServer()
+    def name = Q.imageName(getProjectEntry(), imageData)
+    def cores = getTMACoreList().findAll { c -> !c.isMissing() }
+    boolean first = ((Number) Q.batch(binding, 'qupath.script.batchIndex', 0)).intValue() == 0
+    String csvPath = s.csvPath ?: (getProject() != null ? buildFilePath(PROJECT_BASE_DIR, 'milsil', 'tma_summary.csv') :
+        new File(System.getProperty('user.home'), 'milsil_tma_summary.csv').getPath())
+    File csv = new File(csvPath)
+    String noCores = 'milsil: NOTHING_TO_DO: ' + name + ': no TMA cores that are not missing ' +
+        '(dearray first: TMA > TMA dearrayer); nothing was changed'
+    if (cores.isEmpty() && !first) {
+        println(noCores)
+        return
+    }
+    client = milsil.Client.connect(s)
+    def model = Q.resolveModel(client, s.model)
+    def classes = model.class_names
+    def quote = { v -> def t = v == null ? '' : v.toString(); t.contains(',') || t.contains('"') ? '"' + t.replace('"', '""') + '"' : t }
+    def header = (['image', 'core', 'class', 'patches'] + classes.collect { c -> 'p(' + c + ')' }).collect(quote).join(',') + '\n'
+    if (cores.isEmpty()) {
+        // First image of a run without cores: the run's summary still starts afresh.
+        if (csv.getParentFile() != null) {
+            csv.getParentFile().mkdirs()
+        }
+        csv.setText(header, 'UTF-8')
+        println(noCores)
+        return
+    }
+    int patch = Q.integer(s.patchSize) > 0 ? Q.integer(s.patchSize) :
+        (model.patch_size ? ((Number) model.patch_size).intValue() : 64)
+    def results = []
+    def skipped = []
+    for (def core : cores) {
+        def tiles = Q.patchTiles(client, server, core.getROI(), Q.num(s.downsample), patch, Q.integer(s.maxPatches))
+        if (tiles.isEmpty()) {
+            skipped.add(core.getName())
+            continue
+        }
+        def r = client.classifyBag(model.name, tiles)
+        def outlines = Q.flag(s.addHeatmap) ? Q.annotate(client, s, server, model, core).objects : []
+        results.add([core: core, probabilities: r.bag_probabilities, predicted: r.predicted_class,
+                     patches: tiles.size(), outlines: outlines])
+    }
+    // ---- all calls succeeded: now change the image, then the CSV ----
+    def hierarchy = imageData.getHierarchy()
+    for (def r : results) {
+        if (Q.flag(s.setClass)) {
+            r.core.setPathClass(PathClass.fromString(r.predicted))
+        }
+        def ml = r.core.getMeasurementList()
+        for (int c = 0; c < classes.size(); c++) {
+            ml.put('milsil p(' + classes[c] + ')', (double) r.probabilities[c])
+        }
+        ml.put('milsil patches', (double) r.patches)
+        for (def o : r.outlines) {
+            hierarchy.addObjectBelowParent(r.core, o, false)
+        }
+    }
+    fireHierarchyUpdate()
+
+    if (csv.getParentFile() != null) {
+        csv.getParentFile().mkdirs()
+    }
+    StringBuilder rows = new StringBuilder()
+    if (first || !csv.exists()) {
+        rows.append(header)
+    }
+    for (def r : results) {
+        rows.append(([name, r.core.getName(), r.predicted, r.patches] +
+            r.probabilities.collect { p -> String.format(Locale.ROOT, '%.6f', (double) p) }).collect(quote).join(','))
+        rows.append('\n')
+    }
+    if (first) {
+        csv.setText(rows.toString(), 'UTF-8')
+    } else {
+        csv.append(rows.toString(), 'UTF-8')
+    }
+    def counts = results.countBy { r -> r.predicted }
+    println('milsil: ' + name + ': ' + results.size() + ' core(s) classified with ' + model.name + ' (' +
+        counts.collect { k, v -> v + ' ' + k }.join(', ') + ')' +
+        (skipped.isEmpty() ? '' : '; ' + skipped.size() + ' too small for one ' + patch + ' px patch: ' + skipped.join(', ')) +
+        '; summary in ' + csv.getPath())
+} catch (Throwable e) {
+    println(milsil.Client.describe(e))
+} finally {
+    if (client != null) {
+        client.close()
+    }
+}

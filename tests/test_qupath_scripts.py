@@ -1,0 +1,515 @@
+"""The QuPath scripts, run against stand-ins of the QuPath classes they call and the real server.
+
+qupath_scripts/tests/run_qupath.groovy builds a small "project" of synthetic images (with
+annotations, TMA cores and image metadata) from QuPath stand-in classes
+(qupath_scripts/tests/stubs: QuPath's package names and signatures), then runs each script
+the way QuPath does: on the current image, or "Run for project" with QuPath's batch binding
+variables. One JVM per Groovy runtime runs every scenario; this file checks what the
+scripts printed, what they changed in each image, the CSV they wrote and the GeoJSON they
+imported (parsed under QuPath's rules by the stand-in PathIO, and checked here with shapely).
+
+Under Debian's Groovy 2.4 (what CI installs) and QuPath 0.6's Groovy 4.0.26. Missing
+Groovy, jars or javac: skip locally, FAIL when CI is set.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+import torch
+from PIL import Image
+from shapely.geometry import Polygon, shape
+
+from milsil.client import MilsilClient
+from milsil.synth import synth_image
+from server.testing import register_tiny_model, running_server
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "qupath_scripts"
+_spec = importlib.util.spec_from_file_location("groovy_env", SCRIPTS / "tools" / "groovy_env.py")
+groovy_env = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("groovy_env", groovy_env)
+_spec.loader.exec_module(groovy_env)
+
+TOKEN = "qupath-s3cret"
+ONE_LINE = re.compile(r"^milsil: [A-Z_]+: \S.*$")
+ROI1 = [[20, 20], [150, 30], [170, 160], [40, 140]]  # a polygon annotation (class Region*)
+ROI2 = [100, 100, 60, 60]  # a rectangle annotation, unclassified
+CORES = {  # name: (x, y, w, h, missing, user class)
+    "A-1": (20, 20, 100, 100, False, None),
+    "A-2": (136, 20, 100, 100, False, "benign"),
+    "B-1": (20, 136, 100, 100, True, None),
+    "B-2": (136, 136, 100, 100, False, None),
+}
+
+
+def _image(path: Path, seed: int, size: int, malignant: bool) -> np.ndarray:
+    rgb, _ = synth_image(np.random.default_rng(seed), size, malignant)
+    Image.fromarray(rgb).save(path)
+    return rgb
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Server (token on, tiny model), images, compiled stand-ins; shared by both runtimes."""
+    base = tmp_path_factory.mktemp("qupath")
+    stubs = groovy_env.compile_stubs(base / "stub_classes")
+    img = base / "images"
+    img.mkdir()
+    pixels = {
+        "slide_a.png": _image(img / "slide_a.png", 1, 192, True),
+        "tma_1.png": _image(img / "tma_1.png", 2, 256, True),
+        "tma_2.png": _image(img / "tma_2.png", 3, 160, False),
+        "train_m1.png": _image(img / "train_m1.png", 4, 96, True),
+        "train_b1.png": _image(img / "train_b1.png", 5, 96, False),
+        "train_m2.png": _image(img / "train_m2.png", 6, 96, True),
+        "train_b2.png": _image(img / "train_b2.png", 7, 96, False),
+    }
+    with running_server(base / "server", token=TOKEN) as server:
+        model = register_tiny_model(server)
+        # A threshold that splits slide_a roughly in half (the tiny model is untrained), from
+        # the server's own heatmap of the whole image (what the scripts' regions are cut from).
+        with MilsilClient(f"127.0.0.1:{server.port}", token=TOKEN) as py:
+            hm = py.heatmap("models/tiny", pixels["slide_a.png"], stride=2, probabilities=True)
+        prob = hm.probabilities[1]
+        threshold = float(np.median(prob[50:80, 50:80]))
+        yield {
+            "base": base,
+            "stubs": stubs,
+            "images": img,
+            "pixels": pixels,
+            "server": server,
+            "model": model,
+            "threshold": threshold,
+            "prob": prob,
+        }
+
+
+def _spec_for(world, out: Path, train_job: bool = True) -> dict:
+    img = world["images"]
+    port = world["server"].port
+    free_port = _free_port()
+    good = {
+        "milsil.server": f"127.0.0.1:{port}",
+        "milsil.token": TOKEN,
+        "milsil.model": "tiny",
+        "milsil.timeoutSeconds": "30",
+    }
+    down = dict(good, **{"milsil.server": f"127.0.0.1:{free_port}"})
+    wrong = dict(good, **{"milsil.token": "not-the-token"})
+    unknown = dict(good, **{"milsil.model": "models/no-such-model"})
+    heat = dict(
+        good,
+        **{
+            "milsil.stride": "2",
+            "milsil.threshold": repr(world["threshold"]),
+            "milsil.tileSize": "64",
+            "milsil.simplify": "0",
+        },
+    )
+    tma = dict(
+        heat, **{"milsil.csvPath": str(out / "tma_summary.csv"), "milsil.addHeatmap": "true"}
+    )
+    train = dict(
+        good,
+        **{
+            "milsil.patchSize": "32",
+            "milsil.width": "4",
+            "milsil.epochs": "1",
+            "milsil.batchSize": "4",
+            "milsil.seed": "1",
+            "milsil.noAugment": "true",
+            "milsil.progressEverySeconds": "0",
+        },
+    )
+    s = {
+        name: str(SCRIPTS / f"{name}.groovy")
+        for name in ("heatmap_to_annotations", "tma_batch", "export_labels", "train_from_project")
+    }
+    cores = [
+        {"kind": "tma", "name": n, "coords": list(c[:4]), "missing": c[4], "class": c[5]}
+        for n, c in CORES.items()
+    ]
+    images = [
+        {
+            "name": "slide_a.png",
+            "objects": [
+                {
+                    "kind": "annotation",
+                    "shape": "polygon",
+                    "coords": ROI1,
+                    "class": "Region*",
+                    "name": "roi1",
+                    "selected": True,
+                },
+                {
+                    "kind": "annotation",
+                    "shape": "rect",
+                    "coords": ROI2,
+                    "name": "roi2",
+                    "selected": True,
+                },
+                {"kind": "detection", "shape": "rect", "coords": [5, 5, 10, 10], "name": "det1"},
+            ],
+        },
+        {"name": "tma_1.png", "objects": cores},
+        {
+            "name": "tma_2.png",
+            "objects": [
+                {"kind": "tma", "name": "C-1", "coords": [10, 10, 110, 110], "missing": False},
+                {"kind": "tma", "name": "C-2", "coords": [130, 130, 12, 12], "missing": False},
+            ],
+        },
+        {"name": "train_m1.png", "metadata": {"milsil_label": "malignant"}},
+        {"name": "train_b1.png", "metadata": {"milsil_label": "benign"}},
+        {
+            "name": "train_m2.png",
+            "metadata": {"milsil_label": "malignant"},
+            "objects": [
+                {
+                    "kind": "annotation",
+                    "shape": "rect",
+                    "coords": [0, 0, 64, 64],
+                    "class": "malignant",
+                }
+            ],
+        },
+        {
+            "name": "train_b2.png",
+            "metadata": {"milsil_label": "benign"},
+            "objects": [
+                {"kind": "annotation", "shape": "rect", "coords": [0, 0, 64, 64], "class": "benign"}
+            ],
+        },
+    ]
+    for i in images:
+        i["path"] = str(img / i["name"])
+
+    def run(rid, script, props, image=0, **extra):
+        return {"id": rid, "script": s[script], "properties": props, "image": image, **extra}
+
+    runs = [
+        # Failures first: each must print one line and change nothing.
+        run("err_heat_down", "heatmap_to_annotations", down),
+        run("err_heat_token", "heatmap_to_annotations", wrong),
+        run("err_heat_model", "heatmap_to_annotations", unknown),
+        run("err_heat_detection_only", "heatmap_to_annotations", heat, select=["det1"]),
+        run(
+            "err_heat_no_selection",
+            "heatmap_to_annotations",
+            dict(heat, **{"milsil.wholeImageIfNoSelection": "false"}),
+            select=[],
+        ),
+        run("err_tma_model", "tma_batch", dict(tma, **{"milsil.model": "no-such-model"}), image=1),
+        run(
+            "err_tma_down",
+            "tma_batch",
+            dict(tma, **{"milsil.server": down["milsil.server"]}),
+            image=1,
+        ),
+        run("err_tma_no_cores", "tma_batch", tma, image=0),
+        run("err_train_token", "train_from_project", dict(train, **{"milsil.token": "nope"})),
+        run("err_export_nothing", "export_labels", train, no_project=True),
+        run(
+            "err_export_down",
+            "export_labels",
+            dict(train, **{"milsil.server": down["milsil.server"]}),
+        ),
+        run("err_train_one_class", "train_from_project", train, image=5, no_project=True),
+        # The work.
+        run("export", "export_labels", train),
+        *([run("train", "train_from_project", train, mode="project")] if train_job else []),
+        run("heatmap", "heatmap_to_annotations", heat, select=["roi1", "roi2"]),
+        run(
+            "heatmap_whole",
+            "heatmap_to_annotations",
+            dict(heat, **{"milsil.addTiles": "true", "milsil.tileStride": "16"}),
+            image=4,
+            select=[],
+        ),
+        run("tma", "tma_batch", tma, mode="project"),
+        run(
+            "heatmap_by_class",
+            "heatmap_to_annotations",
+            dict(heat, **{"milsil.annotationClass": "Region*"}),
+            select=[],
+        ),
+    ]
+    return {"out": str(out), "project_dir": str(out / "project"), "images": images, "runs": runs}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+RUNTIMES = ("groovy2.4", "groovy4")
+
+
+@pytest.fixture(scope="module")
+def launched(world):
+    """Both runtimes' JVMs, started at once (they overlap the slow training job)."""
+    procs = {}
+    runtimes = {name: groovy_env.available(name) for name in RUNTIMES}
+    # A training job costs a worker process start (~10 s) and jobs run one at a time, so only
+    # one runtime trains: QuPath's Groovy 4 when it is there, else Debian's 2.4.
+    trainer = "groovy4" if not isinstance(runtimes["groovy4"], str) else "groovy2.4"
+    for name in RUNTIMES:
+        runtime = runtimes[name]
+        if isinstance(runtime, str):
+            procs[name] = runtime  # why it is missing; the test of that runtime skips/fails
+            continue
+        out = world["base"] / f"out_{name}"
+        out.mkdir()
+        spec = _spec_for(world, out, train_job=name == trainer)
+        (out / "spec.json").write_text(json.dumps(spec))
+        proc = runtime.start(
+            SCRIPTS / "tests" / "run_qupath.groovy",
+            [str(out / "spec.json")],
+            out / "runner.log",
+            extra_cp=[world["stubs"]],
+        )
+        procs[name] = (proc, out, spec)
+    yield procs
+    for entry in procs.values():
+        if not isinstance(entry, str) and entry[0].poll() is None:
+            entry[0].kill()
+            entry[0].wait()
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def ran(request, launched):
+    """One runtime's results: what each script printed and every image's state after it."""
+    entry = launched[request.param]
+    if isinstance(entry, str):
+        groovy_env.missing(entry)
+    proc, out, spec = entry
+    try:
+        proc.wait(timeout=400)
+    except Exception:
+        proc.kill()
+        raise
+    output = (out / "runner.log").read_text()
+    assert proc.returncode == 0 and "DONE" in output, output[-8000:]
+    logs = {r["id"]: (out / f"{r['id']}.log").read_text() for r in spec["runs"]}
+    states = {
+        r["id"]: json.loads((out / f"{r['id']}.state.json").read_text()) for r in spec["runs"]
+    }
+    states["initial"] = json.loads((out / "initial.state.json").read_text())
+    return {"logs": logs, "states": states, "out": out, "runtime": request.param, "spec": spec}
+
+
+def _image_state(state: list, name: str) -> dict:
+    return next(s for s in state if s["image"] == name)
+
+
+def _find(objects: list, name: str) -> dict:
+    for o in objects:
+        if o.get("name") == name:
+            return o
+        found = _find(o["children"], name) if o["children"] else None
+        if found:
+            return found
+    return None
+
+
+def _polygon(obj: dict) -> shapely.Geometry:
+    """The object's ROI from its rings (outer and holes, even-odd), as a shapely geometry."""
+    geom = None
+    for ring in obj["rings"]:
+        p = Polygon(ring).buffer(0)
+        geom = p if geom is None else geom.symmetric_difference(p)
+    return geom
+
+
+def test_failures_print_one_line_and_change_nothing(ran):
+    logs, states = ran["logs"], ran["states"]
+    expected = {
+        "err_heat_down": "UNAVAILABLE",
+        "err_heat_token": "UNAUTHENTICATED",
+        "err_heat_model": "NOT_FOUND",
+        "err_heat_detection_only": "NOTHING_SELECTED",
+        "err_heat_no_selection": "NOTHING_SELECTED",
+        "err_tma_model": "NOT_FOUND",
+        "err_tma_down": "UNAVAILABLE",
+        "err_tma_no_cores": "NOTHING_TO_DO",
+        "err_train_token": "UNAUTHENTICATED",
+        "err_export_nothing": "NOTHING_TO_DO",
+        "err_export_down": "UNAVAILABLE",
+        "err_train_one_class": "NOTHING_TO_DO",
+    }
+    initial = [{k: v for k, v in s.items()} for s in states["initial"]]
+    for rid, code in expected.items():
+        lines = logs[rid].strip().splitlines()
+        assert len(lines) == 1 and ONE_LINE.match(lines[0]), (rid, logs[rid])
+        assert lines[0].startswith(f"milsil: {code}: "), (rid, lines[0])
+        # Nothing changed in any image: same objects, classes, measurements, no change events.
+        assert states[rid] == initial, rid
+    assert "no-such-model" in logs["err_heat_model"]
+    assert "cannot reach the milsil server" in logs["err_heat_down"]
+    assert "Bearer" in logs["err_train_token"]
+
+
+def test_export_and_train_from_project(ran, world):
+    logs = ran["logs"]
+    assert "UNCAUGHT" not in logs["export"] + logs.get("train", "")
+    # Bags: user-classified TMA core A-2, 4 image-level labels, 2 classified annotations;
+    # Region*/unclassified annotations, detections and unclassified cores are not labels.
+    m = re.search(
+        r"milsil: (?:uploaded|already on the server:) (datasets/\S+) \((\d+) bags, (\d+) patches, (\d+) images; "
+        r"classes benign, malignant\)",
+        logs["export"],
+    )
+    assert m, logs["export"]
+    dataset, bags, patients = m.group(1), int(m.group(2)), int(m.group(4))
+    assert (bags, patients) == (7, 5)
+    if "train" not in logs:
+        return  # the other runtime ran the training job (see `launched`)
+    lines = logs["train"].strip().splitlines()
+    # Run for project: the first six images only say they wait; the last does the work.
+    assert sum("collected once" in ln for ln in lines) == 6
+    assert f"milsil: already on the server: {dataset} (7 bags, 5 images" in logs["train"]
+    assert re.search(r"milsil: jobs/\S+ RUNNING epoch 1/1 step \d+/\d+ loss", logs["train"])
+    done = re.search(r"milsil: (jobs/\S+) SUCCEEDED: registered model (models/\S+)", lines[-1])
+    assert done, logs["train"]
+    model_id = done.group(2).split("/", 1)[1]
+    assert world["server"].store.get_model(model_id)
+    # Training never touches an image.
+    assert ran["states"]["train"] == ran["states"]["initial"]
+
+
+def test_heatmap_annotations_are_children_with_class_and_measurements(ran, world):
+    log = ran["logs"]["heatmap"]
+    assert re.search(
+        r"^milsil: slide_a\.png: roi1: \d+ malignant region\(s\) from models/tiny$", log, re.M
+    ), log
+    assert re.search(
+        r"^milsil: slide_a\.png: roi2: \d+ malignant region\(s\) from models/tiny$", log, re.M
+    ), log
+    slide = _image_state(ran["states"]["heatmap"], "slide_a.png")
+    before = _image_state(ran["states"]["initial"], "slide_a.png")
+    assert len(slide["objects"]) == len(before["objects"])  # nothing new at the top level
+    roi1, roi2 = _find(slide["objects"], "roi1"), _find(slide["objects"], "roi2")
+    assert roi1["children"] and roi2["children"]
+    for parent, parent_geom in ((roi1, Polygon(ROI1)), (roi2, shapely.box(100, 100, 160, 160))):
+        total = 0.0
+        for child in parent["children"]:
+            assert child["type"] == "annotation" and child["class"] == "malignant"
+            assert child["color"] is not None
+            assert {"area", "mean_probability", "max_probability"} <= set(child["measurements"])
+            geom = _polygon(child)
+            assert geom.is_valid and geom.area > 0
+            # Clipped to the parent (QuPath's children lie inside their parent).
+            assert geom.difference(parent_geom).area < 1e-6 * parent_geom.area
+            assert child["measurements"]["mean_probability"] >= world["threshold"] - 1e-6
+            total += geom.area
+        if parent is roi2:
+            # The outlines cover the samples at or above the threshold (stride 2: 2x2 cells).
+            frac = float((world["prob"][50:80, 50:80] >= world["threshold"]).mean())
+            assert total / parent_geom.area == pytest.approx(frac, abs=0.12)
+    # annotationClass (for "Run for project", where nothing is selected): that class only.
+    log = ran["logs"]["heatmap_by_class"].strip()
+    assert re.fullmatch(
+        r"milsil: slide_a\.png: roi1: \d+ malignant region\(s\) from models/tiny", log
+    )
+    # The whole-image variant with probability tiles for measurement maps.
+    log = ran["logs"]["heatmap_whole"]
+    assert re.search(
+        r"train_b1\.png: whole image: \d+ malignant region\(s\), 36 probability tile\(s\)", log
+    ), log
+    whole = _image_state(ran["states"]["heatmap_whole"], "train_b1.png")
+    tiles = [o for o in whole["objects"] if o["type"] == "tile"]
+    assert len(tiles) == 36
+    for t in tiles:
+        p = t["measurements"]
+        assert p["milsil p(benign)"] + p["milsil p(malignant)"] == pytest.approx(1, abs=1e-5)
+    union = shapely.union_all([_polygon(t) for t in tiles])
+    assert union.area == pytest.approx(96 * 96, rel=1e-6)
+
+
+def test_imported_geojson_follows_qupath_rules(ran):
+    files = sorted((ran["out"] / "geojson").glob("*.json"))
+    assert len(files) >= 3  # heatmap roi1 + roi2, whole image, TMA cores
+    for f in files:
+        doc = json.loads(f.read_text())
+        assert doc["type"] == "FeatureCollection"
+        for feat in doc["features"]:
+            props = feat["properties"]
+            assert props["objectType"] in {"annotation", "detection", "tile", "cell", "tmaCore"}
+            cls = props["classification"]
+            assert isinstance(cls["name"], str) and len(cls["color"]) == 3
+            assert all(isinstance(c, int) and 0 <= c <= 255 for c in cls["color"])
+            assert all(isinstance(v, float | int) for v in props["measurements"].values())
+            assert feat["geometry"]["type"] in {"Polygon", "MultiPolygon"}
+            geom = shape(feat["geometry"])
+            assert geom.is_valid, (f.name, shapely.is_valid_reason(geom))
+            # QuPath 0.6 snaps to 0.01 px on import; the polygon must stay valid after that.
+            assert shapely.set_precision(geom, 0.01).is_valid
+            assert re.fullmatch(r"[0-9a-f-]{36}", feat["id"])
+
+
+def test_tma_batch_classifies_cores_and_appends_csv(ran, world):
+    logs, state = ran["logs"], ran["states"]["tma"]
+    log = logs["tma"]
+    assert "UNCAUGHT" not in log
+    assert re.search(r"tma_1\.png: 3 core\(s\) classified with models/tiny", log), log
+    assert re.search(
+        r"tma_2\.png: 1 core\(s\) classified with models/tiny .*too small.*C-2", log
+    ), log
+    # Images without cores say so, once each, and the project run goes on.
+    assert log.count("NOTHING_TO_DO") == 5
+    rows = list(csv.DictReader((ran["out"] / "tma_summary.csv").open()))
+    assert [(r["image"], r["core"]) for r in rows] == [
+        ("tma_1.png", "A-1"),
+        ("tma_1.png", "A-2"),
+        ("tma_1.png", "B-2"),
+        ("tma_2.png", "C-1"),
+    ]
+    tma1 = _image_state(state, "tma_1.png")
+    for row in rows[:3]:
+        core = _find(tma1["objects"], row["core"])
+        assert core["class"] == row["class"]
+        p = [float(row["p(benign)"]), float(row["p(malignant)"])]
+        assert sum(p) == pytest.approx(1, abs=1e-4)
+        assert core["measurements"]["milsil p(benign)"] == pytest.approx(p[0], abs=1e-5)
+        assert core["measurements"]["milsil patches"] == float(row["patches"])
+        assert row["class"] == ("benign", "malignant")[int(np.argmax(p))]
+        for child in core["children"]:  # addHeatmap: outlines inside the (elliptic) core
+            x, y, w, h = CORES[row["core"]][:4]
+            ellipse = shapely.affinity.scale(
+                shapely.Point(x + w / 2, y + h / 2).buffer(1, 256), w / 2, h / 2
+            )
+            assert _polygon(child).difference(ellipse).area < 0.02 * ellipse.area
+    assert (
+        _find(tma1["objects"], "B-1")["missing"]
+        and not _find(tma1["objects"], "B-1")["measurements"]
+    )
+    # A-1's probabilities equal the model's MIL output on the same 9 patches (32 px grid in the core).
+    x0, y0, side = 20, 20, 32
+    tiles = np.stack(
+        [
+            world["pixels"]["tma_1.png"][y : y + side, x : x + side]
+            for y in range(y0, y0 + 96, side)
+            for x in range(x0, x0 + 96, side)
+        ]
+    )
+    assert float(rows[0]["patches"]) == 9
+    model = world["model"]
+    mean, std = (torch.tensor(v).view(1, 1, 3, 1, 1) for v in model.normalization)
+    bag = (torch.from_numpy(tiles).permute(0, 3, 1, 2)[None].float() / 255 - mean) / std
+    with torch.no_grad():
+        expected = torch.softmax(model(bag).mil_logits, dim=1)[0].numpy()
+    np.testing.assert_allclose(
+        [float(rows[0]["p(benign)"]), float(rows[0]["p(malignant)"])], expected, atol=1e-4
+    )
