@@ -32,7 +32,8 @@ test-all: setup qupath-deps test-fixtures
 	$(BIN)/pytest -q -m ''
 
 # Synthesize a small dataset, train a small MIL-SIL BagNet-9 on the CPU, draw heatmaps of
-# held-out malignant images, and print the ablation table (BagNet / MILBagNet / MILSIL).
+# malignant images, print the ablation table (BagNet / MILBagNet / MILSIL), then do it all
+# again through the gRPC server: upload, train (watched), annotate to QuPath GeoJSON.
 TRAIN_FLAGS := --width 16 --epochs 12 --lr 2e-3 --lr-decay 0.8 --batch-size 8 --seed 0
 demo: setup
 	$(BIN)/milsil synth $(DEMO_DIR)/data --patients 12 --images-per-patient 6 --size 128 --seed 0
@@ -40,7 +41,8 @@ demo: setup
 	$(BIN)/milsil heatmap --model $(DEMO_DIR)/model/best.pt --out $(DEMO_DIR)/heatmaps --compare \
 		$$(awk -F, '$$2 == "malignant" {print "$(DEMO_DIR)/data/" $$1}' $(DEMO_DIR)/data/manifest.csv | head -4)
 	$(BIN)/milsil evaluate $(DEMO_DIR)/data --out $(DEMO_DIR)/evaluate --folds 3 $(TRAIN_FLAGS)
-	@echo "demo done: heatmaps in $(DEMO_DIR)/heatmaps/, tables in $(DEMO_DIR)/evaluate/"
+	$(BIN)/milsil demo-server $(DEMO_DIR)/data --out $(DEMO_DIR)/server $(TRAIN_FLAGS)
+	@echo "demo done: heatmaps in $(DEMO_DIR)/heatmaps/, tables in $(DEMO_DIR)/evaluate/, QuPath GeoJSON in $(DEMO_DIR)/server/"
 
 bench: setup
 	$(BIN)/python bench/heatmap_bench.py

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "milsil.batch",
     "milsil.reproduce",
     "milsil.distributed",
+    "milsil.demo",
     "milsil.client_cli",
     "server.cli",
 )

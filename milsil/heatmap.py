@@ -426,7 +426,7 @@ def cam(model: ConfiguredModel, image: torch.Tensor | np.ndarray) -> torch.Tenso
     with torch.inference_mode():
         fmap = net.feature_map(x.unsqueeze(0).to(device))
         maps = F.conv2d(fmap, net.fc.weight[:, :, None, None], net.fc.bias)
-        return _upsample(maps, x.shape[1:])
+        return _upsample(net, maps, x.shape[1:])
 
 
 def gradcam(
@@ -446,9 +446,25 @@ def gradcam(
         (grad,) = torch.autograd.grad(score, fmap)
     weights = grad.mean(dim=(2, 3), keepdim=True)
     heat = torch.relu((weights * fmap.detach()).sum(dim=1, keepdim=True))
-    return _upsample(heat, x.shape[1:])[0]
+    return _upsample(net, heat, x.shape[1:])[0]
 
 
-def _upsample(maps: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    up = F.interpolate(maps.float(), size=tuple(size), mode="bilinear", align_corners=False)
-    return up[0].cpu()
+def _upsample(net: MilSilNet, maps: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """Bilinear upsampling of a last-layer map to the image, each value at its window.
+
+    For padded networks (ResNet, DenseNet) the map is stretched over the image, as CAM is
+    usually drawn. A BagNet's map is unpadded: value ``i`` belongs to the window starting at
+    pixel ``8 i``, so the map is enlarged 8x and shifted to the window centres instead of
+    stretched (stretching would drift by up to a window's width across the image).
+    """
+    maps = maps.float()
+    bagnet = getattr(net, "backbone", None)
+    if not isinstance(bagnet, BagNet):
+        return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)[0].cpu()
+    s = bagnet.output_stride
+    up = F.interpolate(maps, scale_factor=s, mode="bilinear", align_corners=False)
+    shift = bagnet.receptive_field // 2 - s // 2  # cell centre 8i+4 -> window centre
+    h, w = size
+    pad = (shift, max(0, w - up.shape[-1] - shift), shift, max(0, h - up.shape[-2] - shift))
+    up = F.pad(up, pad, mode="replicate")
+    return up[0, :, :h, :w].cpu()

@@ -732,6 +732,7 @@ def train_model(
             if progress is not None:
                 per_step = (time.monotonic() - session_start) / session_steps
                 remaining = (config.epochs - epoch - 1) * steps + (steps - step - 1)
+                previous = history[-1] if history else {}  # validation of the last epoch
                 progress(
                     TrainProgress(
                         state="running",
@@ -742,6 +743,9 @@ def train_model(
                         loss=stats.loss,
                         sil_accuracy=stats.sil_accuracy,
                         mil_accuracy=stats.mil_accuracy,
+                        val_sil_accuracy=_nan(previous.get("val_sil_accuracy")),
+                        val_mil_accuracy=_nan(previous.get("val_mil_accuracy")),
+                        val_mil_auroc=_nan(previous.get("val_mil_auroc")),
                         eta_seconds=per_step * remaining,
                         elapsed_seconds=elapsed,
                         event="step",
