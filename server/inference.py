@@ -346,15 +346,14 @@ class RegionCanvas:
             )
 
 
-def _default_band_rows(model: torch.nn.Module, stride: int) -> int:
+def _default_band_rows(
+    model: torch.nn.Module, stride: int, device: torch.device | None = None
+) -> int:
     """logit_heatmap's own tile side for this stride (bands of it cost no extra work)."""
-    from milsil import heatmap
+    from milsil.heatmap import default_tile
 
     base = math.gcd(stride, 8)
-    fn = getattr(heatmap, "_default_tile", None)
-    if fn is None:
-        return 64
-    return int(fn(model, base, stride // base))
+    return default_tile(model, base, stride // base, device or next(model.parameters()).device)
 
 
 def banded_heatmap(
@@ -379,7 +378,7 @@ def banded_heatmap(
     r, p = canvas.region, canvas.halo
     rows, cols = -(-r.height // stride), -(-r.width // stride)
     result = torch.empty(model.config.num_classes, rows, cols, dtype=torch.float32)
-    tile = max(1, _default_band_rows(model, stride))
+    tile = max(1, _default_band_rows(model, stride, device))
     side = min(tile, 64)  # start small: the first chunk's time is unknown
     done = 0
     while done < rows:
