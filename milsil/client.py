@@ -11,6 +11,7 @@
             print(job.state, job.progress.epoch)
         heat = client.heatmap(job.model, image)          # numpy [C, H, W] logits
         fc, objects = client.annotate(job.model, image)  # QuPath GeoJSON
+        fc, result = client.annotate_slide(job.model, "case1.svs")  # read by the server
 
 Images are uint8 ``H x W x 3`` numpy arrays; they are cut into tiles, streamed, and the
 streamed heatmap tiles are put back together here.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -397,6 +398,146 @@ class MilsilClient:
         )
         response = self.inference.Annotate(requests, **self._kw(timeout))
         return json.loads(response.geojson), response
+
+    # ------------------------------------------------------------------ whole slides
+
+    @staticmethod
+    def _slide_config(
+        model: str,
+        path: str,
+        stride: int,
+        downsample: float,
+        tissue_only: bool,
+        tile_size: int,
+        class_name: str,
+        write_tiff: bool,
+        tiff_path: str,
+    ) -> inference_service_pb2.SlideConfig:
+        return inference_service_pb2.SlideConfig(
+            model=model,
+            path=str(path),
+            stride=stride,
+            downsample=downsample,
+            tissue_only=tissue_only,
+            tile_size=tile_size,
+            class_name=class_name,
+            write_tiff=write_tiff,
+            tiff_path=tiff_path,
+        )
+
+    def annotate_slide(
+        self,
+        model: str,
+        path: str,
+        stride: int = 8,
+        downsample: float = 1.0,
+        tissue_only: bool = True,
+        tile_size: int = 0,
+        class_name: str = "",
+        threshold: float | None = None,
+        min_area: float = 0.0,
+        simplify_tolerance: float = 0.0,
+        write_tiff: bool = False,
+        tiff_path: str = "",
+        progress: Callable[[inference_service_pb2.SlideProgress], None] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[dict[str, Any], inference_service_pb2.AnnotateSlideResult]:
+        """QuPath GeoJSON (as a dict) of a slide the server reads itself, and the result.
+
+        ``path`` is relative to the server's ``--slide-root``. ``progress`` gets every
+        progress message. Cancelled or failed calls resume when called again alike.
+        """
+        request = inference_service_pb2.AnnotateSlideRequest(
+            config=self._slide_config(
+                model,
+                path,
+                stride,
+                downsample,
+                tissue_only,
+                tile_size,
+                class_name,
+                write_tiff,
+                tiff_path,
+            ),
+            min_area=min_area,
+            simplify_tolerance=simplify_tolerance,
+        )
+        if threshold is not None:
+            request.threshold = threshold
+        result = None
+        for response in self.inference.AnnotateSlide(request, **self._kw(timeout)):
+            if response.HasField("progress"):
+                if progress is not None:
+                    progress(response.progress)
+            else:
+                result = response.result
+        if result is None:
+            raise MilsilError("the server ended AnnotateSlide without a result")
+        return json.loads(result.geojson), result
+
+    def slide_heatmap(
+        self,
+        model: str,
+        path: str,
+        stride: int = 8,
+        downsample: float = 1.0,
+        tissue_only: bool = True,
+        tile_size: int = 0,
+        value_type: str = "float32",
+        probabilities: bool = False,
+        values: bool = True,
+        block_size: int = 0,
+        class_name: str = "",
+        write_tiff: bool = False,
+        tiff_path: str = "",
+        progress: Callable[[inference_service_pb2.SlideProgress], None] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[HeatmapResult, inference_service_pb2.SlideSummary]:
+        """Logit map ``[C, rows, cols]`` of a slide the server reads itself (NaN off tissue).
+
+        With ``values=False`` only the header and the summary come back (e.g. with
+        ``write_tiff``); the arrays are then all NaN.
+        """
+        if value_type not in VALUE_TYPES:
+            raise MilsilError(
+                f"value_type must be one of {', '.join(VALUE_TYPES)}, got {value_type!r}"
+            )
+        request = inference_service_pb2.SlideHeatmapRequest(
+            config=self._slide_config(
+                model,
+                path,
+                stride,
+                downsample,
+                tissue_only,
+                tile_size,
+                class_name,
+                write_tiff,
+                tiff_path,
+            ),
+            value_type=VALUE_TYPES[value_type],
+            include_probabilities=probabilities,
+            omit_values=not values,
+            block_size=block_size,
+        )
+        summary: list[inference_service_pb2.SlideSummary] = []
+
+        def map_messages() -> Iterator[Any]:
+            for response in self.inference.SlideHeatmap(request, **self._kw(timeout)):
+                kind = response.WhichOneof("response")
+                if kind == "progress":
+                    if progress is not None:
+                        progress(response.progress)
+                elif kind == "result":
+                    summary.append(response.result)
+                else:
+                    yield response
+
+        heat = assemble_heatmap(map_messages())
+        if not summary:
+            raise MilsilError("the server ended SlideHeatmap without a result")
+        if probabilities and heat.probabilities is None:
+            heat.probabilities = np.full_like(heat.logits, np.nan)
+        return heat, summary[0]
 
     # ------------------------------------------------------------------ training
 

@@ -14,7 +14,7 @@ from milsil.errors import MilsilError
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "client",
-        help="talk to a milsil server (classify, heatmap, annotate, upload, train, jobs, watch, models)",
+        help="talk to a milsil server (classify, heatmap, annotate, annotate-slide, upload, train, jobs, watch, models)",
         description="Reference client of the milsil gRPC server. Exits non-zero with the gRPC status on errors.",
     )
     p.add_argument(
@@ -73,6 +73,39 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
             h.add_argument("--min-area", type=float, default=0.0, help="level-0 px^2")
             h.add_argument("--simplify", type=float, default=0.0, help="tolerance, level-0 px")
         h.set_defaults(client_func=func)
+
+    a = sub.add_parser(
+        "annotate-slide",
+        help="QuPath GeoJSON of a whole slide the server reads itself (serve --slide-root)",
+        description=(
+            "Ask the server to annotate a slide under its --slide-root: tissue only, "
+            "resumable (run the same command again after an interruption), progress on "
+            "stderr. Optionally the server writes a pyramidal probability TIFF under its "
+            "output root."
+        ),
+    )
+    a.add_argument("path", help="slide path relative to the server's slide root")
+    a.add_argument("--model", required=True, help="models/{id}")
+    a.add_argument("-o", "--out", type=Path, required=True, help=".geojson file to write")
+    a.add_argument("--stride", type=int, default=8, help="map stride in pixels (default 8)")
+    a.add_argument("--downsample", type=float, default=1.0, help="read at this downsample")
+    a.add_argument("--threshold", type=float, default=None, help="probability (default 0.5)")
+    a.add_argument(
+        "--class-name", default="", help="class to outline (default: malignant, else the last)"
+    )
+    a.add_argument("--min-area", type=float, default=0.0, help="level-0 px^2")
+    a.add_argument("--simplify", type=float, default=0.0, help="tolerance, level-0 px")
+    a.add_argument("--tile-size", type=int, default=0, help="pixels per tile (default 1024)")
+    a.add_argument("--all-tiles", action="store_true", help="compute glass too")
+    a.add_argument(
+        "--tiff",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="REL_PATH",
+        help="server also writes a probability TIFF (optionally at REL_PATH under its output root)",
+    )
+    a.set_defaults(client_func=_annotate_slide)
 
     u = sub.add_parser("upload", help="upload a dataset (manifest CSV or class folders)")
     u.add_argument("data", type=Path)
@@ -201,6 +234,46 @@ def _annotate(client, args) -> int:
     )
     args.out.write_text(json.dumps(collection))
     print(f"wrote {args.out}: {len(collection['features'])} {response.class_name} annotations")
+    return 0
+
+
+def _annotate_slide(client, args) -> int:
+    interactive = sys.stderr.isatty()
+
+    def progress(p) -> None:
+        line = (
+            f"{p.stage}: tiles {p.tiles_done}/{p.tiles_total}  {p.tissue_megapixels:.1f} MP tissue  "
+            f"elapsed {p.elapsed_seconds:.0f}s  eta {p.eta_seconds:.0f}s"
+        )
+        if interactive:
+            print(f"\r{line} ", end="", file=sys.stderr, flush=True)
+        elif p.stage != "heatmap" or p.tiles_done == p.tiles_total:
+            print(line, file=sys.stderr, flush=True)
+
+    collection, result = client.annotate_slide(
+        args.model,
+        args.path,
+        stride=args.stride,
+        downsample=args.downsample,
+        tissue_only=not args.all_tiles,
+        tile_size=args.tile_size,
+        class_name=args.class_name,
+        threshold=args.threshold,
+        min_area=args.min_area,
+        simplify_tolerance=args.simplify,
+        write_tiff=args.tiff is not None,
+        tiff_path=args.tiff or "",
+        progress=progress,
+    )
+    if interactive:
+        print(file=sys.stderr)
+    args.out.write_text(json.dumps(collection))
+    s = result.summary
+    print(
+        f"wrote {args.out}: {result.object_count} {s.class_name} annotations from "
+        f"{s.tiles_total} tiles ({s.tissue_megapixels:.1f} MP tissue, {s.tiles_resumed} resumed)"
+        + (f"; server TIFF: {s.tiff_path} (under its output root)" if s.tiff_path else "")
+    )
     return 0
 
 

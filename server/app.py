@@ -74,6 +74,10 @@ class ServerConfig:
     grace: float = 10.0
     device: str | None = None
     limits: Limits = field(default_factory=Limits)
+    # Folders whose slides AnnotateSlide/SlideHeatmap may read (none: those RPCs are off).
+    slide_roots: tuple[Path, ...] = ()
+    # Where AnnotateSlide/SlideHeatmap write TIFFs (default: <data_dir>/outputs).
+    output_root: Path | None = None
 
 
 class _Metrics:
@@ -279,6 +283,9 @@ class MilsilServer:
         self.config = config
         limits = config.limits
         self.device = torch.device(config.device) if config.device else default_device()
+        for root in config.slide_roots:
+            if not Path(root).expanduser().is_dir():
+                raise MilsilError(f"--slide-root {root} is not a folder")
         self.store = Store(config.data_dir)
         self.cache = ModelCache(self._model_path, device=self.device)
         self.slots = ComputeSlots(config.compute_slots, config.max_waiting)
@@ -308,7 +315,16 @@ class MilsilServer:
             self.server,
         )
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
-            InferenceServicer(self.store, self.cache, self.slots, limits), self.server
+            InferenceServicer(
+                self.store,
+                self.cache,
+                self.slots,
+                limits,
+                slide_roots=config.slide_roots,
+                output_root=config.output_root,
+                max_message_bytes=max_bytes,
+            ),
+            self.server,
         )
         training_service_pb2_grpc.add_TrainingServiceServicer_to_server(
             TrainingServicer(self.store, self.jobs, limits), self.server
@@ -344,6 +360,7 @@ class MilsilServer:
                     "auth": bool(config.token),
                     "device": str(self.device),
                     "data_dir": str(self.store.root),
+                    "slide_roots": [str(r) for r in config.slide_roots],
                     "metrics_port": self.metrics.port if self.metrics else None,
                 }
             )

@@ -39,6 +39,23 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help=f"datasets, models, jobs and the SQLite store (default {default_data_dir()})",
     )
     p.add_argument(
+        "--slide-root",
+        dest="slide_roots",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder of slides the server may read itself (AnnotateSlide, SlideHeatmap); "
+        "repeatable; paths outside every slide root are refused (default: none, RPCs off)",
+    )
+    p.add_argument(
+        "--output-root",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where AnnotateSlide/SlideHeatmap write probability TIFFs (default DATA_DIR/outputs)",
+    )
+    p.add_argument(
         "--token",
         default=None,
         help="require 'authorization: Bearer TOKEN' (default: $MILSIL_TOKEN if set; health is exempt)",
@@ -122,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         grace=args.grace,
         device=args.device,
         limits=Limits(max_region_pixels=args.max_region_pixels),
+        slide_roots=tuple(args.slide_roots),
+        output_root=args.output_root,
     )
     server = build_server(config)
     print(

@@ -6,19 +6,27 @@ Servicers never call ``context.abort``: they raise (MilsilError, NotFoundError,
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import queue
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
 from google.protobuf import empty_pb2, timestamp_pb2
 
-from milsil.errors import MilsilError
+from milsil import slides
+from milsil.errors import MilsilError, NotFoundError
 from milsil.v1 import (
     common_pb2,
     inference_service_pb2,
@@ -29,7 +37,7 @@ from milsil.v1 import (
     training_service_pb2_grpc,
 )
 from server import inference
-from server.errors import Cancelled, ResourceExhausted
+from server.errors import Cancelled, FailedPrecondition, ResourceExhausted
 from server.inference import ComputeSlots, Limits, ModelCache, RegionCanvas, RegionSpec
 from server.jobs import JobManager
 from server.store import Store, new_id, parse_name, parse_page
@@ -243,6 +251,30 @@ class _RegionJob:
     stride: int
 
 
+@dataclass
+class _SlideJob:
+    """A validated AnnotateSlide/SlideHeatmap request: what to read, with what, and where."""
+
+    model_id: str
+    model: torch.nn.Module
+    path: Path  # the slide, resolved inside a slide root
+    request_path: str  # as the client named it
+    stride: int
+    downsample: float
+    tile: int
+    tissue_only: bool
+    class_index: int
+    tiff: Path | None  # absolute TIFF target, or None
+    tiff_rel: str  # its path relative to the output root
+    work_dir: Path  # resumable state, one per (slide, model, settings)
+
+
+SLIDE_STRIDE = 8
+SLIDE_TILE = 1024
+SLIDE_BLOCK = 256
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     def __init__(
         self,
@@ -251,9 +283,17 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         slots: ComputeSlots,
         limits: Limits,
         max_tiles: int = 100_000,
+        slide_roots: Sequence[str | Path] = (),
+        output_root: str | Path | None = None,
+        max_message_bytes: int = 64 * 2**20,
     ) -> None:
         self.store, self.cache, self.slots, self.limits = store, cache, slots, limits
         self.max_tiles = max_tiles
+        self.slide_roots = [Path(r).expanduser().resolve() for r in slide_roots]
+        self.output_root = Path(output_root or store.root / "outputs").expanduser().resolve()
+        self.max_message_bytes = max_message_bytes
+        self._work_locks: dict[str, threading.Lock] = {}
+        self._work_locks_lock = threading.Lock()
 
     def _model(self, name: str, field: str) -> tuple[str, torch.nn.Module]:
         ident = parse_name(name, "models", field)
@@ -499,6 +539,399 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             model=f"models/{job.model_id}",
             class_name=settings["class_name"],
         )
+
+    # ------------------------------------------------------------------ whole slides
+
+    def _resolve_slide(self, path: str) -> tuple[Path, Path]:
+        """The slide file inside a slide root, and its path relative to that root."""
+        if not self.slide_roots:
+            raise FailedPrecondition(
+                "this server reads no slides itself: start it with --slide-root DIR "
+                "(repeatable) to allow AnnotateSlide and SlideHeatmap"
+            )
+        if not path:
+            raise MilsilError("config.path is required: a slide file under the server's slide root")
+        if "\x00" in path:
+            raise MilsilError("config.path must not contain NUL characters")
+        missing: NotFoundError | None = None
+        for root in self.slide_roots:
+            try:
+                found = slides.resolve_under_root(root, path)
+            except NotFoundError as exc:
+                missing = missing or exc
+                continue
+            except MilsilError:
+                continue  # outside this root; maybe inside another
+            if found.is_dir():
+                raise MilsilError(f"config.path {path!r} is a folder; give a slide file")
+            return found, found.relative_to(root)
+        if missing is not None:
+            raise NotFoundError(f"config.path: {missing}")
+        raise MilsilError(
+            f"config.path {path!r} is outside the server's slide root ('..' and symbolic "
+            "links included); give a path relative to the slide root"
+        )
+
+    def _tiff_target(
+        self, config: inference_service_pb2.SlideConfig, default: str
+    ) -> tuple[Path | None, str]:
+        if not (config.write_tiff or config.tiff_path):
+            return None, ""
+        name = config.tiff_path or default
+        pure = PurePosixPath(name.replace("\\", "/"))
+        if pure.is_absolute() or ".." in pure.parts or "\x00" in name:
+            raise MilsilError(
+                f"config.tiff_path {name!r} must be a relative path without '..' "
+                "(it is written under the server's output root)"
+            )
+        if pure.suffix.lower() not in TIFF_SUFFIXES:
+            raise MilsilError(f"config.tiff_path {name!r} must end in .tif or .tiff")
+        target = (self.output_root / pure).resolve()
+        if self.output_root not in target.parents:
+            raise MilsilError(f"config.tiff_path {name!r} leads outside the server's output root")
+        if target.is_dir():
+            raise MilsilError(f"config.tiff_path {name!r} is a folder on the server")
+        return target, target.relative_to(self.output_root).as_posix()
+
+    def _slide_job(self, config: inference_service_pb2.SlideConfig) -> _SlideJob:
+        stride = config.stride or SLIDE_STRIDE
+        if not 1 <= stride <= self.limits.max_stride:
+            raise MilsilError(
+                f"config.stride must be 1-{self.limits.max_stride} (0 = {SLIDE_STRIDE}), got {config.stride}"
+            )
+        downsample = config.downsample or 1.0
+        if not math.isfinite(downsample) or downsample < 1.0:
+            raise MilsilError(
+                f"config.downsample must be a number >= 1 (0 = 1, level 0), got {config.downsample}"
+            )
+        tile = config.tile_size or SLIDE_TILE
+        if not stride <= tile <= self.limits.max_tile_side:
+            raise MilsilError(
+                f"config.tile_size must be {stride}-{self.limits.max_tile_side} "
+                f"(at least the stride; 0 = {SLIDE_TILE}), got {config.tile_size}"
+            )
+        tile = tile // stride * stride
+        tissue_only = config.tissue_only if config.HasField("tissue_only") else True
+        ident, model = self._model(config.model, "config.model")
+        inference.halo_for(model)  # FAILED_PRECONDITION for models without a receptive field
+        try:
+            class_index = slides.target_class_index(model.class_names, config.class_name or None)
+        except MilsilError as exc:
+            raise MilsilError(f"config.class_name: {exc}") from None
+        path, in_root = self._resolve_slide(config.path)
+        tiff, tiff_rel = self._tiff_target(
+            config, f"{in_root.as_posix()}.{ident}.s{stride}-ds{downsample:g}.tif"
+        )
+        st = path.stat()
+        key = {
+            "slide": str(path),
+            "bytes": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "model": ident,
+            "model_sha256": self.store.get_model(ident).get("sha256", ""),
+            "stride": stride,
+            "downsample": downsample,
+            "tile": tile,
+            "tissue_only": tissue_only,
+        }
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        return _SlideJob(
+            model_id=ident,
+            model=model,
+            path=path,
+            request_path=config.path,
+            stride=stride,
+            downsample=downsample,
+            tile=tile,
+            tissue_only=tissue_only,
+            class_index=class_index,
+            tiff=tiff,
+            tiff_rel=tiff_rel,
+            work_dir=self.store.root / "slide-work" / digest,
+        )
+
+    @contextmanager
+    def _work_lock(self, job: _SlideJob, is_active: Callable[[], bool]) -> Iterator[None]:
+        """One request at a time per work folder; a second waits (e.g. a retry after a timeout)."""
+        with self._work_locks_lock:
+            lock = self._work_locks.setdefault(job.work_dir.name, threading.Lock())
+        while not lock.acquire(timeout=0.2):
+            if not is_active():
+                raise Cancelled("request cancelled while another request computed the same slide")
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @staticmethod
+    def _progress(
+        p: slides.SlideProgress | None, started: float, stage: str = ""
+    ) -> inference_service_pb2.SlideProgress:
+        elapsed = time.perf_counter() - started
+        if p is None:
+            return inference_service_pb2.SlideProgress(elapsed_seconds=elapsed, stage=stage)
+        return inference_service_pb2.SlideProgress(
+            tiles_done=p.tiles_done,
+            tiles_total=p.tiles_total,
+            tissue_megapixels=p.tissue_megapixels,
+            elapsed_seconds=elapsed,
+            eta_seconds=p.eta_seconds,
+            stage=stage or p.stage,
+        )
+
+    def _in_background(
+        self,
+        fn: Callable[..., Any],
+        context,
+        started: float,
+        computed: list[int],
+        wrap: Callable[[inference_service_pb2.SlideProgress], Any],
+    ) -> Generator[Any, None, Any]:
+        """Run ``fn(progress, should_stop)`` in a thread; yield ``wrap(progress)``; return its result.
+
+        The thread is always joined (it stops at the next tile once the client is gone), so
+        the work folder and the compute slot are released only when nothing writes to them.
+        """
+        events: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def should_stop() -> bool:
+            return stop.is_set() or not context.is_active()
+
+        def progress(p: slides.SlideProgress) -> None:
+            if p.stage == "heatmap":
+                computed[0] += 1
+            events.put(("progress", p))
+
+        def target() -> None:
+            try:
+                events.put(("done", fn(progress, should_stop)))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the RPC thread
+                events.put(("error", exc))
+
+        worker = threading.Thread(target=target, name="milsil-slide", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, value = events.get()
+                if kind == "progress":
+                    yield wrap(self._progress(value, started))
+                elif kind == "error":
+                    raise value
+                else:
+                    return value
+        finally:
+            stop.set()
+            worker.join()
+
+    def _summary(
+        self, job: _SlideJob, tiles_total: int, tiles_resumed: int, megapixels: float, timings
+    ) -> inference_service_pb2.SlideSummary:
+        return inference_service_pb2.SlideSummary(
+            model=f"models/{job.model_id}",
+            path=job.request_path,
+            class_name=job.model.class_names[job.class_index],
+            tiles_total=tiles_total,
+            tiles_resumed=max(tiles_resumed, 0),
+            tissue_megapixels=megapixels,
+            stride=job.stride,
+            downsample=job.downsample,
+            tiff_path=job.tiff_rel,
+            timings={k: float(v) for k, v in timings.items()},
+        )
+
+    def AnnotateSlide(self, request, context):
+        if not request.HasField("config"):
+            raise MilsilError("config is required (model, path, stride, ...)")
+        job = self._slide_job(request.config)
+        threshold = request.threshold if request.HasField("threshold") else 0.5
+        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+            raise MilsilError(f"threshold must be a probability in [0, 1], got {threshold}")
+        for name in ("min_area", "simplify_tolerance"):
+            value = getattr(request, name)
+            if not math.isfinite(value) or value < 0:
+                raise MilsilError(
+                    f"{name} must be a finite number >= 0 (level-0 pixels), got {value}"
+                )
+        slides.open_slide(job.path).close()  # corrupt or unsupported: one line, before queueing
+        Response = inference_service_pb2.AnnotateSlideResponse
+        started = time.perf_counter()
+        yield Response(progress=self._progress(None, started, "queued"))
+        computed = [0]
+
+        def run(progress, should_stop) -> slides.AnnotateResult:
+            return slides.annotate_slide(
+                job.path,
+                job.model,
+                None,
+                stride=job.stride,
+                downsample=job.downsample,
+                tiff=job.tiff,
+                threshold=threshold,
+                class_name=job.model.class_names[job.class_index],
+                work_dir=job.work_dir,
+                tile=job.tile,
+                tissue_only=job.tissue_only,
+                min_area=request.min_area,
+                simplify_tolerance=request.simplify_tolerance,
+                device=self.cache.device,
+                progress=progress,
+                should_stop=should_stop,
+                keep_work=True,  # removed below, once the result fits in a message
+            )
+
+        with self._work_lock(job, context.is_active), self.slots.acquire(context.is_active):
+            started = time.perf_counter()
+            stage = "tissue" if job.tissue_only else "heatmap"
+            yield Response(progress=self._progress(None, started, stage))
+            result = yield from self._in_background(
+                run, context, started, computed, lambda m: Response(progress=m)
+            )
+            if result.stopped:
+                raise Cancelled(
+                    f"request cancelled or deadline exceeded after {result.tiles_computed} of "
+                    f"{result.tiles_total} tiles; call again with the same settings to resume"
+                )
+            geojson = json.dumps(result.collection)
+            if len(geojson) > self.max_message_bytes - 65536:
+                raise ResourceExhausted(
+                    f"the GeoJSON ({len(geojson)} bytes, {result.objects} objects) exceeds the "
+                    "message limit; raise min_area or simplify_tolerance, or the stride (the map "
+                    "is kept: a new threshold costs no recomputation)"
+                )
+            shutil.rmtree(job.work_dir, ignore_errors=True)
+        summary = self._summary(
+            job,
+            result.tiles_total,
+            result.tiles_computed - computed[0],
+            result.tissue_megapixels,
+            result.timings,
+        )
+        yield Response(
+            result=inference_service_pb2.AnnotateSlideResult(
+                geojson=geojson, object_count=result.objects, summary=summary
+            )
+        )
+
+    def SlideHeatmap(self, request, context):
+        if not request.HasField("config"):
+            raise MilsilError("config is required (model, path, stride, ...)")
+        job = self._slide_job(request.config)
+        if request.value_type not in VALUE_DTYPES:
+            raise MilsilError(
+                f"value_type {request.value_type} is unknown; allowed: FLOAT16, FLOAT32"
+            )
+        dtype = VALUE_DTYPES[request.value_type]
+        value_type = request.value_type or common_pb2.VALUE_TYPE_FLOAT32
+        block = request.block_size or SLIDE_BLOCK
+        classes = job.model.class_names
+        per_sample = (
+            len(classes) * np.dtype(dtype).itemsize * (2 if request.include_probabilities else 1)
+        )
+        largest = max(1, math.isqrt(max(self.max_message_bytes - 65536, 0) // per_sample))
+        if not 1 <= block <= min(4096, largest):
+            raise MilsilError(
+                f"block_size must be 1-{min(4096, largest)} samples (0 = {SLIDE_BLOCK}; a block "
+                f"must fit in one message), got {request.block_size}"
+            )
+        Response = inference_service_pb2.SlideHeatmapResponse
+        started = time.perf_counter()
+        with slides.open_slide(job.path) as slide:
+            yield Response(progress=self._progress(None, started, "queued"))
+            computed = [0]
+            timings = slides.Timings()
+
+            def run(progress, should_stop):
+                return slides.slide_heatmap(
+                    job.model,
+                    slide,
+                    job.work_dir,
+                    stride=job.stride,
+                    downsample=job.downsample,
+                    tile=job.tile,
+                    tissue_only=job.tissue_only,
+                    device=self.cache.device,
+                    progress=progress,
+                    should_stop=should_stop,
+                    timings=timings,
+                )
+
+            with self._work_lock(job, context.is_active):
+                with self.slots.acquire(context.is_active):
+                    started = time.perf_counter()
+                    stage = "tissue" if job.tissue_only else "heatmap"
+                    yield Response(progress=self._progress(None, started, stage))
+                    heat, stopped = yield from self._in_background(
+                        run, context, started, computed, lambda m: Response(progress=m)
+                    )
+                if stopped:
+                    raise Cancelled(
+                        f"request cancelled or deadline exceeded after {len(heat.done)} of "
+                        f"{heat.tiles_total} tiles; call again with the same settings to resume"
+                    )
+                yield Response(
+                    header=inference_service_pb2.HeatmapHeader(
+                        model=f"models/{job.model_id}",
+                        class_names=classes,
+                        rows=heat.rows,
+                        cols=heat.cols,
+                        stride=heat.stride,
+                        step=heat.stride * heat.downsample,
+                        origin_x=0.5 * heat.downsample,
+                        origin_y=0.5 * heat.downsample,
+                        value_type=value_type,
+                        receptive_field=int(job.model.receptive_field),
+                    )
+                )
+                if not request.omit_values:
+                    yield Response(progress=self._progress(None, started, "values"))
+                    yield from self._blocks(
+                        heat, block, dtype, request.include_probabilities, context
+                    )
+                if job.tiff is not None:
+                    yield Response(progress=self._progress(None, started, "tiff"))
+                    t0 = time.perf_counter()
+                    slides.write_probability_tiff(heat, job.tiff, job.class_index)
+                    timings.tiff = time.perf_counter() - t0
+                summary = self._summary(
+                    job,
+                    heat.tiles_total,
+                    len(heat.done) - computed[0],
+                    slides._computed_megapixels(heat),
+                    vars(timings),
+                )
+                del heat  # the memory map, before its folder goes
+                shutil.rmtree(job.work_dir, ignore_errors=True)
+        yield Response(result=summary)
+
+    @staticmethod
+    def _blocks(heat, block: int, dtype: str, probabilities: bool, context):
+        """The computed part of the map as HeatmapTile blocks (NaN where not computed)."""
+        n = 0
+        for r0 in range(0, heat.rows, block):
+            for c0 in range(0, heat.cols, block):
+                if not context.is_active():
+                    raise Cancelled("request cancelled while the map was being sent")
+                r1, c1 = min(r0 + block, heat.rows), min(c0 + block, heat.cols)
+                if not heat.valid(r0, r1, c0, c1).any():
+                    continue
+                logits = heat.block(r0, r1, c0, c1)
+                tile = inference_service_pb2.HeatmapTile(
+                    tile_index=n,
+                    row=r0,
+                    col=c0,
+                    rows=r1 - r0,
+                    cols=c1 - c0,
+                    num_classes=logits.shape[0],
+                    logits=logits.astype(dtype).tobytes(),
+                )
+                if probabilities:
+                    lg = logits.astype(np.float64)
+                    with np.errstate(invalid="ignore"):
+                        e = np.exp(lg - lg.max(axis=0, keepdims=True))
+                        tile.probabilities = (e / e.sum(axis=0)).astype(dtype).tobytes()
+                yield inference_service_pb2.SlideHeatmapResponse(tile=tile)
+                n += 1
 
 
 # ====================================================================== TrainingService

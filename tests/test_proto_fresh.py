@@ -47,7 +47,13 @@ def test_descriptor_set_describes_every_service() -> None:
         "ExportModel",
         "ImportModel",
     ]
-    assert services["milsil.v1.InferenceService"] == ["ClassifyBag", "Heatmap", "Annotate"]
+    assert services["milsil.v1.InferenceService"] == [
+        "ClassifyBag",
+        "Heatmap",
+        "Annotate",
+        "AnnotateSlide",
+        "SlideHeatmap",
+    ]
     assert services["milsil.v1.TrainingService"] == [
         "UploadDataset",
         "StartTraining",

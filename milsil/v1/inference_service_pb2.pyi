@@ -179,3 +179,128 @@ class AnnotateResponse(_message.Message):
     model: str
     class_name: str
     def __init__(self, geojson: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[AnnotationObject, _Mapping]]] = ..., model: _Optional[str] = ..., class_name: _Optional[str] = ...) -> None: ...
+
+class SlideConfig(_message.Message):
+    __slots__ = ("model", "path", "stride", "downsample", "tissue_only", "tile_size", "class_name", "write_tiff", "tiff_path")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    DOWNSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    TISSUE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    TILE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    WRITE_TIFF_FIELD_NUMBER: _ClassVar[int]
+    TIFF_PATH_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    path: str
+    stride: int
+    downsample: float
+    tissue_only: bool
+    tile_size: int
+    class_name: str
+    write_tiff: bool
+    tiff_path: str
+    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., stride: _Optional[int] = ..., downsample: _Optional[float] = ..., tissue_only: _Optional[bool] = ..., tile_size: _Optional[int] = ..., class_name: _Optional[str] = ..., write_tiff: _Optional[bool] = ..., tiff_path: _Optional[str] = ...) -> None: ...
+
+class SlideProgress(_message.Message):
+    __slots__ = ("tiles_done", "tiles_total", "tissue_megapixels", "elapsed_seconds", "eta_seconds", "stage")
+    TILES_DONE_FIELD_NUMBER: _ClassVar[int]
+    TILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TISSUE_MEGAPIXELS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    tiles_done: int
+    tiles_total: int
+    tissue_megapixels: float
+    elapsed_seconds: float
+    eta_seconds: float
+    stage: str
+    def __init__(self, tiles_done: _Optional[int] = ..., tiles_total: _Optional[int] = ..., tissue_megapixels: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., stage: _Optional[str] = ...) -> None: ...
+
+class SlideSummary(_message.Message):
+    __slots__ = ("model", "path", "class_name", "tiles_total", "tiles_resumed", "tissue_megapixels", "stride", "downsample", "tiff_path", "timings")
+    class TimingsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    TILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TILES_RESUMED_FIELD_NUMBER: _ClassVar[int]
+    TISSUE_MEGAPIXELS_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    DOWNSAMPLE_FIELD_NUMBER: _ClassVar[int]
+    TIFF_PATH_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    path: str
+    class_name: str
+    tiles_total: int
+    tiles_resumed: int
+    tissue_megapixels: float
+    stride: int
+    downsample: float
+    tiff_path: str
+    timings: _containers.ScalarMap[str, float]
+    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., class_name: _Optional[str] = ..., tiles_total: _Optional[int] = ..., tiles_resumed: _Optional[int] = ..., tissue_megapixels: _Optional[float] = ..., stride: _Optional[int] = ..., downsample: _Optional[float] = ..., tiff_path: _Optional[str] = ..., timings: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class AnnotateSlideRequest(_message.Message):
+    __slots__ = ("config", "threshold", "min_area", "simplify_tolerance")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MIN_AREA_FIELD_NUMBER: _ClassVar[int]
+    SIMPLIFY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    config: SlideConfig
+    threshold: float
+    min_area: float
+    simplify_tolerance: float
+    def __init__(self, config: _Optional[_Union[SlideConfig, _Mapping]] = ..., threshold: _Optional[float] = ..., min_area: _Optional[float] = ..., simplify_tolerance: _Optional[float] = ...) -> None: ...
+
+class AnnotateSlideResult(_message.Message):
+    __slots__ = ("geojson", "object_count", "summary")
+    GEOJSON_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    geojson: str
+    object_count: int
+    summary: SlideSummary
+    def __init__(self, geojson: _Optional[str] = ..., object_count: _Optional[int] = ..., summary: _Optional[_Union[SlideSummary, _Mapping]] = ...) -> None: ...
+
+class AnnotateSlideResponse(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: SlideProgress
+    result: AnnotateSlideResult
+    def __init__(self, progress: _Optional[_Union[SlideProgress, _Mapping]] = ..., result: _Optional[_Union[AnnotateSlideResult, _Mapping]] = ...) -> None: ...
+
+class SlideHeatmapRequest(_message.Message):
+    __slots__ = ("config", "value_type", "include_probabilities", "omit_values", "block_size")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    VALUE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    OMIT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    config: SlideConfig
+    value_type: _common_pb2.ValueType
+    include_probabilities: bool
+    omit_values: bool
+    block_size: int
+    def __init__(self, config: _Optional[_Union[SlideConfig, _Mapping]] = ..., value_type: _Optional[_Union[_common_pb2.ValueType, str]] = ..., include_probabilities: _Optional[bool] = ..., omit_values: _Optional[bool] = ..., block_size: _Optional[int] = ...) -> None: ...
+
+class SlideHeatmapResponse(_message.Message):
+    __slots__ = ("progress", "header", "tile", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    TILE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: SlideProgress
+    header: HeatmapHeader
+    tile: HeatmapTile
+    result: SlideSummary
+    def __init__(self, progress: _Optional[_Union[SlideProgress, _Mapping]] = ..., header: _Optional[_Union[HeatmapHeader, _Mapping]] = ..., tile: _Optional[_Union[HeatmapTile, _Mapping]] = ..., result: _Optional[_Union[SlideSummary, _Mapping]] = ...) -> None: ...

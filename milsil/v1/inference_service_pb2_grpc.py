@@ -50,6 +50,16 @@ class InferenceServiceStub:
                 request_serializer=milsil_dot_v1_dot_inference__service__pb2.AnnotateRequest.SerializeToString,
                 response_deserializer=milsil_dot_v1_dot_inference__service__pb2.AnnotateResponse.FromString,
                 _registered_method=True)
+        self.AnnotateSlide = channel.unary_stream(
+                '/milsil.v1.InferenceService/AnnotateSlide',
+                request_serializer=milsil_dot_v1_dot_inference__service__pb2.AnnotateSlideRequest.SerializeToString,
+                response_deserializer=milsil_dot_v1_dot_inference__service__pb2.AnnotateSlideResponse.FromString,
+                _registered_method=True)
+        self.SlideHeatmap = channel.unary_stream(
+                '/milsil.v1.InferenceService/SlideHeatmap',
+                request_serializer=milsil_dot_v1_dot_inference__service__pb2.SlideHeatmapRequest.SerializeToString,
+                response_deserializer=milsil_dot_v1_dot_inference__service__pb2.SlideHeatmapResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -84,6 +94,27 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnnotateSlide(self, request, context):
+        """Annotates a whole slide that the server reads itself, named by a path under one of
+        the server's slide roots (`milsil serve --slide-root DIR`). Tissue only by default,
+        resumable: a cancelled or failed call keeps the finished tiles, and the same call
+        made again continues from them. Streams `progress` messages, then one `result` with
+        the QuPath GeoJSON (and, if asked, a pyramidal probability TIFF).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SlideHeatmap(self, request, context):
+        """Computes the logit map of a whole slide that the server reads itself (as
+        AnnotateSlide). Streams `progress` messages while it computes, then a `header`, the
+        map as blocks of raw little-endian values (`tile`), and one `result`; optionally it
+        also writes a pyramidal probability TIFF.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -101,6 +132,16 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.Annotate,
                     request_deserializer=milsil_dot_v1_dot_inference__service__pb2.AnnotateRequest.FromString,
                     response_serializer=milsil_dot_v1_dot_inference__service__pb2.AnnotateResponse.SerializeToString,
+            ),
+            'AnnotateSlide': grpc.unary_stream_rpc_method_handler(
+                    servicer.AnnotateSlide,
+                    request_deserializer=milsil_dot_v1_dot_inference__service__pb2.AnnotateSlideRequest.FromString,
+                    response_serializer=milsil_dot_v1_dot_inference__service__pb2.AnnotateSlideResponse.SerializeToString,
+            ),
+            'SlideHeatmap': grpc.unary_stream_rpc_method_handler(
+                    servicer.SlideHeatmap,
+                    request_deserializer=milsil_dot_v1_dot_inference__service__pb2.SlideHeatmapRequest.FromString,
+                    response_serializer=milsil_dot_v1_dot_inference__service__pb2.SlideHeatmapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +226,60 @@ class InferenceService:
             '/milsil.v1.InferenceService/Annotate',
             milsil_dot_v1_dot_inference__service__pb2.AnnotateRequest.SerializeToString,
             milsil_dot_v1_dot_inference__service__pb2.AnnotateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnnotateSlide(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/milsil.v1.InferenceService/AnnotateSlide',
+            milsil_dot_v1_dot_inference__service__pb2.AnnotateSlideRequest.SerializeToString,
+            milsil_dot_v1_dot_inference__service__pb2.AnnotateSlideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SlideHeatmap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/milsil.v1.InferenceService/SlideHeatmap',
+            milsil_dot_v1_dot_inference__service__pb2.SlideHeatmapRequest.SerializeToString,
+            milsil_dot_v1_dot_inference__service__pb2.SlideHeatmapResponse.FromString,
             options,
             channel_credentials,
             insecure,
