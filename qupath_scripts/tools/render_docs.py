@@ -81,9 +81,7 @@ def main() -> int:
             "milsil.token": "docs",
             "milsil.model": "tiny",
             "milsil.stride": "4",
-            "milsil.threshold": repr(
-                0.5 if args.checkpoint else float(np.quantile(prob, 0.7))
-            ),
+            "milsil.threshold": repr(0.5 if args.checkpoint else float(np.quantile(prob, 0.7))),
             "milsil.simplify": "1.0",
             "milsil.minArea": "60",
         }
