@@ -368,10 +368,11 @@ def banded_heatmap(
     Yields ``(rows_done, result)`` after each band of rows; ``result`` is the full
     ``[C, rows, cols]`` tensor, filled up to ``rows_done``. Each square chunk carries
     ``halo`` pixels of real canvas context, so chunks join without seams. ``is_active`` is
-    checked between chunks. The side starts at 64 samples, doubles while chunks take under
-    a quarter of :data:`BAND_TARGET_SECONDS` (up to logit_heatmap's own tile, where the
-    work equals one in-process call) and halves when one takes longer, so a cancelled or
-    timed-out request stops within about a second on any device.
+    checked between chunks. The side starts at logit_heatmap's own tile (so the work equals
+    one in-process call; on CPUs that tile is cache-sized and takes well under a second),
+    halves when a chunk takes longer than :data:`BAND_TARGET_SECONDS` and grows back while
+    chunks take under a quarter of it, so a cancelled or timed-out request stops within
+    about a second on any device.
     """
     from milsil.heatmap import logit_heatmap
 
@@ -379,7 +380,9 @@ def banded_heatmap(
     rows, cols = -(-r.height // stride), -(-r.width // stride)
     result = torch.empty(model.config.num_classes, rows, cols, dtype=torch.float32)
     tile = max(1, _default_band_rows(model, stride, device))
-    side = min(tile, 64)  # start small: the first chunk's time is unknown
+    # Start at logit_heatmap's own tile (cache-sized on CPUs): smaller chunks would repeat
+    # halo work the in-process call does not; a slow device halves it below.
+    side = tile
     done = 0
     while done < rows:
         n = min(side, rows - done)
