@@ -25,8 +25,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from milsil.atomic import write_json_atomic
 from milsil.errors import MilsilError, NotFoundError
-from milsil.slides import SLIDE_SUFFIXES, add_slide_arguments, annotate_slide, write_json_atomic
+from milsil.slides import SLIDE_SUFFIXES, add_slide_arguments, annotate_slide
 
 
 def list_slides(folder: str | Path) -> list[Path]:

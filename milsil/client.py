@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,14 +214,20 @@ class MilsilClient:
         path = Path(path)
         model = None
         tmp = path.with_name(f".{path.name}.part")
-        with open(tmp, "wb") as fh:
-            for response in self.models.ExportModel(
-                model_service_pb2.ExportModelRequest(name=name, chunk_size=chunk_size), **self._kw()
-            ):
-                if response.HasField("model"):
-                    model = response.model
-                fh.write(response.chunk_data)
-        tmp.replace(path)
+        try:
+            with open(tmp, "wb") as fh:
+                for response in self.models.ExportModel(
+                    model_service_pb2.ExportModelRequest(name=name, chunk_size=chunk_size),
+                    **self._kw(),
+                ):
+                    if response.HasField("model"):
+                        model = response.model
+                    fh.write(response.chunk_data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return model
 
     def import_model(
@@ -672,4 +679,8 @@ def assemble_heatmap(responses: Iterable[inference_service_pb2.HeatmapResponse])
 def _pem(value: bytes | str | Path | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
-    return Path(value).expanduser().read_bytes()
+    path = Path(value).expanduser()
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise MilsilError(f"cannot read PEM file {path}: {exc.strerror or exc}") from None

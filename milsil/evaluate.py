@@ -46,7 +46,7 @@ from milsil.metrics import (
     pixel_auroc,
     pointing_game,
 )
-from milsil.models.mil import ConfiguredModel
+from milsil.models.mil import ConfiguredModel, target_class_index
 from milsil.train import (
     TrainConfig,
     TrainProgress,
@@ -160,9 +160,8 @@ def evaluate_model(
 
 
 def target_class(class_names: Sequence[str]) -> int:
-    """The class the masks mark: ``malignant`` when named so, else the last class."""
-    names = list(class_names)
-    return names.index("malignant") if "malignant" in names else len(names) - 1
+    """The class the masks mark (:func:`milsil.models.target_class_index`'s default)."""
+    return target_class_index(class_names)
 
 
 def class_log_odds(logits: torch.Tensor, target: int) -> torch.Tensor:

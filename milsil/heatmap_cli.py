@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -13,23 +12,11 @@ import torch
 from PIL import Image
 
 from milsil import __version__
+from milsil.atomic import atomic_write, write_json_atomic
 from milsil.errors import MilsilError
 from milsil.heatmap import cam, gradcam, logit_heatmap
-from milsil.models import load_checkpoint
+from milsil.models import load_checkpoint, target_class_index
 from milsil.render import comparison_figure, overlay
-
-
-def class_index(class_names: list[str], wanted: str | None) -> int:
-    """The class to draw: ``wanted``, else "malignant" when the model has it, else the last."""
-    if wanted is None:
-        return (
-            class_names.index("malignant") if "malignant" in class_names else len(class_names) - 1
-        )
-    if wanted not in class_names:
-        raise MilsilError(
-            f"unknown class {wanted!r}; this model's classes: {', '.join(class_names)}"
-        )
-    return class_names.index(wanted)
 
 
 def contrast(logits: torch.Tensor, index: int) -> np.ndarray:
@@ -40,6 +27,11 @@ def contrast(logits: torch.Tensor, index: int) -> np.ndarray:
     """
     others = torch.cat([logits[:index], logits[index + 1 :]]).mean(dim=0)
     return (logits[index] - others).numpy()
+
+
+def save_png(pixels: np.ndarray, path: str) -> str:
+    atomic_write(path, lambda fh: Image.fromarray(pixels).save(fh, format="PNG"))
+    return path
 
 
 def render_image(
@@ -53,15 +45,15 @@ def render_image(
     logits = logit_heatmap(model, image, stride=stride, bf16=bf16)
     seconds = time.perf_counter() - start
     stem = out_dir / path.stem
-    np.save(f"{stem}.logits.npy", logits.numpy())
-    Image.fromarray(overlay(image, contrast(logits, cls))).save(f"{stem}.heatmap.png")
-    outputs = [f"{stem}.logits.npy", f"{stem}.heatmap.png"]
+    outputs = [f"{stem}.logits.npy"]
+    atomic_write(outputs[0], lambda fh: np.save(fh, logits.numpy()))
     if compare:
         cam_map = cam(model, image)
         grad = gradcam(model, image, cls).numpy()
         maps = [contrast(logits, cls), contrast(cam_map, cls), grad / max(float(grad.max()), 1e-6)]
-        Image.fromarray(comparison_figure(image, maps)).save(f"{stem}.compare.png")
-        outputs.append(f"{stem}.compare.png")
+        outputs.append(save_png(comparison_figure(image, maps), f"{stem}.compare.png"))
+    # Written last: its presence is what marks the image done on a rerun.
+    outputs.append(save_png(overlay(image, contrast(logits, cls)), f"{stem}.heatmap.png"))
     return {"image": str(path), "shape": list(logits.shape), "seconds": seconds, "outputs": outputs}
 
 
@@ -75,8 +67,15 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"loading model {args.model} on {device}")
     model = load_checkpoint(args.model, map_location=device)
-    cls = class_index(model.class_names, args.class_name)
+    cls = target_class_index(model.class_names, args.class_name)
     print(f"drawing class {model.class_names[cls]!r} at stride {args.stride} into {out_dir}/")
+    stems = [Path(p).stem for p in args.images]
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise MilsilError(
+            f"several images would write the same outputs ({', '.join(clashes)}); outputs are "
+            "named after the file name without extension: run them into different --out folders"
+        )
     results, failures = [], []
     for i, raw in enumerate(args.images, 1):
         path = Path(raw)
@@ -106,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         "results": results,
         "failures": [{"image": p, "error": e} for p, e in failures],
     }
-    (out_dir / "heatmap_run.json").write_text(json.dumps(meta, indent=2))
+    write_json_atomic(out_dir / "heatmap_run.json", meta)
     if failures:
         print(f"{len(failures)} of {len(args.images)} images failed:", file=sys.stderr)
         for p, e in failures:

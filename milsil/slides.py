@@ -47,7 +47,9 @@ from typing import Any
 
 import numpy as np
 
+from milsil.atomic import write_json_atomic
 from milsil.errors import MilsilError, NotFoundError
+from milsil.models import target_class_index
 
 # File types OpenSlide reads (a DICOM slide is a folder of .dcm files; any one opens it).
 SLIDE_SUFFIXES = (
@@ -1187,23 +1189,6 @@ class AnnotateResult:
 
     def summary(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "collection"}
-
-
-def target_class_index(class_names: Sequence[str], wanted: str | None = None) -> int:
-    """``wanted``, else "malignant" when the model has it, else the last class."""
-    names = list(class_names)
-    if wanted is None:
-        return names.index("malignant") if "malignant" in names else len(names) - 1
-    if wanted not in names:
-        raise MilsilError(f"unknown class {wanted!r}; this model's classes: {', '.join(names)}")
-    return names.index(wanted)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def annotate_slide(

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from milsil import atomic
 from milsil.errors import CheckpointError, MilsilError
 from milsil.models import (
     HEADS,
@@ -325,17 +326,8 @@ def _clean(value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so that readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(_clean(obj), fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON (NaN-free) so that readers never see a half-written file."""
+    atomic.write_json_atomic(path, _clean(obj))
 
 
 def _rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
@@ -781,9 +773,11 @@ def train_model(
             }
         with open(log_path, "a") as fh:
             fh.write(json.dumps(_clean(row), sort_keys=True) + "\n")
-        save_last(epoch + 1, 0, None, elapsed)
+        # best.pt before last.pt: last.pt records which epoch is best, so a crash between
+        # the two writes must never leave it pointing at a best.pt not yet written.
         if is_best:
             save_checkpoint(model, best_path, provenance(epoch + 1, history[-1]))
+        save_last(epoch + 1, 0, None, elapsed)
         if progress is not None:
             per_step = (time.monotonic() - session_start) / max(session_steps, 1)
             progress(

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from milsil.errors import MilsilError
+from milsil.errors import MilsilError, NotFoundError
 from server.errors import FailedPrecondition, ResourceExhausted
 from server.store import Store, new_id
 
@@ -437,22 +437,39 @@ class JobManager:
         metrics = {
             k: float(v) for k, v in result.get("metrics", {}).items() if math.isfinite(float(v))
         }
-        try:
-            self.store.register_model(
-                Path(result["best_checkpoint"]),
-                job["id"],
-                display_name=job.get("display_name") or f"trained by jobs/{job['id']}",
-                source_job=f"jobs/{job['id']}",
-                metrics=metrics,
-                patch_size=int(job["config"].get("patch_size") or 0),
-            )
-        except Exception as exc:  # noqa: BLE001 - a bad checkpoint fails the job, not the server
-            log.exception("job %s: registering its model failed", job["id"])
-            self._finish(
-                job, FAILED, f"training finished but its model could not be registered: {exc}"
-            )
-            return
+        if self._registered_by(job["id"]):
+            # The server died after registering but before marking the job SUCCEEDED:
+            # the model is there, so the resumed job is done.
+            log.info("job %s: its model was registered before a restart", job["id"])
+        else:
+            try:
+                self._register_checkpoint(job, result, metrics)
+            except Exception as exc:  # noqa: BLE001 - a bad checkpoint fails the job, not the server
+                log.exception("job %s: registering its model failed", job["id"])
+                self._finish(
+                    job, FAILED, f"training finished but its model could not be registered: {exc}"
+                )
+                return
         job["model_id"] = job["id"]
         if self.on_model:
             self.on_model(job["id"])
         self._finish(job, SUCCEEDED)
+
+    def _registered_by(self, job_id: str) -> bool:
+        try:
+            row = self.store.get_model(job_id)
+        except NotFoundError:
+            return False
+        return row.get("source_job") == f"jobs/{job_id}"
+
+    def _register_checkpoint(
+        self, job: dict[str, Any], result: dict[str, Any], metrics: dict[str, float]
+    ) -> None:
+        self.store.register_model(
+            Path(result["best_checkpoint"]),
+            job["id"],
+            display_name=job.get("display_name") or f"trained by jobs/{job['id']}",
+            source_job=f"jobs/{job['id']}",
+            metrics=metrics,
+            patch_size=int(job["config"].get("patch_size") or 0),
+        )

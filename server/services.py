@@ -27,6 +27,7 @@ from google.protobuf import empty_pb2, timestamp_pb2
 
 from milsil import slides
 from milsil.errors import MilsilError, NotFoundError
+from milsil.models import target_class_index
 from milsil.v1 import (
     common_pb2,
     inference_service_pb2,
@@ -228,6 +229,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                             f"checkpoint exceeds the server limit of {self.max_model_bytes} bytes"
                         )
                     fh.write(request.chunk_data)
+                fh.flush()
+                os.fsync(fh.fileno())  # on disk before the store points at it
             if model_id is None or total == 0:
                 raise MilsilError("chunk_data is empty: stream the checkpoint file's bytes")
             ident = model_id or new_id("model-")
@@ -453,11 +456,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self, config: inference_service_pb2.AnnotateConfig, model
     ) -> dict[str, Any]:
         classes = model.class_names
-        class_name = config.class_name or classes[-1]
-        if class_name not in classes:
+        try:
+            class_name = classes[target_class_index(classes, config.class_name)]
+        except MilsilError:
             raise MilsilError(
-                f"config.class_name {class_name!r} is not a class of the model; allowed: {', '.join(classes)}"
-            )
+                f"config.class_name {config.class_name!r} is not a class of the model; allowed: {', '.join(classes)}"
+            ) from None
         on = config.threshold_on or inference_service_pb2.AnnotateConfig.PROBABILITY
         if on not in (
             inference_service_pb2.AnnotateConfig.PROBABILITY,
@@ -615,7 +619,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         ident, model = self._model(config.model, "config.model")
         inference.halo_for(model)  # FAILED_PRECONDITION for models without a receptive field
         try:
-            class_index = slides.target_class_index(model.class_names, config.class_name or None)
+            class_index = target_class_index(model.class_names, config.class_name or None)
         except MilsilError as exc:
             raise MilsilError(f"config.class_name: {exc}") from None
         path, in_root = self._resolve_slide(config.path)
@@ -954,6 +958,14 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
                     if pending is not None and (not bag.bag_id or bag.bag_id != pending["id"]):
                         self._flush(writer, pending)
                         pending = None
+                    if pending is not None:  # a continuation of the same bag
+                        for field, value in (("label", bag.label), ("patient", bag.patient_id)):
+                            if value and value != pending[field]:
+                                raise MilsilError(
+                                    f"{where}: bag_id {bag.bag_id!r} continues the previous bag "
+                                    f"but has {field} {value!r}, not {pending[field]!r}; give "
+                                    "every bag its own bag_id"
+                                )
                     if pending is None:
                         pending = {
                             "id": bag.bag_id,

@@ -29,6 +29,7 @@ from PIL import Image
 from shapely.geometry import Polygon, shape
 
 from milsil.client import MilsilClient
+from milsil.geojson import cell_edges
 from milsil.synth import synth_image
 from server.testing import register_tiny_model, running_server
 
@@ -174,12 +175,22 @@ def _spec_for(world, out: Path, train_job: bool = True) -> dict:
             "name": "train_m2.png",
             "metadata": {"milsil_label": "malignant"},
             "objects": [
+                # Two consecutive annotations with one name: still two bags (bag ids carry the
+                # index; the server merges consecutive messages with the same bag_id).
                 {
                     "kind": "annotation",
                     "shape": "rect",
                     "coords": [0, 0, 64, 64],
                     "class": "malignant",
-                }
+                    "name": "tumour",
+                },
+                {
+                    "kind": "annotation",
+                    "shape": "rect",
+                    "coords": [32, 32, 64, 64],
+                    "class": "malignant",
+                    "name": "tumour",
+                },
             ],
         },
         {
@@ -364,8 +375,9 @@ def test_failures_print_one_line_and_change_nothing(ran):
 def test_export_and_train_from_project(ran, world):
     logs = ran["logs"]
     assert "UNCAUGHT" not in logs["export"] + logs.get("train", "")
-    # Bags: user-classified TMA core A-2, 4 image-level labels, 2 classified annotations;
-    # Region*/unclassified annotations, detections and unclassified cores are not labels.
+    # Bags: user-classified TMA core A-2, 4 image-level labels, 3 classified annotations (two
+    # of them consecutive with the same name: separate bags); Region*/unclassified
+    # annotations, detections and unclassified cores are not labels.
     m = re.search(
         r"milsil: (?:uploaded|already on the server:) (datasets/\S+) \((\d+) bags, (\d+) patches, (\d+) images; "
         r"classes benign, malignant\)",
@@ -373,13 +385,13 @@ def test_export_and_train_from_project(ran, world):
     )
     assert m, logs["export"]
     dataset, bags, patients = m.group(1), int(m.group(2)), int(m.group(4))
-    assert (bags, patients) == (7, 5)
+    assert (bags, patients) == (8, 5)
     if "train" not in logs:
         return  # the other runtime ran the training job (see `launched`)
     lines = logs["train"].strip().splitlines()
     # Run for project: the first six images only say they wait; the last does the work.
     assert sum("collected once" in ln for ln in lines) == 6
-    assert f"milsil: already on the server: {dataset} (7 bags, 5 images" in logs["train"]
+    assert f"milsil: already on the server: {dataset} (8 bags, 5 images" in logs["train"]
     assert re.search(r"milsil: jobs/\S+ RUNNING epoch 1/1 step \d+/\d+ loss", logs["train"])
     done = re.search(r"milsil: (jobs/\S+) SUCCEEDED: registered model (models/\S+)", lines[-1])
     assert done, logs["train"]
@@ -434,8 +446,30 @@ def test_heatmap_annotations_are_children_with_class_and_measurements(ran, world
     for t in tiles:
         p = t["measurements"]
         assert p["milsil p(benign)"] + p["milsil p(malignant)"] == pytest.approx(1, abs=1e-5)
-    union = shapely.union_all([_polygon(t) for t in tiles])
+    # The tiles cover the region exactly: no gaps (union) and no overlaps (sum of areas).
+    polys = [_polygon(t) for t in tiles]
+    union = shapely.union_all(polys)
     assert union.area == pytest.approx(96 * 96, rel=1e-6)
+    assert sum(p.area for p in polys) == pytest.approx(96 * 96, rel=1e-6)
+    # Each tile is its sample's cell as milsil/geojson.py cell_edges draws it: sample j is
+    # computed at region pixel j * 16, centre j * 16 + 0.5 (the header's origin_x + j * step);
+    # the cell runs half a stride either side of it, clipped to the image (downsample 1).
+    edges = [float(e) for e in cell_edges(6, 16, 96)]
+    assert edges == [0.0, 8.5, 24.5, 40.5, 56.5, 72.5, 96.0]
+    samples = [j * 16 + 0.5 for j in range(6)]
+    cells = set()
+    for poly in polys:
+        x0, y0, x1, y1 = poly.bounds
+        assert poly.area == pytest.approx((x1 - x0) * (y1 - y0))  # a rectangle
+        col = min(range(6), key=lambda j: abs(edges[j] - x0))
+        row = min(range(6), key=lambda i: abs(edges[i] - y0))
+        assert (x0, x1) == pytest.approx((edges[col], edges[col + 1]))
+        assert (y0, y1) == pytest.approx((edges[row], edges[row + 1]))
+        assert x0 <= samples[col] < x1 and y0 <= samples[row] < y1
+        if 0 < col < 5 and 0 < row < 5:  # unclipped: the tile's centre is the sample position
+            assert ((x0 + x1) / 2, (y0 + y1) / 2) == pytest.approx((samples[col], samples[row]))
+        cells.add((row, col))
+    assert len(cells) == 36
 
 
 def test_imported_geojson_follows_qupath_rules(ran):

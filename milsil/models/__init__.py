@@ -12,6 +12,7 @@ from milsil.models.mil import (
     ConfiguredModel,
     MilSilNet,
     ModelConfig,
+    target_class_index,
 )
 from milsil.models.registry import create_model, list_models, load_pretrained_backbone, make_config
 
@@ -32,4 +33,5 @@ __all__ = [
     "make_config",
     "read_checkpoint",
     "save_checkpoint",
+    "target_class_index",
 ]

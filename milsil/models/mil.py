@@ -12,6 +12,7 @@ head can therefore give both outputs at inference, and the head only decides the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,21 @@ class ModelConfig:
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
         )
+
+
+def target_class_index(class_names: Sequence[str], wanted: str | None = None) -> int:
+    """The class a heatmap, annotation or localization is about, as an index.
+
+    ``wanted`` when given (it must be one of ``class_names``); else "malignant" when the
+    model has that class, else the last class. Every CLI, the server and the evaluation use
+    this one rule, so an empty class setting means the same thing everywhere.
+    """
+    names = list(class_names)
+    if not wanted:
+        return names.index("malignant") if "malignant" in names else len(names) - 1
+    if wanted not in names:
+        raise MilsilError(f"unknown class {wanted!r}; this model's classes: {', '.join(names)}")
+    return names.index(wanted)
 
 
 class ConfiguredModel(nn.Module):

@@ -200,7 +200,8 @@ class MilsilQuPath {
         if ((int) region.get('width') < 1 || (int) region.get('height') < 1) {
             throw failure(client, 'INVALID_ARGUMENT', 'the region lies outside the image')
         }
-        int halo = (int) Math.ceil(((Number) model.get('receptive_field')).intValue() / 2.0d)
+        // The server's halo_for: receptive_field // 2 (4 for BagNet-9).
+        int halo = ((Number) model.get('receptive_field')).intValue().intdiv(2)
         Map area = rect(server, roi, halo * ds)
         Map config = [
             heatmap           : [model : model.get('name'),
@@ -239,14 +240,16 @@ class MilsilQuPath {
 
     /**
      * Per-sample probabilities as tile objects (for QuPath's measurement maps): a Heatmap call
-     * with stride `tileStride`; each sample becomes the square grid cell whose top-left pixel it
-     * was computed at (clipped to the region), with "milsil p(<class>)" measurements.
+     * with stride `tileStride`; each sample becomes its grid cell, centred on the sample the way
+     * milsil/geojson.py cell_edges draws them (clipped to the region, so the tiles cover it
+     * exactly), with "milsil p(<class>)" measurements.
      */
     static List<PathObject> probabilityTiles(Object client, Map s, Object server, Map model, PathObject parent) {
         ROI roi = parent == null ? null : parent.getROI()
         double ds = num(s.get('downsample'))
         Map region = rect(server, roi, 0)
-        int halo = (int) Math.ceil(((Number) model.get('receptive_field')).intValue() / 2.0d)
+        // The server's halo_for: receptive_field // 2 (4 for BagNet-9).
+        int halo = ((Number) model.get('receptive_field')).intValue().intdiv(2)
         Map area = rect(server, roi, halo * ds)
         Map config = [model : model.get('name'),
                       region: [x: region.get('x'), y: region.get('y'), width: region.get('width'),
@@ -258,11 +261,14 @@ class MilsilQuPath {
         })
         Map header = (Map) result.get('header')
         List<String> classes = (List<String>) header.get('class_names')
-        double step = num(header.get('step'))
+        int stride = ((Number) header.get('stride')).intValue()
+        int gridRows = ((Number) header.get('rows')).intValue()
+        int gridCols = ((Number) header.get('cols')).intValue()
         double rx0 = num(region.get('x'))
         double ry0 = num(region.get('y'))
-        double rx1 = rx0 + num(region.get('width'))
-        double ry1 = ry0 + num(region.get('height'))
+        // The region's size in region pixels, as the server rounds it (Python round: half-even).
+        double rw = Math.rint(num(region.get('width')) / ds)
+        double rh = Math.rint(num(region.get('height')) / ds)
         List<PathObject> tiles = []
         Set<String> seen = new HashSet<String>()   // request tiles overlap: samples may repeat
         for (Map t : (List<Map>) result.get('tiles')) {
@@ -271,29 +277,49 @@ class MilsilQuPath {
             float[] probs = (float[]) t.get('probabilities')
             for (int i = 0; i < rows; i++) {
                 for (int j = 0; j < cols; j++) {
-                    // Sample (r, c) sits at the top-left pixel of grid cell (r, c): the tiles
-                    // are those cells, so they tile the region without gaps.
-                    double x0 = rx0 + ((int) t.get('col') + j) * step
-                    double y0 = ry0 + ((int) t.get('row') + i) * step
-                    double x1 = Math.min(rx1, x0 + step)
-                    double y1 = Math.min(ry1, y0 + step)
+                    // Sample (r, c) is computed at region pixel (c * stride, r * stride), whose
+                    // centre is level-0 (rx0 + ds * (c * stride + 0.5), ...) (the header's
+                    // origin_x + c * step). Its cell runs half a stride either side of that,
+                    // clipped to the region: milsil/geojson.py cell_edges, so the tiles tile
+                    // the region without gaps or overlaps, like the server's outlines.
+                    int r = (int) t.get('row') + i
+                    int c = (int) t.get('col') + j
+                    double x0 = rx0 + ds * cellEdge(c, gridCols, stride, rw)
+                    double x1 = rx0 + ds * cellEdge(c + 1, gridCols, stride, rw)
+                    double y0 = ry0 + ds * cellEdge(r, gridRows, stride, rh)
+                    double y1 = ry0 + ds * cellEdge(r + 1, gridRows, stride, rh)
                     double cx = (x0 + x1) / 2
                     double cy = (y0 + y1) / 2
-                    String key = ((int) t.get('row') + i) + ',' + ((int) t.get('col') + j)
+                    String key = r + ',' + c
                     if (!seen.add(key) || x1 <= x0 || y1 <= y0 || (roi != null && !roi.contains(cx, cy))) {
                         continue
                     }
                     PathObject tile = PathObjects.createTileObject(
                         ROIs.createRectangleROI(x0, y0, x1 - x0, y1 - y0, ImagePlane.getDefaultPlane()))
-                    for (int c = 0; c < classes.size(); c++) {
-                        tile.getMeasurementList().put('milsil p(' + classes.get(c) + ')',
-                            (double) probs[(c * rows + i) * cols + j])
+                    for (int k = 0; k < classes.size(); k++) {
+                        tile.getMeasurementList().put('milsil p(' + classes.get(k) + ')',
+                            (double) probs[(k * rows + i) * cols + j])
                     }
                     tiles.add(tile)
                 }
             }
         }
         return tiles
+    }
+
+    /**
+     * Edge `k` (0..count) of the `count` cells along an axis of `length` region pixels sampled
+     * every `stride` pixels: milsil/geojson.py cell_edges (the outer edges on the region border,
+     * the inner ones midway between neighbouring samples' pixel centres, clipped to the region).
+     */
+    static double cellEdge(int k, int count, int stride, double length) {
+        if (k <= 0) {
+            return 0.0d
+        }
+        if (k >= count) {
+            return length
+        }
+        return Math.min(length, Math.max(0.0d, k * stride + 0.5d - stride / 2.0d))
     }
 
     // ------------------------------------------------------------------ labelled bags
@@ -333,7 +359,7 @@ class MilsilQuPath {
             List<Map> tiles = patchTiles(client, server, roi, ds, patch, maxPatches)
             if (!tiles.isEmpty()) {
                 String kind = o.getClass().getSimpleName().contains('TMA') ? 'core' : 'annotation'
-                bags.add([bag_id: name + '#' + kind + '-' + (o.getName() ?: index), label: pc.toString(),
+                bags.add([bag_id: name + '#' + kind + '-' + bagKey(index, o.getName()), label: pc.toString(),
                           patient_id: name, tiles: tiles, source: kind])
             }
             index++
@@ -349,6 +375,15 @@ class MilsilQuPath {
             }
         }
         return bags
+    }
+
+    /**
+     * The per-image part of a bag id: always the candidate's index (the server merges
+     * consecutive messages with the same bag_id, so two objects with one name must differ),
+     * plus the object's name when it has one.
+     */
+    static String bagKey(int index, String name) {
+        return 'bag-' + index + (name ? '-' + name : '')
     }
 
     static boolean ignored(String name, List<String> patterns) {
