@@ -112,6 +112,13 @@ def run_batch(args: argparse.Namespace) -> int:
 
     folder, out = Path(args.slides_dir), Path(args.out)
     slides = list_slides(folder)
+    names = [slide_name(p, folder) for p in slides]
+    clashes = sorted({n for n in names if names.count(n) > 1})
+    if clashes:
+        raise MilsilError(
+            f"several slides would write the same outputs ({', '.join(clashes)}): outputs are "
+            "named after the slide without its extension; rename or separate them"
+        )
     model_path = Path(args.model)
     if not model_path.is_file():
         raise NotFoundError(f"model checkpoint not found: {model_path}")

@@ -169,3 +169,21 @@ def test_train_ddp_two_gloo_processes(tmp_path):
     info = json.loads((run / "run.json").read_text())
     assert info["world_size"] == 2 and info["backend"] == "gloo" and len(info["history"]) == 1
     assert load_checkpoint(run / "last.pt").config.width == 8
+
+
+def test_batch_refuses_slides_that_would_share_outputs(tmp_path):
+    """a.svs and a.tif would both write a.geojson: refused up front, nothing skipped."""
+    import argparse
+
+    import pytest
+
+    from milsil.batch import run_batch
+    from milsil.errors import MilsilError
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    (folder / "a.svs").write_bytes(b"x")
+    (folder / "a.tif").write_bytes(b"x")
+    args = argparse.Namespace(slides_dir=str(folder), out=str(tmp_path / "out"), model="m.pt")
+    with pytest.raises(MilsilError, match=r"several slides would write the same outputs \(a\)"):
+        run_batch(args)
