@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash leaves the old file or the new one, never half of one.
+"""Safe file I/O: atomic writes (a crash leaves the old file or the new one, never half of
+one) and content digests.
 
 Every checkpoint, store file, JSON record and output image goes through :func:`atomic_write`
 (temporary file in the same folder, flushed and fsynced, then renamed over the target).
@@ -6,6 +7,7 @@ Every checkpoint, store file, JSON record and output image goes through :func:`a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -44,3 +46,12 @@ def atomic_copy(src: str | Path, dst: str | Path) -> Path:
 def write_json_atomic(path: str | Path, obj: Any, indent: int = 2) -> Path:
     text = json.dumps(obj, indent=indent, sort_keys=True) + "\n"
     return atomic_write(path, lambda fh: fh.write(text.encode()))
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's content, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

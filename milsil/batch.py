@@ -16,7 +16,6 @@ rank 0 gathers the outcomes: ``torchrun --nproc_per_node=4 -m milsil.batch SLIDE
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
@@ -25,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from milsil.atomic import write_json_atomic
+from milsil.atomic import file_sha256, write_json_atomic
 from milsil.errors import MilsilError, NotFoundError
 from milsil.slides import SLIDE_SUFFIXES, add_slide_arguments, annotate_slide
 
@@ -54,14 +53,6 @@ def slide_name(path: Path, folder: Path) -> str:
     if path.suffix.lower() == ".dcm" and path.parent != folder:
         return path.parent.name
     return path.stem
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run_versions() -> dict[str, str]:

@@ -320,6 +320,9 @@ class RegionCanvas:
         bottom = depth(s[p + h + k, p : p + w] for k in range(p))
         left = depth(s[p : p + h, p - 1 - k] for k in range(p))
         right = depth(s[p : p + h, p + w + k] for k in range(p))
+        if not s[p - top : p + h + bottom, p - left : p + w + right].all():
+            # Sides with context but a corner without: mirror everything from the region.
+            top = bottom = left = right = 0
         if min(top, bottom, left, right) == p:
             return
         core = self.canvas[:, p - top : p + h + bottom, p - left : p + w + right]

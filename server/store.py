@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from milsil.atomic import atomic_copy, atomic_write_bytes
+from milsil.atomic import atomic_copy, atomic_write_bytes, file_sha256
 from milsil.errors import MilsilError, NotFoundError
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -83,14 +83,6 @@ def parse_page(page_size: int, page_token: str) -> tuple[int, int]:
             "page_token is not a token returned by this server; pass next_page_token or empty"
         )
     return limit, int(page_token)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def class_order(labels: set[str]) -> list[str]:

@@ -371,3 +371,24 @@ def test_busy_server_answers_resource_exhausted(tmp_path):
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "busy" in details
         t.join()
         client.close()
+
+
+def test_canvas_mirrors_when_corner_context_is_missing():
+    """Context on all four sides but not the corners: treated as no context (mirror), never
+    as mean-colour pixels."""
+    from milsil.heatmap import logit_heatmap
+    from server.inference import RegionCanvas, RegionSpec
+    from server.testing import tiny_model
+
+    model = tiny_model()
+    rng = np.random.default_rng(3)
+    big = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    p = model.receptive_field // 2
+    canvas = RegionCanvas(RegionSpec(p, p, 1.0, 48 - 2 * p, 40 - 2 * p), p, *model.normalization)
+    canvas.add(big[p:-p, :], 0, p, 1.0, "tile 0")  # the region plus left/right context
+    canvas.add(big[:, p:-p], p, 0, 1.0, "tile 1")  # the region plus top/bottom context
+    canvas.check_covered()
+    canvas.mirror_missing_context()
+    got = logit_heatmap(model, canvas.canvas, margin=p)
+    expected = logit_heatmap(model, big[p:-p, p:-p])
+    assert (got - expected).abs().max().item() < 1e-5
