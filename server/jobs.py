@@ -386,6 +386,11 @@ class JobManager:
         with self._cond:
             if self._closing:
                 return
+            # Re-read under the lock: a CancelJob may have finished the job since it left
+            # the queue, and its CANCELLED must not be overwritten by RUNNING.
+            job = self.store.get_job(job_id)
+            if job["state"] != QUEUED:
+                return
             job["state"] = RUNNING
             self.store.put_job(job)
             process.start()  # inside the lock: shutdown() never sees an unstarted process

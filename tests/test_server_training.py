@@ -143,3 +143,26 @@ def test_restart_marks_running_job_interrupted_and_resumes(tmp_path):
         assert _state(final) == "SUCCEEDED", final.error
         assert client.get_model(final.model).source_job == job.name
         client.close()
+
+
+def test_cancel_while_a_job_leaves_the_queue_stays_cancelled(tmp_path, monkeypatch):
+    """CancelJob racing the scheduler (job popped from the queue, process not yet started)
+    must win: the job ends CANCELLED and never runs."""
+    from server.store import Store
+
+    real_get_dataset = Store.get_dataset
+
+    def slow_get_dataset(self, ident):  # the scheduler's step between queue and process
+        time.sleep(1.0)
+        return real_get_dataset(self, ident)
+
+    with running_server(tmp_path) as server:
+        client = MilsilClient(f"127.0.0.1:{server.port}", timeout=60)
+        ds = client.upload_dataset(tiny_bags())
+        monkeypatch.setattr(Store, "get_dataset", slow_get_dataset)
+        job = client.start_training(ds.name, FAST)
+        time.sleep(0.3)  # the scheduler has taken it off the queue and is preparing it
+        assert _state(client.cancel_job(job.name)) == "CANCELLED"
+        time.sleep(2.0)
+        final = client.get_job(job.name)
+        assert _state(final) == "CANCELLED" and not final.model
