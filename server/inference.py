@@ -283,10 +283,11 @@ class RegionCanvas:
         cx0, cy0 = max(px, -p), max(py, -p)
         cx1, cy1 = min(px + tw, r.width + p), min(py + th, r.height + p)
         if cx0 >= cx1 or cy0 >= cy1:
-            raise MilsilError(
-                f"{where} at level-0 ({x}, {y}) size {tw}x{th} does not overlap the region "
-                f"({r.x}, {r.y}) {r.width}x{r.height} px at downsample {r.downsample} (nor its {p}-pixel context)"
-            )
+            # Context beyond what the receptive field needs (a client may send a wider
+            # margin): nothing to place. The coverage check still catches missing pixels.
+            placement = TilePlacement(len(self.placements), 0, 0, 0, 0)
+            self.placements.append(placement)
+            return placement
         sub = pixels[cy0 - py : cy1 - py, cx0 - px : cx1 - px]
         self.canvas[:, cy0 + p : cy1 + p, cx0 + p : cx1 + p] = normalize(sub, self.mean, self.std)
         self.supplied[cy0 + p : cy1 + p, cx0 + p : cx1 + p] = True

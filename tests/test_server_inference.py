@@ -392,3 +392,14 @@ def test_canvas_mirrors_when_corner_context_is_missing():
     got = logit_heatmap(model, canvas.canvas, margin=p)
     expected = logit_heatmap(model, big[p:-p, p:-p])
     assert (got - expected).abs().max().item() < 1e-5
+
+
+def test_context_wider_than_the_receptive_field_is_accepted(env):
+    """Tiles lying wholly in context the receptive field does not need are ignored, not
+    refused (a client may send a generous margin); the result is unchanged."""
+    _, client, model = env
+    image = _image(72, 80, seed=4)
+    margin = 20  # the tiny BagNet-9 needs 4
+    result = client.heatmap("models/tiny", image, x=100, y=100, margin=margin, tile_size=8)
+    ref = logit_heatmap(model, image, margin=margin).numpy()
+    np.testing.assert_allclose(result.logits, ref, atol=1e-4, rtol=1e-4)
