@@ -26,7 +26,7 @@ from typing import Any
 
 from milsil.atomic import file_sha256, write_json_atomic
 from milsil.errors import MilsilError, NotFoundError
-from milsil.slides import SLIDE_SUFFIXES, add_slide_arguments, annotate_slide
+from milsil.slides import SLIDE_SUFFIXES, add_slide_arguments, annotate_slide, slide_settings
 
 
 def list_slides(folder: str | Path) -> list[Path]:
@@ -82,18 +82,7 @@ def run_versions() -> dict[str, str]:
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "stride": args.stride,
-        "downsample": args.downsample,
-        "threshold": args.threshold,
-        "class": args.class_name,
-        "tile": args.tile,
-        "min_area": args.min_area,
-        "simplify": args.simplify,
-        "tissue_only": not args.all_tiles,
-        "tiff": bool(args.tiff),
-        "bf16": args.bf16,
-    }
+    return {**slide_settings(args), "tiff": bool(args.tiff)}
 
 
 def run_batch(args: argparse.Namespace) -> int:
@@ -150,17 +139,9 @@ def run_batch(args: argparse.Namespace) -> int:
                     path,
                     model,
                     out / f"{name}.geojson",
-                    stride=args.stride,
-                    downsample=args.downsample,
                     tiff=(out / f"{name}.tif") if args.tiff else None,
-                    threshold=args.threshold,
-                    class_name=args.class_name,
-                    tile=args.tile,
-                    tissue_only=not args.all_tiles,
-                    min_area=args.min_area,
-                    simplify_tolerance=args.simplify,
                     device=ctx.device,
-                    bf16=args.bf16,
+                    **slide_settings(args),
                 )
             except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the others
                 message = " ".join(str(exc).split()) or type(exc).__name__

@@ -326,12 +326,9 @@ class MilsilClient:
             raise MilsilError(
                 f"value_type must be one of {', '.join(VALUE_TYPES)}, got {value_type!r}"
             )
-        h, w = image.shape[0] - 2 * margin, image.shape[1] - 2 * margin
         config = inference_service_pb2.HeatmapConfig(
             model=model,
-            region=common_pb2.Region(
-                x=x, y=y, width=w * downsample, height=h * downsample, downsample=downsample
-            ),
+            region=_interior_region(image, x, y, downsample, margin),
             stride=stride,
             value_type=VALUE_TYPES[value_type],
             include_probabilities=probabilities,
@@ -376,13 +373,10 @@ class MilsilClient:
             raise MilsilError(
                 f"threshold_on must be 'probability' or 'logit', got {threshold_on!r}"
             )
-        h, w = image.shape[0] - 2 * margin, image.shape[1] - 2 * margin
         config = inference_service_pb2.AnnotateConfig(
             heatmap=inference_service_pb2.HeatmapConfig(
                 model=model,
-                region=common_pb2.Region(
-                    x=x, y=y, width=w * downsample, height=h * downsample, downsample=downsample
-                ),
+                region=_interior_region(image, x, y, downsample, margin),
                 stride=stride,
             ),
             class_name=class_name,
@@ -674,6 +668,16 @@ def assemble_heatmap(responses: Iterable[inference_service_pb2.HeatmapResponse])
     if header is None:
         raise MilsilError("the server sent no heatmap header")
     return HeatmapResult(header, logits, probs)
+
+
+def _interior_region(
+    image: np.ndarray, x: float, y: float, downsample: float, margin: int
+) -> common_pb2.Region:
+    """The level-0 region of ``image`` without its ``margin`` context pixels on each side."""
+    h, w = image.shape[0] - 2 * margin, image.shape[1] - 2 * margin
+    return common_pb2.Region(
+        x=x, y=y, width=w * downsample, height=h * downsample, downsample=downsample
+    )
 
 
 def _pem(value: bytes | str | Path | None) -> bytes | None:

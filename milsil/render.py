@@ -37,9 +37,9 @@ def overlay(
     """
     image = np.asarray(image, dtype=np.uint8)
     values = upsample_nearest(np.asarray(values, dtype=np.float32), image.shape[:2])
-    rgba = colorize(values, limit)
     if limit is None:
         limit = float(np.percentile(np.abs(values), 99)) if values.size else 1.0
+    rgba = colorize(values, limit)
     weight = alpha * np.clip(np.abs(values) / max(limit, 1e-6), 0.0, 1.0)[..., None]
     blended = image.astype(np.float32) * (1 - weight) + rgba[..., :3].astype(np.float32) * weight
     return blended.round().astype(np.uint8)

@@ -1309,6 +1309,21 @@ def _computed_megapixels(heat: SlideHeatmap) -> float:
 # --------------------------------------------------------------------------- CLI
 
 
+def slide_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :func:`annotate_slide` settings that :func:`add_slide_arguments` parsed."""
+    return {
+        "stride": args.stride,
+        "downsample": args.downsample,
+        "threshold": args.threshold,
+        "class_name": args.class_name,
+        "tile": args.tile,
+        "tissue_only": not args.all_tiles,
+        "min_area": args.min_area,
+        "simplify_tolerance": args.simplify,
+        "bf16": args.bf16,
+    }
+
+
 def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``annotate-slide`` and ``batch``."""
     parser.add_argument("--model", required=True, help="checkpoint (.pt) of a BagNet model")
@@ -1385,17 +1400,9 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         args.slide,
         model,
         out,
-        stride=args.stride,
-        downsample=args.downsample,
         tiff=args.tiff,
-        threshold=args.threshold,
-        class_name=args.class_name,
-        tile=args.tile,
-        tissue_only=not args.all_tiles,
-        min_area=args.min_area,
-        simplify_tolerance=args.simplify,
         device=args.device,
-        bf16=args.bf16,
+        **slide_settings(args),
         keep_work=args.keep_work,
         progress=_print_progress if sys.stderr.isatty() else None,
     )
