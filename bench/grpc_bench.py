@@ -7,7 +7,7 @@ and server do not share a GIL), registers BagNet-9 models, and measures:
 1. streaming: MB/s of RAW tiles client->server (Heatmap at stride 64, where compute is
    negligible) and of checkpoint bytes server->client (ExportModel);
 2. overhead: wall time of ``Heatmap`` over gRPC divided by the same
-   ``milsil.heatmap.logit_heatmap`` call in this process on the same region (goal <= 1.10);
+   ``milsil.inference.heatmap.logit_heatmap`` call in this process on the same region (goal <= 1.10);
 3. concurrency: N clients issuing small Heatmap requests: requests/s, p50 and p99 latency.
 
 Usage: ``python bench/grpc_bench.py [--quick] [--json out.json]``.
@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
 
+    from milsil_server.testing import tiny_model
+
     from milsil.client import MilsilClient
-    from milsil.heatmap import logit_heatmap
+    from milsil.inference.heatmap import logit_heatmap
     from milsil.models import save_checkpoint
-    from server.testing import tiny_model
 
     results: dict[str, object] = {"torch_threads": torch.get_num_threads(), "device": "cpu"}
     rng = np.random.default_rng(0)

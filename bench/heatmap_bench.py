@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import milsil.heatmap as heatmap_module
-from milsil.heatmap import DenseLogitNet, logit_heatmap, naive_logit_heatmap
+import milsil.inference.heatmap as heatmap_module
+from milsil.inference.heatmap import DenseLogitNet, logit_heatmap, naive_logit_heatmap
 from milsil.models import create_model
 
 

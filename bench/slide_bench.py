@@ -1,7 +1,7 @@
 """Whole-slide benchmark (not a test): tissue megapixels per second, split by stage.
 
-Writes a synthetic pyramidal TIFF (:func:`milsil.slides.synthetic_slide`: H&E-like tissue
-ellipse on glass), then runs :func:`milsil.slides.annotate_slide` on it at each stride,
+Writes a synthetic pyramidal TIFF (:func:`milsil.wsi.slides.synthetic_slide`: H&E-like tissue
+ellipse on glass), then runs :func:`milsil.wsi.slides.annotate_slide` on it at each stride,
 tissue tiles only, and reports for each:
 
 * tissue megapixels (level-0 pixels of the tissue tiles computed),
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from milsil import slides
 from milsil.models import create_model
+from milsil.wsi import slides
 
 
 def parse_size(text: str) -> tuple[int, int]:

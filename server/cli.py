@@ -13,7 +13,7 @@ from milsil.errors import MilsilError
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    from server.app import default_data_dir
+    from milsil_server.app import default_data_dir
 
     p = subparsers.add_parser(
         "serve",
@@ -112,8 +112,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.app import ServerConfig, build_server
-    from server.inference import Limits
+    from milsil_server.app import ServerConfig, build_server
+    from milsil_server.inference import Limits
 
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"

@@ -1,7 +1,7 @@
 """Exceptions that carry a gRPC status, and the one place exceptions become status codes.
 
 Servicers and plain modules raise; nothing calls ``context.abort`` except
-:func:`status_for`'s caller (the interceptor in :mod:`server.app`). That way every error,
+:func:`status_for`'s caller (the interceptor in :mod:`milsil_server.app`). That way every error,
 however unexpected, gets a deliberate code and a one-line message, never UNKNOWN.
 """
 

@@ -1,7 +1,7 @@
 """Inference without gRPC: tile decoding, region assembly, banded heatmaps, bag classification.
 
 The servicer hands over plain values; everything here raises :class:`MilsilError` (bad
-input, -> INVALID_ARGUMENT) or a :mod:`server.errors` exception with its own status.
+input, -> INVALID_ARGUMENT) or a :mod:`milsil_server.errors` exception with its own status.
 Long computations run in bands and call ``is_active()`` between bands, so a cancelled
 or timed-out request stops computing within about a second.
 """
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from milsil_server.errors import Cancelled, FailedPrecondition, ResourceExhausted
 
 from milsil.errors import MilsilError
-from server.errors import Cancelled, FailedPrecondition, ResourceExhausted
 
 ENCODINGS = ("RAW_RGB8", "PNG", "JPEG")
 BAND_TARGET_SECONDS = 1.0  # most compute between two cancellation checks
@@ -354,7 +354,7 @@ def _default_band_rows(
     model: torch.nn.Module, stride: int, device: torch.device | None = None
 ) -> int:
     """logit_heatmap's own tile side for this stride (bands of it cost no extra work)."""
-    from milsil.heatmap import default_tile
+    from milsil.inference.heatmap import default_tile
 
     base = math.gcd(stride, 8)
     return default_tile(model, base, stride // base, device or next(model.parameters()).device)
@@ -378,7 +378,7 @@ def banded_heatmap(
     chunks take under a quarter of it, so a cancelled or timed-out request stops within
     about a second on any device.
     """
-    from milsil.heatmap import logit_heatmap
+    from milsil.inference.heatmap import logit_heatmap
 
     r, p = canvas.region, canvas.halo
     rows, cols = -(-r.height // stride), -(-r.width // stride)

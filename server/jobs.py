@@ -26,9 +26,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from milsil_server.errors import FailedPrecondition, ResourceExhausted
+from milsil_server.store import Store, new_id
+
 from milsil.errors import MilsilError, NotFoundError
-from server.errors import FailedPrecondition, ResourceExhausted
-from server.store import Store, new_id
 
 log = logging.getLogger("milsil.server.jobs")
 
@@ -85,8 +86,8 @@ def effective_config(request: dict[str, Any], dataset: dict[str, Any]) -> dict[s
 
 
 def train_config(cfg: dict[str, Any]) -> Any:
-    """The milsil.train.TrainConfig for effective settings."""
-    from milsil.train import TrainConfig
+    """The milsil.engine.loop.TrainConfig for effective settings."""
+    from milsil.engine.loop import TrainConfig
 
     try:
         return TrainConfig(
@@ -137,7 +138,7 @@ def split_records(records: list[Any], cfg: dict[str, Any]) -> tuple[list[Any], l
 def _child_main(args: dict[str, Any], events: Any, stop: Any) -> None:
     """Entry point of the spawned training process (top-level so spawn can import it)."""
     try:
-        from milsil.train import train_model
+        from milsil.engine.loop import train_model
 
         dataset_dir = Path(args["dataset_dir"])
         records, classes = dataset_records(args["dataset"], dataset_dir)

@@ -1,7 +1,7 @@
 """The three milsil.v1 servicers: translate messages to calls into store, inference and jobs.
 
 Servicers never call ``context.abort``: they raise (MilsilError, NotFoundError,
-:mod:`server.errors`), and the interceptor in :mod:`server.app` turns that into a status.
+:mod:`milsil_server.errors`), and the interceptor in :mod:`milsil_server.app` turns that into a status.
 """
 
 from __future__ import annotations
@@ -24,8 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 from google.protobuf import empty_pb2, timestamp_pb2
+from milsil_server import inference
+from milsil_server.errors import Cancelled, FailedPrecondition, ResourceExhausted
+from milsil_server.inference import ComputeSlots, Limits, ModelCache, RegionCanvas, RegionSpec
+from milsil_server.jobs import JobManager
+from milsil_server.paths import resolve_under_root
+from milsil_server.store import Store, new_id, parse_name, parse_page
 
-from milsil import slides
 from milsil.errors import MilsilError, NotFoundError
 from milsil.models import target_class_index
 from milsil.v1 import (
@@ -37,11 +42,7 @@ from milsil.v1 import (
     training_service_pb2,
     training_service_pb2_grpc,
 )
-from server import inference
-from server.errors import Cancelled, FailedPrecondition, ResourceExhausted
-from server.inference import ComputeSlots, Limits, ModelCache, RegionCanvas, RegionSpec
-from server.jobs import JobManager
-from server.store import Store, new_id, parse_name, parse_page
+from milsil.wsi import slides
 
 VALUE_DTYPES = {
     common_pb2.VALUE_TYPE_UNSPECIFIED: "<f4",
@@ -499,7 +500,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     def Annotate(self, request_iterator, context):
         import json
 
-        from milsil.geojson import heatmap_to_geojson
+        from milsil.wsi.geojson import heatmap_to_geojson
 
         config, job = self._read_region(request_iterator, context, "Annotate")
         settings = self._annotate_settings(config, job.model)
@@ -560,7 +561,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         missing: NotFoundError | None = None
         for root in self.slide_roots:
             try:
-                found = slides.resolve_under_root(root, path)
+                found = resolve_under_root(root, path)
             except NotFoundError as exc:
                 missing = missing or exc
                 continue

@@ -311,7 +311,7 @@ class Store:
             except NotFoundError:
                 raise_exists = False
             if raise_exists:
-                from server.errors import AlreadyExists
+                from milsil_server.errors import AlreadyExists
 
                 raise AlreadyExists(
                     f"model models/{ident} already exists; pick another model_id or delete it"

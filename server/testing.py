@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from server.app import MilsilServer, ServerConfig, build_server
+from milsil_server.app import MilsilServer, ServerConfig, build_server
 
 
 def tiny_model(

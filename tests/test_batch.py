@@ -14,10 +14,10 @@ import pytest
 import torch
 from conftest import randomize_batchnorm
 
-from milsil import slides
-from milsil.distributed import DistContext, _rank_batches, shard
-from milsil.geojson import qupath_problems
+from milsil.engine.distributed import DistContext, _rank_batches, shard
 from milsil.models import create_model, save_checkpoint
+from milsil.wsi import slides
+from milsil.wsi.geojson import qupath_problems
 
 VENDOR = Path(__file__).parent / "data" / "openslide"
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def run_cli(argv, monkeypatch) -> int:
     monkeypatch.setattr(
         cli,
         "COMMAND_MODULES",
-        tuple(dict.fromkeys(cli.COMMAND_MODULES + ("milsil.slides", "milsil.batch"))),
+        tuple(dict.fromkeys(cli.COMMAND_MODULES + ("milsil.wsi.slides", "milsil.wsi.batch"))),
     )
     return cli.main(argv)
 
@@ -127,7 +127,17 @@ def test_batch_under_torchrun_shards_slides(folder, tmp_path):
     d, ckpt = folder
     out = tmp_path / "out"
     res = _torchrun(
-        ["-m", "milsil.batch", str(d), "--model", str(ckpt), "--out", str(out), "--stride", "8"],
+        [
+            "-m",
+            "milsil.wsi.batch",
+            str(d),
+            "--model",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--stride",
+            "8",
+        ],
         tmp_path,
     )
     assert res.returncode == 0, res.stdout + res.stderr
@@ -140,14 +150,14 @@ def test_batch_under_torchrun_shards_slides(folder, tmp_path):
 
 
 def test_train_ddp_two_gloo_processes(tmp_path):
+    from milsil.data.synth import synthesize_dataset
     from milsil.models import load_checkpoint
-    from milsil.synth import synthesize_dataset
 
     data = synthesize_dataset(tmp_path / "data", patients=2, images_per_patient=4, size=32)
     run = tmp_path / "run"
     args = [
         "-m",
-        "milsil.distributed",
+        "milsil.engine.distributed",
         str(data),
         "--out",
         str(run),
@@ -177,8 +187,8 @@ def test_batch_refuses_slides_that_would_share_outputs(tmp_path):
 
     import pytest
 
-    from milsil.batch import run_batch
     from milsil.errors import MilsilError
+    from milsil.wsi.batch import run_batch
 
     folder = tmp_path / "slides"
     folder.mkdir()

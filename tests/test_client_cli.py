@@ -9,12 +9,12 @@ import sys
 import time
 
 import numpy as np
+from milsil_server.testing import tiny_model
 from PIL import Image
 
 from milsil.cli import main
-from milsil.geojson import qupath_problems
 from milsil.models import save_checkpoint
-from server.testing import tiny_model
+from milsil.wsi.geojson import qupath_problems
 
 
 def test_serve_and_client_commands(tmp_path, capsys):

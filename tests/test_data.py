@@ -29,8 +29,8 @@ from milsil.data import (
     scan_folder,
     to_tensor,
 )
+from milsil.data.synth import synthesize_dataset
 from milsil.errors import MilsilError, NotFoundError
-from milsil.synth import synthesize_dataset
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

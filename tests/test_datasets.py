@@ -12,8 +12,8 @@ import pytest
 import torch
 from scipy.io import loadmat, savemat
 
-from milsil import datasets
 from milsil.data import load_bag, load_mask, patient_kfold
+from milsil.data import public as datasets
 from milsil.errors import MilsilError
 
 
@@ -28,7 +28,7 @@ def one_thread():
 def run_cli(argv, monkeypatch) -> int:
     from milsil import cli
 
-    modules = tuple(dict.fromkeys(cli.COMMAND_MODULES + ("milsil.reproduce",)))
+    modules = tuple(dict.fromkeys(cli.COMMAND_MODULES + ("milsil.experiments.reproduce",)))
     monkeypatch.setattr(cli, "COMMAND_MODULES", modules)
     return cli.main(argv)
 

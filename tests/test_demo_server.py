@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from milsil.cli import main
-from milsil.geojson import qupath_problems
-from milsil.synth import synthesize_dataset
+from milsil.data.synth import synthesize_dataset
+from milsil.wsi.geojson import qupath_problems
 
 
 def test_demo_server_uploads_trains_annotates_and_stops(tmp_path, capsys):

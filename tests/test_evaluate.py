@@ -11,8 +11,10 @@ import torch
 
 from milsil.cli import main as cli_main
 from milsil.data import load_dataset
+from milsil.data.synth import synthesize_dataset
+from milsil.engine.loop import TrainConfig
 from milsil.errors import MilsilError
-from milsil.evaluate import (
+from milsil.experiments.ablation import (
     ablation,
     class_log_odds,
     evaluate_model,
@@ -24,8 +26,6 @@ from milsil.evaluate import (
     target_class,
 )
 from milsil.models import create_model
-from milsil.synth import synthesize_dataset
-from milsil.train import TrainConfig
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import pytest
 from shapely.geometry import shape
 
 from milsil.errors import MilsilError
-from milsil.geojson import heatmap_to_geojson, qupath_problems
+from milsil.wsi.geojson import heatmap_to_geojson, qupath_problems
 
 
 def test_ring_with_hole_in_level0_coordinates():

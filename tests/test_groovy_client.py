@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from milsil_server.testing import register_tiny_model, running_server, self_signed
 
 from milsil.client import MilsilClient
-from milsil.heatmap import logit_heatmap, probabilities
-from server.testing import register_tiny_model, running_server, self_signed
+from milsil.inference.heatmap import logit_heatmap, probabilities
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location(
@@ -99,7 +99,7 @@ def test_groovy_client_every_rpc_shape(servers, runtime):
 
     # Bidirectional streaming: the heatmap of 4 tiles sent from Groovy equals what the Python
     # client gets for the same region in one piece (same server: the transport, tiling and
-    # float decoding of the Groovy side are exact), and agrees with milsil.heatmap.
+    # float decoding of the Groovy side are exact), and agrees with milsil.inference.heatmap.
     rgb = np.frombuffer(base64.b64decode(c["region_pixels"]), np.uint8).reshape(40, 48, 3)
     with MilsilClient(f"127.0.0.1:{plain.port}", token=TOKEN) as py:
         reference = py.heatmap("models/tiny", rgb, x=100, y=200, stride=4, probabilities=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from milsil.errors import MilsilError
-from milsil.heatmap import cam, gradcam, logit_heatmap, naive_logit_heatmap, probabilities
+from milsil.inference.heatmap import cam, gradcam, logit_heatmap, naive_logit_heatmap, probabilities
 from milsil.models import create_model
 
 
@@ -165,7 +165,7 @@ def test_dense_network_cache_follows_weight_updates(small_bagnet):
 
 def test_unfused_path_gives_the_same_logits(small_bagnet, monkeypatch):
     """The plain conv/ReLU/add path (GPUs, builds without oneDNN) matches the fused one."""
-    import milsil.heatmap as heatmap_module
+    import milsil.inference.heatmap as heatmap_module
 
     model = small_bagnet("bagnet17", seed=11)
     image = torch.randn(3, 30, 26)

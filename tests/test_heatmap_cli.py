@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from milsil.heatmap import logit_heatmap
+from milsil.data.synth import synth_image
+from milsil.inference.heatmap import logit_heatmap
 from milsil.models import create_model, save_checkpoint
-from milsil.synth import synth_image
 
 
 def milsil(*args: str) -> subprocess.CompletedProcess:

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from milsil.errors import MilsilError
-from milsil.metrics import (
+from milsil.engine.metrics import (
     accuracy,
     auroc,
     dice,
@@ -19,6 +18,7 @@ from milsil.metrics import (
     pixel_auroc,
     pointing_game,
 )
+from milsil.errors import MilsilError
 
 
 def pair_auroc(scores, positive) -> float:

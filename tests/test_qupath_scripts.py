@@ -25,13 +25,13 @@ import numpy as np
 import pytest
 import shapely
 import torch
+from milsil_server.testing import register_tiny_model, running_server
 from PIL import Image
 from shapely.geometry import Polygon, shape
 
 from milsil.client import MilsilClient
-from milsil.geojson import cell_edges
-from milsil.synth import synth_image
-from server.testing import register_tiny_model, running_server
+from milsil.data.synth import synth_image
+from milsil.wsi.geojson import cell_edges
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "qupath_scripts"

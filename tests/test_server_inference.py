@@ -12,13 +12,13 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from milsil_server.testing import register_tiny_model, running_server
 from PIL import Image
 
 from milsil.client import MilsilClient, assemble_heatmap, encode_tile, image_tiles
-from milsil.geojson import qupath_problems
-from milsil.heatmap import logit_heatmap
+from milsil.inference.heatmap import logit_heatmap
 from milsil.v1 import common_pb2, inference_service_pb2
-from server.testing import register_tiny_model, running_server
+from milsil.wsi.geojson import qupath_problems
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -376,9 +376,10 @@ def test_busy_server_answers_resource_exhausted(tmp_path):
 def test_canvas_mirrors_when_corner_context_is_missing():
     """Context on all four sides but not the corners: treated as no context (mirror), never
     as mean-colour pixels."""
-    from milsil.heatmap import logit_heatmap
-    from server.inference import RegionCanvas, RegionSpec
-    from server.testing import tiny_model
+    from milsil_server.inference import RegionCanvas, RegionSpec
+    from milsil_server.testing import tiny_model
+
+    from milsil.inference.heatmap import logit_heatmap
 
     model = tiny_model()
     rng = np.random.default_rng(3)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 import torch
+from milsil_server.testing import register_tiny_model, running_server
 
 from milsil.client import MilsilClient
 from milsil.models import load_checkpoint
-from server.testing import register_tiny_model, running_server
 
 
 @pytest.fixture(scope="module")

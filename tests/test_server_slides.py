@@ -1,7 +1,7 @@
 """AnnotateSlide and SlideHeatmap: slides the server reads itself, under --slide-root.
 
 A real server on a loopback port reads a small synthetic pyramidal TIFF; its answers must
-equal milsil.slides called directly. Paths outside the root, missing, corrupt and
+equal milsil.wsi.slides called directly. Paths outside the root, missing, corrupt and
 folder paths are refused with the right code; a cancelled call resumes.
 """
 
@@ -14,14 +14,14 @@ import time
 import grpc
 import numpy as np
 import pytest
+from milsil_server.testing import register_tiny_model, running_server
 
-from milsil import slides
 from milsil.client import MilsilClient
 from milsil.errors import MilsilError
-from milsil.geojson import qupath_problems
-from milsil.heatmap import logit_heatmap
+from milsil.inference.heatmap import logit_heatmap
 from milsil.v1 import inference_service_pb2
-from server.testing import register_tiny_model, running_server
+from milsil.wsi import slides
+from milsil.wsi.geojson import qupath_problems
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 SETTINGS = {"stride": 8, "tile_size": 64}  # 480x360 slide: an 8x6 tile grid, corners glass
@@ -248,13 +248,13 @@ def test_client_cli_annotate_slide(env, tmp_path, capsys):
 def test_serve_slide_root_flag(tmp_path):
     import argparse
 
-    from server.cli import register_cli
+    from milsil_server.cli import register_cli
 
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())
     args = parser.parse_args(["serve", "--slide-root", "/a", "--slide-root", "/b"])
     assert [str(p) for p in args.slide_roots] == ["/a", "/b"] and args.output_root is None
-    from server.app import ServerConfig, build_server
+    from milsil_server.app import ServerConfig, build_server
 
     with pytest.raises(MilsilError, match="slide-root"):
         build_server(

@@ -8,11 +8,11 @@ import time
 import grpc
 import numpy as np
 import pytest
+from milsil_server.jobs import effective_config
+from milsil_server.testing import running_server, tiny_bags
 
 from milsil.client import MilsilClient, encode_tile
 from milsil.v1 import training_service_pb2
-from server.jobs import effective_config
-from server.testing import running_server, tiny_bags
 
 FAST = {"arch": "bagnet9", "width": 8, "epochs": 1, "batch_size": 4, "learning_rate": 1e-3}
 
@@ -148,7 +148,7 @@ def test_restart_marks_running_job_interrupted_and_resumes(tmp_path):
 def test_cancel_while_a_job_leaves_the_queue_stays_cancelled(tmp_path, monkeypatch):
     """CancelJob racing the scheduler (job popped from the queue, process not yet started)
     must win: the job ends CANCELLED and never runs."""
-    from server.store import Store
+    from milsil_server.store import Store
 
     real_get_dataset = Store.get_dataset
 

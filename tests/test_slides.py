@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 import torch
 from conftest import randomize_batchnorm
+from milsil_server.paths import resolve_under_root
 
-from milsil import slides
 from milsil.errors import MilsilError, NotFoundError
-from milsil.geojson import heatmap_to_geojson, qupath_problems
-from milsil.heatmap import logit_heatmap
+from milsil.inference.heatmap import logit_heatmap
 from milsil.models import create_model, save_checkpoint
+from milsil.wsi import slides
+from milsil.wsi.geojson import heatmap_to_geojson, qupath_problems
 
 VENDOR = Path(__file__).parent / "data" / "openslide"
-CLI_MODULES = ("milsil.slides", "milsil.batch", "milsil.reproduce")
+CLI_MODULES = ("milsil.wsi.slides", "milsil.wsi.batch", "milsil.experiments.reproduce")
 
 
 def run_cli(argv: list[str], monkeypatch) -> int:
@@ -121,13 +122,10 @@ def test_resolve_under_root_refuses_escapes(tmp_path):
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "a.svs").write_text("x")
     (tmp_path / "secret.svs").write_text("x")
-    assert (
-        slides.resolve_under_root(tmp_path / "root", "a.svs")
-        == (tmp_path / "root" / "a.svs").resolve()
-    )
+    assert resolve_under_root(tmp_path / "root", "a.svs") == (tmp_path / "root" / "a.svs").resolve()
     for bad in ("../secret.svs", str(tmp_path / "secret.svs")):
         with pytest.raises(MilsilError, match="outside"):
-            slides.resolve_under_root(tmp_path / "root", bad)
+            resolve_under_root(tmp_path / "root", bad)
 
 
 # ------------------------------------------------------------------ tissue and tiles
@@ -182,7 +180,7 @@ def test_asap_xml_and_geojson_contours(slide_file, tmp_path):
         expected - inter, rel=1e-6
     )
     # QuPath GeoJSON with the same polygons
-    from milsil.geojson import make_feature
+    from milsil.wsi.geojson import make_feature
 
     features = [dict(make_feature(Polygon(r), "Tumor", [200, 0, 0], {})) for r in rings]
     gj = tmp_path / "tumor_001.geojson"

@@ -13,8 +13,8 @@ from PIL import Image
 from scipy import ndimage
 
 from milsil.data.augment import rgb_to_hed
+from milsil.data.synth import patient_style, register_cli, synth_image, synthesize_dataset
 from milsil.errors import MilsilError
-from milsil.synth import patient_style, register_cli, synth_image, synthesize_dataset
 
 
 def _images(seed: int, n: int, malignant: bool, size: int = 128):

@@ -16,9 +16,9 @@ from PIL import Image
 
 from milsil.cli import main as cli_main
 from milsil.data import BagRecord
+from milsil.engine.loop import TrainConfig, TrainProgress, _is_better, bag_loss, train_model
 from milsil.errors import MilsilError
 from milsil.models import BagOutput, load_checkpoint, read_checkpoint
-from milsil.train import TrainConfig, TrainProgress, _is_better, bag_loss, train_model
 
 CLASSES = ["benign", "malignant"]
 
@@ -334,10 +334,10 @@ def test_acceptance_synthetic_training_and_heatmap(tmp_path):
     each pixel's 9x9 window lies inside the image).
     """
     from milsil.data import load_dataset, load_mask, load_rgb, patient_split
-    from milsil.evaluate import class_log_odds, evaluate_model
-    from milsil.heatmap import logit_heatmap
-    from milsil.metrics import pixel_auroc
-    from milsil.synth import synthesize_dataset
+    from milsil.data.synth import synthesize_dataset
+    from milsil.engine.metrics import pixel_auroc
+    from milsil.experiments.ablation import class_log_odds, evaluate_model
+    from milsil.inference.heatmap import logit_heatmap
 
     start = time.monotonic()
     manifest = synthesize_dataset(tmp_path / "data", patients=12, images_per_patient=6, size=128)

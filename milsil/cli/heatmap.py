@@ -14,9 +14,9 @@ from PIL import Image
 from milsil import __version__
 from milsil.atomic import atomic_write, write_json_atomic
 from milsil.errors import MilsilError
-from milsil.heatmap import cam, gradcam, logit_heatmap
+from milsil.inference.heatmap import cam, gradcam, logit_heatmap
+from milsil.inference.render import comparison_figure, overlay
 from milsil.models import load_checkpoint, target_class_index
-from milsil.render import comparison_figure, overlay
 
 
 def contrast(logits: torch.Tensor, index: int) -> np.ndarray:

@@ -16,17 +16,17 @@ from milsil.errors import MilsilError
 
 # Modules that contribute sub-commands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
-    "milsil.synth",
-    "milsil.train",
-    "milsil.evaluate",
-    "milsil.heatmap_cli",
-    "milsil.slides",
-    "milsil.batch",
-    "milsil.reproduce",
-    "milsil.distributed",
-    "milsil.demo",
-    "milsil.client_cli",
-    "server.cli",
+    "milsil.data.synth",
+    "milsil.engine.loop",
+    "milsil.experiments.ablation",
+    "milsil.cli.heatmap",
+    "milsil.wsi.slides",
+    "milsil.wsi.batch",
+    "milsil.experiments.reproduce",
+    "milsil.engine.distributed",
+    "milsil.cli.demo",
+    "milsil.client.cli",
+    "milsil_server.cli",
 )
 
 

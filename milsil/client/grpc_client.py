@@ -320,7 +320,7 @@ class MilsilClient:
         """Logit heatmap of ``image`` (its interior when ``margin`` > 0 pixels are context).
 
         ``(x, y)`` is the level-0 position of the interior's top-left pixel. Returns
-        ``[C, ceil(H'/stride), ceil(W'/stride)]`` arrays, as ``milsil.heatmap.logit_heatmap``.
+        ``[C, ceil(H'/stride), ceil(W'/stride)]`` arrays, as ``milsil.inference.heatmap.logit_heatmap``.
         """
         if value_type not in VALUE_TYPES:
             raise MilsilError(

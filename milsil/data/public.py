@@ -195,7 +195,7 @@ def crc_nuclei_bags(
 def write_crc_like(
     root: str | Path, images: int = 20, size: int = 64, seed: int = 0, per_slide: int = 10
 ) -> Path:
-    """A small dataset in the exact CRC HistoPhenotypes layout, drawn by :mod:`milsil.synth`.
+    """A small dataset in the exact CRC HistoPhenotypes layout, drawn by :mod:`milsil.data.synth`.
 
     Malignant images' epithelial centres are the malignant nuclei's centroids; every image
     also gets fibroblast/inflammatory/other centres from its benign nuclei. For tests and demos.
@@ -203,7 +203,7 @@ def write_crc_like(
     from scipy import ndimage
     from scipy.io import savemat
 
-    from milsil.synth import patient_style, synth_image
+    from milsil.data.synth import patient_style, synth_image
 
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -240,7 +240,7 @@ def write_crc_like(
 
 
 def _find_slides(root: Path, exclude: Path | None) -> list[Path]:
-    from milsil.slides import SLIDE_SUFFIXES
+    from milsil.wsi.slides import SLIDE_SUFFIXES
 
     found = []
     for p in sorted(root.rglob("*")):
@@ -271,7 +271,13 @@ def prepare_camelyon16(
     (``out_dir/done/<slide>.json``) are skipped, so an interrupted run resumes; a slide
     that cannot be read is reported and left out.
     """
-    from milsil.slides import find_contours, open_slide, rasterize, read_contours, sample_patches
+    from milsil.wsi.slides import (
+        find_contours,
+        open_slide,
+        rasterize,
+        read_contours,
+        sample_patches,
+    )
 
     root, out = Path(root), Path(out_dir)
     if not root.is_dir():
@@ -351,7 +357,7 @@ def write_camelyon_like(
 ) -> Path:
     """A tiny CAMELYON16 layout: ``training/tumor/tumor_00N.tif``, ``training/normal/...``
     and ``training/lesion_annotations/tumor_00N.xml`` (ASAP XML). For tests and demos."""
-    from milsil.slides import synthetic_slide, write_asap_xml
+    from milsil.wsi.slides import synthetic_slide, write_asap_xml
 
     root = Path(root)
     (root / "training" / "tumor").mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ Protocol (Section 3 of the paper):
   patient-level cross-validation; cells are mean +- std over folds.
 * CAMELYON16: 500x500 level-0 patches are the bags (four 250x250 patches each), labelled
   malignant when they overlap a tumour contour; one 80/20 patient-level split, trained once.
-* synthetic: :mod:`milsil.synth` images (``size`` px, bags of four ``size/2`` patches),
+* synthetic: :mod:`milsil.data.synth` images (``size`` px, bags of four ``size/2`` patches),
   5-fold patient-level cross-validation; what CI runs, tiny and fast.
 
 Methods: BagNet (BagNet-9, SIL loss), MILBagNet (MIL loss), Proposed (MIL+SIL), RN-50
@@ -14,7 +14,7 @@ and DN-161 with MIL and SIL branches, attention MIL on exhaustive 27x27 patches 
 and on nucleus-centred 27x27 patches (ADMP; CRC only, where nuclei are annotated: N/A
 elsewhere, as in the paper). Localization of the logit heatmap, CAM and Grad-CAM of the
 proposed model against the nuclei/contour masks is measured on the test images.
-Every run lives under ``--out`` and resumes (:func:`milsil.train.train_model`).
+Every run lives under ``--out`` and resumes (:func:`milsil.engine.loop.train_model`).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def load_data(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
     if args.dataset == "synthetic":
         manifest = root / "manifest.csv"
         if not manifest.is_file():
-            from milsil.synth import synthesize_dataset
+            from milsil.data.synth import synthesize_dataset
 
             log(
                 f"writing a synthetic dataset to {root} ({args.patients} patients x {args.images} images of {args.size} px)"
@@ -119,7 +119,7 @@ def load_data(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
             "nuclei": None,
         }
     if args.dataset == "crc":
-        from milsil.datasets import crc_nuclei_bags, crc_records
+        from milsil.data.public import crc_nuclei_bags, crc_records
 
         records, names, note = crc_records(root, out / "crc_cache", patients=args.patients_csv)
         log(f"CRC: {len(records)} images, {sum(r.label for r in records)} malignant; {note}")
@@ -131,7 +131,7 @@ def load_data(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str,
             "nuclei": nuclei,
         }
     if args.dataset == "camelyon16":
-        from milsil.datasets import camelyon16_records
+        from milsil.data.public import camelyon16_records
 
         records, names = camelyon16_records(
             root,
@@ -161,9 +161,9 @@ def splits_for(dataset: str, records: list, folds: int, seed: int) -> list[tuple
 
 def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and test every method on every split; returns (and writes) the results."""
-    from milsil.evaluate import evaluate_model, localization
+    from milsil.engine.loop import TrainConfig, resolve_device, train_model, write_json_atomic
+    from milsil.experiments.ablation import evaluate_model, localization
     from milsil.models import load_checkpoint
-    from milsil.train import TrainConfig, resolve_device, train_model, write_json_atomic
 
     data = load_data(args, log)
     records, names = data["records"], data["class_names"]

@@ -511,7 +511,7 @@ def train_model(
     must be the same (bags, patients, classes). ``best_checkpoint`` does not exist when the
     run stopped before finishing its first epoch.
     """
-    from milsil.evaluate import evaluate_model
+    from milsil.experiments.ablation import evaluate_model
 
     if not isinstance(config, TrainConfig):
         raise MilsilError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -611,7 +611,7 @@ def train_model(
     def provenance(epoch: int, metrics: dict[str, Any] | None) -> dict[str, Any]:
         return _clean(
             {
-                "trainer": "milsil.train",
+                "trainer": "milsil.engine.loop",
                 "config": config.to_dict(),
                 "epoch": epoch,
                 "metrics": metrics or {},

@@ -9,7 +9,7 @@ failures are listed at the end and the exit code is 1. ``OUT/run.json`` holds th
 metadata: versions, model (path, SHA-256, config), parameters, per-slide outcome.
 
 Under ``torchrun`` the slides are sharded round-robin across ranks (one GPU each) and
-rank 0 gathers the outcomes: ``torchrun --nproc_per_node=4 -m milsil.batch SLIDES_DIR
+rank 0 gathers the outcomes: ``torchrun --nproc_per_node=4 -m milsil.wsi.batch SLIDES_DIR
 --model best.pt --out OUT --device cuda``.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from milsil.atomic import file_sha256, write_json_atomic
 from milsil.errors import MilsilError, NotFoundError
-from milsil.slides import SLIDE_SUFFIXES, add_slide_arguments, annotate_slide, slide_settings
+from milsil.wsi.slides import SLIDE_SUFFIXES, add_slide_arguments, annotate_slide, slide_settings
 
 
 def list_slides(folder: str | Path) -> list[Path]:
@@ -87,7 +87,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_batch(args: argparse.Namespace) -> int:
     """Annotate this rank's share of the slides; rank 0 writes ``run.json`` and the summary."""
-    from milsil.distributed import finish, gather, init_distributed, shard
+    from milsil.engine.distributed import finish, gather, init_distributed, shard
     from milsil.models import load_checkpoint, read_checkpoint
 
     folder, out = Path(args.slides_dir), Path(args.out)
@@ -221,7 +221,7 @@ def register_cli(subparsers: Any) -> None:
             "OUT/<slide>.geojson, OUT/<slide>.json and OUT/run.json. Finished slides are "
             "skipped on rerun; a slide that fails is listed at the end (exit 1) while the "
             "others finish. Under torchrun the slides are shared across ranks: "
-            "torchrun --nproc_per_node=N -m milsil.batch SLIDES_DIR --model M --out OUT."
+            "torchrun --nproc_per_node=N -m milsil.wsi.batch SLIDES_DIR --model M --out OUT."
         ),
     )
     p.add_argument("slides_dir", metavar="SLIDES_DIR", help="folder of slides")
@@ -234,6 +234,6 @@ def register_cli(subparsers: Any) -> None:
 
 
 if __name__ == "__main__":
-    from milsil.distributed import standalone
+    from milsil.engine.distributed import standalone
 
     sys.exit(standalone(register_cli, None))

@@ -14,14 +14,14 @@ down, as QuPath and OpenSlide do; a ``downsample`` travels with every region.
   patch overlaps a tumour contour).
 * :func:`slide_heatmap` computes the paper's logit heatmap of a whole slide tile by tile.
   Each tile is read with a halo of real neighbouring pixels (the receptive field's half
-  width) and passed to :func:`milsil.heatmap.logit_heatmap` with ``margin``, so the
+  width) and passed to :func:`milsil.inference.heatmap.logit_heatmap` with ``margin``, so the
   stitched map equals ``logit_heatmap`` of the whole slide image: no seams. Beyond the
   slide's edge the slide is mirrored, exactly as ``logit_heatmap`` pads at an image
   border. Logits go to a memory-mapped file in a work folder and every finished tile
   is appended to a log after its data is flushed, so memory stays bounded and an
   interrupted run continues where it stopped.
 * :func:`heatmap_polygons` outlines the probability map as QuPath annotations (through
-  :mod:`milsil.geojson`, block by block, merging across block borders), and
+  :mod:`milsil.wsi.geojson`, block by block, merging across block borders), and
   :func:`write_probability_tiff` writes the map as a pyramidal tiled TIFF with the slide's
   pixel size that QuPath and OpenSlide open.
 * :func:`annotate_slide` is all of it in one call (the ``annotate-slide`` command and the
@@ -224,24 +224,6 @@ def _composite_white(rgba: np.ndarray) -> np.ndarray:
     a = alpha.astype(np.float32) / 255.0
     out = rgba[..., :3].astype(np.float32) * a + 255.0 * (1.0 - a)
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-def resolve_under_root(root: str | Path, path: str | Path) -> Path:
-    """``path`` (relative to ``root``, or absolute) if it lies inside ``root``, else refuse.
-
-    For servers that read slides themselves: symlinks and ``..`` are resolved first, so
-    nothing outside the configured slide root can be named.
-    """
-    root_r = Path(root).resolve()
-    p = Path(path)
-    candidate = (p if p.is_absolute() else root_r / p).resolve()
-    if candidate != root_r and root_r not in candidate.parents:
-        raise MilsilError(
-            f"slide path {str(path)!r} is outside the slide root; give a path under it"
-        )
-    if not candidate.exists():
-        raise NotFoundError(f"slide not found under the slide root: {path}")
-    return candidate
 
 
 # --------------------------------------------------------------------------- tissue
@@ -706,7 +688,7 @@ def synthetic_slide(
     seed: int = 0,
     mpp: float = 0.5,
 ) -> tuple[Path, list[list[tuple[float, float]]]]:
-    """A pyramidal TIFF of synthetic H&E (:mod:`milsil.synth`) on glass, and its tumour contours.
+    """A pyramidal TIFF of synthetic H&E (:mod:`milsil.data.synth`) on glass, and its tumour contours.
 
     Tissue is an ellipse filled with ``block``-sized synthetic images; a fraction of the
     blocks is malignant, and their squares (clipped to the tissue) are the tumour
@@ -715,7 +697,7 @@ def synthetic_slide(
     from shapely.geometry import Point, box
     from shapely.ops import unary_union
 
-    from milsil.synth import patient_style, synth_image
+    from milsil.data.synth import patient_style, synth_image
 
     rng = np.random.default_rng(seed)
     style = patient_style(rng)
@@ -922,7 +904,7 @@ def slide_heatmap(
     import torch
 
     from milsil.data import to_tensor
-    from milsil.heatmap import _bagnet_of, _check_stride, logit_heatmap, output_size
+    from milsil.inference.heatmap import _bagnet_of, _check_stride, logit_heatmap, output_size
 
     stride = _check_stride(stride)
     ds = _check_downsample(downsample)
@@ -1025,7 +1007,7 @@ def heatmap_polygons(
 ) -> dict[str, Any]:
     """QuPath GeoJSON FeatureCollection of ``probability >= threshold`` (level-0 px).
 
-    The map is polygonized ``block`` samples at a time with :mod:`milsil.geojson`
+    The map is polygonized ``block`` samples at a time with :mod:`milsil.wsi.geojson`
     (bounded memory); pieces that meet at block borders are merged, so the result does
     not depend on ``block``. Each object has ``area`` (level-0 px^2),
     ``mean_probability`` and ``max_probability``.
@@ -1033,7 +1015,7 @@ def heatmap_polygons(
     import shapely
     from shapely.strtree import STRtree
 
-    from milsil import geojson as gj
+    from milsil.wsi import geojson as gj
 
     if not 0 <= class_index < heat.num_classes:
         raise MilsilError(f"class index must be in 0..{heat.num_classes - 1}, got {class_index}")

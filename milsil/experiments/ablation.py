@@ -19,7 +19,7 @@ Dice thresholds each map after min-max scaling to [0, 1], so one threshold serve
 Scores are taken over the image's *valid* interior by default: pixels whose receptive-field
 window lies inside the image (a border of ``receptive_field // 2``). Border windows of the
 logit heatmap see mirrored, partly invented context (the border policy of
-:mod:`milsil.heatmap`), and CAM/Grad-CAM are smeared at borders by upsampling; all maps are
+:mod:`milsil.inference.heatmap`), and CAM/Grad-CAM are smeared at borders by upsampling; all maps are
 cropped alike to compare fairly.
 """
 
@@ -36,18 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from milsil.errors import MilsilError
-from milsil.metrics import (
-    accuracy,
-    auroc,
-    dice,
-    mean_std,
-    normalize_map,
-    pixel_auroc,
-    pointing_game,
-)
-from milsil.models.mil import ConfiguredModel, target_class_index
-from milsil.train import (
+from milsil.engine.loop import (
     TrainConfig,
     TrainProgress,
     add_train_arguments,
@@ -58,6 +47,17 @@ from milsil.train import (
     train_model,
     write_json_atomic,
 )
+from milsil.engine.metrics import (
+    accuracy,
+    auroc,
+    dice,
+    mean_std,
+    normalize_map,
+    pixel_auroc,
+    pointing_game,
+)
+from milsil.errors import MilsilError
+from milsil.models.mil import ConfiguredModel, target_class_index
 
 # The paper's names for the three heads (Table 1 columns).
 METHOD_NAMES = {"sil": "BagNet", "mil": "MILBagNet", "milsil": "Proposed"}
@@ -174,7 +174,7 @@ def image_maps(
     model: ConfiguredModel, image: np.ndarray, target: int, maps: Sequence[str] = tuple(MAP_NAMES)
 ) -> dict[str, np.ndarray]:
     """The requested maps of one uint8 image, each ``H x W`` float (see module docstring)."""
-    from milsil.heatmap import cam, gradcam, logit_heatmap
+    from milsil.inference.heatmap import cam, gradcam, logit_heatmap
 
     out: dict[str, np.ndarray] = {}
     for name in maps:

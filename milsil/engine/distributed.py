@@ -6,12 +6,12 @@ CPU worker) and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` a
 CPUs, so the same code runs on a laptop (2 CPU processes), one GPU node or many nodes::
 
     # batch inference, slides sharded across 8 GPUs on one node
-    torchrun --nproc_per_node=8 -m milsil.batch SLIDES_DIR --model best.pt --out OUT --device cuda
+    torchrun --nproc_per_node=8 -m milsil.wsi.batch SLIDES_DIR --model best.pt --out OUT --device cuda
     # DDP training on 2 nodes x 4 GPUs (run on each node, --node_rank 0 and 1)
     torchrun --nnodes=2 --nproc_per_node=4 --node_rank=0 --master_addr=HOST --master_port=29500 \
-        -m milsil.distributed DATA --out RUN --device cuda
+        -m milsil.engine.distributed DATA --out RUN --device cuda
     # the same on a CPU machine, 2 processes, Gloo
-    torchrun --nproc_per_node=2 -m milsil.distributed DATA --out RUN --device cpu
+    torchrun --nproc_per_node=2 -m milsil.engine.distributed DATA --out RUN --device cpu
 
 Without ``torchrun`` (``WORLD_SIZE`` unset) everything runs as one process.
 """
@@ -158,8 +158,8 @@ def ddp_train(
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from milsil.data import BagDataset, bucket_batches, collate_bags
+    from milsil.engine.loop import bag_loss, data_summary, seed_everything, versions
     from milsil.models import create_model, read_checkpoint, save_checkpoint
-    from milsil.train import bag_loss, data_summary, seed_everything, versions
 
     ctx = ctx or init_distributed(config.device)
     out = Path(out_dir)
@@ -237,7 +237,7 @@ def ddp_train(
                 model,
                 last,
                 provenance={
-                    "trainer": "milsil.distributed",
+                    "trainer": "milsil.engine.distributed",
                     "config": config.to_dict(),
                     "epoch": epoch + 1,
                     "world_size": ctx.world_size,
@@ -272,7 +272,7 @@ def ddp_train(
 
 def _cmd_train_ddp(args: argparse.Namespace) -> int:
     from milsil.data import load_dataset
-    from milsil.train import config_from_args
+    from milsil.engine.loop import config_from_args
 
     config = config_from_args(args)
     ctx = init_distributed(config.device)
@@ -288,14 +288,14 @@ def _cmd_train_ddp(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: Any) -> None:
     """Add ``milsil train-ddp``."""
-    from milsil.train import add_train_arguments
+    from milsil.engine.loop import add_train_arguments
 
     p = subparsers.add_parser(
         "train-ddp",
         help="data-parallel training under torchrun (multi-GPU, multi-node, or CPU/Gloo)",
         description=(
             "Train like 'milsil train', data-parallel across the processes torchrun starts "
-            "(NCCL on GPUs, Gloo on CPUs): torchrun --nproc_per_node=N -m milsil.distributed "
+            "(NCCL on GPUs, Gloo on CPUs): torchrun --nproc_per_node=N -m milsil.engine.distributed "
             "DATA --out RUN. Rank 0 writes RUN/last.pt and RUN/run.json; reruns resume."
         ),
     )
@@ -306,7 +306,7 @@ def register_cli(subparsers: Any) -> None:
 
 
 def standalone(register: Callable[[Any], None], argv: list[str] | None) -> int:
-    """Run one module's command without the full CLI (``python -m milsil.distributed``)."""
+    """Run one module's command without the full CLI (``python -m milsil.engine.distributed``)."""
     parser = argparse.ArgumentParser(prog="milsil")
     sub = parser.add_subparsers(dest="command", required=True)
     register(sub)

@@ -1,0 +1,23 @@
+"""The Python gRPC client of the milsil server, and the ``milsil client`` commands.
+
+This is the only place in :mod:`milsil` that speaks gRPC. Importing it never imports
+torch: a workstation that only talks to a GPU server needs grpcio, protobuf and numpy.
+"""
+
+from milsil.client.grpc_client import (
+    HeatmapResult,
+    MilsilClient,
+    assemble_heatmap,
+    bags_from_dataset,
+    encode_tile,
+    image_tiles,
+)
+
+__all__ = [
+    "HeatmapResult",
+    "MilsilClient",
+    "assemble_heatmap",
+    "bags_from_dataset",
+    "encode_tile",
+    "image_tiles",
+]

@@ -1,0 +1,111 @@
+"""One home for whole-slide settings: their defaults, and the rules a value must follow.
+
+The ``annotate-slide`` and ``batch`` commands, the server's AnnotateSlide/SlideHeatmap
+RPCs and the library all build a :class:`SlideSettings`; none of them types a default
+of its own. A bad value raises :class:`MilsilError` naming the setting and what is allowed,
+so every face of milsil refuses it with the same sentence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from milsil.errors import MilsilError
+
+# Defaults every caller shares: stride 8 is the paper's preview grid (one sample per
+# BagNet output cell); 1024-pixel tiles bound what is read at once.
+DEFAULT_STRIDE = 8
+DEFAULT_TILE = 1024
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise MilsilError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise MilsilError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise MilsilError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def _integer(name: str, value: Any, low: int, rule: str) -> int:
+    if isinstance(value, bool) or not float(_number(name, value)).is_integer():
+        raise MilsilError(f"{name} must be an integer {rule}, got {value!r}")
+    if int(value) < low:
+        raise MilsilError(f"{name} must be an integer {rule}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class SlideSettings:
+    """How a whole slide is turned into a heatmap and outlines.
+
+    * ``stride``: heatmap samples every ``stride`` pixels (1 = every pixel).
+    * ``downsample``: the slide is read at this downsample (1 = level 0).
+    * ``tile``: output pixels read at once (rounded down to a multiple of ``stride``).
+    * ``threshold``: the class probability outlined as an annotation.
+    * ``class_name``: the class outlined (None: malignant, else the last class).
+    * ``tissue_only``: compute tissue tiles only (glass is skipped).
+    * ``min_area``: outlines smaller than this (level-0 px^2) are dropped.
+    * ``simplify_tolerance``: outlines are simplified by this (level-0 px).
+    * ``bf16``: bfloat16 autocast.
+    """
+
+    stride: int = DEFAULT_STRIDE
+    downsample: float = 1.0
+    tile: int = DEFAULT_TILE
+    threshold: float = 0.5
+    class_name: str | None = None
+    tissue_only: bool = True
+    min_area: float = 0.0
+    simplify_tolerance: float = 0.0
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise the values once, here
+        stride = _integer("stride", self.stride, 1, "of at least 1 (1 = every pixel)")
+        set_(self, "stride", stride)
+        ds = _number("downsample", self.downsample)
+        if ds < 1.0:
+            raise MilsilError(
+                f"downsample must be a number >= 1 (1 = level 0), got {self.downsample!r}"
+            )
+        set_(self, "downsample", ds)
+        tile = _integer("tile", self.tile, stride, f">= the stride ({stride})")
+        set_(self, "tile", tile // stride * stride)
+        threshold = _number("threshold", self.threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise MilsilError(f"threshold must be a probability in [0, 1], got {self.threshold!r}")
+        set_(self, "threshold", threshold)
+        for name in ("min_area", "simplify_tolerance"):
+            value = _number(name, getattr(self, name))
+            if value < 0:
+                raise MilsilError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            set_(self, name, value)
+        if self.class_name is not None and not isinstance(self.class_name, str):
+            raise MilsilError(f"class_name must be a class name or None, got {self.class_name!r}")
+        set_(self, "class_name", self.class_name or None)
+        set_(self, "tissue_only", bool(self.tissue_only))
+        set_(self, "bf16", bool(self.bf16))
+
+    def replace(self, **changes: Any) -> SlideSettings:
+        """A copy with ``changes`` applied (and validated)."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SlideSettings:
+        """Settings from a dict; an unknown key is refused with the list of known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise MilsilError(
+                f"unknown slide setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
