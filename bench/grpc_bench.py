@@ -28,6 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# The tiny test models live with the tests (tests/server_support.py), not in the wheel.
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
 
 def start_server(data_dir: Path, threads: int) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
@@ -76,11 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
 
-    from milsil_server.testing import tiny_model
-
     from milsil.client import MilsilClient
     from milsil.inference.heatmap import logit_heatmap
     from milsil.models import save_checkpoint
+    from tests.server_support import tiny_model
 
     results: dict[str, object] = {"torch_threads": torch.get_num_threads(), "device": "cpu"}
     rng = np.random.default_rng(0)

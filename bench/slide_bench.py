@@ -1,7 +1,7 @@
 """Whole-slide benchmark (not a test): tissue megapixels per second, split by stage.
 
-Writes a synthetic pyramidal TIFF (:func:`milsil.wsi.slides.synthetic_slide`: H&E-like tissue
-ellipse on glass), then runs :func:`milsil.wsi.slides.annotate_slide` on it at each stride,
+Writes a synthetic pyramidal TIFF (:func:`milsil.wsi.synthetic.synthetic_slide`: H&E-like tissue
+ellipse on glass), then runs :func:`milsil.wsi.annotate.annotate_slide` on it at each stride,
 tissue tiles only, and reports for each:
 
 * tissue megapixels (level-0 pixels of the tissue tiles computed),
@@ -30,7 +30,9 @@ from pathlib import Path
 import torch
 
 from milsil.models import create_model
-from milsil.wsi import slides
+from milsil.wsi.annotate import annotate_slide
+from milsil.wsi.settings import DEFAULT_TILE, SlideSettings
+from milsil.wsi.synthetic import synthetic_slide
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -41,14 +43,12 @@ def parse_size(text: str) -> tuple[int, int]:
 def bench_one(model, path: Path, stride: int, tile: int, bf16: bool, device: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        res = slides.annotate_slide(
+        res = annotate_slide(
             path,
             model,
             Path(tmp) / "out.geojson",
-            stride=stride,
+            SlideSettings(stride=stride, tile=tile, bf16=bf16),
             tiff=Path(tmp) / "p.tif",
-            tile=tile,
-            bf16=bf16,
             device=device,
         )
         total = time.perf_counter() - start
@@ -79,7 +79,7 @@ def main() -> None:
         "--stride1-size", default="768x512", help="slide WxH for stride 1 (default 768x512)"
     )
     parser.add_argument("--width", type=int, default=64, help="BagNet width (64 = published)")
-    parser.add_argument("--tile", type=int, default=1024)
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--device", default="cpu")
@@ -94,7 +94,7 @@ def main() -> None:
         for stride, size in ((8, args.size), (1, args.stride1_size)):
             w, h = parse_size(size)
             t0 = time.perf_counter()
-            path, _ = slides.synthetic_slide(Path(tmp) / f"slide_{w}x{h}.tif", w, h, seed=0)
+            path, _ = synthetic_slide(Path(tmp) / f"slide_{w}x{h}.tif", w, h, seed=0)
             made = time.perf_counter() - t0
             row = bench_one(model, path, stride, args.tile, args.bf16, args.device)
             row["slide"] = f"{w}x{h}"

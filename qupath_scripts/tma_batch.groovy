@@ -38,38 +38,29 @@ def settings = [
     csvPath       : '',                // '' = <project>/milsil/tma_summary.csv (or ~/milsil_tma_summary.csv)
     timeoutSeconds: 60,                // deadline of quick calls
     streamTimeoutSeconds: 900,         // deadline of one core's call
-    milsilHome    : '',                // folder with lib/MilsilClient.groovy; '' = beside this script
+    milsilHome    : '',                // folder holding lib/ (the milsil scripts folder); '' = beside this script
 ]
 // ======================================================================
 
-// ---- load the shared milsil library (lib/ beside this script, or milsilHome) ----
-def milsil = null
-try {
-    def scriptFile = binding.getVariables().get('qupath.script.file')
-    def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
-                scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
-                new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
-        h && new File(h.toString(), 'lib/MilsilClient.groovy').isFile()
-    }
-    if (home == null) {
-        throw new FileNotFoundException('lib/MilsilClient.groovy not found; set milsilHome in the settings')
-    }
-    def loader = new GroovyClassLoader(this.getClass().getClassLoader())
-    milsil = [home  : home.toString(),
-              Client: loader.parseClass(new File(home.toString(), 'lib/MilsilClient.groovy')),
-              QuPath: loader.parseClass(new File(home.toString(), 'lib/MilsilQuPath.groovy'))]
-} catch (Throwable e) {
-    def why = (e.getMessage() ?: e.toString()).readLines().find { it.contains('unable to resolve class') }
-    println('milsil: SETUP: ' + (why ? 'the grpc-java/protobuf jars are not on QuPath\'s class path (' +
-        why.trim() + '); copy the jars listed in qupath_scripts/README.md into QuPath\'s extensions folder' :
-        (e.getMessage() ?: e.toString()).readLines()[0]))
+// ---- load the shared library (lib/MilsilBootstrap.groovy): lib/ beside this script, or milsilHome ----
+def scriptFile = binding.getVariables().get('qupath.script.file')
+def milsilHome = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+                  scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
+                  new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
+    h && new File(h.toString(), 'lib/MilsilBootstrap.groovy').isFile()
+}
+def milsil = milsilHome == null ? [error: 'milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings'] :
+    new GroovyClassLoader(this.getClass().getClassLoader()).parseClass(
+        new File(milsilHome.toString(), 'lib/MilsilBootstrap.groovy')).load(milsilHome, settings)
+if (milsil.error) {
+    println(milsil.error)
     return
 }
 
 // ---- the work: everything is computed first, the image is changed only at the end ----
 def client = null
 try {
-    def s = milsil.Client.withOverrides(settings + [home: milsil.home])
+    def s = milsil.settings
     def Q = milsil.QuPath
     def imageData = getCurrentImageData()
     if (imageData == null) {

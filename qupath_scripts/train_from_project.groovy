@@ -42,38 +42,29 @@ def settings = [
     timeoutSeconds  : 60,                // deadline of quick calls
     streamTimeoutSeconds: 3600,          // deadline of the upload
     watchTimeoutSeconds: 86400,          // how long to follow the job (it continues on the server)
-    milsilHome      : '',                // folder with lib/MilsilClient.groovy; '' = beside this script
+    milsilHome      : '',                // folder holding lib/ (the milsil scripts folder); '' = beside this script
 ]
 // ======================================================================
 
-// ---- load the shared milsil library (lib/ beside this script, or milsilHome) ----
-def milsil = null
-try {
-    def scriptFile = binding.getVariables().get('qupath.script.file')
-    def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
-                scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
-                new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
-        h && new File(h.toString(), 'lib/MilsilClient.groovy').isFile()
-    }
-    if (home == null) {
-        throw new FileNotFoundException('lib/MilsilClient.groovy not found; set milsilHome in the settings')
-    }
-    def loader = new GroovyClassLoader(this.getClass().getClassLoader())
-    milsil = [home  : home.toString(),
-              Client: loader.parseClass(new File(home.toString(), 'lib/MilsilClient.groovy')),
-              QuPath: loader.parseClass(new File(home.toString(), 'lib/MilsilQuPath.groovy'))]
-} catch (Throwable e) {
-    def why = (e.getMessage() ?: e.toString()).readLines().find { it.contains('unable to resolve class') }
-    println('milsil: SETUP: ' + (why ? 'the grpc-java/protobuf jars are not on QuPath\'s class path (' +
-        why.trim() + '); copy the jars listed in qupath_scripts/README.md into QuPath\'s extensions folder' :
-        (e.getMessage() ?: e.toString()).readLines()[0]))
+// ---- load the shared library (lib/MilsilBootstrap.groovy): lib/ beside this script, or milsilHome ----
+def scriptFile = binding.getVariables().get('qupath.script.file')
+def milsilHome = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+                  scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
+                  new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
+    h && new File(h.toString(), 'lib/MilsilBootstrap.groovy').isFile()
+}
+def milsil = milsilHome == null ? [error: 'milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings'] :
+    new GroovyClassLoader(this.getClass().getClassLoader()).parseClass(
+        new File(milsilHome.toString(), 'lib/MilsilBootstrap.groovy')).load(milsilHome, settings)
+if (milsil.error) {
+    println(milsil.error)
     return
 }
 
 // ---- the work ----
 def client = null
 try {
-    def s = milsil.Client.withOverrides(settings + [home: milsil.home])
+    def s = milsil.settings
     def Q = milsil.QuPath
     def imageData = getCurrentImageData()
     def project = getProject()
@@ -133,6 +124,9 @@ try {
     })
     if (last == null) {
         println('milsil: UNKNOWN: ' + job.name + ': the server sent no job state')
+    } else if (!client.finalJobStates().contains(last.state)) {
+        println('milsil: UNAVAILABLE: ' + last.name + ' is still ' + last.state + ' but the server stopped ' +
+            'sending updates (shutting down?); see where it stands with `milsil client jobs ' + last.name + '`')
     } else if (last.state == 'SUCCEEDED') {
         def model = client.getModel(last.model)
         def metrics = model.metrics.collect { k, v -> k + ' ' + String.format(Locale.ROOT, '%.3f', (double) v) }.join(', ')

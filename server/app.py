@@ -21,12 +21,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from milsil_server import auth
-from milsil_server.errors import Unauthenticated, Unavailable, status_for
-from milsil_server.inference import ComputeSlots, Limits, ModelCache, default_device
-from milsil_server.jobs import JobManager
-from milsil_server.services import InferenceServicer, ModelServicer, TrainingServicer
-from milsil_server.store import Store
 
 from milsil.errors import MilsilError
 from milsil.v1 import (
@@ -37,6 +31,14 @@ from milsil.v1 import (
     training_service_pb2,
     training_service_pb2_grpc,
 )
+from milsil_server import auth
+from milsil_server.errors import Unauthenticated, Unavailable, status_for
+from milsil_server.inference import ComputeSlots, Limits, ModelCache, default_device
+from milsil_server.inference_service import InferenceServicer
+from milsil_server.jobs import JobManager
+from milsil_server.model_service import ModelServicer
+from milsil_server.store import Store
+from milsil_server.training_service import TrainingServicer
 
 log = logging.getLogger("milsil.server")
 access_log = logging.getLogger("milsil.server.access")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import math
 import threading
-import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -20,9 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from milsil_server.errors import Cancelled, FailedPrecondition, ResourceExhausted
 
+from milsil.data.images import to_tensor
 from milsil.errors import MilsilError
+from milsil.inference.heatmap import iter_logit_bands
+from milsil.inference.tiling import ContextCanvas, context_pixels
+from milsil_server.errors import Cancelled, FailedPrecondition, ResourceExhausted
 
 ENCODINGS = ("RAW_RGB8", "PNG", "JPEG")
 BAND_TARGET_SECONDS = 1.0  # most compute between two cancellation checks
@@ -92,18 +94,6 @@ def decode_tile(
             f"{where}.data is not a decodable {encoding} image ({type(exc).__name__}: {str(exc)[:120]})"
         ) from None
     return pixels
-
-
-def normalize(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]`` normalized with the model's mean/std."""
-    pixels = np.ascontiguousarray(pixels)
-    if not pixels.flags.writeable:  # frombuffer views of message bytes; torch wants writable
-        pixels = pixels.copy()
-    x = torch.from_numpy(pixels).float().div_(255.0)
-    x = x.movedim(-1, -3)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return ((x - m) / s).contiguous()
 
 
 # --------------------------------------------------------------------------- concurrency
@@ -239,28 +229,26 @@ class TilePlacement:
 
 @dataclass
 class RegionCanvas:
-    """A normalized float canvas of the region plus ``halo`` pixels of context on each side.
+    """The region a client streams, as a :class:`milsil.inference.tiling.ContextCanvas`.
 
-    Context no tile supplied is filled by :meth:`mirror_missing_context` with the
-    mirror image, logit_heatmap's own border policy, so a region sent without context
-    gives exactly ``logit_heatmap(region)``, and one sent with context gives the same
-    numbers as the whole image would.
+    This class only checks each tile against the region (finite numbers, the region's
+    downsample) and normalizes its pixels; placing, mirroring missing context and the
+    coverage rule are the tiled engine's.
     """
 
     region: RegionSpec
     halo: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    canvas: torch.Tensor = field(init=False)
-    covered: np.ndarray = field(init=False)
-    supplied: np.ndarray = field(init=False)
     placements: list[TilePlacement] = field(default_factory=list)
+    context: ContextCanvas = field(init=False)
 
     def __post_init__(self) -> None:
-        h, w, p = self.region.height, self.region.width, self.halo
-        self.canvas = torch.zeros(3, h + 2 * p, w + 2 * p, dtype=torch.float32)
-        self.covered = np.zeros((h, w), dtype=bool)
-        self.supplied = np.zeros((h + 2 * p, w + 2 * p), dtype=bool)
+        self.context = ContextCanvas(self.region.width, self.region.height, self.halo)
+
+    @property
+    def canvas(self) -> torch.Tensor:
+        return self.context.canvas
 
     def add(
         self, pixels: np.ndarray, x: float, y: float, downsample: float, where: str
@@ -278,86 +266,35 @@ class RegionCanvas:
             )
         px, py = round((x - r.x) / ds), round((y - r.y) / ds)  # region pixels
         th, tw = pixels.shape[:2]
-        p = self.halo
-        # Intersect with the canvas (region + halo).
-        cx0, cy0 = max(px, -p), max(py, -p)
-        cx1, cy1 = min(px + tw, r.width + p), min(py + th, r.height + p)
-        if cx0 >= cx1 or cy0 >= cy1:
+        box = self.context.clip(px, py, tw, th)
+        if box is None:
             # Context beyond what the receptive field needs (a client may send a wider
             # margin): nothing to place. The coverage check still catches missing pixels.
             placement = TilePlacement(len(self.placements), 0, 0, 0, 0)
-            self.placements.append(placement)
-            return placement
-        sub = pixels[cy0 - py : cy1 - py, cx0 - px : cx1 - px]
-        self.canvas[:, cy0 + p : cy1 + p, cx0 + p : cx1 + p] = normalize(sub, self.mean, self.std)
-        self.supplied[cy0 + p : cy1 + p, cx0 + p : cx1 + p] = True
-        ix0, iy0 = max(px, 0), max(py, 0)
-        ix1, iy1 = min(px + tw, r.width), min(py + th, r.height)
-        if ix0 < ix1 and iy0 < iy1:
-            self.covered[iy0:iy1, ix0:ix1] = True
-        placement = TilePlacement(len(self.placements), ix0, iy0, max(ix0, ix1), max(iy0, iy1))
+        else:
+            x0, y0, x1, y1 = box
+            sub = pixels[y0 - py : y1 - py, x0 - px : x1 - px]
+            interior = self.context.place(to_tensor(sub, self.mean, self.std), x0, y0)
+            placement = TilePlacement(len(self.placements), *interior)
         self.placements.append(placement)
         return placement
 
     def mirror_missing_context(self) -> None:
-        """Fill each side's context that no tile supplied with the mirror image.
-
-        On each side, the context rows/columns supplied all along the region count as
-        real; beyond them the image (region plus real context) is reflected, exactly as
-        ``logit_heatmap`` pads an image it is given without margin.
-        """
-        p, h, w = self.halo, self.region.height, self.region.width
-        s = self.supplied
-
-        def depth(lines: Iterator[np.ndarray]) -> int:
-            d = 0
-            for line in lines:
-                if not line.all():
-                    break
-                d += 1
-            return d
-
-        top = depth(s[p - 1 - k, p : p + w] for k in range(p))
-        bottom = depth(s[p + h + k, p : p + w] for k in range(p))
-        left = depth(s[p : p + h, p - 1 - k] for k in range(p))
-        right = depth(s[p : p + h, p + w + k] for k in range(p))
-        if not s[p - top : p + h + bottom, p - left : p + w + right].all():
-            # Sides with context but a corner without: mirror everything from the region.
-            top = bottom = left = right = 0
-        if min(top, bottom, left, right) == p:
-            return
-        core = self.canvas[:, p - top : p + h + bottom, p - left : p + w + right]
-        if min(core.shape[1:]) <= p:
-            raise MilsilError(
-                f"the region is {w}x{h} px with {min(top, bottom, left, right)} px of context on "
-                f"its narrowest side; a heatmap needs at least {2 * p + 1}x{2 * p + 1} pixels "
-                "(the receptive field): send a larger region or context around it"
-            )
-        pads = (p - left, p - right, p - top, p - bottom)
-        self.canvas = torch.nn.functional.pad(core[None], pads, mode="reflect")[0].contiguous()
+        self.context.mirror_missing_context()
 
     def check_covered(self) -> None:
+        covered = self.context.covered
         if not self.placements:
             raise MilsilError("no tiles were sent; send tiles covering the region")
-        if not self.covered.all():
-            missing = np.argwhere(~self.covered)
+        if not covered.all():
+            missing = np.argwhere(~covered)
             y, x = missing[0]
             r = self.region
             raise MilsilError(
-                f"the tiles cover {int(self.covered.sum())} of {self.covered.size} region pixels; "
+                f"the tiles cover {int(covered.sum())} of {covered.size} region pixels; "
                 f"e.g. level-0 ({r.x + x * r.downsample:g}, {r.y + y * r.downsample:g}) is missing: "
                 "tiles must cover every pixel of the region"
             )
-
-
-def _default_band_rows(
-    model: torch.nn.Module, stride: int, device: torch.device | None = None
-) -> int:
-    """logit_heatmap's own tile side for this stride (bands of it cost no extra work)."""
-    from milsil.inference.heatmap import default_tile
-
-    base = math.gcd(stride, 8)
-    return default_tile(model, base, stride // base, device or next(model.parameters()).device)
 
 
 def banded_heatmap(
@@ -367,60 +304,35 @@ def banded_heatmap(
     is_active: Callable[[], bool],
     device: torch.device | None = None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Compute ``logit_heatmap`` of the canvas interior chunk by chunk.
+    """``logit_heatmap`` of the canvas interior, band by band (the tiled engine's bands).
 
-    Yields ``(rows_done, result)`` after each band of rows; ``result`` is the full
-    ``[C, rows, cols]`` tensor, filled up to ``rows_done``. Each square chunk carries
-    ``halo`` pixels of real canvas context, so chunks join without seams. ``is_active`` is
-    checked between chunks. The side starts at logit_heatmap's own tile (so the work equals
-    one in-process call; on CPUs that tile is cache-sized and takes well under a second),
-    halves when a chunk takes longer than :data:`BAND_TARGET_SECONDS` and grows back while
-    chunks take under a quarter of it, so a cancelled or timed-out request stops within
-    about a second on any device.
+    Yields ``(rows_done, result)``. Chunks start at logit_heatmap's own tile (so the work
+    equals one in-process call) and halve on a device slow enough that a chunk takes over
+    :data:`BAND_TARGET_SECONDS`, so a cancelled or timed-out request stops within about a
+    second; ``is_active`` is checked before every chunk.
     """
-    from milsil.inference.heatmap import logit_heatmap
-
-    r, p = canvas.region, canvas.halo
-    rows, cols = -(-r.height // stride), -(-r.width // stride)
-    result = torch.empty(model.config.num_classes, rows, cols, dtype=torch.float32)
-    tile = max(1, _default_band_rows(model, stride, device))
-    # Start at logit_heatmap's own tile (cache-sized on CPUs): smaller chunks would repeat
-    # halo work the in-process call does not; a slow device halves it below.
-    side = tile
+    rows = -(-canvas.region.height // stride)
     done = 0
-    while done < rows:
-        n = min(side, rows - done)
-        y0, y1 = done * stride, min((done + n) * stride, r.height)
-        c0 = 0
-        while c0 < cols:
-            if not is_active():
-                raise Cancelled(
-                    "request cancelled or deadline exceeded; heatmap computation stopped"
-                )
-            m = min(side, cols - c0)
-            x0, x1 = c0 * stride, min((c0 + m) * stride, r.width)
-            crop = canvas.canvas[:, y0 : y1 + 2 * p, x0 : x1 + 2 * p]
-            started = time.perf_counter()
-            out = logit_heatmap(model, crop, stride=stride, margin=p, tile=max(n, m), device=device)
-            result[:, done : done + n, c0 : c0 + m] = out[:, :n, :m]
-            c0 += m
-            elapsed = time.perf_counter() - started
-            if elapsed > BAND_TARGET_SECONDS and side > 8:
-                side //= 2  # slow device: smaller chunks (the current band keeps its height)
-            elif elapsed < BAND_TARGET_SECONDS / 4 and side * 2 <= tile:
-                side *= 2  # fast: grow towards logit_heatmap's own tile (fewer halo overlaps)
-        done += n
+    for done, result in iter_logit_bands(
+        model,
+        canvas.canvas,
+        stride=stride,
+        margin=canvas.halo,
+        device=device,
+        target_seconds=BAND_TARGET_SECONDS,
+        should_stop=lambda: not is_active(),
+    ):
         yield done, result
+    if done < rows:
+        raise Cancelled("request cancelled or deadline exceeded; heatmap computation stopped")
 
 
 def halo_for(model: torch.nn.Module) -> int:
-    rf = getattr(model, "receptive_field", None)
-    if not rf:
-        raise FailedPrecondition(
-            f"model architecture {model.config.arch} has no bounded receptive field; logit heatmaps "
-            "need a BagNet model (bagnet9, bagnet17, bagnet33)"
-        )
-    return int(rf) // 2
+    """The context a region needs (the tiled engine's rule); FAILED_PRECONDITION without one."""
+    try:
+        return context_pixels(model)
+    except MilsilError as exc:
+        raise FailedPrecondition(str(exc)) from None
 
 
 def tile_samples(placement: TilePlacement, stride: int) -> tuple[int, int, int, int]:
@@ -465,13 +377,13 @@ def classify_bag(
                     raise Cancelled(
                         "request cancelled or deadline exceeded; classification stopped"
                     )
-                x = normalize(np.stack(tiles[k : k + chunk]), mean, std).to(device)
+                x = to_tensor(np.stack(tiles[k : k + chunk]), mean, std).to(device)
                 feats.append(model.patch_features(x).float())
             f = torch.cat(feats)
             sil = model.fc(f).float().cpu()
             mil = model.fc(f.mean(dim=0, keepdim=True))[0].float().cpu()
         else:
-            x = normalize(np.stack(tiles), mean, std).to(device)
+            x = to_tensor(np.stack(tiles), mean, std).to(device)
             out = model(x.unsqueeze(0))
             sil = None if out.sil_logits is None else out.sil_logits[0].float().cpu()
             mil = out.mil_logits[0].float().cpu()

@@ -26,23 +26,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from milsil.errors import MilsilError, NotFoundError
+from milsil.v1.training_service_pb2 import Job
 from milsil_server.errors import FailedPrecondition, ResourceExhausted
 from milsil_server.store import Store, new_id
 
-from milsil.errors import MilsilError, NotFoundError
-
 log = logging.getLogger("milsil.server.jobs")
 
+# Job states are the contract's Job.State names (the store keeps the name). Every state
+# numbered above RUNNING is final (training_service.proto says so); all final states but
+# SUCCEEDED can be resumed.
+_State = Job.State
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
-    "QUEUED",
-    "RUNNING",
-    "SUCCEEDED",
-    "FAILED",
-    "CANCELLED",
-    "INTERRUPTED",
+    _State.Name(n)
+    for n in (Job.QUEUED, Job.RUNNING, Job.SUCCEEDED, Job.FAILED, Job.CANCELLED, Job.INTERRUPTED)
 )
-FINAL_STATES = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
-RESUMABLE_STATES = (FAILED, CANCELLED, INTERRUPTED)
+FINAL_STATES = tuple(name for name, number in _State.items() if number > Job.RUNNING)
+RESUMABLE_STATES = tuple(s for s in FINAL_STATES if s != SUCCEEDED)
 
 # Defaults for zero-valued TrainingConfig fields (proto3 cannot tell unset from 0).
 DEFAULTS = {
@@ -86,8 +86,8 @@ def effective_config(request: dict[str, Any], dataset: dict[str, Any]) -> dict[s
 
 
 def train_config(cfg: dict[str, Any]) -> Any:
-    """The milsil.engine.loop.TrainConfig for effective settings."""
-    from milsil.engine.loop import TrainConfig
+    """The milsil.engine.config.TrainConfig for effective settings."""
+    from milsil.engine.config import TrainConfig
 
     try:
         return TrainConfig(

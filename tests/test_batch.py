@@ -16,8 +16,8 @@ from conftest import randomize_batchnorm
 
 from milsil.engine.distributed import DistContext, _rank_batches, shard
 from milsil.models import create_model, save_checkpoint
-from milsil.wsi import slides
 from milsil.wsi.geojson import qupath_problems
+from milsil.wsi.synthetic import synthetic_slide
 
 VENDOR = Path(__file__).parent / "data" / "openslide"
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,18 +29,9 @@ def run_cli(argv, monkeypatch) -> int:
     monkeypatch.setattr(
         cli,
         "COMMAND_MODULES",
-        tuple(dict.fromkeys(cli.COMMAND_MODULES + ("milsil.wsi.slides", "milsil.wsi.batch"))),
+        tuple(dict.fromkeys(cli.COMMAND_MODULES + ("milsil.cli.slides",))),
     )
     return cli.main(argv)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP spinning costs ~1 s per tile."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +40,8 @@ def folder(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("batch")
     d = root / "slides"
     d.mkdir()
-    slides.synthetic_slide(d / "a.tif", 256, 192, block=128, seed=1)
-    slides.synthetic_slide(d / "b.tif", 256, 192, block=128, seed=2)
+    synthetic_slide(d / "a.tif", 256, 192, block=128, seed=1)
+    synthetic_slide(d / "b.tif", 256, 192, block=128, seed=2)
     shutil.copy(VENDOR / "small.svs", d / "small.svs")
     (d / "dicom").mkdir()
     for f in ("boxes_0.dcm", "boxes_1.dcm"):
@@ -129,7 +120,7 @@ def test_batch_under_torchrun_shards_slides(folder, tmp_path):
     res = _torchrun(
         [
             "-m",
-            "milsil.wsi.batch",
+            "milsil.cli.slides",
             str(d),
             "--model",
             str(ckpt),
@@ -157,7 +148,8 @@ def test_train_ddp_two_gloo_processes(tmp_path):
     run = tmp_path / "run"
     args = [
         "-m",
-        "milsil.engine.distributed",
+        "milsil.cli",
+        "train-ddp",
         str(data),
         "--out",
         str(run),
@@ -177,16 +169,13 @@ def test_train_ddp_two_gloo_processes(tmp_path):
     res = _torchrun(args, tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     info = json.loads((run / "run.json").read_text())
-    assert info["world_size"] == 2 and info["backend"] == "gloo" and len(info["history"]) == 1
+    assert info["world_size"] == 2 and info["backend"] == "gloo" and info["epochs_completed"] == 1
+    assert len((run / "log.jsonl").read_text().splitlines()) == 1
     assert load_checkpoint(run / "last.pt").config.width == 8
 
 
 def test_batch_refuses_slides_that_would_share_outputs(tmp_path):
     """a.svs and a.tif would both write a.geojson: refused up front, nothing skipped."""
-    import argparse
-
-    import pytest
-
     from milsil.errors import MilsilError
     from milsil.wsi.batch import run_batch
 
@@ -194,6 +183,5 @@ def test_batch_refuses_slides_that_would_share_outputs(tmp_path):
     folder.mkdir()
     (folder / "a.svs").write_bytes(b"x")
     (folder / "a.tif").write_bytes(b"x")
-    args = argparse.Namespace(slides_dir=str(folder), out=str(tmp_path / "out"), model="m.pt")
     with pytest.raises(MilsilError, match=r"several slides would write the same outputs \(a\)"):
-        run_batch(args)
+        run_batch(folder, "m.pt", tmp_path / "out")

@@ -9,8 +9,8 @@ import sys
 import time
 
 import numpy as np
-from milsil_server.testing import tiny_model
 from PIL import Image
+from server_support import tiny_model
 
 from milsil.cli import main
 from milsil.models import save_checkpoint

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy.io import loadmat, savemat
 
 from milsil.data import load_bag, load_mask, patient_kfold
@@ -17,18 +16,10 @@ from milsil.data import public as datasets
 from milsil.errors import MilsilError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run_cli(argv, monkeypatch) -> int:
     from milsil import cli
 
-    modules = tuple(dict.fromkeys(cli.COMMAND_MODULES + ("milsil.experiments.reproduce",)))
+    modules = tuple(dict.fromkeys(cli.COMMAND_MODULES + ("milsil.cli.reproduce",)))
     monkeypatch.setattr(cli, "COMMAND_MODULES", modules)
     return cli.main(argv)
 

@@ -12,30 +12,17 @@ import torch
 from milsil.cli import main as cli_main
 from milsil.data import load_dataset
 from milsil.data.synth import synthesize_dataset
-from milsil.engine.loop import TrainConfig
+from milsil.engine.config import TrainConfig
+from milsil.engine.validation import evaluate_model, predict
 from milsil.errors import MilsilError
 from milsil.experiments.ablation import (
     ablation,
-    class_log_odds,
-    evaluate_model,
     format_localization_table,
     format_table1,
-    localization,
-    predict,
     summarize,
-    target_class,
 )
+from milsil.experiments.localization import class_log_odds, localization, target_class
 from milsil.models import create_model
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small machine shared with other jobs, spinning OpenMP
-    threads slow these tiny models down several-fold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

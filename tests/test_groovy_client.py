@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from milsil_server.testing import register_tiny_model, running_server, self_signed
+from server_support import register_tiny_model, running_server, self_signed
 
 from milsil.client import MilsilClient
+from milsil.client.grpc_client import FINAL_JOB_STATES
 from milsil.inference.heatmap import logit_heatmap, probabilities
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +91,12 @@ def test_groovy_client_every_rpc_shape(servers, runtime):
     assert ok["health"] == "SERVING"
     assert ok["list_models"] == ["models/tiny"]
     assert ok["get_model"]["classes"] == ["benign", "malignant"] and ok["get_model"]["rf"] == 9
+    # The halo the scripts send comes from the server (Model.context_pixels), not a copy of
+    # its rule; the rule itself is checked here, independently.
+    assert ok["get_model"]["context"] == ok["get_model"]["rf"] // 2 == 4
+    # Final job states read from the descriptor (every Job.State above RUNNING), as in Python.
+    assert ok["final_job_states"] == list(FINAL_JOB_STATES)
+    assert FINAL_JOB_STATES == ("SUCCEEDED", "FAILED", "CANCELLED", "INTERRUPTED")
 
     # Client streaming: ClassifyBag over 5 tiles sent 2 per message.
     bag = ok["classify_bag"]
@@ -107,6 +114,7 @@ def test_groovy_client_every_rpc_shape(servers, runtime):
     hm = ok["heatmap"]
     assert hm["header"]["rows"] == 10 and hm["header"]["cols"] == 12
     assert hm["header"]["origin_x"] == pytest.approx(100.5)
+    assert hm["header"]["context"] == hm["header"]["rf"] // 2 == 4
     got = np.full((2, 10, 12), np.nan, np.float32)
     got_p = np.full((2, 10, 12), np.nan, np.float32)
     for t in hm["tiles"]:

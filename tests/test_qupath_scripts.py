@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -25,8 +26,8 @@ import numpy as np
 import pytest
 import shapely
 import torch
-from milsil_server.testing import register_tiny_model, running_server
 from PIL import Image
+from server_support import register_tiny_model, running_server
 from shapely.geometry import Polygon, shape
 
 from milsil.client import MilsilClient
@@ -204,6 +205,10 @@ def _spec_for(world, out: Path, train_job: bool = True) -> dict:
     for i in images:
         i["path"] = str(img / i["name"])
 
+    alone = out / "alone" / "heatmap_to_annotations.groovy"
+    alone.parent.mkdir(parents=True, exist_ok=True)
+    alone.write_text(Path(s["heatmap_to_annotations"]).read_text())
+
     def run(rid, script, props, image=0, **extra):
         return {"id": rid, "script": s[script], "properties": props, "image": image, **extra}
 
@@ -235,6 +240,8 @@ def _spec_for(world, out: Path, train_job: bool = True) -> dict:
             dict(train, **{"milsil.server": down["milsil.server"]}),
         ),
         run("err_train_one_class", "train_from_project", train, image=5, no_project=True),
+        # A script copied away from lib/: the bootstrap is not found, one SETUP line.
+        dict(run("err_no_lib", "heatmap_to_annotations", heat), script=str(alone)),
         # The work.
         run("export", "export_labels", train),
         *([run("train", "train_from_project", train, mode="project")] if train_job else []),
@@ -255,6 +262,12 @@ def _spec_for(world, out: Path, train_job: bool = True) -> dict:
         ),
     ]
     return {"out": str(out), "project_dir": str(out / "project"), "images": images, "runs": runs}
+
+
+def _lib_elsewhere() -> bool:
+    """Whether a script away from lib/ would still find it (MILSIL_HOME, ~/milsil/qupath_scripts)."""
+    homes = [os.environ.get("MILSIL_HOME"), str(Path.home() / "milsil" / "qupath_scripts")]
+    return any(h and (Path(h) / "lib" / "MilsilBootstrap.groovy").is_file() for h in homes)
 
 
 def _free_port() -> int:
@@ -360,6 +373,8 @@ def test_failures_print_one_line_and_change_nothing(ran):
         "err_export_down": "UNAVAILABLE",
         "err_train_one_class": "NOTHING_TO_DO",
     }
+    if not _lib_elsewhere():
+        expected["err_no_lib"] = "SETUP"
     initial = [{k: v for k, v in s.items()} for s in states["initial"]]
     for rid, code in expected.items():
         lines = logs[rid].strip().splitlines()
@@ -368,6 +383,8 @@ def test_failures_print_one_line_and_change_nothing(ran):
         # Nothing changed in any image: same objects, classes, measurements, no change events.
         assert states[rid] == initial, rid
     assert "no-such-model" in logs["err_heat_model"]
+    if "err_no_lib" in expected:
+        assert "cannot find lib/MilsilBootstrap.groovy" in logs["err_no_lib"]
     assert "cannot reach the milsil server" in logs["err_heat_down"]
     assert "Bearer" in logs["err_train_token"]
 

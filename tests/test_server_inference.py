@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from milsil_server.testing import register_tiny_model, running_server
 from PIL import Image
+from server_support import register_tiny_model, running_server
 
 from milsil.client import MilsilClient, assemble_heatmap, encode_tile, image_tiles
 from milsil.inference.heatmap import logit_heatmap
@@ -376,10 +376,10 @@ def test_busy_server_answers_resource_exhausted(tmp_path):
 def test_canvas_mirrors_when_corner_context_is_missing():
     """Context on all four sides but not the corners: treated as no context (mirror), never
     as mean-colour pixels."""
-    from milsil_server.inference import RegionCanvas, RegionSpec
-    from milsil_server.testing import tiny_model
+    from server_support import tiny_model
 
     from milsil.inference.heatmap import logit_heatmap
+    from milsil_server.inference import RegionCanvas, RegionSpec
 
     model = tiny_model()
     rng = np.random.default_rng(3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 import torch
-from milsil_server.testing import register_tiny_model, running_server
+from server_support import register_tiny_model, running_server
 
 from milsil.client import MilsilClient
 from milsil.models import load_checkpoint
@@ -32,6 +32,10 @@ def test_list_and_get(env):
     assert [m.name for m in models] == ["models/tiny"]
     model = client.get_model("models/tiny")
     assert model.arch == "bagnet9" and model.receptive_field == 9 and model.width == 8
+    # The context clients send around a region (the tiled engine's rule, checked here
+    # independently of it), in ListModels and GetModel alike.
+    assert model.context_pixels == model.receptive_field // 2 == 4
+    assert models[0].context_pixels == models[0].receptive_field // 2
     assert list(model.class_names) == ["benign", "malignant"] and model.patch_size == 32
     assert len(model.sha256) == 64 and model.size_bytes > 0 and model.create_time.seconds > 0
     assert client.get_model("tiny").name == "models/tiny"  # bare ids accepted

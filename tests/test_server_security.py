@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from milsil_server.testing import register_tiny_model, running_server, self_signed
+from server_support import register_tiny_model, running_server, self_signed
 
 from milsil.client import MilsilClient
 

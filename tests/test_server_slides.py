@@ -1,7 +1,7 @@
 """AnnotateSlide and SlideHeatmap: slides the server reads itself, under --slide-root.
 
 A real server on a loopback port reads a small synthetic pyramidal TIFF; its answers must
-equal milsil.wsi.slides called directly. Paths outside the root, missing, corrupt and
+equal milsil.wsi called directly. Paths outside the root, missing, corrupt and
 folder paths are refused with the right code; a cancelled call resumes.
 """
 
@@ -14,14 +14,19 @@ import time
 import grpc
 import numpy as np
 import pytest
-from milsil_server.testing import register_tiny_model, running_server
+from server_support import register_tiny_model, running_server
 
 from milsil.client import MilsilClient
 from milsil.errors import MilsilError
 from milsil.inference.heatmap import logit_heatmap
 from milsil.v1 import inference_service_pb2
-from milsil.wsi import slides
+from milsil.wsi import annotate as wsi_annotate
+from milsil.wsi.annotate import annotate_slide
 from milsil.wsi.geojson import qupath_problems
+from milsil.wsi.heatmap import slide_heatmap
+from milsil.wsi.reader import open_slide
+from milsil.wsi.settings import SlideSettings
+from milsil.wsi.synthetic import synthetic_slide
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 SETTINGS = {"stride": 8, "tile_size": 64}  # 480x360 slide: an 8x6 tile grid, corners glass
@@ -32,9 +37,7 @@ def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("slides")
     root = base / "root"
     (root / "sub").mkdir(parents=True)
-    slide, _ = slides.synthetic_slide(
-        root / "a.tif", 480, 360, block=120, malignant_blocks=0.4, seed=3
-    )
+    slide, _ = synthetic_slide(root / "a.tif", 480, 360, block=120, malignant_blocks=0.4, seed=3)
     data = slide.read_bytes()
     (root / "corrupt.tif").write_bytes(data[: len(data) // 3])  # truncated pyramid
     (root / "sub" / "junk.svs").write_bytes(b"not a slide at all\n" * 50)
@@ -62,8 +65,8 @@ def _without_ids(collection: dict) -> list[dict]:
 
 
 def _direct_heatmap(env, tmp_path, **kwargs):
-    with slides.open_slide(env["root"] / "a.tif") as s:
-        heat, stopped = slides.slide_heatmap(env["model"], s, tmp_path / "w", **kwargs)
+    with open_slide(env["root"] / "a.tif") as s:
+        heat, stopped = slide_heatmap(env["model"], s, tmp_path / "w", SlideSettings(**kwargs))
     assert not stopped
     return heat
 
@@ -77,8 +80,11 @@ def test_annotate_slide_streams_progress_then_geojson(env, tmp_path):
     collection, result = client.annotate_slide(
         "models/tiny", "a.tif", threshold=threshold, progress=seen.append, **SETTINGS
     )
-    direct = slides.annotate_slide(
-        env["root"] / "a.tif", env["model"], None, stride=8, tile=64, threshold=threshold
+    direct = annotate_slide(
+        env["root"] / "a.tif",
+        env["model"],
+        None,
+        SlideSettings(stride=8, tile=64, threshold=threshold),
     )
     assert qupath_problems(collection) == []
     assert result.object_count == len(collection["features"]) == direct.objects >= 1
@@ -117,7 +123,7 @@ def test_slide_heatmap_equals_library(env, tmp_path):
     heat16, _ = client.slide_heatmap(
         "models/tiny", "a.tif", stride=8, tissue_only=False, value_type="float16"
     )
-    with slides.open_slide(env["root"] / "a.tif") as s:
+    with open_slide(env["root"] / "a.tif") as s:
         whole = logit_heatmap(env["model"], s.read(0, 0, 480, 360), stride=8).numpy()
     assert np.isfinite(heat16.logits).all()
     np.testing.assert_allclose(heat16.logits, whole, atol=2e-3 + 1e-3 * np.abs(whole).max())
@@ -146,7 +152,7 @@ def test_probability_tiff_under_output_root(env):
 
 def test_cancelled_call_resumes(env, monkeypatch):
     client = env["client"]
-    original = slides.slide_heatmap
+    original = wsi_annotate.slide_heatmap  # what annotate_slide calls
 
     def slow(*args, progress=None, **kwargs):  # 0.2 s per tile: time to cancel mid-slide
         def tick(p):
@@ -155,7 +161,7 @@ def test_cancelled_call_resumes(env, monkeypatch):
 
         return original(*args, progress=tick, **kwargs)
 
-    monkeypatch.setattr(slides, "slide_heatmap", slow)
+    monkeypatch.setattr(wsi_annotate, "slide_heatmap", slow)
     request = inference_service_pb2.AnnotateSlideRequest(
         config=inference_service_pb2.SlideConfig(
             model="models/tiny", path="a.tif", stride=8, tile_size=64
@@ -166,7 +172,7 @@ def test_cancelled_call_resumes(env, monkeypatch):
         if response.progress.stage == "heatmap" and response.progress.tiles_done >= 2:
             call.cancel()
             break
-    monkeypatch.setattr(slides, "slide_heatmap", original)
+    monkeypatch.setattr(wsi_annotate, "slide_heatmap", original)
     seen = []
     collection, result = client.annotate_slide(
         "models/tiny", "a.tif", progress=seen.append, **SETTINGS
@@ -174,7 +180,9 @@ def test_cancelled_call_resumes(env, monkeypatch):
     s = result.summary
     assert 2 <= s.tiles_resumed < s.tiles_total
     assert len([p for p in seen if p.stage == "heatmap"]) == s.tiles_total - s.tiles_resumed
-    direct = slides.annotate_slide(env["root"] / "a.tif", env["model"], None, stride=8, tile=64)
+    direct = annotate_slide(
+        env["root"] / "a.tif", env["model"], None, SlideSettings(stride=8, tile=64)
+    )
     assert _without_ids(collection) == _without_ids(direct.collection)
 
 

@@ -8,11 +8,11 @@ import time
 import grpc
 import numpy as np
 import pytest
-from milsil_server.jobs import effective_config
-from milsil_server.testing import running_server, tiny_bags
+from server_support import running_server, tiny_bags
 
 from milsil.client import MilsilClient, encode_tile
 from milsil.v1 import training_service_pb2
+from milsil_server.jobs import effective_config
 
 FAST = {"arch": "bagnet9", "width": 8, "epochs": 1, "batch_size": 4, "learning_rate": 1e-3}
 

@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from milsil.cli.synth import register_cli
 from milsil.data.augment import rgb_to_hed
-from milsil.data.synth import patient_style, register_cli, synth_image, synthesize_dataset
+from milsil.data.synth import patient_style, synth_image, synthesize_dataset
 from milsil.errors import MilsilError
 
 

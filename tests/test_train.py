@@ -16,21 +16,14 @@ from PIL import Image
 
 from milsil.cli import main as cli_main
 from milsil.data import BagRecord
-from milsil.engine.loop import TrainConfig, TrainProgress, _is_better, bag_loss, train_model
+from milsil.engine.config import TrainConfig
+from milsil.engine.epoch import is_better
+from milsil.engine.loop import TrainProgress, train_model
+from milsil.engine.losses import bag_loss
 from milsil.errors import MilsilError
 from milsil.models import BagOutput, load_checkpoint, read_checkpoint
 
 CLASSES = ["benign", "malignant"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small machine shared with other jobs, spinning OpenMP
-    threads slow these tiny models down several-fold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_images(root: Path, patients: int = 4, per_patient: int = 3, size: int = 32, seed: int = 0):
@@ -262,13 +255,13 @@ def test_stop_before_first_step(tiny, tmp_path):
 
 
 def test_best_checkpoint_selection_rule():
-    assert _is_better({"val_mil_accuracy": 0.8, "val_loss": 0.9}, None)
+    assert is_better({"val_mil_accuracy": 0.8, "val_loss": 0.9}, None)
     best = {"val_mil_accuracy": 0.8, "val_loss": 0.5}
-    assert _is_better({"val_mil_accuracy": 0.9, "val_loss": 2.0}, best)
-    assert not _is_better({"val_mil_accuracy": 0.7, "val_loss": 0.1}, best)
-    assert _is_better({"val_mil_accuracy": 0.8, "val_loss": 0.4}, best)  # tie -> lower loss
-    assert not _is_better({"val_mil_accuracy": 0.8, "val_loss": 0.5}, best)  # full tie: keep
-    assert not _is_better({"val_mil_accuracy": float("nan"), "val_loss": 0.1}, best)
+    assert is_better({"val_mil_accuracy": 0.9, "val_loss": 2.0}, best)
+    assert not is_better({"val_mil_accuracy": 0.7, "val_loss": 0.1}, best)
+    assert is_better({"val_mil_accuracy": 0.8, "val_loss": 0.4}, best)  # tie -> lower loss
+    assert not is_better({"val_mil_accuracy": 0.8, "val_loss": 0.5}, best)  # full tie: keep
+    assert not is_better({"val_mil_accuracy": float("nan"), "val_loss": 0.1}, best)
 
 
 def test_best_checkpoint_is_the_best_validation_epoch(tiny, tmp_path):
@@ -336,7 +329,8 @@ def test_acceptance_synthetic_training_and_heatmap(tmp_path):
     from milsil.data import load_dataset, load_mask, load_rgb, patient_split
     from milsil.data.synth import synthesize_dataset
     from milsil.engine.metrics import pixel_auroc
-    from milsil.experiments.ablation import class_log_odds, evaluate_model
+    from milsil.engine.validation import evaluate_model
+    from milsil.experiments.localization import class_log_odds
     from milsil.inference.heatmap import logit_heatmap
 
     start = time.monotonic()

@@ -1,9 +1,10 @@
 """The ``milsil`` command line: one sub-command per job.
 
-Each sub-command lives in the module that does its work and exposes
-``register_cli(subparsers)``, which adds its parser and sets ``func`` to a function taking
-the parsed arguments and returning an exit code. Bad input (:class:`MilsilError`) is
-printed as one line, never as a traceback.
+Each command (or group of commands) has a module, here or in the part it drives
+(``milsil.client.cli``, ``milsil_server.cli``), that exposes ``register_cli(subparsers)``:
+it adds its parsers and sets ``func`` to a function taking the parsed arguments and
+returning an exit code. Bad input (:class:`MilsilError`) is printed as one line, never as
+a traceback.
 """
 
 from __future__ import annotations
@@ -11,19 +12,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from milsil.errors import MilsilError
 
 # Modules that contribute sub-commands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
-    "milsil.data.synth",
-    "milsil.engine.loop",
-    "milsil.experiments.ablation",
+    "milsil.cli.synth",
+    "milsil.cli.train",
+    "milsil.cli.evaluate",
     "milsil.cli.heatmap",
-    "milsil.wsi.slides",
-    "milsil.wsi.batch",
-    "milsil.experiments.reproduce",
-    "milsil.engine.distributed",
+    "milsil.cli.slides",
+    "milsil.cli.reproduce",
     "milsil.cli.demo",
     "milsil.client.cli",
     "milsil_server.cli",
@@ -59,6 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"milsil {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def standalone(register: Callable[[Any], None], argv: list[str] | None) -> int:
+    """Run one command without the full CLI, for a module's ``python -m`` / ``torchrun -m``
+    entry (``torchrun -m milsil.cli.slides``): ``register`` adds that command's parser."""
+    parser = argparse.ArgumentParser(prog="milsil")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    command = sub.choices and next(iter(sub.choices))
+    args = parser.parse_args([command, *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except MilsilError as exc:
+        print(f"milsil {command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

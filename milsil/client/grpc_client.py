@@ -46,9 +46,20 @@ ENCODINGS = {
     "png": common_pb2.Tile.PNG,
     "jpeg": common_pb2.Tile.JPEG,
 }
-VALUE_TYPES = {"float32": common_pb2.VALUE_TYPE_FLOAT32, "float16": common_pb2.VALUE_TYPE_FLOAT16}
-_NUMPY_TYPES = {common_pb2.VALUE_TYPE_FLOAT32: "<f4", common_pb2.VALUE_TYPE_FLOAT16: "<f2"}
-FINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "INTERRUPTED")
+# Read from the contract, not copied: ValueType names the numpy dtype ("VALUE_TYPE_FLOAT16"
+# -> "float16"; the arrays are little-endian), and every Job.State numbered above RUNNING is
+# final (both documented in the .proto files).
+VALUE_TYPES = {
+    name.removeprefix("VALUE_TYPE_").lower(): number
+    for name, number in common_pb2.ValueType.items()
+    if number != common_pb2.VALUE_TYPE_UNSPECIFIED
+}
+_NUMPY_TYPES = {number: np.dtype(name).newbyteorder("<") for name, number in VALUE_TYPES.items()}
+FINAL_JOB_STATES = tuple(
+    name
+    for name, number in training_service_pb2.Job.State.items()
+    if number > training_service_pb2.Job.RUNNING
+)
 
 
 def encode_tile(
@@ -319,8 +330,11 @@ class MilsilClient:
     ) -> HeatmapResult:
         """Logit heatmap of ``image`` (its interior when ``margin`` > 0 pixels are context).
 
-        ``(x, y)`` is the level-0 position of the interior's top-left pixel. Returns
-        ``[C, ceil(H'/stride), ceil(W'/stride)]`` arrays, as ``milsil.inference.heatmap.logit_heatmap``.
+        ``(x, y)`` is the level-0 position of the interior's top-left pixel. A ``margin`` of
+        the model's ``context_pixels`` (:meth:`get_model`) makes the interior's heatmap
+        equal that of the whole slide; with less, the server mirrors the missing context.
+        Returns ``[C, ceil(H'/stride), ceil(W'/stride)]`` arrays, as
+        ``milsil.inference.heatmap.logit_heatmap``.
         """
         if value_type not in VALUE_TYPES:
             raise MilsilError(

@@ -240,7 +240,7 @@ def write_crc_like(
 
 
 def _find_slides(root: Path, exclude: Path | None) -> list[Path]:
-    from milsil.wsi.slides import SLIDE_SUFFIXES
+    from milsil.wsi.reader import SLIDE_SUFFIXES
 
     found = []
     for p in sorted(root.rglob("*")):
@@ -271,13 +271,8 @@ def prepare_camelyon16(
     (``out_dir/done/<slide>.json``) are skipped, so an interrupted run resumes; a slide
     that cannot be read is reported and left out.
     """
-    from milsil.wsi.slides import (
-        find_contours,
-        open_slide,
-        rasterize,
-        read_contours,
-        sample_patches,
-    )
+    from milsil.wsi.contours import find_contours, rasterize, read_contours, sample_patches
+    from milsil.wsi.reader import open_slide
 
     root, out = Path(root), Path(out_dir)
     if not root.is_dir():
@@ -357,7 +352,8 @@ def write_camelyon_like(
 ) -> Path:
     """A tiny CAMELYON16 layout: ``training/tumor/tumor_00N.tif``, ``training/normal/...``
     and ``training/lesion_annotations/tumor_00N.xml`` (ASAP XML). For tests and demos."""
-    from milsil.wsi.slides import synthetic_slide, write_asap_xml
+    from milsil.wsi.contours import write_asap_xml
+    from milsil.wsi.synthetic import synthetic_slide
 
     root = Path(root)
     (root / "training" / "tumor").mkdir(parents=True, exist_ok=True)

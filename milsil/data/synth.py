@@ -25,10 +25,8 @@ deterministic given the ``numpy.random.Generator``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -394,61 +392,3 @@ def synthesize_dataset(
         writer.writerows(rows)
     tmp.replace(manifest)
     return manifest
-
-
-def register_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``milsil synth``."""
-    p = subparsers.add_parser(
-        "synth",
-        help="write a synthetic H&E-like dataset with malignant-nucleus masks",
-        description=(
-            "Write a synthetic H&E-like histology dataset with ground truth: OUT_DIR/images/*.png, "
-            "OUT_DIR/masks/*.png (malignant nuclei) and OUT_DIR/manifest.csv "
-            "(image,label,patient,mask), usable by 'milsil train OUT_DIR'. Malignant images hold "
-            "clusters of large, dark, irregular nuclei; every image holds benign nuclei; each "
-            "patient has its own stain tint."
-        ),
-    )
-    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created if missing)")
-    p.add_argument("--patients", type=int, default=10, help="number of patients (default 10)")
-    p.add_argument(
-        "--images-per-patient", type=int, default=6, help="images per patient (default 6)"
-    )
-    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    p.add_argument(
-        "--malignant-fraction",
-        type=float,
-        default=0.5,
-        help="fraction of images that are malignant (default 0.5)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.set_defaults(func=_cli)
-
-
-def _cli(args: argparse.Namespace) -> int:
-    total = args.patients * args.images_per_patient
-    print(
-        f"milsil synth: writing {total} images of {args.size}x{args.size} "
-        f"({args.patients} patients x {args.images_per_patient}, malignant fraction "
-        f"{args.malignant_fraction}, seed {args.seed}) to {args.out_dir}",
-        flush=True,
-    )
-    start = time.perf_counter()
-    manifest = synthesize_dataset(
-        args.out_dir,
-        patients=args.patients,
-        images_per_patient=args.images_per_patient,
-        size=args.size,
-        malignant_fraction=args.malignant_fraction,
-        seed=args.seed,
-        verbose=True,
-    )
-    elapsed = time.perf_counter() - start
-    with manifest.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    n_mal = sum(r["label"] == "malignant" for r in rows)
-    print(
-        f"done in {elapsed:.1f} s: {len(rows)} images ({n_mal} malignant, {len(rows) - n_mal} "
-        f"benign) from {args.patients} patients; manifest {manifest}"
-    )
-    return 0

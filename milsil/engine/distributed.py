@@ -1,4 +1,4 @@
-"""Multi-process runs under ``torchrun``: process groups, sharding, and DDP training.
+"""Multi-process runs under ``torchrun``: process groups, sharding, gathering.
 
 ``torchrun`` (``python -m torch.distributed.run``) starts one process per GPU (or per
 CPU worker) and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
@@ -9,23 +9,23 @@ CPUs, so the same code runs on a laptop (2 CPU processes), one GPU node or many 
     torchrun --nproc_per_node=8 -m milsil.wsi.batch SLIDES_DIR --model best.pt --out OUT --device cuda
     # DDP training on 2 nodes x 4 GPUs (run on each node, --node_rank 0 and 1)
     torchrun --nnodes=2 --nproc_per_node=4 --node_rank=0 --master_addr=HOST --master_port=29500 \
-        -m milsil.engine.distributed DATA --out RUN --device cuda
+        -m milsil.cli train-ddp DATA --out RUN --device cuda
     # the same on a CPU machine, 2 processes, Gloo
-    torchrun --nproc_per_node=2 -m milsil.engine.distributed DATA --out RUN --device cpu
+    torchrun --nproc_per_node=2 -m milsil.cli train-ddp DATA --out RUN --device cpu
+
+Data-parallel training is the one training loop given a :class:`DistContext`
+(``train_model(..., distributed=ctx)`` in :mod:`milsil.engine.loop`): it takes this rank's
+batches (:meth:`DistContext.rank_batches`), wraps the model (:meth:`DistContext.wrap`),
+gathers the epoch's metrics (:meth:`DistContext.gather`) and lets rank 0 write the files.
 
 Without ``torchrun`` (``WORLD_SIZE`` unset) everything runs as one process.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -33,7 +33,6 @@ import torch
 from milsil.errors import MilsilError
 
 T = TypeVar("T")
-_RESUMABLE = ("epochs", "device", "num_workers")
 
 
 @dataclass
@@ -53,6 +52,26 @@ class DistContext:
     @property
     def active(self) -> bool:
         return self.world_size > 1
+
+    def rank_batches(self, batches: list[list[int]]) -> list[list[int]]:
+        """This rank's share of an epoch's batches (see :func:`_rank_batches`)."""
+        return _rank_batches(batches, self)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` in DistributedDataParallel (gradients averaged across ranks), or
+        ``model`` itself without a group."""
+        if not self.active:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def gather(self, obj: Any) -> list[Any]:
+        return gather(obj, self)
+
+    def barrier(self) -> None:
+        barrier(self)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -100,6 +119,16 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     return list(items[rank::world_size])
 
 
+def _rank_batches(batches: list[list[int]], ctx: DistContext) -> list[list[int]]:
+    """This rank's batches; the list is padded by repeating batches so every rank takes the
+    same number of steps (DDP's all-reduce needs every rank at every step)."""
+    if not ctx.active or not batches:
+        return batches
+    n = -(-len(batches) // ctx.world_size) * ctx.world_size
+    padded = (batches * (n // len(batches) + 1))[:n]
+    return padded[ctx.rank :: ctx.world_size]
+
+
 def gather(obj: Any, ctx: DistContext) -> list[Any]:
     """Every rank's ``obj``, in rank order, on every rank (one element without a group)."""
     if not ctx.active:
@@ -125,199 +154,3 @@ def finish(ctx: DistContext) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-# --------------------------------------------------------------------------- DDP training
-
-
-def _rank_batches(batches: list[list[int]], ctx: DistContext) -> list[list[int]]:
-    """This rank's batches; the list is padded by repeating batches so every rank takes the
-    same number of steps (DDP's all-reduce needs every rank at every step)."""
-    if not ctx.active or not batches:
-        return batches
-    n = -(-len(batches) // ctx.world_size) * ctx.world_size
-    padded = (batches * (n // len(batches) + 1))[:n]
-    return padded[ctx.rank :: ctx.world_size]
-
-
-def ddp_train(
-    config: Any,
-    train_records: Sequence[Any],
-    class_names: Sequence[str],
-    out_dir: str | Path,
-    ctx: DistContext | None = None,
-    log: Callable[[str], None] | None = print,
-) -> Path:
-    """Data-parallel training with the paper's recipe; returns the path of ``last.pt``.
-
-    Every rank builds the same model (same seed); each step, each rank takes its own batch
-    of the epoch's shuffled batch list and DDP averages the gradients, so one step of N
-    ranks is one step on N batches. Rank 0 writes ``last.pt`` (with the optimizer and
-    scheduler, so a rerun resumes at the next epoch) and ``run.json``.
-    """
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from milsil.data import BagDataset, bucket_batches, collate_bags
-    from milsil.engine.loop import bag_loss, data_summary, seed_everything, versions
-    from milsil.models import create_model, read_checkpoint, save_checkpoint
-
-    ctx = ctx or init_distributed(config.device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    last = out / "last.pt"
-    say = (log if ctx.is_main and log else None) or (lambda _m: None)
-    seed_everything(config.seed)
-    model = create_model(
-        config.arch,
-        num_classes=len(class_names),
-        head=config.head,
-        width=config.width,
-        class_names=list(class_names),
-        pretrained=config.pretrained,
-    ).to(ctx.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
-    start_epoch = 0
-    if last.is_file():
-        payload = read_checkpoint(last)
-        state = payload.get("training_state") or {}
-        old, new = dict(state.get("config") or {}), config.to_dict()
-        changed = [
-            k for k in set(old) | set(new) if k not in _RESUMABLE and old.get(k) != new.get(k)
-        ]
-        if changed:
-            raise MilsilError(
-                f"{out} holds a run with other settings ({', '.join(sorted(changed))}); use another --out"
-            )
-        model.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"])
-    head = model.head
-    ddp = (
-        DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-        if ctx.active
-        else model
-    )
-    mean, std = model.normalization
-    dataset = BagDataset(
-        train_records, config.patch_size, mean, std, augment=config.augment, seed=config.seed
-    )
-    history = []
-    say(
-        f"DDP training: {ctx.world_size} process(es), backend {ctx.backend or 'none'}, epochs {start_epoch + 1}..{config.epochs}"
-    )
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.monotonic()
-        dataset.set_epoch(epoch)
-        batches = bucket_batches(
-            dataset.bag_sizes, config.batch_size, True, config.seed * 1000 + epoch
-        )
-        ddp.train()
-        total, steps = 0.0, 0
-        for batch in _rank_batches(batches, ctx):
-            bags, labels = collate_bags([dataset[i] for i in batch])
-            output = ddp(bags.to(ctx.device))
-            loss, _ = bag_loss(output, labels.to(ctx.device), head)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach())
-            steps += 1
-        scheduler.step()
-        losses = gather(total / max(steps, 1), ctx)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": sum(losses) / len(losses),
-            "seconds": time.monotonic() - t0,
-        }
-        history.append(row)
-        if ctx.is_main:
-            save_checkpoint(
-                model,
-                last,
-                provenance={
-                    "trainer": "milsil.engine.distributed",
-                    "config": config.to_dict(),
-                    "epoch": epoch + 1,
-                    "world_size": ctx.world_size,
-                    "versions": versions(),
-                },
-                training_state={
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch + 1,
-                    "config": config.to_dict(),
-                },
-            )
-            say(
-                f"  epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f} ({row['seconds']:.1f}s)"
-            )
-        barrier(ctx)
-    if ctx.is_main:
-        info = {
-            "config": config.to_dict(),
-            "world_size": ctx.world_size,
-            "backend": ctx.backend,
-            "data": data_summary(train_records, class_names),
-            "history": history,
-            "versions": versions(),
-        }
-        tmp = out / "run.json.tmp"
-        tmp.write_text(json.dumps(info, indent=1, default=str))
-        tmp.replace(out / "run.json")
-    barrier(ctx)
-    return last
-
-
-def _cmd_train_ddp(args: argparse.Namespace) -> int:
-    from milsil.data import load_dataset
-    from milsil.engine.loop import config_from_args
-
-    config = config_from_args(args)
-    ctx = init_distributed(config.device)
-    try:
-        records, names = load_dataset(args.data)
-        path = ddp_train(config, records, names, args.out, ctx)
-        if ctx.is_main:
-            print(f"checkpoint: {path}")
-    finally:
-        finish(ctx)
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``milsil train-ddp``."""
-    from milsil.engine.loop import add_train_arguments
-
-    p = subparsers.add_parser(
-        "train-ddp",
-        help="data-parallel training under torchrun (multi-GPU, multi-node, or CPU/Gloo)",
-        description=(
-            "Train like 'milsil train', data-parallel across the processes torchrun starts "
-            "(NCCL on GPUs, Gloo on CPUs): torchrun --nproc_per_node=N -m milsil.engine.distributed "
-            "DATA --out RUN. Rank 0 writes RUN/last.pt and RUN/run.json; reruns resume."
-        ),
-    )
-    p.add_argument("data", help="dataset: manifest CSV or folder")
-    p.add_argument("--out", required=True, help="run folder")
-    add_train_arguments(p)
-    p.set_defaults(func=_cmd_train_ddp)
-
-
-def standalone(register: Callable[[Any], None], argv: list[str] | None) -> int:
-    """Run one module's command without the full CLI (``python -m milsil.engine.distributed``)."""
-    parser = argparse.ArgumentParser(prog="milsil")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    command = sub.choices and next(iter(sub.choices))
-    args = parser.parse_args([command, *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except MilsilError as exc:
-        print(f"milsil {command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(standalone(register_cli, None))

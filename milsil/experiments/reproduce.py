@@ -1,4 +1,4 @@
-"""``milsil reproduce``: the paper's experiments end to end, printed as its Tables 1 and 2.
+"""The paper's experiments end to end, printed as its Tables 1 and 2.
 
 Protocol (Section 3 of the paper):
 
@@ -14,16 +14,16 @@ and DN-161 with MIL and SIL branches, attention MIL on exhaustive 27x27 patches 
 and on nucleus-centred 27x27 patches (ADMP; CRC only, where nuclei are annotated: N/A
 elsewhere, as in the paper). Localization of the logit heatmap, CAM and Grad-CAM of the
 proposed model against the nuclei/contour masks is measured on the test images.
-Every run lives under ``--out`` and resumes (:func:`milsil.engine.loop.train_model`).
+Every run lives under ``out`` and resumes (:func:`milsil.engine.loop.train_model`).
+``milsil reproduce`` (:mod:`milsil.cli.reproduce`) runs it from the command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +90,42 @@ PAPER = {
 }
 
 
-def load_data(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+@dataclass
+class ReproduceSettings:
+    """One reproduction: the dataset, the methods, and the training recipe shared by all.
+
+    The names are those of ``milsil reproduce``'s flags; the defaults are the paper's.
+    """
+
+    dataset: str  # crc, camelyon16 or synthetic
+    root: str  # dataset root (synthetic: written there if empty)
+    out: str = "reproduce_out"
+    methods: str = ",".join(m.key for m in METHODS)  # comma-separated keys
+    folds: int = 5  # cross-validation folds (CRC, synthetic)
+    width: int = 64
+    epochs: int = 10
+    lr: float = 1e-4
+    lr_decay: float = 0.9
+    batch_size: int = 8
+    patch_size: int | None = None  # default: CRC/CAM16 250, synthetic size/2
+    device: str = "auto"
+    seed: int = 0
+    no_localization: bool = False
+    max_localization_images: int | None = None
+    patients: int = 10  # synthetic: patients
+    images: int = 6  # synthetic: images per patient
+    size: int = 128  # synthetic: image side
+    patients_csv: str | None = None  # CRC: image,patient table (default ROOT/patients.csv)
+    cam_patch: int = 500  # CAMELYON16: level-0 bag side (paper: 500)
+    patches_per_slide: int = 100  # CAMELYON16: bags sampled per slide
+
+    @classmethod
+    def from_namespace(cls, ns: Any) -> ReproduceSettings:
+        """From any object with these names as attributes (the parsed command line)."""
+        return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
+
+
+def load_data(args: ReproduceSettings, log: Callable[[str], None]) -> dict[str, Any]:
     """Records, class names, the bag patch size and (CRC) nucleus bags for ``args.dataset``."""
     from milsil.data import read_manifest
 
@@ -159,10 +194,13 @@ def splits_for(dataset: str, records: list, folds: int, seed: int) -> list[tuple
     return patient_kfold(records, k=folds, seed=seed)
 
 
-def run(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(args: ReproduceSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and test every method on every split; returns (and writes) the results."""
-    from milsil.engine.loop import TrainConfig, resolve_device, train_model, write_json_atomic
-    from milsil.experiments.ablation import evaluate_model, localization
+    from milsil.engine.config import TrainConfig, resolve_device
+    from milsil.engine.loop import train_model
+    from milsil.engine.provenance import write_json_atomic
+    from milsil.engine.validation import evaluate_model
+    from milsil.experiments.localization import localization
     from milsil.models import load_checkpoint
 
     data = load_data(args, log)
@@ -309,73 +347,3 @@ def format_localization(results: dict[str, Any]) -> str:
             cells.append(("N/A" if n == 0 else f"{mean:.3f} +- {std:.3f}").rjust(17))
         lines.append(f"{names.get(name, name):<15}" + "".join(cells))
     return "\n".join(lines)
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    print(f"milsil reproduce: {args.dataset} from {args.root} -> {args.out}", flush=True)
-    results = run(args, log=lambda s: print(s, flush=True))
-    print()
-    print(format_tables(results))
-    print()
-    print(format_localization(results))
-    print(f"\nresults: {Path(args.out) / 'reproduce.json'} ({results['elapsed_seconds']:.0f}s)")
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``milsil reproduce``."""
-    p = subparsers.add_parser(
-        "reproduce",
-        help="run the paper's protocol and print its Tables 1 and 2",
-        description=(
-            "Train and test BagNet, MILBagNet, the proposed MIL-SIL BagNet, RN-50, DN-161 and "
-            "attention MIL (ADMW, ADMP) with the paper's protocol (CRC: 5-fold patient-level "
-            "cross-validation; CAMELYON16: one 80/20 patient-level split; synthetic: k-fold) "
-            "and print Tables 1 and 2 (mean +- std) with the paper's numbers, plus heatmap "
-            "localization. Runs resume from --out. The defaults are the paper's settings; a "
-            "GPU is needed for real data at full width."
-        ),
-    )
-    p.add_argument("--dataset", required=True, choices=("crc", "camelyon16", "synthetic"))
-    p.add_argument("--root", required=True, help="dataset root (synthetic: written there if empty)")
-    p.add_argument(
-        "--out", default="reproduce_out", help="runs and reproduce.json (default reproduce_out)"
-    )
-    p.add_argument(
-        "--methods",
-        default=",".join(m.key for m in METHODS),
-        help="comma-separated subset of " + ", ".join(m.key for m in METHODS),
-    )
-    p.add_argument(
-        "--folds", type=int, default=5, help="cross-validation folds (CRC, synthetic; default 5)"
-    )
-    p.add_argument(
-        "--width", type=int, default=64, help="network width (64 = the paper's ResNet-50 widths)"
-    )
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (paper: 1e-4)")
-    p.add_argument("--lr-decay", type=float, default=0.9, help="per-epoch exponential decay")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument(
-        "--patch-size",
-        type=int,
-        default=None,
-        help="instance patch size (default: CRC/CAM16 250, synthetic size/2)",
-    )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-localization", action="store_true")
-    p.add_argument("--max-localization-images", type=int, default=None)
-    p.add_argument("--patients", type=int, default=10, help="synthetic: patients")
-    p.add_argument("--images", type=int, default=6, help="synthetic: images per patient")
-    p.add_argument("--size", type=int, default=128, help="synthetic: image side")
-    p.add_argument(
-        "--patients-csv", default=None, help="CRC: image,patient table (default ROOT/patients.csv)"
-    )
-    p.add_argument(
-        "--cam-patch", type=int, default=500, help="CAMELYON16: level-0 bag side (paper: 500)"
-    )
-    p.add_argument(
-        "--patches-per-slide", type=int, default=100, help="CAMELYON16: bags sampled per slide"
-    )
-    p.set_defaults(func=_cmd)

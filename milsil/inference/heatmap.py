@@ -26,7 +26,7 @@ neighbours (this is how tiles and slide regions are stitched without seams).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from milsil.errors import MilsilError
+from milsil.inference.tiling import context_pixels, iter_chunks, mirror_pad
 from milsil.models.bagnet import BagNet, Bottleneck
 from milsil.models.mil import ConfiguredModel, MilSilNet
 
@@ -280,13 +281,6 @@ def clear_dense_cache(model: MilSilNet) -> None:
     model.__dict__.pop("_dense_cache", None)
 
 
-def pad_reflect(image: torch.Tensor, pad: int) -> torch.Tensor:
-    """Mirror ``pad`` pixels on every side of ``[3, H, W]`` (the border policy above)."""
-    if pad == 0:
-        return image
-    return F.pad(image.unsqueeze(0), (pad, pad, pad, pad), mode="reflect")[0]
-
-
 def output_size(length: int, stride: int) -> int:
     """Number of heatmap samples along an axis of ``length`` pixels: ceil(length / stride)."""
     return -(-length // stride)
@@ -313,6 +307,31 @@ def logit_heatmap(
     depend on it. ``bf16`` runs under bfloat16 autocast (about 2x faster on CPUs with
     AVX-512 BF16, logits within about 1e-2).
     """
+    bands = iter_logit_bands(
+        model, image, stride=stride, margin=margin, tile=tile, device=device, bf16=bf16
+    )
+    *_, (_, result) = bands
+    return result
+
+
+def iter_logit_bands(
+    model: ConfiguredModel,
+    image: torch.Tensor | np.ndarray,
+    stride: int = 1,
+    margin: int = 0,
+    tile: int | None = None,
+    device: torch.device | str | None = None,
+    bf16: bool = False,
+    target_seconds: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`logit_heatmap` band by band: yields ``(rows_done, result)`` after each band.
+
+    ``result`` is the whole ``[C, rows, cols]`` map, filled up to ``rows_done``. The chunks
+    come from :func:`milsil.inference.tiling.iter_chunks` (``target_seconds``: adapt their
+    side to the device); ``should_stop`` is polled before each chunk, and a stop ends the
+    iteration early (``rows_done`` then stays below ``rows``).
+    """
     model.eval()
     stride = _check_stride(stride)
     bagnet = _bagnet_of(model)
@@ -338,28 +357,29 @@ def logit_heatmap(
     dtype = torch.bfloat16 if bf16 else torch.float32
     net = dense_net(model.to(device), base, dtype=dtype)
 
-    # Pad so that every interior pixel has a full window; real context replaces padding.
-    half = rf // 2
-    pad = max(0, half - margin)
-    x = pad_reflect(x, pad)
-    origin = margin + pad - half  # padded-image offset of the window of interior pixel (0, 0)
+    # Mirror what is missing so every interior pixel has its context; real context (the
+    # margin) replaces mirroring.
+    context = context_pixels(bagnet)
+    pad = max(0, context - margin)
+    x = mirror_pad(x, pad, pad, pad, pad)
+    origin = margin + pad - context  # padded-image offset of the window of interior pixel (0, 0)
     out_h, out_w = output_size(height, stride), output_size(width, stride)
     if tile is None:
         tile = default_tile(model, base, step, device)
-    tile = max(1, int(tile))
 
     result = torch.empty(model.config.num_classes, out_h, out_w, dtype=torch.float32)
-    for r0 in range(0, out_h, tile):
-        for c0 in range(0, out_w, tile):
-            th, tw = min(tile, out_h - r0), min(tile, out_w - c0)
-            # Window top-lefts of this tile, in padded-image pixels.
-            y0, x0 = origin + r0 * stride, origin + c0 * stride
-            y1 = y0 + (th - 1) * stride + rf
-            x1 = x0 + (tw - 1) * stride + rf
-            crop = x[:, y0:y1, x0:x1].unsqueeze(0).to(device)
-            logits = net(crop)[0, :, ::step, ::step][:, :th, :tw]
-            result[:, r0 : r0 + th, c0 : c0 + tw] = logits.float().cpu()
-    return result
+    for r0, r1, c0, c1 in iter_chunks(out_h, out_w, tile, target_seconds):
+        if should_stop is not None and should_stop():
+            return
+        # Window top-lefts of this chunk, in padded-image pixels.
+        y0, x0 = origin + r0 * stride, origin + c0 * stride
+        y1 = y0 + (r1 - r0 - 1) * stride + rf
+        x1 = x0 + (c1 - c0 - 1) * stride + rf
+        crop = x[:, y0:y1, x0:x1].unsqueeze(0).to(device)
+        logits = net(crop)[0, :, ::step, ::step][:, : r1 - r0, : c1 - c0]
+        result[:, r0:r1, c0:c1] = logits.float().cpu()
+        if c1 == out_w:
+            yield r1, result
 
 
 def default_tile(
@@ -387,9 +407,9 @@ def naive_logit_heatmap(
     stride = _check_stride(stride)
     rf = _bagnet_of(model).receptive_field
     x = prepare_image(model, image)
-    half = rf // 2
+    half = context_pixels(model)
     height, width = x.shape[1:]
-    x = pad_reflect(x, half)
+    x = mirror_pad(x, half, half, half, half)
     ys = range(0, height, stride)
     xs = range(0, width, stride)
     windows = [(i, j) for i in ys for j in xs]
@@ -471,7 +491,7 @@ def _upsample(net: MilSilNet, maps: torch.Tensor, size: torch.Size) -> torch.Ten
         return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)[0].cpu()
     s = bagnet.output_stride
     up = F.interpolate(maps, scale_factor=s, mode="bilinear", align_corners=False)
-    shift = bagnet.receptive_field // 2 - s // 2  # cell centre 8i+4 -> window centre
+    shift = context_pixels(bagnet) - s // 2  # cell centre 8i+4 -> window centre
     h, w = size
     pad = (shift, max(0, w - up.shape[-1] - shift), shift, max(0, h - up.shape[-2] - shift))
     up = F.pad(up, pad, mode="replicate")

@@ -67,7 +67,7 @@ class HeatmapRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[HeatmapConfig, _Mapping]] = ..., tiles: _Optional[_Iterable[_Union[_common_pb2.Tile, _Mapping]]] = ...) -> None: ...
 
 class HeatmapHeader(_message.Message):
-    __slots__ = ("model", "class_names", "rows", "cols", "stride", "step", "origin_x", "origin_y", "value_type", "receptive_field")
+    __slots__ = ("model", "class_names", "rows", "cols", "stride", "step", "origin_x", "origin_y", "value_type", "receptive_field", "context_pixels")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class HeatmapHeader(_message.Message):
     ORIGIN_Y_FIELD_NUMBER: _ClassVar[int]
     VALUE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RECEPTIVE_FIELD_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_PIXELS_FIELD_NUMBER: _ClassVar[int]
     model: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
     rows: int
@@ -88,7 +89,8 @@ class HeatmapHeader(_message.Message):
     origin_y: float
     value_type: _common_pb2.ValueType
     receptive_field: int
-    def __init__(self, model: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., stride: _Optional[int] = ..., step: _Optional[float] = ..., origin_x: _Optional[float] = ..., origin_y: _Optional[float] = ..., value_type: _Optional[_Union[_common_pb2.ValueType, str]] = ..., receptive_field: _Optional[int] = ...) -> None: ...
+    context_pixels: int
+    def __init__(self, model: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., stride: _Optional[int] = ..., step: _Optional[float] = ..., origin_x: _Optional[float] = ..., origin_y: _Optional[float] = ..., value_type: _Optional[_Union[_common_pb2.ValueType, str]] = ..., receptive_field: _Optional[int] = ..., context_pixels: _Optional[int] = ...) -> None: ...
 
 class HeatmapTile(_message.Message):
     __slots__ = ("tile_index", "row", "col", "rows", "cols", "num_classes", "logits", "probabilities")

@@ -78,7 +78,8 @@ class InferenceServiceServicer:
     def Heatmap(self, request_iterator, context):
         """Computes the logit heatmap of a region. The first request carries `config`; the
         client streams the tiles covering the region, in any order, optionally with real
-        context pixels around it. The server first sends a `header`, then one heatmap tile
+        context around it (the model's `context_pixels` on each side for seamless output,
+        as if computed on the whole slide). The server first sends a `header`, then one heatmap tile
         per request tile (its part of the region), computed over the whole region at once
         so there are no seams at tile borders.
         """

@@ -1,4 +1,4 @@
-"""``milsil batch``: annotate a folder of slides overnight, on one process or many.
+"""Annotate a folder of slides overnight, on one process or many (``milsil batch``).
 
 For every slide in ``SLIDES_DIR`` it writes ``OUT/<name>.geojson`` (and ``.tif`` with
 ``--tiff``) and, last, ``OUT/<name>.json`` (what was done, with which model and
@@ -9,24 +9,25 @@ failures are listed at the end and the exit code is 1. ``OUT/run.json`` holds th
 metadata: versions, model (path, SHA-256, config), parameters, per-slide outcome.
 
 Under ``torchrun`` the slides are sharded round-robin across ranks (one GPU each) and
-rank 0 gathers the outcomes: ``torchrun --nproc_per_node=4 -m milsil.wsi.batch SLIDES_DIR
---model best.pt --out OUT --device cuda``.
+rank 0 gathers the outcomes: ``torchrun --nproc_per_node=4 -m milsil.cli.slides SLIDES_DIR
+--model best.pt --out OUT --device cuda`` (the command and its flags live in
+:mod:`milsil.cli.slides`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from milsil.atomic import file_sha256, write_json_atomic
 from milsil.errors import MilsilError, NotFoundError
-from milsil.wsi.slides import SLIDE_SUFFIXES, add_slide_arguments, annotate_slide, slide_settings
+from milsil.wsi.annotate import annotate_slide
+from milsil.wsi.reader import SLIDE_SUFFIXES
+from milsil.wsi.settings import SlideSettings
 
 
 def list_slides(folder: str | Path) -> list[Path]:
@@ -81,16 +82,26 @@ def run_versions() -> dict[str, str]:
     return out
 
 
-def _params(args: argparse.Namespace) -> dict[str, Any]:
-    return {**slide_settings(args), "tiff": bool(args.tiff)}
+def run_batch(
+    slides_dir: str | Path,
+    checkpoint: str | Path,
+    out: str | Path,
+    settings: SlideSettings | None = None,
+    *,
+    tiff: bool = False,
+    device: str = "cpu",
+) -> int:
+    """Annotate this rank's share of the slides; rank 0 writes ``run.json`` and the summary.
 
-
-def run_batch(args: argparse.Namespace) -> int:
-    """Annotate this rank's share of the slides; rank 0 writes ``run.json`` and the summary."""
+    ``checkpoint`` is the model's ``.pt`` file; ``device``: cpu, cuda or cuda:N (under
+    torchrun each rank takes its own GPU).
+    Returns 1 when a slide failed, else 0.
+    """
     from milsil.engine.distributed import finish, gather, init_distributed, shard
     from milsil.models import load_checkpoint, read_checkpoint
 
-    folder, out = Path(args.slides_dir), Path(args.out)
+    settings = settings if settings is not None else SlideSettings()
+    folder, out = Path(slides_dir), Path(out)
     slides = list_slides(folder)
     names = [slide_name(p, folder) for p in slides]
     clashes = sorted({n for n in names if names.count(n) > 1})
@@ -99,15 +110,15 @@ def run_batch(args: argparse.Namespace) -> int:
             f"several slides would write the same outputs ({', '.join(clashes)}): outputs are "
             "named after the slide without its extension; rename or separate them"
         )
-    model_path = Path(args.model)
+    model_path = Path(checkpoint)
     if not model_path.is_file():
         raise NotFoundError(f"model checkpoint not found: {model_path}")
-    ctx = init_distributed(args.device)
+    ctx = init_distributed(device)
     try:
         out.mkdir(parents=True, exist_ok=True)
         model = load_checkpoint(model_path).to(ctx.device)
         model_sha = file_sha256(model_path)
-        params = _params(args)
+        params = {**settings.to_dict(), "tiff": bool(tiff)}
         mine = shard(slides, ctx.rank, ctx.world_size)
         outcomes = []
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -139,9 +150,9 @@ def run_batch(args: argparse.Namespace) -> int:
                     path,
                     model,
                     out / f"{name}.geojson",
-                    tiff=(out / f"{name}.tif") if args.tiff else None,
+                    settings,
+                    tiff=(out / f"{name}.tif") if tiff else None,
                     device=ctx.device,
-                    **slide_settings(args),
                 )
             except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the others
                 message = " ".join(str(exc).split()) or type(exc).__name__
@@ -209,31 +220,3 @@ def run_batch(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     finally:
         finish(ctx)
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``milsil batch``."""
-    p = subparsers.add_parser(
-        "batch",
-        help="annotate every slide in a folder (resumable; failures isolated; torchrun-sharded)",
-        description=(
-            "Annotate every slide in SLIDES_DIR like 'milsil annotate-slide', writing "
-            "OUT/<slide>.geojson, OUT/<slide>.json and OUT/run.json. Finished slides are "
-            "skipped on rerun; a slide that fails is listed at the end (exit 1) while the "
-            "others finish. Under torchrun the slides are shared across ranks: "
-            "torchrun --nproc_per_node=N -m milsil.wsi.batch SLIDES_DIR --model M --out OUT."
-        ),
-    )
-    p.add_argument("slides_dir", metavar="SLIDES_DIR", help="folder of slides")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--tiff", action="store_true", help="also write OUT/<slide>.tif probability maps"
-    )
-    add_slide_arguments(p)
-    p.set_defaults(func=run_batch)
-
-
-if __name__ == "__main__":
-    from milsil.engine.distributed import standalone
-
-    sys.exit(standalone(register_cli, None))

@@ -40,6 +40,35 @@ def _integer(name: str, value: Any, low: int, rule: str) -> int:
     return int(value)
 
 
+def _finite_or_none(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def check_downsample(value: Any) -> float:
+    """A downsample (level-0 pixels per pixel read) as a float: a finite number >= 1.
+
+    The one rule for every downsample: settings, :meth:`milsil.wsi.reader.Slide.read`, tiles.
+    """
+    ds = _finite_or_none(value)
+    if ds is None or ds < 1.0:
+        raise MilsilError(f"downsample must be a number >= 1 (1 = level 0), got {value!r}")
+    return ds
+
+
+def check_threshold(value: Any) -> float:
+    """A probability threshold as a float in [0, 1] (settings and outlines alike)."""
+    threshold = _finite_or_none(value)
+    if threshold is None or not 0.0 <= threshold <= 1.0:
+        raise MilsilError(f"threshold must be a probability in [0, 1], got {value!r}")
+    return threshold
+
+
 @dataclass(frozen=True)
 class SlideSettings:
     """How a whole slide is turned into a heatmap and outlines.
@@ -69,18 +98,10 @@ class SlideSettings:
         set_ = object.__setattr__  # frozen: normalise the values once, here
         stride = _integer("stride", self.stride, 1, "of at least 1 (1 = every pixel)")
         set_(self, "stride", stride)
-        ds = _number("downsample", self.downsample)
-        if ds < 1.0:
-            raise MilsilError(
-                f"downsample must be a number >= 1 (1 = level 0), got {self.downsample!r}"
-            )
-        set_(self, "downsample", ds)
+        set_(self, "downsample", check_downsample(self.downsample))
         tile = _integer("tile", self.tile, stride, f">= the stride ({stride})")
         set_(self, "tile", tile // stride * stride)
-        threshold = _number("threshold", self.threshold)
-        if not 0.0 <= threshold <= 1.0:
-            raise MilsilError(f"threshold must be a probability in [0, 1], got {self.threshold!r}")
-        set_(self, "threshold", threshold)
+        set_(self, "threshold", check_threshold(self.threshold))
         for name in ("min_area", "simplify_tolerance"):
             value = _number(name, getattr(self, name))
             if value < 0:

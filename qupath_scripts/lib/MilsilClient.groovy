@@ -15,8 +15,8 @@
  *  - Every failure becomes one line, "milsil: <CODE>: <what the server said>", through
  *    MilsilClient.describe(Throwable), which scripts print in QuPath's log.
  *
- * Scripts load it with GroovyClassLoader.parseClass (see any script's "load the library"
- * block) and use it dynamically:
+ * Scripts load it through lib/MilsilBootstrap.groovy (GroovyClassLoader.parseClass) and use
+ * it dynamically:
  *     def client = MilsilClient.connect([server: 'localhost:50051', token: '...'])
  *     def models = client.listModels()
  *     client.close()
@@ -719,9 +719,28 @@ class MilsilClient {
         return last
     }
 
+    /**
+     * A model as the user wrote it: "models/{id}" or a bare id, both of which the server
+     * accepts (the contract says so); the server's answers carry the full name.
+     */
     static String modelName(String name) {
-        String n = (name ?: '').trim()
-        return n.startsWith('models/') ? n : 'models/' + n
+        return (name ?: '').trim()
+    }
+
+    /**
+     * Names of the final job states, read from the contract: every Job.State numbered above
+     * RUNNING (training_service.proto). WatchJob ends in one of them.
+     */
+    List<String> finalJobStates() {
+        Descriptors.EnumDescriptor states = messages.get('milsil.v1.Job').findEnumTypeByName('State')
+        int running = states.findValueByName('RUNNING').getNumber()
+        List<String> names = []
+        for (Descriptors.EnumValueDescriptor v : states.getValues()) {
+            if (v.getNumber() > running) {
+                names.add(v.getName())
+            }
+        }
+        return names
     }
 
     // ------------------------------------------------------------------ pixels

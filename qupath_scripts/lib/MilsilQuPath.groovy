@@ -94,6 +94,20 @@ class MilsilQuPath {
         return (Throwable) failureClass.newInstance(code, message)
     }
 
+    /**
+     * Pixels (at the region's downsample) of real image the server needs around a region on
+     * each side for seamless output: the model's `context_pixels`, which the server computes
+     * (4 for BagNet-9); where the image ends, the server mirrors it.
+     */
+    static int contextPixels(Map model) {
+        Object context = model.get('context_pixels')
+        if (context == null) {
+            throw new IllegalStateException('the descriptor milsil_v1.desc predates Model.context_pixels; ' +
+                'use the one that came with the server (python proto/generate.py writes it)')
+        }
+        return ((Number) context).intValue()
+    }
+
     // ------------------------------------------------------------------ pixels
 
     /**
@@ -189,8 +203,8 @@ class MilsilQuPath {
     // ------------------------------------------------------------------ heatmaps -> objects
 
     /**
-     * Annotate one region: stream its tiles (plus the model's receptive-field context where the
-     * image has it), parse the returned QuPath GeoJSON with PathIO and clip the objects to the
+     * Annotate one region: stream its tiles (plus the model's `context_pixels` of context where
+     * the image has it), parse the returned QuPath GeoJSON with PathIO and clip the objects to the
      * parent's ROI. Returns [objects: List<PathObject>, geojson: String, response: Map].
      */
     static Map annotate(Object client, Map s, Object server, Map model, PathObject parent) {
@@ -200,9 +214,7 @@ class MilsilQuPath {
         if ((int) region.get('width') < 1 || (int) region.get('height') < 1) {
             throw failure(client, 'INVALID_ARGUMENT', 'the region lies outside the image')
         }
-        // The server's halo_for: receptive_field // 2 (4 for BagNet-9).
-        int halo = ((Number) model.get('receptive_field')).intValue().intdiv(2)
-        Map area = rect(server, roi, halo * ds)
+        Map area = rect(server, roi, contextPixels(model) * ds)
         Map config = [
             heatmap           : [model : model.get('name'),
                                  region: [x: region.get('x'), y: region.get('y'), width: region.get('width'),
@@ -248,9 +260,7 @@ class MilsilQuPath {
         ROI roi = parent == null ? null : parent.getROI()
         double ds = num(s.get('downsample'))
         Map region = rect(server, roi, 0)
-        // The server's halo_for: receptive_field // 2 (4 for BagNet-9).
-        int halo = ((Number) model.get('receptive_field')).intValue().intdiv(2)
-        Map area = rect(server, roi, halo * ds)
+        Map area = rect(server, roi, contextPixels(model) * ds)
         Map config = [model : model.get('name'),
                       region: [x: region.get('x'), y: region.get('y'), width: region.get('width'),
                                height: region.get('height'), downsample: ds],

@@ -64,9 +64,10 @@ attempt('list_models') { client.listModels().collect { Map m -> m.get('name') } 
 attempt('get_model') {
     Map m = client.getModel(model)
     [name: m.get('name'), classes: m.get('class_names'), rf: m.get('receptive_field'),
-     sha256: m.get('sha256'), size: m.get('size_bytes')]
+     context: m.get('context_pixels'), sha256: m.get('sha256'), size: m.get('size_bytes')]
 }
 attempt('unknown_model') { client.getModel('no-such-model') }
+attempt('final_job_states') { client.finalJobStates() }
 
 // ---- client streaming: ClassifyBag
 attempt('classify_bag') {
@@ -95,7 +96,8 @@ attempt('heatmap') {
     Map r = client.heatmap(config, quarters)
     Map h = (Map) r.get('header')
     [header: [rows: h.get('rows'), cols: h.get('cols'), stride: h.get('stride'), classes: h.get('class_names'),
-              origin_x: h.get('origin_x'), origin_y: h.get('origin_y'), rf: h.get('receptive_field')],
+              origin_x: h.get('origin_x'), origin_y: h.get('origin_y'), rf: h.get('receptive_field'),
+              context: h.get('context_pixels')],
      tiles: r.get('tiles').collect { Map t ->
          [index: t.get('tile_index'), row: t.get('row'), col: t.get('col'), rows: t.get('rows'),
           cols: t.get('cols'), logits: (t.get('logits') as List), probabilities: (t.get('probabilities') as List)]

@@ -32,10 +32,10 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent.parent))
 
 import groovy_env  # noqa: E402
-from milsil_server.testing import register_tiny_model, running_server  # noqa: E402
 
 from milsil.data.synth import synth_image  # noqa: E402
 from milsil.inference.heatmap import logit_heatmap, probabilities  # noqa: E402
+from tests.server_support import register_tiny_model, running_server  # noqa: E402
 
 ROI1 = [[20, 20], [150, 30], [170, 160], [40, 140]]
 CORES = [("A-1", 20, 20, 100, 100), ("A-2", 136, 20, 100, 100), ("B-1", 20, 136, 100, 100)]

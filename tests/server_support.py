@@ -1,6 +1,9 @@
 """Helpers for tests and benchmarks: tiny models, tiny datasets, self-signed certificates.
 
-Kept in the package (not in tests/) so the benchmark and the demo use the same fixtures.
+Test-only (``self_signed`` needs the dev dependency ``cryptography``), so it lives here
+and not in the wheel. Tests import it as ``server_support`` (pytest puts ``tests/`` on
+``sys.path``); bench and tool scripts put the repository root on ``sys.path`` and import
+``tests.server_support``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from milsil_server.app import MilsilServer, ServerConfig, build_server
 
 

@@ -1,0 +1,7 @@
+"""``python -m milsil.cli``: the same as the ``milsil`` command."""
+
+import sys
+
+from milsil.cli import main
+
+sys.exit(main())

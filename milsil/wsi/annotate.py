@@ -1,0 +1,148 @@
+"""A whole slide to QuPath annotations in one call.
+
+:func:`annotate_slide` is the ``annotate-slide`` command, each slide of ``batch`` and the
+server's AnnotateSlide RPC: slide -> logit heatmap of its tissue -> GeoJSON outlines (and
+a probability TIFF), resumable through its work folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from milsil.atomic import write_json_atomic
+from milsil.models import target_class_index
+from milsil.wsi.heatmap import SlideProgress, Timings, default_work_dir, slide_heatmap
+from milsil.wsi.polygons import heatmap_polygons
+from milsil.wsi.reader import open_slide
+from milsil.wsi.settings import SlideSettings
+from milsil.wsi.tiff import write_probability_tiff
+
+
+@dataclass
+class AnnotateResult:
+    """What :func:`annotate_slide` produced."""
+
+    slide: str
+    geojson: str | None
+    tiff: str | None
+    objects: int
+    tiles_total: int
+    tiles_computed: int
+    tissue_megapixels: float
+    stride: int
+    downsample: float
+    threshold: float
+    class_name: str
+    stopped: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    collection: dict[str, Any] | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "collection"}
+
+
+def annotate_slide(
+    slide_path: str | Path,
+    model: Any,
+    output: str | Path | None,
+    settings: SlideSettings | None = None,
+    *,
+    tiff: str | Path | None = None,
+    work_dir: str | Path | None = None,
+    device: Any = None,
+    keep_work: bool = False,
+    progress: Callable[[SlideProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> AnnotateResult:
+    """Slide -> logit heatmap (tissue tiles) -> QuPath GeoJSON (and a probability TIFF).
+
+    ``settings`` (default :class:`SlideSettings`) say how: stride, downsample, tiles,
+    threshold, class and outline clean-up. ``output`` (``None``: return the collection
+    only) is written atomically. The work folder (default ``<output>.work``, or a
+    temporary one) holds the resumable state; it is removed after success unless
+    ``keep_work``. When stopped, the result has ``stopped=True`` and nothing is written; a
+    rerun continues.
+    """
+    settings = settings if settings is not None else SlideSettings()
+    timings = Timings()
+    cls = target_class_index(model.class_names, settings.class_name)
+    with open_slide(slide_path) as slide:
+        temp_work = None
+        if work_dir is None:
+            if output is not None:
+                work_dir = default_work_dir(output)
+            else:
+                temp_work = Path(tempfile.mkdtemp(prefix="milsil-slide-"))
+                work_dir = temp_work
+        try:
+            heat, stopped = slide_heatmap(
+                model,
+                slide,
+                work_dir,
+                settings,
+                device=device,
+                progress=progress,
+                should_stop=should_stop,
+                timings=timings,
+            )
+            result = AnnotateResult(
+                slide=str(slide_path),
+                geojson=None,
+                tiff=None,
+                objects=0,
+                tiles_total=heat.tiles_total,
+                tiles_computed=len(heat.done),
+                tissue_megapixels=heat.computed_megapixels(),
+                stride=heat.stride,
+                downsample=heat.downsample,
+                threshold=settings.threshold,
+                class_name=model.class_names[cls],
+                stopped=stopped,
+            )
+            if stopped:
+                result.timings = asdict(timings)
+                return result
+            if progress is not None:
+                progress(
+                    SlideProgress(
+                        len(heat.done),
+                        len(heat.done),
+                        result.tissue_megapixels,
+                        0.0,
+                        0.0,
+                        "polygons",
+                    )
+                )
+            t0 = time.perf_counter()
+            collection = heatmap_polygons(
+                heat,
+                cls,
+                settings.threshold,
+                min_area=settings.min_area,
+                simplify_tolerance=settings.simplify_tolerance,
+            )
+            timings.polygons = time.perf_counter() - t0
+            result.collection = collection
+            result.objects = len(collection["features"])
+            if output is not None:
+                write_json_atomic(Path(output), collection)
+                result.geojson = str(output)
+            if tiff is not None:
+                t0 = time.perf_counter()
+                write_probability_tiff(heat, tiff, cls)
+                timings.tiff = time.perf_counter() - t0
+                result.tiff = str(tiff)
+            result.timings = asdict(timings)
+            del heat
+            if not keep_work:
+                shutil.rmtree(work_dir, ignore_errors=True)
+            return result
+        finally:
+            if temp_work is not None:
+                shutil.rmtree(temp_work, ignore_errors=True)

@@ -1,0 +1,283 @@
+"""Resumable whole-slide logit heatmaps.
+
+:func:`slide_heatmap` computes the paper's logit heatmap of a whole slide tile by tile.
+Each tile is read with the context :mod:`milsil.inference.tiling` prescribes (real
+neighbouring pixels) and passed to :func:`milsil.inference.heatmap.logit_heatmap` with ``margin``, so the
+stitched map equals ``logit_heatmap`` of the whole slide image: no seams. Beyond the
+slide's edge the slide is mirrored, exactly as ``logit_heatmap`` pads at an image border.
+Logits go to a memory-mapped file in a work folder (:class:`SlideHeatmap`) and every
+finished tile is appended to a log after its data is flushed, so memory stays bounded and
+an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from milsil.wsi.reader import Slide
+from milsil.wsi.settings import SlideSettings
+from milsil.wsi.tissue import TissueMask, tile_grid, tissue_mask
+
+
+@dataclass
+class SlideProgress:
+    """What a whole-slide run has done: tiles (tissue only) and timings so far."""
+
+    tiles_done: int
+    tiles_total: int
+    tissue_megapixels: float
+    elapsed_seconds: float
+    eta_seconds: float
+    stage: str = "heatmap"
+
+
+def _model_fingerprint(model: Any) -> str:
+    """A hash of the weights, so a resumed run never mixes two models' tiles."""
+    h = hashlib.sha256()
+    h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _slide_identity(slide: Slide) -> dict[str, Any]:
+    st = slide.path.stat()
+    return {
+        "path": str(slide.path.resolve()),
+        "bytes": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "dimensions": list(slide.dimensions),
+    }
+
+
+class SlideHeatmap:
+    """A whole-slide logit map on disk: ``logits [C, rows, cols]`` (float32 memmap).
+
+    Sample ``[i, j]`` is the logit of the window centred on pixel ``(i*stride, j*stride)``
+    of the slide seen at ``downsample``, i.e. level-0 ``(j*stride*downsample,
+    i*stride*downsample)``. Tiles never computed (no tissue) are ``NaN`` when read through
+    :meth:`block`.
+    """
+
+    def __init__(self, work_dir: Path, meta: dict[str, Any], done: set[tuple[int, int]]) -> None:
+        self.work_dir = work_dir
+        self.meta = meta
+        self.done = done
+        self.stride = int(meta["stride"])
+        self.downsample = float(meta["downsample"])
+        self.tile = int(meta["tile"])
+        self.num_classes = int(meta["num_classes"])
+        self.rows, self.cols = int(meta["rows"]), int(meta["cols"])
+        self.region_size = tuple(meta["region_size"])
+        self.class_names = list(meta["class_names"])
+        self.mpp = meta.get("mpp")
+        self.tiles_total = len(done)
+        self.logits = np.memmap(
+            work_dir / "logits.f32",
+            dtype=np.float32,
+            mode="r+",
+            shape=(self.num_classes, self.rows, self.cols),
+        )
+
+    @property
+    def tile_samples(self) -> int:
+        return self.tile // self.stride
+
+    def valid(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Which samples of the block were computed (their tile is done)."""
+        t = self.tile_samples
+        out = np.zeros((r1 - r0, c1 - c0), dtype=bool)
+        for tr in range(r0 // t, (r1 - 1) // t + 1):
+            for tc in range(c0 // t, (c1 - 1) // t + 1):
+                if (tr, tc) in self.done:
+                    a0, a1 = max(tr * t, r0), min((tr + 1) * t, r1)
+                    b0, b1 = max(tc * t, c0), min((tc + 1) * t, c1)
+                    out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = True
+        return out
+
+    def block(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Logits ``[C, r1-r0, c1-c0]``; NaN where not computed."""
+        out = np.array(self.logits[:, r0:r1, c0:c1], dtype=np.float32)
+        out[:, ~self.valid(r0, r1, c0, c1)] = np.nan
+        return out
+
+    def probability_block(self, class_index: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """Softmax probability of one class over the block; NaN where not computed."""
+        lg = self.block(r0, r1, c0, c1).astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            e = np.exp(lg - lg.max(axis=0, keepdims=True))
+            return (e[class_index] / e.sum(axis=0)).astype(np.float32)
+
+    def to_array(self) -> np.ndarray:
+        """The whole logit map in memory (small slides and tests only)."""
+        return self.block(0, self.rows, 0, self.cols)
+
+    def computed_megapixels(self) -> float:
+        """Level-0 megapixels of the computed tiles (what throughput is measured on)."""
+        t = self.tile
+        rw, rh = self.region_size
+        total = 0
+        for r, c in self.done:
+            total += min(t, rw - c * t) * min(t, rh - r * t)
+        return total * self.downsample**2 / 1e6
+
+
+def _prepare_work_dir(work_dir: Path, meta: dict[str, Any]) -> set[tuple[int, int]]:
+    """Reuse ``work_dir`` when it holds the same job, else start it afresh; the done tiles."""
+    meta_path = work_dir / "heatmap.json"
+    shape = (meta["num_classes"], meta["rows"], meta["cols"])
+    if meta_path.is_file():
+        try:
+            old = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, OSError):
+            old = None
+        if old == meta and (work_dir / "logits.f32").is_file():
+            done = set()
+            log = work_dir / "tiles.done"
+            if log.is_file():
+                for line in log.read_text().splitlines():
+                    parts = line.split()
+                    if len(parts) == 3 and parts[2] == "ok":  # a torn last line is ignored
+                        done.add((int(parts[0]), int(parts[1])))
+            return done
+    if work_dir.exists():
+        for name in ("heatmap.json", "logits.f32", "tiles.done"):
+            (work_dir / name).unlink(missing_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    nbytes = int(np.prod(shape)) * 4
+    with open(work_dir / "logits.f32", "wb") as f:  # sparse: untouched tiles take no disk
+        if nbytes:
+            f.truncate(nbytes)
+    tmp = meta_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.replace(tmp, meta_path)
+    return set()
+
+
+def default_work_dir(output: str | Path) -> Path:
+    """Where a run keeps its resumable state: ``<output>.work`` beside the output."""
+    output = Path(output)
+    return output.with_name(output.name + ".work")
+
+
+@dataclass
+class Timings:
+    """Seconds spent reading pixels, running the model, making polygons, writing the TIFF."""
+
+    read: float = 0.0
+    compute: float = 0.0
+    polygons: float = 0.0
+    tiff: float = 0.0
+    tissue: float = 0.0
+
+
+def slide_heatmap(
+    model: Any,
+    slide: Slide,
+    work_dir: str | Path,
+    settings: SlideSettings,
+    *,
+    tissue: TissueMask | None = None,
+    device: Any = None,
+    progress: Callable[[SlideProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    timings: Timings | None = None,
+) -> tuple[SlideHeatmap, bool]:
+    """The logit heatmap of a whole slide, tile by tile, resumable. Returns ``(map, stopped)``.
+
+    Reads ``stride``, ``downsample``, ``tile``, ``tissue_only`` and ``bf16`` from
+    ``settings``. ``tile`` (output pixels at ``downsample``, a multiple of ``stride``)
+    bounds the pixels read at once; the model's own tiling bounds its activations. A rerun
+    with the same slide, model and settings in the same ``work_dir`` skips finished tiles;
+    anything different starts afresh. ``should_stop`` is polled between tiles.
+    """
+    from milsil.data import to_tensor
+    from milsil.inference.heatmap import logit_heatmap, output_size
+    from milsil.inference.tiling import context_box, context_pixels, mirror_pad
+
+    stride, ds, tile = settings.stride, settings.downsample, settings.tile
+    tissue_only, bf16 = settings.tissue_only, settings.bf16
+    halo = context_pixels(model)
+    timings = timings if timings is not None else Timings()
+    work_dir = Path(work_dir)
+    rw, rh = slide.region_size(ds)
+    meta = {
+        "format": "milsil-slide-heatmap/1",
+        "slide": _slide_identity(slide),
+        "model": _model_fingerprint(model),
+        "class_names": list(model.class_names),
+        "num_classes": int(model.config.num_classes),
+        "stride": stride,
+        "downsample": ds,
+        "tile": tile,
+        "tissue_only": bool(tissue_only),
+        "region_size": [rw, rh],
+        "rows": output_size(rh, stride),
+        "cols": output_size(rw, stride),
+        "mpp": list(slide.mpp) if slide.mpp else None,
+    }
+    done = _prepare_work_dir(work_dir, meta)
+    heat = SlideHeatmap(work_dir, meta, done)
+    if tissue_only and tissue is None:
+        t0 = time.perf_counter()
+        tissue = tissue_mask(slide)
+        timings.tissue += time.perf_counter() - t0
+    tiles = tile_grid(slide, tile, ds, tissue if tissue_only else None)
+    todo = [t for t in tiles if (t.row, t.col) not in done]
+    heat.tiles_total = len(tiles)
+    mean, std = model.normalization
+    ts = tile // stride
+    log = open(work_dir / "tiles.done", "a")  # noqa: SIM115 - closed in finally
+    start = time.perf_counter()
+    megapixels = sum(t.width * t.height * t.tissue for t in tiles) * ds * ds / 1e6
+    stopped = False
+    try:
+        for k, t in enumerate(todo):
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            t0 = time.perf_counter()
+            # The tile plus a halo of real context, clipped to the slide; beyond the slide
+            # the image is mirrored, as logit_heatmap pads at an image border.
+            box = context_box(t.px, t.py, t.width, t.height, halo, rw, rh)
+            rgb = slide.read(round(box.x0 * ds), round(box.y0 * ds), box.width, box.height, ds)
+            canvas = mirror_pad(to_tensor(rgb, mean, std), box.left, box.right, box.top, box.bottom)
+            t1 = time.perf_counter()
+            logits = logit_heatmap(
+                model, canvas, stride=stride, margin=halo, device=device, bf16=bf16
+            )
+            t2 = time.perf_counter()
+            r0, c0 = t.row * ts, t.col * ts
+            heat.logits[:, r0 : r0 + logits.shape[1], c0 : c0 + logits.shape[2]] = logits.numpy()
+            heat.logits.flush()
+            log.write(f"{t.row} {t.col} ok\n")
+            log.flush()
+            os.fsync(log.fileno())
+            done.add((t.row, t.col))
+            timings.read += t1 - t0
+            timings.compute += t2 - t1
+            if progress is not None:
+                elapsed = time.perf_counter() - start
+                remaining = len(todo) - k - 1
+                progress(
+                    SlideProgress(
+                        tiles_done=len(tiles) - remaining,
+                        tiles_total=len(tiles),
+                        tissue_megapixels=megapixels,
+                        elapsed_seconds=elapsed,
+                        eta_seconds=elapsed / (k + 1) * remaining,
+                    )
+                )
+    finally:
+        log.close()
+    return heat, stopped

@@ -1,0 +1,327 @@
+"""milsil.v1.InferenceService: bags, regions streamed by a client, slides the server reads.
+
+Each RPC converts its request (:mod:`milsil_server.convert`), runs the library under a
+compute slot, and converts the result back. Regions are assembled by
+:mod:`milsil_server.inference`; slides run in the background (:mod:`milsil_server.runner`)
+with their paths confined by :mod:`milsil_server.paths`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from milsil.errors import MilsilError
+from milsil.models import target_class_index
+from milsil.v1 import common_pb2, inference_service_pb2, inference_service_pb2_grpc
+from milsil.wsi.heatmap import SlideProgress, Timings
+from milsil.wsi.reader import open_slide
+from milsil.wsi.tiff import write_probability_tiff
+from milsil_server import convert, inference, runner, slide_jobs
+from milsil_server.errors import Cancelled, ResourceExhausted
+from milsil_server.inference import ComputeSlots, Limits, ModelCache, RegionCanvas
+from milsil_server.paths import SlidePaths
+from milsil_server.store import Store, parse_name
+
+
+@dataclass
+class _Region:
+    """A region request whose tiles have all arrived: model, canvas and sampling."""
+
+    request: convert.RegionRequest
+    model_id: str
+    model: torch.nn.Module
+    canvas: RegionCanvas
+
+    @property
+    def samples(self) -> tuple[int, int]:
+        """Heatmap rows and columns."""
+        r, stride = self.canvas.region, self.request.stride
+        return -(-r.height // stride), -(-r.width // stride)
+
+
+class _Tally:
+    """Slide progress -> messages, counting the tiles this request computed itself."""
+
+    def __init__(self, started: float) -> None:
+        self.started, self.computed = started, 0
+
+    def __call__(self, p: SlideProgress) -> inference_service_pb2.SlideProgress:
+        if p.stage == "heatmap":
+            self.computed += 1
+        return convert.slide_progress(p, self.started)
+
+
+class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
+    def __init__(
+        self,
+        store: Store,
+        cache: ModelCache,
+        slots: ComputeSlots,
+        limits: Limits,
+        max_tiles: int = 100_000,
+        slide_roots: Sequence[str | Path] = (),
+        output_root: str | Path | None = None,
+        max_message_bytes: int = 64 * 2**20,
+    ) -> None:
+        self.store, self.cache, self.slots, self.limits = store, cache, slots, limits
+        self.max_tiles = max_tiles
+        self.paths = SlidePaths(slide_roots, output_root or store.root / "outputs")
+        self.max_message_bytes = max_message_bytes
+        self.work_locks = runner.WorkLocks()
+
+    def _model(self, name: str, field: str) -> tuple[str, torch.nn.Module]:
+        ident = parse_name(name, "models", field)
+        self.store.get_model(ident)  # NOT_FOUND before touching files
+        return ident, self.cache.get(ident)
+
+    # ------------------------------------------------------------------ bags
+
+    def ClassifyBag(self, request_iterator, context):
+        model_name, tiles = convert.bag_request(request_iterator, self.limits)
+        ident, model = self._model(model_name, "model")
+        with self.slots.acquire(context.is_active):
+            result = inference.classify_bag(model, tiles, context.is_active)
+        return convert.classify_bag_response(ident, model.class_names, result)
+
+    # ------------------------------------------------------------------ regions
+
+    def _read_region(self, request_iterator, kind: str) -> tuple[Any, _Region]:
+        """The first message's config and the assembled region of a Heatmap/Annotate stream."""
+        iterator = iter(request_iterator)
+        first = next(iterator, None)
+        if first is None or not first.HasField("config"):
+            raise MilsilError(f"config is required in the first {kind}Request")
+        config = first.config
+        if kind == "Heatmap":
+            request = convert.region_request(config, "config", self.limits)
+        else:
+            request = convert.region_request(config.heatmap, "config.heatmap", self.limits)
+        ident, model = self._model(request.model, request.model_field)
+        canvas = RegionCanvas(request.spec, inference.halo_for(model), *model.normalization)
+        region = _Region(request, ident, model, canvas)
+        if kind == "Annotate":
+            convert.annotate_settings(config, model.class_names)  # fail before the pixels
+        self._intake(canvas, first.tiles)
+        for message in iterator:
+            if message.HasField("config"):
+                raise MilsilError("config may only be sent in the first message")
+            self._intake(canvas, message.tiles)
+        canvas.check_covered()
+        canvas.mirror_missing_context()
+        return config, region
+
+    def _intake(self, canvas: RegionCanvas, tiles: Iterable[common_pb2.Tile]) -> None:
+        for tile in tiles:
+            n = len(canvas.placements)
+            if n >= self.max_tiles:
+                raise ResourceExhausted(f"at most {self.max_tiles} tiles per request")
+            where = f"tiles[{n}]"
+            pixels = convert.decode(tile, where, self.limits)
+            canvas.add(pixels, tile.x, tile.y, tile.downsample, where)
+
+    def _bands(self, region: _Region, context):
+        return inference.banded_heatmap(
+            region.model, region.canvas, region.request.stride, context.is_active, self.cache.device
+        )
+
+    def Heatmap(self, request_iterator, context):
+        _config, region = self._read_region(request_iterator, "Heatmap")
+        req, r = region.request, region.canvas.region
+        Response = inference_service_pb2.HeatmapResponse
+        with self.slots.acquire(context.is_active):
+            yield Response(
+                header=convert.heatmap_header(
+                    region.model_id,
+                    region.model,
+                    *region.samples,
+                    req.stride,
+                    r.downsample,
+                    (r.x, r.y),
+                    req.value_type,
+                )
+            )
+            pending = sorted(region.canvas.placements, key=lambda p: p.y1)
+            for done, result in self._bands(region, context):
+                while pending and -(-pending[0].y1 // req.stride) <= done:
+                    placement = pending.pop(0)
+                    samples = inference.tile_samples(placement, req.stride)
+                    tile = convert.region_tile(
+                        placement.index, samples, result, req.dtype, req.include_probabilities
+                    )
+                    yield Response(tile=tile)
+
+    def Annotate(self, request_iterator, context):
+        from milsil.wsi.geojson import heatmap_to_geojson
+
+        config, region = self._read_region(request_iterator, "Annotate")
+        settings = convert.annotate_settings(config, region.model.class_names)
+        with self.slots.acquire(context.is_active):
+            result = None
+            for _done, full in self._bands(region, context):
+                result = full
+        if not context.is_active():
+            raise Cancelled("request cancelled or deadline exceeded")
+        k = settings.class_index
+        logits = result[k].numpy()
+        probs = torch.softmax(result, dim=0)[k].numpy()
+        r = region.canvas.region
+        collection, objects = heatmap_to_geojson(
+            probs if settings.probability else logits,
+            settings.threshold,
+            origin=(r.x, r.y),
+            downsample=r.downsample,
+            stride=region.request.stride,
+            region_size=(r.width * r.downsample, r.height * r.downsample),
+            classification=settings.classification,
+            color=settings.color,
+            min_area=settings.min_area,
+            simplify_tolerance=settings.simplify_tolerance,
+            measurement_maps={"probability": probs, "logit": logits},
+        )
+        return convert.annotate_response(collection, objects, region.model_id, settings.class_name)
+
+    # ------------------------------------------------------------------ whole slides
+
+    def _slide_job(self, config: inference_service_pb2.SlideConfig) -> slide_jobs.SlideJob:
+        settings = convert.slide_settings(config, self.limits)
+        ident, model = self._model(config.model, "config.model")
+        inference.halo_for(model)  # FAILED_PRECONDITION for models without a receptive field
+        try:
+            class_index = target_class_index(model.class_names, settings.class_name)
+        except MilsilError as exc:
+            raise MilsilError(f"config.class_name: {exc}") from None
+        path, in_root = self.paths.resolve_slide(config.path)
+        tiff, tiff_rel = None, ""
+        if config.write_tiff or config.tiff_path:
+            name = config.tiff_path or slide_jobs.default_tiff_name(in_root, ident, settings)
+            tiff, tiff_rel = self.paths.tiff_target(name)
+        sha256 = self.store.get_model(ident).get("sha256", "")
+        return slide_jobs.SlideJob(
+            model_id=ident,
+            model=model,
+            path=path,
+            request_path=config.path,
+            settings=settings.replace(class_name=model.class_names[class_index]),
+            class_index=class_index,
+            tiff=tiff,
+            tiff_rel=tiff_rel,
+            work_dir=slide_jobs.work_dir(self.store.root, path, ident, sha256, settings),
+        )
+
+    def AnnotateSlide(self, request, context):
+        if not request.HasField("config"):
+            raise MilsilError("config is required (model, path, stride, ...)")
+        job = self._slide_job(request.config)
+        job.settings = convert.annotate_slide_settings(request, job.settings)
+        open_slide(job.path).close()  # corrupt or unsupported: one line, before queueing
+        Response = inference_service_pb2.AnnotateSlideResponse
+        yield Response(progress=convert.slide_progress(None, time.perf_counter(), "queued"))
+        with (
+            self.work_locks.hold(job.work_dir.name, context.is_active),
+            self.slots.acquire(context.is_active),
+        ):
+            tally = _Tally(time.perf_counter())
+            yield Response(progress=convert.slide_progress(None, tally.started, job.first_stage))
+            result = yield from runner.in_background(
+                lambda progress, should_stop: slide_jobs.annotate(
+                    job, self.cache.device, progress, should_stop
+                ),
+                context.is_active,
+                lambda p: Response(progress=tally(p)),
+            )
+            if result.stopped:
+                raise Cancelled(
+                    f"request cancelled or deadline exceeded after {result.tiles_computed} of "
+                    f"{result.tiles_total} tiles; call again with the same settings to resume"
+                )
+            geojson = json.dumps(result.collection)
+            if len(geojson) > self.max_message_bytes - 65536:
+                raise ResourceExhausted(
+                    f"the GeoJSON ({len(geojson)} bytes, {result.objects} objects) exceeds the "
+                    "message limit; raise min_area or simplify_tolerance, or the stride (the map "
+                    "is kept: a new threshold costs no recomputation)"
+                )
+            shutil.rmtree(job.work_dir, ignore_errors=True)
+        summary = convert.slide_summary(
+            job,
+            result.tiles_total,
+            result.tiles_computed - tally.computed,
+            result.tissue_megapixels,
+            result.timings,
+        )
+        yield Response(
+            result=inference_service_pb2.AnnotateSlideResult(
+                geojson=geojson, object_count=result.objects, summary=summary
+            )
+        )
+
+    def SlideHeatmap(self, request, context):
+        if not request.HasField("config"):
+            raise MilsilError("config is required (model, path, stride, ...)")
+        job = self._slide_job(request.config)
+        classes = job.model.class_names
+        value_type, dtype, block = convert.slide_values(
+            request, len(classes), self.max_message_bytes
+        )
+        Response = inference_service_pb2.SlideHeatmapResponse
+        with open_slide(job.path) as slide:
+            yield Response(progress=convert.slide_progress(None, time.perf_counter(), "queued"))
+            timings = Timings()
+            with self.work_locks.hold(job.work_dir.name, context.is_active):
+                with self.slots.acquire(context.is_active):
+                    tally = _Tally(time.perf_counter())
+                    stage = job.first_stage
+                    yield Response(progress=convert.slide_progress(None, tally.started, stage))
+                    heat, stopped = yield from runner.in_background(
+                        lambda progress, should_stop: slide_jobs.heatmap(
+                            job, slide, self.cache.device, progress, should_stop, timings
+                        ),
+                        context.is_active,
+                        lambda p: Response(progress=tally(p)),
+                    )
+                if stopped:
+                    raise Cancelled(
+                        f"request cancelled or deadline exceeded after {len(heat.done)} of "
+                        f"{heat.tiles_total} tiles; call again with the same settings to resume"
+                    )
+                yield Response(
+                    header=convert.heatmap_header(
+                        job.model_id,
+                        job.model,
+                        heat.rows,
+                        heat.cols,
+                        heat.stride,
+                        heat.downsample,
+                        (0.0, 0.0),
+                        value_type,
+                    )
+                )
+                if not request.omit_values:
+                    yield Response(progress=convert.slide_progress(None, tally.started, "values"))
+                    for tile in convert.slide_tiles(
+                        heat, block, dtype, request.include_probabilities, context.is_active
+                    ):
+                        yield Response(tile=tile)
+                if job.tiff is not None:
+                    yield Response(progress=convert.slide_progress(None, tally.started, "tiff"))
+                    t0 = time.perf_counter()
+                    write_probability_tiff(heat, job.tiff, job.class_index)
+                    timings.tiff = time.perf_counter() - t0
+                summary = convert.slide_summary(
+                    job,
+                    heat.tiles_total,
+                    len(heat.done) - tally.computed,
+                    heat.computed_megapixels(),
+                    vars(timings),
+                )
+                del heat  # the memory map, before its folder goes
+                shutil.rmtree(job.work_dir, ignore_errors=True)
+        yield Response(result=summary)

@@ -1,0 +1,91 @@
+"""milsil.v1.ModelService: list, get, delete, export and import checkpoints in the store.
+
+Servicers never call ``context.abort``: they raise (MilsilError, NotFoundError,
+:mod:`milsil_server.errors`), and the interceptor in :mod:`milsil_server.app` turns that
+into a status.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import empty_pb2
+
+from milsil.errors import MilsilError
+from milsil.v1 import model_service_pb2, model_service_pb2_grpc
+from milsil_server import convert
+from milsil_server.errors import Cancelled, ResourceExhausted
+from milsil_server.inference import ModelCache
+from milsil_server.store import Store, new_id, parse_name, parse_page
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(
+        self, store: Store, cache: ModelCache, max_message_bytes: int, max_model_bytes: int
+    ) -> None:
+        self.store, self.cache = store, cache
+        self.max_message_bytes, self.max_model_bytes = max_message_bytes, max_model_bytes
+
+    def ListModels(self, request, context):
+        limit, offset = parse_page(request.page_size, request.page_token)
+        rows, more = self.store.list_models(limit, offset)
+        return model_service_pb2.ListModelsResponse(
+            models=[convert.model_message(r) for r in rows],
+            next_page_token=convert.page_token(offset, limit, more),
+        )
+
+    def GetModel(self, request, context):
+        return convert.model_message(self.store.get_model(parse_name(request.name, "models")))
+
+    def DeleteModel(self, request, context):
+        ident = parse_name(request.name, "models")
+        self.store.delete_model(ident)
+        self.cache.evict(ident)
+        return empty_pb2.Empty()
+
+    def ExportModel(self, request, context):
+        ident = parse_name(request.name, "models")
+        size = convert.export_chunk_size(request.chunk_size, self.max_message_bytes)
+        model = convert.model_message(self.store.get_model(ident))
+        for n, (offset, chunk) in enumerate(self.store.iter_model_file(ident, size)):
+            if not context.is_active():
+                raise Cancelled("export cancelled by the client")
+            yield model_service_pb2.ExportModelResponse(
+                model=model if n == 0 else None, chunk_data=chunk, offset=offset
+            )
+
+    def ImportModel(self, request_iterator, context):
+        fd, tmp = tempfile.mkstemp(prefix="import-", suffix=".pt", dir=self.store.root / "tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                first = _receive(request_iterator, fh, self.max_model_bytes)
+            if first is None:
+                raise MilsilError("chunk_data is empty: stream the checkpoint file's bytes")
+            ident = first.model_id or new_id("model-")
+            parse_name(ident, "models", "model_id")
+            row = self.store.register_model(
+                Path(tmp), ident, display_name=first.display_name or "", move=True
+            )
+            return convert.model_message(row)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _receive(requests: Iterable[Any], fh: Any, max_bytes: int) -> Any:
+    """Write the streamed ``chunk_data`` to ``fh`` (synced); the first request, or None if no bytes."""
+    first = None
+    total = 0
+    for request in requests:
+        if first is None:
+            first = request
+        total += len(request.chunk_data)
+        if total > max_bytes:
+            raise ResourceExhausted(f"checkpoint exceeds the server limit of {max_bytes} bytes")
+        fh.write(request.chunk_data)
+    fh.flush()
+    os.fsync(fh.fileno())  # on disk before the store points at it
+    return first if total else None
