@@ -52,6 +52,22 @@ def _resolve(base: Path, value: str) -> Path:
     return (p if p.is_absolute() else base / p).resolve()
 
 
+def write_manifest(out_dir: str | Path, rows: Sequence[Sequence[str]]) -> Path:
+    """Write ``out_dir/manifest.csv`` (image,label,patient,mask) atomically; its path.
+
+    The writers of datasets (the synthetic generator, the CAMELYON16 adapter) share it, so
+    what they write is what :func:`read_manifest` reads.
+    """
+    manifest = Path(out_dir) / "manifest.csv"
+    tmp = manifest.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS])
+        writer.writerows(rows)
+    tmp.replace(manifest)
+    return manifest
+
+
 def read_manifest(
     csv_path: str | Path, class_names: Sequence[str] | None = None
 ) -> tuple[list[BagRecord], list[str]]:

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from milsil.data import BagRecord, read_manifest
+from milsil.data.bags import write_manifest
 from milsil.errors import MilsilError, NotFoundError
 
 CRC_NUCLEI = ("epithelial", "fibroblast", "inflammatory", "others")
@@ -325,14 +326,7 @@ def prepare_camelyon16(
         )
     if not rows:
         raise MilsilError(f"no tissue patches sampled from the slides under {root}")
-    manifest = out / "manifest.csv"
-    tmp = manifest.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "label", "patient", "mask"])
-        writer.writerows(rows)
-    tmp.replace(manifest)
-    return manifest
+    return write_manifest(out, rows)
 
 
 def camelyon16_records(

@@ -25,7 +25,6 @@ deterministic given the ``numpy.random.Generator``.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from milsil.data.bags import write_manifest
 from milsil.errors import MilsilError
 
 CLASS_NAMES = ("benign", "malignant")
@@ -384,11 +384,4 @@ def synthesize_dataset(
         if verbose:
             print(f"  patient {patient}: {images_per_patient} images written", flush=True)
 
-    manifest = out / "manifest.csv"
-    tmp = manifest.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "label", "patient", "mask"])
-        writer.writerows(rows)
-    tmp.replace(manifest)
-    return manifest
+    return write_manifest(out, rows)

@@ -6,7 +6,7 @@ CPU worker) and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` a
 CPUs, so the same code runs on a laptop (2 CPU processes), one GPU node or many nodes::
 
     # batch inference, slides sharded across 8 GPUs on one node
-    torchrun --nproc_per_node=8 -m milsil.wsi.batch SLIDES_DIR --model best.pt --out OUT --device cuda
+    torchrun --nproc_per_node=8 -m milsil.cli.slides SLIDES_DIR --model best.pt --out OUT --device cuda
     # DDP training on 2 nodes x 4 GPUs (run on each node, --node_rank 0 and 1)
     torchrun --nnodes=2 --nproc_per_node=4 --node_rank=0 --master_addr=HOST --master_port=29500 \
         -m milsil.cli train-ddp DATA --out RUN --device cuda
