@@ -68,6 +68,7 @@ try {
         return
     }
     client = milsil.Client.connect(s)
+    client.onWait = { line -> println(line) }   // busy server: print a waiting line and keep waiting
     client.listModels()   // fail fast (server down, wrong token) before reading any pixels
     def bags = Q.projectBags(client, s, project, getProjectEntry(), imageData, { line -> println('milsil: ' + line) })
     if (bags.isEmpty()) {

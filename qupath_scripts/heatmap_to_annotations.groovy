@@ -2,11 +2,14 @@
  * milsil: heatmap_to_annotations.groovy
  *
  * For each selected annotation (or each annotation of class `annotationClass`; the whole image
- * when nothing is selected), read the region
- * with ImageServer.readRegion at `downsample`, stream it in tiles to the milsil server's
+ * when nothing is selected), of any size, read the region
+ * with ImageServer.readRegion at `downsample`, stream it in tiles (row order, one tile in
+ * memory at a time, progress lines for long regions) to the milsil server's
  * Annotate call (a seamless per-pixel logit heatmap of the MIL-SIL BagNet, thresholded for
  * one class) and add the returned outlines as child annotations of that annotation, with
- * their classification and measurements. Optionally also adds tile objects carrying the
+ * their classification and measurements. With `serverSlides = true` the server reads the
+ * slide itself (`slidePathMap` says where it sees this machine's files) and only the
+ * annotation's outline is sent; if it cannot, the script says why and streams pixels. Optionally also adds tile objects carrying the
  * class probabilities, for Measure > Show measurement maps.
  *
  * Works on the current image ("Run") and on every image ("Run for project"). On any problem
@@ -35,8 +38,12 @@ def settings = [
     tileStride   : 32,                // their spacing, in pixels at `downsample`
     annotationClass: '',              // e.g. 'Tumor': use all annotations of this class, not the selection
     wholeImageIfNoSelection: true,    // no selected annotation: use the whole image (false: stop)
+    serverSlides : false,             // true: the server reads the slide itself (no pixels sent), when it can see it
+    slidePathMap : [:],               // where the server sees this machine's slides: local folder -> path under
+                                      // its --slide-root, e.g. ['/Volumes/slides': 'cohort1']
+    progressEverySeconds: 30,         // progress lines of long regions, at most this often
     timeoutSeconds: 60,               // deadline of quick calls
-    streamTimeoutSeconds: 900,        // deadline of one region's Annotate call
+    streamTimeoutSeconds: 86400,      // deadline of one region's call (whole tissue sections take long on a CPU)
     milsilHome   : '',                // folder holding lib/ (the milsil scripts folder); '' = beside this script
 ]
 // ======================================================================
@@ -91,6 +98,7 @@ try {
         targets = [null]   // the whole image
     }
     client = milsil.Client.connect(s)
+    client.onWait = { line -> println(line) }   // busy server: print a waiting line and keep waiting
     def model = Q.resolveModel(client, s.model)
     if (!model.receptive_field) {
         throw Q.failure(client, 'FAILED_PRECONDITION', model.name + ' (' + model.arch +
@@ -98,8 +106,10 @@ try {
     }
     def results = []
     for (def parent : targets) {
-        def r = Q.annotate(client, s, server, model, parent)
-        def tiles = Q.flag(s.addTiles) ? Q.probabilityTiles(client, s, server, model, parent) : []
+        def label = name + ': ' + (parent == null ? 'whole image' : (parent.getName() ?: 'annotation'))
+        def say = { line -> println(line) }
+        def r = Q.annotate(client, s, server, model, parent, label, say)
+        def tiles = Q.flag(s.addTiles) ? Q.probabilityTiles(client, s, server, model, parent, label, say) : []
         results.add([parent: parent, objects: r.objects, tiles: tiles, className: r.response.class_name])
     }
     // ---- all calls succeeded: now change the image ----

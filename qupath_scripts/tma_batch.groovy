@@ -36,6 +36,7 @@ def settings = [
     classification: '',                // QuPath class of the outlines; '' = className
     color         : [],                // [r, g, b] of that class; [] = the server's default colour
     csvPath       : '',                // '' = <project>/milsil/tma_summary.csv (or ~/milsil_tma_summary.csv)
+    progressEverySeconds: 30,          // progress lines of long outlines, at most this often
     timeoutSeconds: 60,                // deadline of quick calls
     streamTimeoutSeconds: 900,         // deadline of one core's call
     milsilHome    : '',                // folder holding lib/ (the milsil scripts folder); '' = beside this script
@@ -81,6 +82,7 @@ try {
         return
     }
     client = milsil.Client.connect(s)
+    client.onWait = { line -> println(line) }   // busy server: print a waiting line and keep waiting
     def model = Q.resolveModel(client, s.model)
     def classes = model.class_names
     def quote = { v -> def t = v == null ? '' : v.toString(); t.contains(',') || t.contains('"') ? '"' + t.replace('"', '""') + '"' : t }
@@ -105,7 +107,8 @@ try {
             continue
         }
         def r = client.classifyBag(model.name, tiles)
-        def outlines = Q.flag(s.addHeatmap) ? Q.annotate(client, s, server, model, core).objects : []
+        def outlines = Q.flag(s.addHeatmap) ? Q.annotate(client, s, server, model, core,
+            name + ': ' + core.getName(), { line -> println(line) }).objects : []
         results.add([core: core, probabilities: r.bag_probabilities, predicted: r.predicted_class,
                      patches: tiles.size(), outlines: outlines])
     }

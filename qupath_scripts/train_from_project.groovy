@@ -30,9 +30,11 @@ def settings = [
     maxPatchesPerBag: 64,                // at most this many patches per bag (evenly spaced)
     arch            : 'bagnet9',         // bagnet9, bagnet17, bagnet33 (heatmaps need a BagNet)
     head            : 'milsil',          // milsil (the paper), sil or mil
-    width           : 16,                // network width (64 = the published size)
+    recipe          : '',                // '' = the library's defaults (learn on a CPU, offline); 'paper' = the paper's recipe
+    pretrained      : '',                // '' = the recipe's (from scratch); 'imagenet' = published ImageNet weights (server downloads once)
+    width           : 0,                 // network width; 0 = the recipe's (16 from scratch, 64 with ImageNet weights)
     epochs          : 10,
-    learningRate    : 0,                 // 0 = the server's default (1e-4)
+    learningRate    : 0,                 // 0 = the recipe's (2e-3 from scratch, 1e-4 with ImageNet weights)
     batchSize       : 0,                 // bags per batch; 0 = the server's default
     validationFraction: 0,               // images held out; 0 = the server's default (0.2)
     seed            : 0,
@@ -80,6 +82,7 @@ try {
     String display = s.jobName ?: (project != null ? project.getPath().getParent().getFileName().toString() :
         Q.imageName(null, imageData))
     client = milsil.Client.connect(s)
+    client.onWait = { line -> println(line) }   // busy server: print a waiting line and keep waiting
     client.listModels()   // fail fast (server down, wrong token) before reading any pixels
     String datasetName = s.dataset
     if (!datasetName) {
@@ -101,7 +104,8 @@ try {
             ' (' + dataset.bag_count + ' bags, ' + dataset.patient_count + ' images; classes ' +
             dataset.class_names.join(', ') + ')')
     }
-    def config = [arch: s.arch, head: s.head, width: Q.integer(s.width), epochs: Q.integer(s.epochs),
+    def config = [arch: s.arch, head: s.head, recipe: s.recipe ?: '', pretrained: s.pretrained ?: '',
+                  width: Q.integer(s.width), epochs: Q.integer(s.epochs),
                   learning_rate: Q.num(s.learningRate), batch_size: Q.integer(s.batchSize),
                   patch_size: Q.integer(s.patchSize), seed: Q.integer(s.seed),
                   validation_fraction: Q.num(s.validationFraction), no_augment: Q.flag(s.noAugment)]

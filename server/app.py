@@ -32,11 +32,19 @@ from milsil.v1 import (
     training_service_pb2_grpc,
 )
 from milsil_server import auth
-from milsil_server.errors import Unauthenticated, Unavailable, status_for
+from milsil_server.errors import (
+    RETRY_KEY,
+    Busy,
+    Unauthenticated,
+    Unavailable,
+    rejection,
+    status_for,
+)
 from milsil_server.inference import ComputeSlots, Limits, ModelCache, default_device
 from milsil_server.inference_service import InferenceServicer
 from milsil_server.jobs import JobManager
 from milsil_server.model_service import ModelServicer
+from milsil_server.regions import MemoryBudget, default_max_memory
 from milsil_server.store import Store
 from milsil_server.training_service import TrainingServicer
 
@@ -48,6 +56,15 @@ SERVICE_NAMES = (
     inference_service_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
     training_service_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name,
 )
+
+
+# Health is never bounded or counted; reflection streams have a small bound of their own;
+# the pool has this many threads beyond the services' bound, so health (and the refusals
+# of calls over the bound) always find one.
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+REFLECTION_PREFIX = "/grpc.reflection."
+REFLECTION_CALLS = 2
+RESERVED_THREADS = 4
 
 
 def default_data_dir() -> Path:
@@ -80,6 +97,8 @@ class ServerConfig:
     slide_roots: tuple[Path, ...] = ()
     # Where AnnotateSlide/SlideHeatmap write TIFFs (default: <data_dir>/outputs).
     output_root: Path | None = None
+    # Memory all Heatmap/Annotate calls may hold at once, MB (None: a quarter of the RAM).
+    max_memory_mb: int | None = None
 
 
 class _Metrics:
@@ -127,8 +146,57 @@ class _Metrics:
             return float(torch.cuda.memory_allocated()) if device.type == "cuda" else 0.0
 
         memory.set_function(allocated)
+        self.rejected = prom.Counter(
+            "milsil_rejected_total",
+            "Requests refused, by reason: busy, the client waits and retries (queue_full, "
+            "displaced, too_many_calls, job_queue_full); final (too_large, out_of_memory, "
+            "draining, unauthenticated)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._prom = prom
         self.http, self.thread = prom.start_http_server(port, addr=host, registry=self.registry)
         self.port = self.http.server_port
+
+    def watch_slots(self, slots: ComputeSlots) -> None:
+        """Gauges of the compute queue: its length and the slots in use."""
+        queue = self._prom.Gauge(
+            "milsil_compute_queue_length",
+            "Requests waiting for a compute slot",
+            registry=self.registry,
+        )
+        queue.set_function(lambda: float(slots.waiting))
+        in_use = self._prom.Gauge(
+            "milsil_compute_slots_in_use",
+            "Compute slots computing now",
+            registry=self.registry,
+        )
+        in_use.set_function(lambda: float(slots.in_use))
+        total = self._prom.Gauge(
+            "milsil_compute_slots", "Compute slots configured", registry=self.registry
+        )
+        total.set(slots.slots)
+
+    def watch_memory(self, memory: MemoryBudget) -> None:
+        """Gauges of the region memory budget (--max-memory): bytes reserved and the limit."""
+        in_use = self._prom.Gauge(
+            "milsil_memory_budget_in_use_bytes",
+            "Bytes Heatmap/Annotate calls hold (reserved before allocating)",
+            registry=self.registry,
+        )
+        in_use.set_function(lambda: float(memory.in_use))
+        limit = self._prom.Gauge(
+            "milsil_memory_budget_bytes", "The region memory budget", registry=self.registry
+        )
+        limit.set(memory.limit)
+
+    def watch_jobs(self, jobs: JobManager) -> None:
+        """Gauges of the training jobs: running and queued."""
+        for state, what in (("running", "running"), ("queued", "waiting to run")):
+            gauge = self._prom.Gauge(
+                f"milsil_jobs_{state}", f"Training jobs {what}", registry=self.registry
+            )
+            gauge.set_function(lambda state=state: float(jobs.counts()[state]))
 
     def stop(self) -> None:
         self.http.shutdown()
@@ -145,8 +213,18 @@ class _Interceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        if method.startswith(HEALTH_PREFIX) and handler.unary_stream:
+            return handler  # Watch as grpc_health made it: non-blocking, holding no thread
         metadata = handler_call_details.invocation_metadata
         state = self.state
+        # Health is never bounded (it answers under any load); reflection has a small bound
+        # of its own; every other call counts against the services' bound.
+        if method.startswith(HEALTH_PREFIX):
+            bound = "health"
+        elif method.startswith(REFLECTION_PREFIX):
+            bound = "reflection"
+        else:
+            bound = "rpc"
 
         def admit() -> None:
             if auth.is_exempt(method):
@@ -163,8 +241,13 @@ class _Interceptor(grpc.ServerInterceptor):
             message = ""
             if exc is not None:
                 code, message = status_for(exc)
+                message = state.redact(message)
                 if code == grpc.StatusCode.INTERNAL:
                     log.error("%s failed unexpectedly", method, exc_info=exc)
+                retry, reason = rejection(exc, code)
+                if retry:  # busy (the client waits and retries) or never (too large)
+                    context.set_trailing_metadata(((RETRY_KEY, retry),))
+                state.reject(reason)
             elif not context.is_active():
                 code = grpc.StatusCode.CANCELLED
             if code == grpc.StatusCode.CANCELLED:
@@ -179,14 +262,16 @@ class _Interceptor(grpc.ServerInterceptor):
             def wrapped(request, context):
                 started = time.perf_counter()
                 state.enter(method)
+                claimed = False
                 try:
                     admit()
+                    claimed = state.claim(bound)
                     response = behavior(request, context)
                 except Exception as exc:  # noqa: BLE001 - mapped, never UNKNOWN
-                    state.leave(method)
+                    state.leave(method, bound if claimed else None)
                     finish(context, started, exc)
                     raise AssertionError("unreachable") from exc  # abort raised already
-                state.leave(method)
+                state.leave(method, bound)
                 finish(context, started, None)
                 return response
 
@@ -197,15 +282,17 @@ class _Interceptor(grpc.ServerInterceptor):
                 started = time.perf_counter()
                 state.enter(method)
                 error = None
+                claimed = False
                 try:
                     admit()
+                    claimed = state.claim(bound)
                     yield from behavior(request, context)
                 except GeneratorExit:
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped, never UNKNOWN
                     error = exc
                 finally:
-                    state.leave(method)
+                    state.leave(method, bound if claimed else None)
                     if error is None:
                         finish(context, started, None)
                 if error is not None:
@@ -237,12 +324,51 @@ class _Interceptor(grpc.ServerInterceptor):
 class _State:
     """Shared mutable server state the interceptor reads."""
 
-    def __init__(self, token: str | None, metrics: _Metrics | None) -> None:
+    def __init__(
+        self, token: str | None, metrics: _Metrics | None, bounds: dict[str, int] | None = None
+    ) -> None:
         self.token = token
         self.metrics = metrics
         self.draining = False
         self._lock = threading.Lock()
         self.in_flight = 0
+        # Concurrent RPCs per kind ("rpc": the services; "reflection"); health is unbounded.
+        self.bounds = dict(bounds or {})
+        self.active = dict.fromkeys(self.bounds, 0)
+        # (server folder, what a client sees instead), longest first.
+        self.hidden: list[tuple[str, str]] = []
+
+    def claim(self, kind: str) -> bool:
+        """Take one of the places of ``kind``; Busy (RESOURCE_EXHAUSTED, retry) when all
+        are taken. Returns True (the caller must :meth:`leave` with ``kind``)."""
+        with self._lock:
+            limit = self.bounds.get(kind)
+            if limit is None:
+                self.active[kind] = self.active.get(kind, 0) + 1
+                return True
+            if self.active[kind] >= limit:
+                raise Busy(
+                    f"server busy: {limit} calls are being served (the limit); retry later",
+                    reason="too_many_calls",
+                )
+            self.active[kind] += 1
+            return True
+
+    def hide(self, folder: str | Path, shown_as: str) -> None:
+        """Show ``folder`` (a server path) as ``shown_as`` in every message a client gets."""
+        for form in {str(folder), str(Path(folder).expanduser().resolve())}:
+            self.hidden.append((form.rstrip("/"), shown_as))
+        self.hidden.sort(key=lambda pair: -len(pair[0]))
+
+    def redact(self, message: str) -> str:
+        """``message`` without the server's folders (they go to the log, never to clients)."""
+        clean = message
+        for folder, shown_as in self.hidden:
+            if folder and folder != "/":
+                clean = clean.replace(folder, shown_as)
+        if clean != message:
+            log.info("message sent with server folders hidden: %s", message)
+        return clean
 
     def enter(self, method: str) -> None:
         with self._lock:
@@ -250,9 +376,15 @@ class _State:
         if self.metrics:
             self.metrics.in_flight.labels(method).inc()
 
-    def leave(self, method: str) -> None:
+    def reject(self, reason: str | None) -> None:
+        if reason and self.metrics:
+            self.metrics.rejected.labels(reason).inc()
+
+    def leave(self, method: str, kind: str | None = None) -> None:
         with self._lock:
             self.in_flight -= 1
+            if kind is not None:
+                self.active[kind] -= 1
         if self.metrics:
             self.metrics.in_flight.labels(method).dec()
 
@@ -291,13 +423,29 @@ class MilsilServer:
         self.store = Store(config.data_dir)
         self.cache = ModelCache(self._model_path, device=self.device)
         self.slots = ComputeSlots(config.compute_slots, config.max_waiting)
+        self.memory = MemoryBudget(
+            config.max_memory_mb * 2**20 if config.max_memory_mb else default_max_memory()
+        )
         self.jobs = JobManager(self.store, max_queued=config.max_queued_jobs)
         self.metrics = (
             _Metrics(config.host, config.metrics_port, self.device)
             if config.metrics_port is not None
             else None
         )
-        self.state = _State(config.token, self.metrics)
+        if self.metrics:
+            self.metrics.watch_slots(self.slots)
+            self.metrics.watch_jobs(self.jobs)
+            self.metrics.watch_memory(self.memory)
+        # The services' calls are bounded here, not by grpc's maximum_concurrent_rpcs (which
+        # counts health too): health always has threads of its own (RESERVED_THREADS).
+        bound = config.max_concurrent_rpcs or config.max_workers
+        self.state = _State(
+            config.token, self.metrics, {"rpc": bound, "reflection": REFLECTION_CALLS}
+        )
+        self.state.hide(self.store.root, "<data-dir>")
+        for root in config.slide_roots:
+            self.state.hide(root, "<slide-root>")
+        self.state.hide(config.output_root or self.store.root / "outputs", "<output-root>")
         max_bytes = config.max_message_mb * 2**20
         options = [
             ("grpc.max_receive_message_length", max_bytes),
@@ -306,11 +454,10 @@ class MilsilServer:
         ]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=config.max_workers, thread_name_prefix="milsil-rpc"
+                max_workers=bound + RESERVED_THREADS, thread_name_prefix="milsil-rpc"
             ),
             interceptors=[_Interceptor(self.state)],
             options=options,
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs or config.max_workers,
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.store, self.cache, max_bytes, config.max_model_mb * 2**20),
@@ -325,6 +472,7 @@ class MilsilServer:
                 slide_roots=config.slide_roots,
                 output_root=config.output_root,
                 max_message_bytes=max_bytes,
+                memory=self.memory,
             ),
             self.server,
         )

@@ -76,7 +76,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "--max-workers",
         type=int,
         default=16,
-        help="RPC threads = most concurrent RPCs; more get RESOURCE_EXHAUSTED (default 16)",
+        help="most concurrent calls (health not counted: it always answers); more get "
+        "RESOURCE_EXHAUSTED, busy (default 16)",
     )
     p.add_argument(
         "--compute-slots", type=int, default=1, help="inference computations at once (default 1)"
@@ -90,8 +91,20 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-region-pixels",
         type=int,
-        default=1 << 25,
-        help="largest Heatmap/Annotate region (pixels)",
+        default=1 << 36,
+        help="largest image a Heatmap/Annotate region may span (width x height pixels at its "
+        "downsample; default 2^36). Regions are streamed in bands: this bounds the image, "
+        "memory is bounded by --max-memory",
+    )
+    p.add_argument(
+        "--max-memory",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="memory all Heatmap/Annotate calls may hold at once, in MB (default: a quarter "
+        "of the machine's memory). A call holds about (tile height + 2 x band) x region "
+        "width x 4 bytes (band: 512 rows on a CPU) plus one chunk of the network; beyond "
+        "the budget: RESOURCE_EXHAUSTED",
     )
     p.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this HTTP port"
@@ -118,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if args.max_memory is not None and args.max_memory < 1:
+        raise MilsilError(f"--max-memory must be >= 1 (MB), got {args.max_memory}")
     for name in ("max_message_mb", "max_workers", "compute_slots", "max_region_pixels"):
         if getattr(args, name) < 1:
             raise MilsilError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -139,9 +154,14 @@ def run(args: argparse.Namespace) -> int:
         grace=args.grace,
         device=args.device,
         limits=Limits(max_region_pixels=args.max_region_pixels),
+        max_memory_mb=args.max_memory,
         slide_roots=tuple(args.slide_roots),
         output_root=args.output_root,
     )
+    # Everything this process writes is owner-only (the data dir holds patient ids and
+    # labels; slide maps and TIFFs are patient data too), whatever the caller's umask.
+    # Share an output root with a default ACL (setfacl -d), which the umask does not mask.
+    os.umask(0o077)
     server = build_server(config)
     print(
         f"milsil serve: listening on {args.host}:{server.port} (data dir {server.store.root})",

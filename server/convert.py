@@ -25,7 +25,8 @@ from milsil.models import target_class_index
 from milsil.v1 import common_pb2, inference_service_pb2, model_service_pb2, training_service_pb2
 from milsil.wsi.settings import DEFAULT_STRIDE, DEFAULT_TILE, SlideSettings
 from milsil_server.errors import Cancelled, ResourceExhausted
-from milsil_server.inference import Limits, RegionSpec, decode_tile
+from milsil_server.inference import Limits, decode_tile
+from milsil_server.regions import RegionSpec, TileData
 
 if TYPE_CHECKING:
     from milsil.wsi.heatmap import SlideProgress
@@ -90,6 +91,34 @@ def decode(tile: common_pb2.Tile, where: str, limits: Limits) -> np.ndarray:
             f"{where}.encoding {tile.encoding} is unknown; allowed: RAW_RGB8, PNG, JPEG"
         ) from None
     return decode_tile(encoding, tile.data, tile.width, tile.height, where, limits)
+
+
+def tile_data(tile: common_pb2.Tile, where: str) -> TileData:
+    """A region's ``Tile`` as plain values (not decoded: its header is checked first)."""
+    try:
+        encoding = common_pb2.Tile.Encoding.Name(tile.encoding)
+    except ValueError:
+        raise MilsilError(
+            f"{where}.encoding {tile.encoding} is unknown; allowed: RAW_RGB8, PNG, JPEG"
+        ) from None
+    return TileData(encoding, tile.data, tile.width, tile.height, tile.x, tile.y, tile.downsample)
+
+
+def region_tiles(
+    first: Iterable[common_pb2.Tile], messages: Iterable[Any], start: int = 0
+) -> Iterator[TileData]:
+    """The tiles of a Heatmap/Annotate stream: the first message's, then every later
+    message's (which must not repeat the config)."""
+    n = start
+    for tile in first:
+        yield tile_data(tile, f"tiles[{n}]")
+        n += 1
+    for message in messages:
+        if message.HasField("config"):
+            raise MilsilError("config may only be sent in the first message")
+        for tile in message.tiles:
+            yield tile_data(tile, f"tiles[{n}]")
+            n += 1
 
 
 # ------------------------------------------------------------------ ModelService
@@ -430,13 +459,13 @@ def heatmap_header(
 def region_tile(
     index: int,
     samples: tuple[int, int, int, int],
-    result: torch.Tensor,
+    block: torch.Tensor,
     dtype: np.dtype,
     probabilities: bool,
 ) -> inference_service_pb2.HeatmapTile:
-    """The samples ``(row0, row1, col0, col1)`` of a region's logits ``[C, rows, cols]``."""
+    """The logits ``[C, rows, cols]`` of the samples ``(row0, row1, col0, col1)`` of one
+    request tile."""
     r0, r1, c0, c1 = samples
-    block = result[:, r0:r1, c0:c1]
     tile = inference_service_pb2.HeatmapTile(
         tile_index=index,
         row=r0,
@@ -503,6 +532,15 @@ def slide_settings(config: inference_service_pb2.SlideConfig, limits: Limits) ->
         class_name=config.class_name or None,
         tissue_only=config.tissue_only if config.HasField("tissue_only") else True,
     )
+
+
+def slide_roi(config: inference_service_pb2.SlideConfig) -> Any:
+    """``SlideConfig.roi`` as a shapely geometry (level-0 px), or None (the whole slide)."""
+    if not config.roi:
+        return None
+    from milsil.wsi.geojson import roi_geometry
+
+    return roi_geometry(config.roi, "config.roi")
 
 
 def annotate_slide_settings(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 
-from milsil.errors import CheckpointError, MilsilError, NotFoundError
+from milsil.errors import CheckpointError, MilsilError, NotFoundError, UnavailableHereError
 
 
 class ServiceError(Exception):
@@ -24,16 +24,37 @@ class FailedPrecondition(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+# Trailing-metadata key of every RESOURCE_EXHAUSTED the server sends (documented in the
+# .proto files): "busy" = the same request may succeed later (both clients wait and retry
+# with jittered backoff up to their deadline); "never" = it can never fit (too large).
+RETRY_KEY = "milsil-retry"
+
+
 class ResourceExhausted(ServiceError):
-    """Over a limit (concurrency, queue, size); retry later or send less."""
+    """Over a limit the request can never fit (size, count): final, send less."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry = "never"
+
+    def __init__(self, message: str = "", reason: str = "too_large") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Busy(ResourceExhausted):
+    """The server is busy (a queue is full): the same request may succeed later."""
+
+    retry = "busy"
+
+    def __init__(self, message: str = "", reason: str = "queue_full") -> None:
+        super().__init__(message, reason)
 
 
 class Unavailable(ServiceError):
     """The server is draining (shutting down)."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    reason = "draining"
 
 
 class Cancelled(ServiceError):
@@ -52,6 +73,7 @@ class Unauthenticated(ServiceError):
     """Missing or wrong bearer token."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "unauthenticated"
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -62,6 +84,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, CheckpointError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, UnavailableHereError):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     if isinstance(exc, MilsilError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, MemoryError):
@@ -80,3 +104,14 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         grpc.StatusCode.INTERNAL,
         f"internal error ({name}{': ' + text if text else ''}); see the server log",
     )
+
+
+def rejection(exc: BaseException, code: grpc.StatusCode) -> tuple[str | None, str | None]:
+    """``(retry, reason)`` of a refused request: the ``milsil-retry`` value ("busy" or
+    "never", for RESOURCE_EXHAUSTED only) and the reason the metrics count it under."""
+    reason = getattr(exc, "reason", None)
+    if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None, reason
+    if isinstance(exc, ResourceExhausted):
+        return exc.retry, reason
+    return "never", "out_of_memory"  # MemoryError / device OOM: the request is too large

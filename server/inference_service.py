@@ -1,17 +1,18 @@
 """milsil.v1.InferenceService: bags, regions streamed by a client, slides the server reads.
 
 Each RPC converts its request (:mod:`milsil_server.convert`), runs the library under a
-compute slot, and converts the result back. Regions are assembled by
-:mod:`milsil_server.inference`; slides run in the background (:mod:`milsil_server.runner`)
+compute slot, and converts the result back. Streamed regions are computed band by band
+under the memory budget by :mod:`milsil_server.regions`; slides run in the background (:mod:`milsil_server.runner`)
 with their paths confined by :mod:`milsil_server.paths`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,30 +21,35 @@ import torch
 
 from milsil.errors import MilsilError
 from milsil.models import target_class_index
-from milsil.v1 import common_pb2, inference_service_pb2, inference_service_pb2_grpc
+from milsil.v1 import inference_service_pb2, inference_service_pb2_grpc
 from milsil.wsi.heatmap import SlideProgress, Timings
 from milsil.wsi.reader import open_slide
 from milsil.wsi.tiff import write_probability_tiff
-from milsil_server import convert, inference, runner, slide_jobs
+from milsil_server import convert, inference, regions, runner, slide_jobs
 from milsil_server.errors import Cancelled, ResourceExhausted
-from milsil_server.inference import ComputeSlots, Limits, ModelCache, RegionCanvas
+from milsil_server.inference import ComputeSlots, Limits, ModelCache
 from milsil_server.paths import SlidePaths
+from milsil_server.slots import QueueStatus
 from milsil_server.store import Store, parse_name
 
 
 @dataclass
 class _Region:
-    """A region request whose tiles have all arrived: model, canvas and sampling."""
+    """A Heatmap/Annotate stream once its config is read: the request, the model, and the
+    messages still to come (the first one's tiles included)."""
 
+    config: Any
     request: convert.RegionRequest
     model_id: str
     model: torch.nn.Module
-    canvas: RegionCanvas
+    halo: int
+    first: Any
+    rest: Iterator[Any]
 
     @property
     def samples(self) -> tuple[int, int]:
         """Heatmap rows and columns."""
-        r, stride = self.canvas.region, self.request.stride
+        r, stride = self.request.spec, self.request.stride
         return -(-r.height // stride), -(-r.width // stride)
 
 
@@ -59,6 +65,15 @@ class _Tally:
         return convert.slide_progress(p, self.started)
 
 
+def _queue_status(status: QueueStatus) -> inference_service_pb2.QueueStatus:
+    return inference_service_pb2.QueueStatus(position=status.position, waiting=status.waiting)
+
+
+def _queued(status: QueueStatus) -> inference_service_pb2.SlideProgress:
+    """A "queued" progress message with the request's place in the compute queue."""
+    return inference_service_pb2.SlideProgress(stage="queued", queue=_queue_status(status))
+
+
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     def __init__(
         self,
@@ -66,13 +81,15 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         cache: ModelCache,
         slots: ComputeSlots,
         limits: Limits,
-        max_tiles: int = 100_000,
+        max_tiles: int = 1_000_000,
         slide_roots: Sequence[str | Path] = (),
         output_root: str | Path | None = None,
         max_message_bytes: int = 64 * 2**20,
+        memory: regions.MemoryBudget | None = None,
     ) -> None:
         self.store, self.cache, self.slots, self.limits = store, cache, slots, limits
         self.max_tiles = max_tiles
+        self.memory = memory or regions.MemoryBudget(regions.default_max_memory())
         self.paths = SlidePaths(slide_roots, output_root or store.root / "outputs")
         self.max_message_bytes = max_message_bytes
         self.work_locks = runner.WorkLocks()
@@ -87,14 +104,14 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
     def ClassifyBag(self, request_iterator, context):
         model_name, tiles = convert.bag_request(request_iterator, self.limits)
         ident, model = self._model(model_name, "model")
-        with self.slots.acquire(context.is_active):
+        with self.slots.acquire(context.is_active, context.peer()):
             result = inference.classify_bag(model, tiles, context.is_active)
         return convert.classify_bag_response(ident, model.class_names, result)
 
     # ------------------------------------------------------------------ regions
 
-    def _read_region(self, request_iterator, kind: str) -> tuple[Any, _Region]:
-        """The first message's config and the assembled region of a Heatmap/Annotate stream."""
+    def _open_region(self, request_iterator, kind: str) -> _Region:
+        """A Heatmap/Annotate stream's config and model; no pixel is read yet."""
         iterator = iter(request_iterator)
         first = next(iterator, None)
         if first is None or not first.HasField("config"):
@@ -105,87 +122,100 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         else:
             request = convert.region_request(config.heatmap, "config.heatmap", self.limits)
         ident, model = self._model(request.model, request.model_field)
-        canvas = RegionCanvas(request.spec, inference.halo_for(model), *model.normalization)
-        region = _Region(request, ident, model, canvas)
-        if kind == "Annotate":
-            convert.annotate_settings(config, model.class_names)  # fail before the pixels
-        self._intake(canvas, first.tiles)
-        for message in iterator:
-            if message.HasField("config"):
-                raise MilsilError("config may only be sent in the first message")
-            self._intake(canvas, message.tiles)
-        canvas.check_covered()
-        canvas.mirror_missing_context()
-        return config, region
+        halo = inference.halo_for(model)
+        return _Region(config, request, ident, model, halo, first, iterator)
 
-    def _intake(self, canvas: RegionCanvas, tiles: Iterable[common_pb2.Tile]) -> None:
-        for tile in tiles:
-            n = len(canvas.placements)
-            if n >= self.max_tiles:
-                raise ResourceExhausted(f"at most {self.max_tiles} tiles per request")
-            where = f"tiles[{n}]"
-            pixels = convert.decode(tile, where, self.limits)
-            canvas.add(pixels, tile.x, tile.y, tile.downsample, where)
-
-    def _bands(self, region: _Region, context):
-        return inference.banded_heatmap(
-            region.model, region.canvas, region.request.stride, context.is_active, self.cache.device
+    def _stream(self, region: _Region, reservation, context) -> regions.RegionStream:
+        return regions.RegionStream(
+            region.request.spec,
+            region.model,
+            region.halo,
+            region.request.stride,
+            self.limits,
+            reservation,
+            context.is_active,
+            self.cache.device,
+            self.max_tiles,
         )
 
+    def _events(self, region: _Region, stream: regions.RegionStream) -> Iterator[Any]:
+        """The stream's events (tiles placed, bands computed), its window reserved for the
+        first tile before anything is answered (so a busy budget is refused up front)."""
+        tiles = convert.region_tiles(region.first.tiles, region.rest)
+        first = next(tiles, None)
+        if first is not None:
+            side = self.limits.max_tile_side
+            stream.reserve_for(min(first.height, side), min(first.width, side))
+            tiles = itertools.chain([first], tiles)
+        return itertools.chain(stream.feed(tiles), stream.finish())
+
     def Heatmap(self, request_iterator, context):
-        _config, region = self._read_region(request_iterator, "Heatmap")
-        req, r = region.request, region.canvas.region
+        region = self._open_region(request_iterator, "Heatmap")
+        req, r = region.request, region.request.spec
         Response = inference_service_pb2.HeatmapResponse
-        with self.slots.acquire(context.is_active):
-            yield Response(
-                header=convert.heatmap_header(
-                    region.model_id,
-                    region.model,
-                    *region.samples,
-                    req.stride,
-                    r.downsample,
-                    (r.x, r.y),
-                    req.value_type,
-                )
-            )
-            pending = sorted(region.canvas.placements, key=lambda p: p.y1)
-            for done, result in self._bands(region, context):
-                while pending and -(-pending[0].y1 // req.stride) <= done:
-                    placement = pending.pop(0)
-                    samples = inference.tile_samples(placement, req.stride)
-                    tile = convert.region_tile(
-                        placement.index, samples, result, req.dtype, req.include_probabilities
+        with self.slots.queued(context.is_active, context.peer()) as ticket:
+            for status in ticket.waiting():
+                yield Response(queue=_queue_status(status))
+            with self.memory.reservation() as reservation:
+                stream = self._stream(region, reservation, context)
+                try:
+                    events = self._events(region, stream)
+                    yield Response(
+                        header=convert.heatmap_header(
+                            region.model_id,
+                            region.model,
+                            *region.samples,
+                            req.stride,
+                            r.downsample,
+                            (r.x, r.y),
+                            req.value_type,
+                        )
                     )
-                    yield Response(tile=tile)
+                    stream.answered = True
+                    replies = regions.TileReplies(stream)
+                    for event in events:
+                        for index, samples, block in replies.handle(event):
+                            tile = convert.region_tile(
+                                index, samples, block, req.dtype, req.include_probabilities
+                            )
+                            yield Response(tile=tile)
+                finally:
+                    stream.close()
 
     def Annotate(self, request_iterator, context):
-        from milsil.wsi.geojson import heatmap_to_geojson
+        from milsil.wsi.geojson import OutlineStream
 
-        config, region = self._read_region(request_iterator, "Annotate")
-        settings = convert.annotate_settings(config, region.model.class_names)
-        with self.slots.acquire(context.is_active):
-            result = None
-            for _done, full in self._bands(region, context):
-                result = full
-        if not context.is_active():
-            raise Cancelled("request cancelled or deadline exceeded")
-        k = settings.class_index
-        logits = result[k].numpy()
-        probs = torch.softmax(result, dim=0)[k].numpy()
-        r = region.canvas.region
-        collection, objects = heatmap_to_geojson(
-            probs if settings.probability else logits,
+        region = self._open_region(request_iterator, "Annotate")
+        settings = convert.annotate_settings(region.config, region.model.class_names)
+        r, stride = region.request.spec, region.request.stride
+        outlines = OutlineStream(
+            *region.samples,
             settings.threshold,
             origin=(r.x, r.y),
             downsample=r.downsample,
-            stride=region.request.stride,
+            stride=stride,
             region_size=(r.width * r.downsample, r.height * r.downsample),
             classification=settings.classification,
             color=settings.color,
             min_area=settings.min_area,
             simplify_tolerance=settings.simplify_tolerance,
-            measurement_maps={"probability": probs, "logit": logits},
         )
+        with (
+            self.slots.acquire(context.is_active, context.peer()),
+            self.memory.reservation() as reservation,
+        ):
+            stream = self._stream(region, reservation, context)
+            try:
+                for event in self._events(region, stream):
+                    if isinstance(event, regions.Computed):
+                        probs, logits = regions.class_maps(event.logits, settings.class_index)
+                        values = probs if settings.probability else logits
+                        outlines.add(values, {"probability": probs, "logit": logits})
+            finally:
+                stream.close()
+        if not context.is_active():
+            raise Cancelled("request cancelled or deadline exceeded")
+        collection, objects = outlines.finish()
         return convert.annotate_response(collection, objects, region.model_id, settings.class_name)
 
     # ------------------------------------------------------------------ whole slides
@@ -202,7 +232,8 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         tiff, tiff_rel = None, ""
         if config.write_tiff or config.tiff_path:
             name = config.tiff_path or slide_jobs.default_tiff_name(in_root, ident, settings)
-            tiff, tiff_rel = self.paths.tiff_target(name)
+            field = "config.tiff_path" if config.tiff_path else "config.tiff_path (default name)"
+            tiff, tiff_rel = self.paths.tiff_target(name, field)
         sha256 = self.store.get_model(ident).get("sha256", "")
         return slide_jobs.SlideJob(
             model_id=ident,
@@ -214,6 +245,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             tiff=tiff,
             tiff_rel=tiff_rel,
             work_dir=slide_jobs.work_dir(self.store.root, path, ident, sha256, settings),
+            roi=convert.slide_roi(config),
         )
 
     def AnnotateSlide(self, request, context):
@@ -226,8 +258,10 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         yield Response(progress=convert.slide_progress(None, time.perf_counter(), "queued"))
         with (
             self.work_locks.hold(job.work_dir.name, context.is_active),
-            self.slots.acquire(context.is_active),
+            self.slots.queued(context.is_active, context.peer()) as ticket,
         ):
+            for status in ticket.waiting():
+                yield Response(progress=_queued(status))
             tally = _Tally(time.perf_counter())
             yield Response(progress=convert.slide_progress(None, tally.started, job.first_stage))
             result = yield from runner.in_background(
@@ -276,7 +310,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             yield Response(progress=convert.slide_progress(None, time.perf_counter(), "queued"))
             timings = Timings()
             with self.work_locks.hold(job.work_dir.name, context.is_active):
-                with self.slots.acquire(context.is_active):
+                with self.slots.queued(context.is_active, context.peer()) as ticket:
+                    for status in ticket.waiting():
+                        yield Response(progress=_queued(status))
                     tally = _Tally(time.perf_counter())
                     stage = job.first_stage
                     yield Response(progress=convert.slide_progress(None, tally.started, stage))

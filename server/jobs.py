@@ -7,6 +7,10 @@ writes it to SQLite (so a restarted server still knows the job) and wakes WatchJ
 streams. Stopping is cooperative: ``train_model(should_stop=...)`` checkpoints ``last.pt``
 and returns, so a cancelled or interrupted job can be resumed where it stopped.
 
+The trainer's own side (its entry point, its tie to the server through a parent-death
+signal, its exclusive lock on the job folder) is :mod:`milsil_server.trainer`; before a
+folder is given to a trainer, and at a restart, a stale trainer still holding it is ended.
+
 States: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED | INTERRUPTED. A job that was
 RUNNING when the server died is marked INTERRUPTED at the next start; StartTraining with
 ``resume_job`` puts it back in the queue and training continues from its last checkpoint.
@@ -17,19 +21,27 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing as mp
+import os
 import queue as queue_mod
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from milsil.engine.config import TrainConfig
 from milsil.errors import MilsilError, NotFoundError
 from milsil.v1.training_service_pb2 import Job
-from milsil_server.errors import FailedPrecondition, ResourceExhausted
-from milsil_server.store import Store, new_id
+from milsil_server.errors import Busy, FailedPrecondition
+from milsil_server.store import Store, new_id, private_dir
+from milsil_server.trainer import (
+    child_main,
+    dataset_records,
+    end_holder,
+    split_records,
+    train_config,
+)
 
 log = logging.getLogger("milsil.server.jobs")
 
@@ -44,17 +56,22 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
 FINAL_STATES = tuple(name for name, number in _State.items() if number > Job.RUNNING)
 RESUMABLE_STATES = tuple(s for s in FINAL_STATES if s != SUCCEEDED)
 
-# Defaults for zero-valued TrainingConfig fields (proto3 cannot tell unset from 0).
+# Defaults for zero-valued TrainingConfig fields (proto3 cannot tell unset from 0): the
+# library's (milsil.engine.config.TrainConfig), so a job trains as `milsil train` does with
+# no flags. width, learning_rate, lr_decay and pretrained are left to the training recipe
+# (milsil.engine.recipe), which effective_config writes back; validation_fraction is the
+# CLI's --val-fraction default.
+_LIBRARY = TrainConfig.__dataclass_fields__
 DEFAULTS = {
-    "arch": "bagnet9",
-    "head": "milsil",
-    "width": 16,
-    "epochs": 10,
-    "learning_rate": 1e-4,
-    "lr_decay": 0.9,
-    "batch_size": 8,
+    "arch": _LIBRARY["arch"].default,
+    "head": _LIBRARY["head"].default,
+    "epochs": _LIBRARY["epochs"].default,
+    "batch_size": _LIBRARY["batch_size"].default,
+    "recipe": _LIBRARY["recipe"].default,
     "validation_fraction": 0.2,
 }
+# What a request may ask for as `pretrained` (a path would name a file on the server).
+PRETRAINED_ALLOWED = ("", "none", "imagenet")
 
 
 def effective_config(request: dict[str, Any], dataset: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +81,7 @@ def effective_config(request: dict[str, Any], dataset: dict[str, Any]) -> dict[s
         if not cfg.get(key):
             cfg[key] = default
     for key in ("learning_rate", "lr_decay", "validation_fraction"):
-        if not math.isfinite(float(cfg[key])):
+        if not math.isfinite(float(cfg.get(key) or 0)):
             raise MilsilError(f"config.{key} must be a finite number, got {cfg[key]}")
     sizes = {tuple(b["tile_size"]) for b in dataset["bags"]}
     if not cfg.get("patch_size"):
@@ -81,105 +98,26 @@ def effective_config(request: dict[str, Any], dataset: dict[str, Any]) -> dict[s
         )
     if cfg.get("seed", 0) < 0:
         raise MilsilError(f"config.seed must be >= 0, got {cfg['seed']}")
-    train_config(cfg)  # validates arch/head/width/epochs/lr/patch size (names the field)
+    if (cfg.get("pretrained") or "") not in PRETRAINED_ALLOWED:
+        raise MilsilError(
+            f"config.pretrained must be '', 'none' or 'imagenet', got {cfg.get('pretrained')!r} "
+            "(files on the server are not accepted)"
+        )
+    # validates arch/head/width/epochs/lr/patch size (names the field) and fills in the
+    # recipe's choices, which the job records as its effective settings
+    resolved = train_config(cfg)
+    cfg.update(
+        width=resolved.width,
+        learning_rate=resolved.lr,
+        lr_decay=resolved.lr_decay,
+        pretrained=resolved.pretrained,
+        recipe=resolved.recipe,
+    )
+    if resolved.pretrained == "imagenet":
+        from milsil.models.pretrained import probe
+
+        probe(resolved.arch)  # an offline server says so now (FAILED_PRECONDITION)
     return cfg
-
-
-def train_config(cfg: dict[str, Any]) -> Any:
-    """The milsil.engine.config.TrainConfig for effective settings."""
-    from milsil.engine.config import TrainConfig
-
-    try:
-        return TrainConfig(
-            arch=cfg["arch"],
-            head=cfg["head"],
-            width=int(cfg["width"]),
-            epochs=int(cfg["epochs"]),
-            lr=float(cfg["learning_rate"]),
-            lr_decay=float(cfg["lr_decay"]),
-            batch_size=int(cfg["batch_size"]),
-            patch_size=int(cfg["patch_size"]),
-            augment=not cfg.get("no_augment", False),
-            seed=int(cfg.get("seed") or 0),
-            device="auto",
-            num_workers=0,
-        )
-    except MilsilError as exc:
-        raise MilsilError(f"config: {exc}") from None
-
-
-def dataset_records(dataset: dict[str, Any], dataset_dir: Path) -> tuple[list[Any], list[str]]:
-    """BagRecords (absolute .npz paths) and class names of a stored dataset."""
-    from milsil.data import BagRecord
-
-    classes = list(dataset["class_names"])
-    records = [
-        BagRecord(
-            path=str(dataset_dir / "bags" / f"{b['sha']}.npz"),
-            label=classes.index(b["label"]),
-            patient=b["patient"],
-        )
-        for b in dataset["bags"]
-    ]
-    return records, classes
-
-
-def split_records(records: list[Any], cfg: dict[str, Any]) -> tuple[list[Any], list[Any]]:
-    """Patient-level train/validation split per the config (fold of k, or a fraction)."""
-    from milsil.data import patient_kfold, patient_split
-
-    seed = int(cfg.get("seed") or 0)
-    folds = int(cfg.get("folds") or 0)
-    if folds > 1:
-        return patient_kfold(records, k=folds, seed=seed)[int(cfg.get("fold") or 0)]
-    return patient_split(records, test_fraction=float(cfg["validation_fraction"]), seed=seed)
-
-
-def _child_main(args: dict[str, Any], events: Any, stop: Any) -> None:
-    """Entry point of the spawned training process (top-level so spawn can import it)."""
-    try:
-        from milsil.engine.loop import train_model
-
-        dataset_dir = Path(args["dataset_dir"])
-        records, classes = dataset_records(args["dataset"], dataset_dir)
-        train, val = split_records(records, args["config"])
-        config = train_config(args["config"])
-        last_sent = [0.0]
-
-        def progress(p: Any) -> None:
-            now = time.monotonic()
-            if getattr(p, "event", "step") == "step" and now - last_sent[0] < 0.25:
-                return  # throttle step events; epoch/end always go through
-            last_sent[0] = now
-            events.put(("progress", p.to_dict()))
-
-        result = train_model(
-            config,
-            train,
-            val,
-            classes,
-            args["out_dir"],
-            progress=progress,
-            should_stop=stop.is_set,
-            resume=True,
-        )
-        history = result.history[-1] if result.history else {}
-        events.put(
-            (
-                "done",
-                {
-                    "stopped": bool(result.stopped),
-                    "best_checkpoint": str(result.best_checkpoint),
-                    "metrics": {k: v for k, v in history.items() if isinstance(v, (int, float))},
-                },
-            )
-        )
-    except MilsilError as exc:
-        events.put(("error", str(exc)))
-    except BaseException as exc:  # noqa: BLE001 - report anything to the parent, then exit
-        traceback.print_exc()
-        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        events.put(("error", f"{type(exc).__name__}: {text}"))
 
 
 class JobManager:
@@ -202,6 +140,7 @@ class JobManager:
         self._running: dict[str, Any] = {}  # job id -> {"process", "stop", "reason"}
         self._closing = False
         for job in store.jobs_in_state(RUNNING):
+            self._end_stale_trainer(job["id"])
             job["state"] = INTERRUPTED
             job["error"] = (
                 "the server stopped while this job ran; resume it with StartTraining(resume_job)"
@@ -321,12 +260,31 @@ class JobManager:
         if self._thread.is_alive():
             self._thread.join(max(0.1, deadline - time.monotonic()) + 5)
 
+    def counts(self) -> dict[str, int]:
+        """Jobs ``running`` (a trainer process) and ``queued`` (waiting for one), now."""
+        with self._cond:
+            return {"running": len(self._running), "queued": len(self._queue)}
+
     # ------------------------------------------------------------------ internals
+
+    def _end_stale_trainer(self, job_id: str) -> bool:
+        """End a trainer of an earlier server still holding this job's folder (one folder,
+        one writer); False when it cannot be ended."""
+        try:
+            pid = end_holder(self.store.job_dir(job_id))
+        except MilsilError:
+            log.exception("job %s: its folder is held by a process that did not stop", job_id)
+            return False
+        if pid is not None:
+            log.warning("job %s: ended stale trainer pid %s before using its folder", job_id, pid)
+        return True
 
     def _check_capacity(self) -> None:
         if len(self._queue) >= self.max_queued:
-            raise ResourceExhausted(
-                f"{len(self._queue)} training jobs are already queued (limit {self.max_queued})"
+            raise Busy(
+                f"server busy: {len(self._queue)} training jobs are already queued "
+                f"(limit {self.max_queued}); retry when one has started",
+                reason="job_queue_full",
             )
 
     def _bump(self, job_id: str) -> None:
@@ -369,17 +327,27 @@ class JobManager:
         if job["state"] != QUEUED:
             return
         dataset = self.store.get_dataset(job["dataset_id"])
-        out_dir = self.store.job_dir(job_id)
+        out_dir = private_dir(self.store.job_dir(job_id))
         args = {
             "dataset": dataset,
             "dataset_dir": str(self.store.dataset_dir(job["dataset_id"])),
             "config": job["config"],
             "out_dir": str(out_dir),
+            "data_root": str(self.store.root),
+            "server_pid": os.getpid(),
         }
+        if not self._end_stale_trainer(job_id):
+            self._finish(
+                job,
+                FAILED,
+                f"another process still holds jobs/{job_id} and could not be stopped; "
+                "see the server log, then resume the job",
+            )
+            return
         events = self._ctx.Queue()
         stop = self._ctx.Event()
         process = self._ctx.Process(
-            target=_child_main,
+            target=child_main,
             args=(args, events, stop),
             name=f"milsil-train-{job_id}",
             daemon=True,
@@ -478,4 +446,5 @@ class JobManager:
             source_job=f"jobs/{job['id']}",
             metrics=metrics,
             patch_size=int(job["config"].get("patch_size") or 0),
+            label=f"jobs/{job['id']}/{Path(result['best_checkpoint']).name}",
         )

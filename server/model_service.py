@@ -68,7 +68,11 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             ident = first.model_id or new_id("model-")
             parse_name(ident, "models", "model_id")
             row = self.store.register_model(
-                Path(tmp), ident, display_name=first.display_name or "", move=True
+                Path(tmp),
+                ident,
+                display_name=first.display_name or "",
+                move=True,
+                label="the uploaded checkpoint (chunk_data)",
             )
             return convert.model_message(row)
         finally:

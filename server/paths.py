@@ -6,6 +6,8 @@ Every path a client names passes through here, so the confinement rules (symlink
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -21,14 +23,50 @@ def resolve_under_root(root: str | Path, path: str | Path) -> Path:
     """
     root_r = Path(root).resolve()
     p = Path(path)
+    shown = _shown(str(path))
     candidate = (p if p.is_absolute() else root_r / p).resolve()
     if candidate != root_r and root_r not in candidate.parents:
-        raise MilsilError(
-            f"slide path {str(path)!r} is outside the slide root; give a path under it"
-        )
+        raise MilsilError(f"slide path {shown} is outside the slide root; give a path under it")
     if not candidate.exists():
-        raise NotFoundError(f"slide not found under the slide root: {path}")
+        raise NotFoundError(f"slide not found under the slide root: {shown}")
     return candidate
+
+
+# Linux limits (NAME_MAX, PATH_MAX); a longer name is refused before any system call.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4095
+
+
+def _shown(path: str) -> str:
+    """A client's path for a message: quoted, and cut short when long."""
+    return repr(path) if len(path) <= 80 else repr(path[:60]) + f"... ({len(path)} characters)"
+
+
+def check_path_text(path: str, field: str) -> None:
+    """Refuse NUL characters and names or paths longer than the file system allows."""
+    if "\x00" in path:
+        raise MilsilError(f"{field} must not contain NUL characters")
+    encoded = path.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_PATH_BYTES:
+        raise MilsilError(
+            f"{field} is {len(encoded)} bytes long; at most {MAX_PATH_BYTES} bytes are allowed"
+        )
+    for part in path.replace("\\", "/").split("/"):
+        size = len(part.encode("utf-8", "surrogateescape"))
+        if size > MAX_NAME_BYTES:
+            raise MilsilError(
+                f"{field} has a file or folder name of {size} bytes ({_shown(part)}); "
+                f"at most {MAX_NAME_BYTES} bytes per name are allowed"
+            )
+
+
+def path_error(field: str, path: str, exc: OSError) -> MilsilError:
+    """An OSError met while handling a client's path, as a one-line INVALID_ARGUMENT that
+    names the field and never the server's folders."""
+    reason = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    if exc.errno == errno.ENOENT:
+        return NotFoundError(f"{field} {_shown(path)}: {reason.lower()}")
+    return MilsilError(f"{field} {_shown(path)} cannot be used: {reason.lower()}")
 
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -55,40 +93,55 @@ class SlidePaths:
             )
         if not path:
             raise MilsilError("config.path is required: a slide file under the server's slide root")
-        if "\x00" in path:
-            raise MilsilError("config.path must not contain NUL characters")
+        check_path_text(path, "config.path")
         missing: NotFoundError | None = None
         for root in self.slide_roots:
             try:
                 found = resolve_under_root(root, path)
+                if found.is_dir():
+                    raise MilsilError(f"config.path {_shown(path)} is a folder; give a slide file")
             except NotFoundError as exc:
                 missing = missing or exc
                 continue
-            except MilsilError:
+            except OSError as exc:  # too long, a file used as a folder, no permission, ...
+                raise path_error("config.path", path, exc) from None
+            except MilsilError as exc:
+                if "is a folder" in str(exc):
+                    raise
                 continue  # outside this root; maybe inside another
-            if found.is_dir():
-                raise MilsilError(f"config.path {path!r} is a folder; give a slide file")
             return found, found.relative_to(root)
         if missing is not None:
             raise NotFoundError(f"config.path: {missing}")
         raise MilsilError(
-            f"config.path {path!r} is outside the server's slide root ('..' and symbolic "
+            f"config.path {_shown(path)} is outside the server's slide root ('..' and symbolic "
             "links included); give a path relative to the slide root"
         )
 
-    def tiff_target(self, name: str) -> tuple[Path, str]:
+    def tiff_target(self, name: str, field: str = "config.tiff_path") -> tuple[Path, str]:
         """Absolute TIFF path under the output root, and the same relative to it (POSIX)."""
+        check_path_text(name, field)
+        shown = _shown(name)
         pure = PurePosixPath(name.replace("\\", "/"))
-        if pure.is_absolute() or ".." in pure.parts or "\x00" in name:
+        if pure.is_absolute() or ".." in pure.parts:
             raise MilsilError(
-                f"config.tiff_path {name!r} must be a relative path without '..' "
+                f"{field} {shown} must be a relative path without '..' "
                 "(it is written under the server's output root)"
             )
         if pure.suffix.lower() not in TIFF_SUFFIXES:
-            raise MilsilError(f"config.tiff_path {name!r} must end in .tif or .tiff")
-        target = (self.output_root / pure).resolve()
-        if self.output_root not in target.parents:
-            raise MilsilError(f"config.tiff_path {name!r} leads outside the server's output root")
-        if target.is_dir():
-            raise MilsilError(f"config.tiff_path {name!r} is a folder on the server")
+            raise MilsilError(f"{field} {shown} must end in .tif or .tiff")
+        try:
+            target = (self.output_root / pure).resolve()
+            if self.output_root not in target.parents:
+                raise MilsilError(f"{field} {shown} leads outside the server's output root")
+            if target.is_dir():
+                raise MilsilError(f"{field} {shown} is a folder on the server")
+            for parent in target.relative_to(self.output_root).parents:
+                folder = self.output_root / parent
+                if folder.exists() and not folder.is_dir():
+                    raise MilsilError(
+                        f"{field} {shown}: {parent.as_posix()!r} is a file on the "
+                        "server, not a folder"
+                    )
+        except OSError as exc:
+            raise path_error(field, name, exc) from None
         return target, target.relative_to(self.output_root).as_posix()

@@ -35,6 +35,7 @@ class SlideJob:
     tiff: Path | None  # absolute TIFF target, or None
     tiff_rel: str  # its path relative to the output root
     work_dir: Path  # resumable state, one per (slide, model, settings)
+    roi: Any = None  # region of interest (shapely, level-0 px), or None: the whole slide
 
     @property
     def class_name(self) -> str:
@@ -88,6 +89,7 @@ def annotate(
         keep_work=True,  # removed by the caller, once the result fits in a message
         progress=progress,
         should_stop=should_stop,
+        roi=job.roi,
     )
 
 
@@ -109,4 +111,5 @@ def heatmap(
         progress=progress,
         should_stop=should_stop,
         timings=timings,
+        roi=job.roi,
     )

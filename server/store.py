@@ -5,8 +5,13 @@ Layout::
     DATA_DIR/milsil.db            datasets, models, jobs (SQLite, WAL)
     DATA_DIR/datasets/<id>/       bags/<sha>.npz (tiles uint8 [N,h,w,3]) + manifest.csv
     DATA_DIR/models/<id>.pt       checkpoints (milsil.models.save_checkpoint format)
-    DATA_DIR/jobs/<id>/           a training run's out_dir (last.pt, best.pt, log.jsonl)
+    DATA_DIR/jobs/<id>/           a training run's out_dir (last.pt, best.pt, log.jsonl,
+                                  trainer.lock: held by the one trainer that owns the folder)
     DATA_DIR/tmp/                 uploads in progress (emptied at start)
+    DATA_DIR/slide-work/          resumable whole-slide maps; DATA_DIR/outputs/: default TIFFs
+
+The data dir and every folder in it are 0700 and the database (with its WAL and SHM
+files) 0600, whatever the umask: the store holds patient ids and labels.
 
 Every file is written to a temporary name and renamed into place, and a database row is
 written only after its files exist, so a killed server leaves either the old state or the
@@ -20,6 +25,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -111,6 +117,7 @@ class DatasetWriter:
             raise MilsilError(
                 f"a bag needs uint8 tiles [N, h, w, 3] with N >= 1, got shape {tiles.shape}"
             )
+        label = label.strip()  # "tumor " and "tumor" are one class
         if not label:
             raise MilsilError("bags[].label is required (a class name such as 'malignant')")
         if not patient:
@@ -147,22 +154,60 @@ class DatasetWriter:
         return "ds-" + hashlib.sha256("\n".join(keys).encode()).hexdigest()[:24]
 
 
+# Folders the server keeps under its data dir (all 0700).
+PRIVATE_FOLDERS = ("datasets", "models", "jobs", "tmp", "slide-work", "outputs")
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) as an owner-only (0700) folder, whatever the
+    umask; an existing folder is made 0700 too."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _numbers(raw: dict[Any, Any]) -> dict[str, float]:
+    """The finite numbers of an untrusted mapping (a checkpoint's provenance metrics)."""
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                continue
+            if math.isfinite(number):
+                out[str(key)[:100]] = number
+    return out
+
+
 class Store:
     """Metadata in SQLite (one connection, serialized by a lock: the load is tiny)."""
 
     def __init__(self, data_dir: str | Path) -> None:
         self.root = Path(data_dir).expanduser().resolve()
-        for sub in ("datasets", "models", "jobs", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        # Owner-only, whatever the umask: the store holds patient ids and labels.
+        private_dir(self.root)
+        for sub in PRIVATE_FOLDERS:
+            private_dir(self.root / sub)
+        for sub in ("datasets", "jobs"):  # folders of older versions, made private
+            for entry in (self.root / sub).iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    os.chmod(entry, 0o700)
         for leftover in (self.root / "tmp").iterdir():  # uploads cut off by a crash
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.root / "milsil.db", check_same_thread=False, isolation_level=None
-        )
+        db_path = self.root / "milsil.db"
+        # SQLite creates its -wal and -shm files with the database file's mode: 0600.
+        os.close(os.open(db_path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(db_path, 0o600)
+        for side in ("-wal", "-shm", "-journal"):
+            side_path = db_path.with_name(db_path.name + side)
+            if side_path.exists():
+                os.chmod(side_path, 0o600)
+        self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -210,8 +255,8 @@ class Store:
     # ------------------------------------------------------------------ datasets
 
     def dataset_writer(self) -> DatasetWriter:
-        folder = Path(tempfile.mkdtemp(prefix="upload-", dir=self.root / "tmp"))
-        (folder / "bags").mkdir()
+        folder = Path(tempfile.mkdtemp(prefix="upload-", dir=self.root / "tmp"))  # 0700
+        (folder / "bags").mkdir(mode=0o700)
         return DatasetWriter(self, folder)
 
     def discard(self, writer: DatasetWriter) -> None:
@@ -225,6 +270,15 @@ class Store:
             self.discard(writer)
             raise MilsilError("the upload held no bags; send UploadDatasetRequest.bags")
         labels = {b["label"] for b in writer.bags}
+        by_case: dict[str, str] = {}
+        for label in sorted(labels):
+            other = by_case.setdefault(label.casefold(), label)
+            if other != label:
+                self.discard(writer)
+                raise MilsilError(
+                    f"bags[].label {other!r} and {label!r} differ only by case; "
+                    "use one spelling per class"
+                )
         if len(labels) < 2:
             self.discard(writer)
             raise MilsilError(
@@ -243,7 +297,10 @@ class Store:
             if final.exists():  # files of a crash between rename and insert: replace them
                 shutil.rmtree(final)
             classes = class_order(labels)
-            with open(writer.folder / "manifest.csv", "w", newline="") as fh:
+            manifest = os.open(
+                writer.folder / "manifest.csv", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+            )
+            with open(manifest, "w", newline="") as fh:
                 out = csv.writer(fh)
                 out.writerow(["image", "label", "patient"])
                 for bag in writer.bags:
@@ -283,26 +340,36 @@ class Store:
         metrics: dict[str, float] | None = None,
         patch_size: int = 0,
         move: bool = False,
+        label: str | None = None,
     ) -> dict[str, Any]:
-        """Validate a checkpoint (weights_only load + config) and register it under ``ident``."""
-        from milsil.models import load_checkpoint, read_checkpoint
+        """Validate a checkpoint (weights_only load, config bounds, every tensor's shape on
+        the meta device, then the weights) and register it under ``ident``.
+
+        ``label`` names the file in error messages (clients never see server paths)."""
+        from milsil.models import load_checkpoint
 
         if not ID_PATTERN.match(ident):
             raise MilsilError(
-                f"model_id {ident!r} is invalid; allowed: 1-63 lowercase letters, digits and '-'"
+                f"model_id {ident[:80]!r} is invalid; allowed: 1-63 lowercase letters, digits and '-'"
             )
-        payload = read_checkpoint(checkpoint)
-        model = load_checkpoint(checkpoint)  # proves the weights match the config
-        config = payload["config"]
-        provenance = payload.get("provenance") or {}
+        model = load_checkpoint(checkpoint, label=label or "the checkpoint")
+        config = model.config.to_dict()
+        provenance = getattr(model, "provenance", None) or {}
+        if not isinstance(provenance, dict):
+            provenance = {}
         if not patch_size:
             train_cfg = (
                 provenance.get("config") if isinstance(provenance.get("config"), dict) else {}
             )
-            patch_size = int(train_cfg.get("patch_size") or 0)
+            try:
+                patch_size = int(train_cfg.get("patch_size") or 0)
+            except (TypeError, ValueError, OverflowError):
+                patch_size = 0
+            if not 0 <= patch_size <= 1 << 16:
+                patch_size = 0  # untrusted provenance: an int32 field must not overflow
         if metrics is None:
             raw = provenance.get("metrics") if isinstance(provenance.get("metrics"), dict) else {}
-            metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
+            metrics = _numbers(raw)
         dest = self.model_path(ident)
         with self._lock:
             try:

@@ -9,6 +9,9 @@ and not in the wheel. Tests import it as ``server_support`` (pytest puts ``tests
 from __future__ import annotations
 
 import datetime
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -148,3 +151,55 @@ def running_server(data_dir: Path, **config: Any) -> Iterator[MilsilServer]:
         yield server
     finally:
         server.stop(0)
+
+
+def serve_process(
+    data_dir: Path, *args: str, umask: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    """``milsil serve`` as a process of its own on a free loopback port (CPU), started
+    under ``umask`` if given -> ``(process, "127.0.0.1:port")``. Its log goes to
+    ``<data_dir>.log``; stop it with :func:`stop_process`."""
+    data_dir = Path(data_dir)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115 - the child keeps it
+    command = [sys.executable, "-m", "milsil.cli", "serve", "--port", "0", "--device", "cpu"]
+    proc = subprocess.Popen(
+        [*command, "--data-dir", str(data_dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
+    )
+    log.close()
+    line = proc.stdout.readline() if proc.stdout else ""
+    if "listening on" not in line:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError(f"milsil serve did not start: {line.strip() or 'no output'}")
+    return proc, line.split("listening on ")[1].split()[0]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM (the server drains), then SIGKILL if it has not ended within ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.stdout:
+        proc.stdout.close()
+
+
+def rss_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory (``VmRSS``, or ``VmHWM``: its peak) from /proc, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Reset a process's peak resident memory (``VmHWM``) to its current RSS (Linux)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")

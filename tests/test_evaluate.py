@@ -83,7 +83,7 @@ def test_localization_on_untrained_model(synth_small):
 
 
 def fake_results():
-    """Fold results with known means/stds: accuracies 0.8/0.9 -> 85.00 +- 5.00."""
+    """Fold results with known means and sample stds: 0.8/0.9 -> 85.00 +- 7.07 (n - 1)."""
     methods = {}
     for h, name, base in (
         ("sil", "BagNet", 0.8),
@@ -117,10 +117,11 @@ def test_format_table1_layout():
     assert "mean +- std over 2 folds" in lines[0]
     assert lines[1].split() == ["BagNet", "MILBagNet", "Proposed"]
     assert lines[2].split()[0] == "SIL" and lines[3].split()[0] == "MIL"
-    assert "85.00 +- 5.00" in lines[2] and "95.00 +- 5.00" in lines[2]
+    assert "85.00 +- 7.07" in lines[2] and "95.00 +- 7.07" in lines[2]  # sample std
     assert "75.00 +- 0.00" in lines[3]
     auroc = format_table1(fake_results(), "auroc")
-    assert "0.90 +- 0.00" in auroc  # the nan fold is left out, not counted as 0
+    # the nan fold is left out, not counted as 0: one value, no spread to print
+    assert "0.90" in auroc and "0.90 +-" not in auroc
     with pytest.raises(MilsilError, match="metric"):
         format_table1(fake_results(), "f1")
 
@@ -129,7 +130,8 @@ def test_format_localization_table():
     text = format_localization_table(fake_results())
     assert "Proposed model, 5 held-out images" in text
     row = next(line for line in text.splitlines() if line.startswith("Logit heatmap"))
-    assert "0.85 +- 0.05" in row and "0.50 +- 0.50" in row and "0.30 +- 0.10" in row
+    # sample std over the 2 folds: {0.9, 0.8}, {1, 0}, {0.4, 0.2}
+    assert "0.85 +- 0.07" in row and "0.50 +- 0.71" in row and "0.30 +- 0.14" in row
 
 
 def test_ablation_runs_all_heads_and_resumes(synth_small, tmp_path):
@@ -182,3 +184,74 @@ def test_cli_evaluate_checkpoint_and_ablation(synth_small, tmp_path, capsys):
     assert json.loads((tmp_path / "evaluation.json").read_text())["metrics"]["bags"] == 8
     assert cli_main(["evaluate", manifest]) == 2
     assert "--out is required" in capsys.readouterr().err
+
+
+class _Brightness(torch.nn.Module):
+    """A 'backbone' whose feature is the mean normalised pixel value of a patch (+1 white,
+    -1 black with mean = std = 0.5), so every prediction can be worked out by hand."""
+
+    receptive_field = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=1, keepdim=True)
+
+
+def test_sil_and_mil_accuracy_match_a_hand_computed_case(tmp_path):
+    """Three 64x64 images, bags of four 32x32 patches (row-major), each patch all white or
+    all black; patch logits (-f, f) with f = +1 white / -1 black; the bag logits are the
+    mean of the patch logits (one shared linear layer), so a bag is malignant when most of
+    its patches are white.
+
+    A (malignant) W B B B: patches 1 0 0 0 -> 1/4 right; bag mean -0.5 -> benign, wrong
+    B (malignant) W W W B: patches 1 1 1 0 -> 3/4 right; bag +0.5 -> malignant, right
+    C (benign)    W B B B: patches 1 0 0 0 -> 3/4 right; bag -0.5 -> benign, right
+    SIL accuracy (bag labels) 7/12, MIL accuracy 2/3. Against the patches' own labels from
+    the masks (A: patch 0 malignant; B: patches 0 and 3; C: no mask, benign): A 4/4,
+    B 1/4, C 3/4 -> 8/12.
+    """
+    from PIL import Image
+
+    from milsil.data import BagRecord
+    from milsil.models import MilSilNet, make_config
+
+    def image(quadrants: str) -> np.ndarray:
+        img = np.zeros((64, 64, 3), np.uint8)
+        for q, c in enumerate(quadrants):
+            y, x = divmod(q, 2)
+            img[32 * y : 32 * y + 32, 32 * x : 32 * x + 32] = 255 if c == "W" else 0
+        return img
+
+    def mask(quadrants: list[int]) -> np.ndarray:
+        m = np.zeros((64, 64), np.uint8)
+        for q in quadrants:
+            y, x = divmod(q, 2)
+            m[32 * y + 10 : 32 * y + 12, 32 * x + 5 : 32 * x + 7] = 255  # a small nucleus
+        return m
+
+    records = []
+    for name, quads, label, own in (
+        ("A", "WBBB", 1, [0]),
+        ("B", "WWWB", 1, [0, 3]),
+        ("C", "WBBB", 0, None),
+    ):
+        Image.fromarray(image(quads)).save(tmp_path / f"{name}.png")
+        mask_path = None
+        if own is not None:
+            Image.fromarray(mask(own)).save(tmp_path / f"{name}_mask.png")
+            mask_path = str(tmp_path / f"{name}_mask.png")
+        records.append(BagRecord(str(tmp_path / f"{name}.png"), label, name, mask_path))
+    config = make_config(
+        "bagnet9", 2, "milsil", 16, ["benign", "malignant"], (0.5,) * 3, (0.5,) * 3
+    )
+    model = MilSilNet(_Brightness(), 1, config)
+    with torch.no_grad():
+        model.fc.weight.copy_(torch.tensor([[-1.0], [1.0]]))
+        model.fc.bias.zero_()
+    metrics = evaluate_model(model, records, 32, "cpu", batch_size=2, own_labels=True)
+    assert metrics["sil_accuracy"] == pytest.approx(7 / 12)
+    assert metrics["mil_accuracy"] == pytest.approx(2 / 3)
+    assert metrics["sil_accuracy_own"] == pytest.approx(8 / 12)
+    assert (metrics["bags"], metrics["patches"]) == (3, 12)
+    out = model(torch.ones(1, 4, 3, 32, 32) * torch.tensor([1.0, -1, -1, -1]).view(1, 4, 1, 1, 1))
+    assert torch.allclose(out.mil_logits, out.sil_logits.mean(dim=1))  # MIL = mean of SIL
+    assert out.mil_logits.tolist() == [[0.5, -0.5]]

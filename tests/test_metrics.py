@@ -13,6 +13,7 @@ from milsil.engine.metrics import (
     accuracy,
     auroc,
     dice,
+    format_mean_std,
     mean_std,
     normalize_map,
     pixel_auroc,
@@ -152,5 +153,19 @@ def test_normalize_map_and_mean_std():
     )
     assert normalize_map(np.ones((2, 2))).sum() == 0
     mean, std, n = mean_std([0.5, float("nan"), 1.0])
-    assert (mean, std, n) == (0.75, 0.25, 2)
+    assert (mean, n) == (0.75, 2) and std == pytest.approx(math.sqrt(0.125))  # n - 1
     assert math.isnan(mean_std([])[0])
+    mean, std, n = mean_std([0.7])
+    assert (mean, n) == (0.7, 1) and math.isnan(std)  # no spread from one value
+
+
+def test_sample_std_reproduces_the_papers_own_numbers():
+    """The paper's CRC MIL 98.00 +- 2.74 (Tables 1 and 2) is five folds {100, 100, 95,
+    100, 95}: the sample std (n - 1) gives 2.74, the population std would give 2.45."""
+    mean, std, n = mean_std([100, 100, 95, 100, 95])
+    assert n == 5 and format_mean_std(mean, std, n) == "98.00 +- 2.74"
+    assert f"{np.std([100, 100, 95, 100, 95]):.2f}" == "2.45"
+    # 92.00 +- 2.74 (BagNet) and 94.00 +- 2.24 (MILBagNet) fit five folds of 20 images too
+    assert format_mean_std(*mean_std([95, 90, 95, 90, 90])) == "92.00 +- 2.74"
+    assert format_mean_std(*mean_std([95, 95, 95, 95, 90])) == "94.00 +- 2.24"
+    assert format_mean_std(*mean_std([0.5])) == "0.50" and format_mean_std(*mean_std([])) == "N/A"

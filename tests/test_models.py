@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import reference_bagnet as ref
 import torch
 import torchvision
 
@@ -14,7 +15,6 @@ from milsil.models import (
     load_pretrained_backbone,
     save_checkpoint,
 )
-from milsil.models.bagnet import BAGNET_KERNEL3, BagNet
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -36,23 +36,57 @@ def test_receptive_field_window_gives_one_output(arch, rf):
         model(torch.randn(1, 1, 3, rf - 1, rf))
 
 
-def test_bagnet_structure_matches_reference():
-    net = BagNet(BAGNET_KERNEL3["bagnet9"], width=64)
-    assert net.conv1.kernel_size == (1, 1) and net.conv2.kernel_size == (3, 3)
-    assert net.conv2.padding == (0, 0)
-    assert all(m.bias is None for m in net.modules() if isinstance(m, torch.nn.Conv2d))
-    kernels = [
-        [b.conv2.kernel_size[0] for b in layer]
-        for layer in (net.layer1, net.layer2, net.layer3, net.layer4)
-    ]
-    assert kernels == [[3, 1, 1], [3, 1, 1, 1], [1] * 6, [1] * 3]
-    strides = [
-        layer[0].conv2.stride[0] for layer in (net.layer1, net.layer2, net.layer3, net.layer4)
-    ]
-    assert strides == [2, 2, 2, 1]
-    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in net.modules())
-    # Output stride 8: a 9 + 8k input gives k+1 outputs.
-    assert net(torch.randn(1, 3, 9 + 8 * 3, 9 + 8 * 5)).shape[-2:] == (4, 6)
+@pytest.mark.parametrize("arch", ["bagnet9", "bagnet17", "bagnet33"])
+def test_bagnet_structure_matches_an_independent_transcription_of_the_reference(arch):
+    """Every tensor's name and shape, every conv's kernel/stride/padding, and the forward
+    pass, against tests/reference_bagnet.py (written from the official pytorchnet.py)."""
+    model = create_model(arch, 1000, width=64)
+    ours = {k.removeprefix("backbone."): tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == ref.layout(arch, width=64)
+    modules = dict(model.backbone.named_modules())
+    for name, cin, cout, k, stride, pad in ref.convs(arch):
+        conv = modules[name]
+        assert (conv.in_channels, conv.out_channels) == (cin, cout), name
+        assert conv.kernel_size == (k, k) and conv.stride == (stride, stride), name
+        assert conv.padding == (pad, pad) and conv.bias is None, name
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+    # the reference's BatchNorm momenta: 0.001 on the stem, PyTorch's 0.1 elsewhere
+    bns = {n: m for n, m in modules.items() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert bns.pop("bn1").momentum == 0.001
+    assert {m.momentum for m in bns.values()} == {0.1}
+
+
+def test_bagnet_forward_equals_the_reference_forward():
+    """Same state dict, same input: our logits equal the transcribed reference's."""
+    for arch in ("bagnet9", "bagnet33"):
+        state = ref.random_state(arch, width=8, classes=3, seed=1)
+        model = create_model(arch, 3, width=8).eval()
+        model.load_state_dict(
+            {("" if k.startswith("fc.") else "backbone.") + k: v for k, v in state.items()}
+        )
+        x = torch.randn(2, 3, 33 + 8 * 3, 33 + 8 * 2)
+        expected = ref.forward(state, arch, x)
+        got = model(x[:, None]).sil_logits[:, 0]
+        assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4), (got - expected).abs().max()
+
+
+def test_training_from_scratch_uses_the_reference_he_normal_init():
+    """Convs N(0, sqrt(2 / (k*k*out))), BatchNorm weight 1 / bias 0 (reference BagNet and
+    torchvision ResNet alike), applied when a run starts from scratch."""
+    from milsil.engine.config import TrainConfig
+    from milsil.engine.loop import initialise
+
+    torch.manual_seed(0)
+    for arch in ("bagnet9", "resnet50"):
+        model = create_model(arch, 2, width=64)
+        note = initialise(model, TrainConfig(arch=arch, width=64, pretrained="none"))
+        assert "He-normal" in note
+        conv = dict(model.backbone.named_modules())["layer3.0.conv3"]
+        k = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels
+        assert conv.weight.std().item() == pytest.approx((2.0 / k) ** 0.5, rel=0.03)
+        assert abs(conv.weight.mean().item()) < 1e-3
+        bn = model.backbone.layer1[0].bn2
+        assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
 
 
 def test_resnet50_matches_torchvision():
@@ -99,7 +133,7 @@ def test_model_knows_classes_and_normalization():
     [
         ({"arch": "bagnet10"}, "unknown architecture 'bagnet10'; allowed: admil"),
         ({"arch": "bagnet9", "head": "max"}, "unknown head 'max'; allowed: sil, mil, milsil"),
-        ({"arch": "bagnet9", "num_classes": 1}, "num_classes must be an integer >= 2"),
+        ({"arch": "bagnet9", "num_classes": 1}, "num_classes must be an integer from 2 to 10000"),
         ({"arch": "bagnet9", "width": 3}, "width must be an integer from 4 to 256"),
         ({"arch": "bagnet9", "class_names": ["a"]}, "1 class names given for num_classes=2"),
     ],
@@ -160,16 +194,14 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path):
 
 
 def test_pretrained_backbone_from_reference_layout(tmp_path):
-    reference = BagNet(BAGNET_KERNEL3["bagnet9"], width=8)
-    state = dict(reference.state_dict())
-    state["fc.weight"] = torch.zeros(1000, 256)  # the ImageNet classifier is dropped
-    state["fc.bias"] = torch.zeros(1000)
+    state = ref.random_state("bagnet9", width=8, classes=1000)  # the ImageNet fc is dropped
     path = tmp_path / "bagnet9_imagenet.pth"
     torch.save(state, path)
     model = create_model("bagnet9", 2, width=8, pretrained=path)
-    for k, v in reference.state_dict().items():
-        assert torch.equal(model.backbone.state_dict()[k], v)
+    for k, v in state.items():
+        if not k.startswith("fc."):
+            assert torch.equal(model.backbone.state_dict()[k], v)
     with pytest.raises(CheckpointError, match="does not match bagnet17"):
         load_pretrained_backbone(create_model("bagnet17", 2, width=8), path)
-    with pytest.raises(MilsilError, match="downloads are never attempted"):
+    with pytest.raises(MilsilError, match="pretrained weights file not found"):
         create_model("bagnet9", 2, width=8, pretrained=tmp_path / "nope.pth")

@@ -59,6 +59,28 @@ def _image(path: Path, seed: int, size: int, malignant: bool) -> np.ndarray:
     return rgb
 
 
+# A whole-slide-sized image: one annotation's bounding box (5800 x 5800 = 33.6 MP) is larger
+# than the old per-request limit (2^25 = 33.5 MP). The same pixels as a PNG (what the QuPath
+# stand-in serves) and as a pyramidal TIFF under the server's slide root (what it reads in
+# the server-reads-the-slide mode, through slidePathMap).
+BIG_SIDE = 5832
+BIG_ROI = [[16, 16], [5816, 40], [5790, 5816], [40, 5800]]  # bounding box 16..5816 (stride-aligned)
+
+
+def _big_image(png: Path, tiff: Path) -> np.ndarray:
+    from milsil.wsi.tiff import write_pyramidal_tiff
+
+    rng = np.random.default_rng(11)
+    tile, _ = synth_image(rng, 256, True)
+    n = -(-BIG_SIDE // 256)
+    rgb = np.tile(tile, (n, n, 1))[:BIG_SIDE, :BIG_SIDE]
+    shade = rng.integers(-50, 50, (n, n, 1), dtype=np.int16).repeat(256, 0).repeat(256, 1)
+    rgb = np.clip(rgb + shade[:BIG_SIDE, :BIG_SIDE], 0, 255).astype(np.uint8)
+    Image.fromarray(rgb).save(png, compress_level=1)
+    write_pyramidal_tiff(tiff, rgb, mpp=0.5)
+    return rgb
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Server (token on, tiny model), images, compiled stand-ins; shared by both runtimes."""
@@ -75,14 +97,20 @@ def world(tmp_path_factory):
         "train_m2.png": _image(img / "train_m2.png", 6, 96, True),
         "train_b2.png": _image(img / "train_b2.png", 7, 96, False),
     }
-    with running_server(base / "server", token=TOKEN) as server:
+    slides = base / "slides"
+    slides.mkdir()
+    big = _big_image(img / "big.png", slides / "big.tif")
+    with running_server(base / "server", token=TOKEN, slide_roots=(slides,)) as server:
         model = register_tiny_model(server)
+        register_tiny_model(server, "small", width=4)  # cheaper per pixel: the big image
         # A threshold that splits slide_a roughly in half (the tiny model is untrained), from
         # the server's own heatmap of the whole image (what the scripts' regions are cut from).
         with MilsilClient(f"127.0.0.1:{server.port}", token=TOKEN) as py:
             hm = py.heatmap("models/tiny", pixels["slide_a.png"], stride=2, probabilities=True)
+            crop = py.heatmap("models/small", big[:1024, :1024], stride=8, probabilities=True)
         prob = hm.probabilities[1]
         threshold = float(np.median(prob[50:80, 50:80]))
+        big_threshold = float(np.median(crop.probabilities[1]))
         yield {
             "base": base,
             "stubs": stubs,
@@ -92,10 +120,12 @@ def world(tmp_path_factory):
             "model": model,
             "threshold": threshold,
             "prob": prob,
+            "slides": slides,
+            "big_threshold": big_threshold,
         }
 
 
-def _spec_for(world, out: Path, train_job: bool = True) -> dict:
+def _spec_for(world, out: Path, train_job: bool = True, big: bool = True) -> dict:
     img = world["images"]
     port = world["server"].port
     free_port = _free_port()
@@ -202,8 +232,41 @@ def _spec_for(world, out: Path, train_job: bool = True) -> dict:
             ],
         },
     ]
+    if big:  # outside the project: "Run for project" runs do not see it
+        images.append(
+            {
+                "name": "big.png",
+                "slide": str(world["slides"] / "big.tif"),
+                "standalone": True,
+                "objects": [
+                    {
+                        "kind": "annotation",
+                        "shape": "polygon",
+                        "coords": BIG_ROI,
+                        "class": "Tumor",
+                        "name": "tissue",
+                    }
+                ],
+            }
+        )
     for i in images:
         i["path"] = str(img / i["name"])
+    big_heat = dict(
+        good,
+        **{
+            "milsil.model": "small",
+            "milsil.stride": "8",
+            "milsil.threshold": repr(world["big_threshold"]),
+            "milsil.simplify": "0",
+            "milsil.minArea": "40000",  # the untrained model's speckle: only larger regions
+            "milsil.annotationClass": "Tumor",
+            "milsil.progressEverySeconds": "1",
+        },
+    )
+    slide_heat = dict(
+        big_heat,
+        **{"milsil.serverSlides": "true", "milsil.slidePathMap": f"{world['slides']}="},
+    )
 
     alone = out / "alone" / "heatmap_to_annotations.groovy"
     alone.parent.mkdir(parents=True, exist_ok=True)
@@ -260,7 +323,17 @@ def _spec_for(world, out: Path, train_job: bool = True) -> dict:
             dict(heat, **{"milsil.annotationClass": "Region*"}),
             select=[],
         ),
+        # The server cannot see slide_a (no slidePathMap entry): one line, then pixels.
+        run(
+            "slide_fallback",
+            "heatmap_to_annotations",
+            dict(heat, **{"milsil.serverSlides": "true", "milsil.slidePathMap": "/nowhere="}),
+            select=["roi2"],
+        ),
     ]
+    if big:  # an annotation larger than the old limit, in both modes
+        runs.append(run("big_slide", "heatmap_to_annotations", slide_heat, image=len(images) - 1))
+        runs.append(run("big_stream", "heatmap_to_annotations", big_heat, image=len(images) - 1))
     return {"out": str(out), "project_dir": str(out / "project"), "images": images, "runs": runs}
 
 
@@ -296,7 +369,9 @@ def launched(world):
             continue
         out = world["base"] / f"out_{name}"
         out.mkdir()
-        spec = _spec_for(world, out, train_job=name == trainer)
+        # The big annotation (two 34-MP heatmaps) runs under QuPath's Groovy 4 only, when
+        # it is there: the other runtime covers the same script code on small regions.
+        spec = _spec_for(world, out, train_job=name == trainer, big=name == trainer)
         (out / "spec.json").write_text(json.dumps(spec))
         proc = runtime.start(
             SCRIPTS / "tests" / "run_qupath.groovy",
@@ -563,4 +638,92 @@ def test_tma_batch_classifies_cores_and_appends_csv(ran, world):
         expected = torch.softmax(model(bag).mil_logits, dim=1)[0].numpy()
     np.testing.assert_allclose(
         [float(rows[0]["p(benign)"]), float(rows[0]["p(malignant)"])], expected, atol=1e-4
+    )
+
+
+def test_server_slides_fall_back_to_streaming_pixels_with_one_line(ran):
+    lines = ran["logs"]["slide_fallback"].strip().splitlines()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(
+        r"milsil: slide_a\.png: roi2: the server cannot read the slide \(no slidePathMap entry "
+        r"matches \S+slide_a\.png\); streaming pixels instead",
+        lines[0],
+    )
+    assert re.fullmatch(
+        r"milsil: slide_a\.png: roi2: \d+ malignant region\(s\) from models/tiny", lines[1]
+    )
+
+
+def test_an_annotation_larger_than_the_old_limit_in_both_modes(ran):
+    """A 5800 x 5800 annotation (33.6 MP, over the old 2^25 per-request limit) on a
+    5832 x 5832 image: streamed in row order with progress lines, never more than one tile
+    read at once; and read by the server itself through slidePathMap (no pixel read by the
+    script). Both give the same outlines, clipped to the annotation."""
+    logs = ran["logs"]
+    if "big_stream" not in logs:
+        pytest.skip("the big annotation runs under one runtime only (see `launched`)")
+    progress = re.compile(
+        r"^milsil: big\.png: tissue: \d{1,2}% \([\d,]+/[\d,]+ tiles\), eta \d+(\.\d)? (s|min|h)$",
+        re.M,
+    )
+    done = re.compile(
+        r"^milsil: big\.png: tissue: \d+ malignant region\(s\) from models/small$", re.M
+    )
+    for rid in ("big_slide", "big_stream"):
+        assert "UNCAUGHT" not in logs[rid] and "streaming pixels instead" not in logs[rid], logs[
+            rid
+        ]
+        assert progress.search(logs[rid]) and done.search(logs[rid]), logs[rid]
+    reads = {
+        rid: json.loads((ran["out"] / f"{rid}.reads.json").read_text())
+        for rid in ("big_slide", "big_stream")
+    }
+    assert reads["big_slide"]["big.png"] == 0  # the server read the slide
+    assert 0 < reads["big_stream"]["big.png"] <= 513 * 513  # one tile (plus overlap) at a time
+    roi = Polygon(BIG_ROI)
+    slide_children = _find(
+        _image_state(ran["states"]["big_slide"], "big.png")["objects"], "tissue"
+    )["children"]
+    all_children = _find(_image_state(ran["states"]["big_stream"], "big.png")["objects"], "tissue")[
+        "children"
+    ]
+    stream_children = all_children[len(slide_children) :]
+    assert slide_children and stream_children
+    x0, y0, x1, y1 = roi.bounds
+    for c in slide_children + stream_children:  # clipped to the annotation (its bounds here)
+        xs = [p[0] for ring in c["rings"] for p in ring]
+        ys = [p[1] for ring in c["rings"] for p in ring]
+        assert x0 - 0.01 <= min(xs) and max(xs) <= x1 + 0.01
+        assert y0 - 0.01 <= min(ys) and max(ys) <= y1 + 0.01
+        assert {"area", "mean_probability", "max_probability"} <= set(c["measurements"])
+    # The outlines themselves (holes and all), as the scripts imported them: the server's,
+    # clipped to the annotation by the server (slide) or, here as in the script, after.
+    docs = [json.loads(f.read_text()) for f in sorted((ran["out"] / "geojson").glob("*.json"))]
+    big = [d for d in docs if d["features"] and _within(d, x0, x1)]
+    slide_doc = next(
+        d for d in big if "mean_logit" not in d["features"][0]["properties"]["measurements"]
+    )
+    stream_doc = next(
+        d for d in big if "mean_logit" in d["features"][0]["properties"]["measurements"]
+    )
+    unions = [
+        shapely.union_all([shape(f["geometry"]) for f in d["features"]]).intersection(roi)
+        for d in (slide_doc, stream_doc)
+    ]
+    # minArea applies to the clipped outline there (the server clips) and to the whole one
+    # here (the script clips): compare away from the annotation's border.
+    inner = roi.buffer(-300)
+    inside = [u.intersection(inner) for u in unions]
+    assert inside[0].area > 0.05 * inner.area
+    assert inside[0].symmetric_difference(inside[1]).area < 1e-3 * inside[0].area
+    # The children are those outlines (areas as QuPath measures the clipped ROIs).
+    assert sum(c["area"] for c in slide_children) == pytest.approx(unions[0].area, rel=1e-3)
+    assert sum(c["area"] for c in stream_children) == pytest.approx(unions[1].area, rel=1e-3)
+
+
+def _within(doc: dict, x0: float, x1: float) -> bool:
+    """A document of outlines of the big image: some coordinate beyond the small images."""
+    coords = shapely.get_coordinates(shape(doc["features"][0]["geometry"]))
+    return (
+        coords[:, 0].max() > 300 and coords[:, 0].min() >= x0 - 1 and coords[:, 0].max() <= x1 + 1
     )

@@ -268,3 +268,51 @@ def test_serve_slide_root_flag(tmp_path):
         build_server(
             ServerConfig(port=0, data_dir=tmp_path, device="cpu", slide_roots=(tmp_path / "no",))
         )
+
+
+def test_annotate_slide_in_a_region_of_interest_equals_streaming_its_pixels(env):
+    """SlideConfig.roi: only tiles that intersect it are computed, the outlines are clipped
+    to it, and they cover what Annotate finds in the same pixels streamed by a client
+    (clipped to the same polygon): the server reading the slide is the same computation."""
+    import shapely
+    from shapely.geometry import Polygon, shape
+
+    client = env["client"]
+    roi = Polygon([(64, 48), (300, 64), (280, 250), (72, 230)])  # bounds on the stride grid
+    x0, y0, x1, y1 = (int(v) for v in roi.bounds)
+    with open_slide(env["root"] / "a.tif") as slide:
+        pixels = slide.read(x0 - 4, y0 - 4, x1 - x0 + 8, y1 - y0 + 8)  # + the model's context
+    streamed_heat = client.heatmap(
+        "models/tiny", pixels, x=x0, y=y0, margin=4, stride=8, probabilities=True
+    )
+    threshold = float(np.median(streamed_heat.probabilities[1]))
+    progress = []
+    collection, result = client.annotate_slide(
+        "models/tiny",
+        "a.tif",
+        stride=8,
+        tile_size=64,
+        tissue_only=False,
+        threshold=threshold,
+        roi=shapely.geometry.mapping(roi),
+        progress=progress.append,
+    )
+    grid = [(c, r) for r in range(0, 360, 64) for c in range(0, 480, 64)]
+    touching = sum(roi.intersects(shapely.box(c, r, c + 64, r + 64)) for c, r in grid)
+    assert result.summary.tiles_total == touching < len(grid)
+    assert qupath_problems(collection) == []
+    from_slide = shapely.union_all([shape(f["geometry"]) for f in collection["features"]])
+    assert from_slide.difference(roi).area < 0.01 * roi.length  # 0.01 px snapping (QuPath)
+    fc, _ = client.annotate(
+        "models/tiny", pixels, x=x0, y=y0, margin=4, stride=8, threshold=threshold
+    )
+    streamed = shapely.union_all([shape(f["geometry"]) for f in fc["features"]]).intersection(roi)
+    assert from_slide.area > 0.1 * roi.area
+    assert from_slide.symmetric_difference(streamed).area < 1e-3 * from_slide.area
+    # A region of interest that is not a polygon is refused, naming the field.
+    code, details = _code(
+        lambda: client.annotate_slide(
+            "models/tiny", "a.tif", roi={"type": "Point", "coordinates": [1, 2]}
+        )
+    )
+    assert code == INVALID and "config.roi" in details

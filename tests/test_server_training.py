@@ -166,3 +166,44 @@ def test_cancel_while_a_job_leaves_the_queue_stays_cancelled(tmp_path, monkeypat
         time.sleep(2.0)
         final = client.get_job(job.name)
         assert _state(final) == "CANCELLED" and not final.model
+
+
+def test_start_training_takes_the_library_defaults_and_checks_pretrained(tmp_path, monkeypatch):
+    """Zero fields mean what `milsil train` does with no flags (the library's recipe, not
+    server constants); `pretrained` is '', 'none' or 'imagenet', and an offline server
+    says FAILED_PRECONDITION for 'imagenet' with the way out, before queueing anything."""
+    import socket
+
+    from milsil.models import pretrained as pt
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    with socket.socket() as s:  # a port nobody listens on: the server is "offline"
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv(pt.MIRROR_ENV, dead)
+    with running_server(tmp_path / "server") as server:
+        client = MilsilClient(f"127.0.0.1:{server.port}", timeout=60)
+        ds = client.upload_dataset(tiny_bags())
+        job = client.start_training(ds.name, {"epochs": 1})
+        client.cancel_job(job.name)
+        c = job.config
+        assert (c.arch, c.head, c.epochs, c.batch_size) == ("bagnet9", "milsil", 1, 8)
+        assert (c.width, c.learning_rate, c.lr_decay) == (16, 2e-3, 0.8)
+        assert (c.pretrained, c.recipe) == ("none", "default")
+        paper = client.start_training(
+            ds.name, {"epochs": 1, "recipe": "paper", "pretrained": "none"}
+        )
+        client.cancel_job(paper.name)
+        assert (paper.config.width, paper.config.learning_rate) == (64, 1e-4)
+        code, details = _code(lambda: client.start_training(ds.name, {"pretrained": "imagenet"}))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"{dead}/models/" not in details and "bagnet8-34f4ccd2.pth.tar" in details
+        assert "pretrained 'none'" in details and "\n" not in details
+        code, details = _code(lambda: client.start_training(ds.name, {"pretrained": "/etc/x.pth"}))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "not accepted" in details
+        code, details = _code(
+            lambda: client.start_training(ds.name, {"arch": "admil", "pretrained": "imagenet"})
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "no published ImageNet" in details
+        assert len(client.list_jobs()) == 2
+        client.close()

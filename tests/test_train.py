@@ -16,7 +16,7 @@ from PIL import Image
 
 from milsil.cli import main as cli_main
 from milsil.data import BagRecord
-from milsil.engine.config import TrainConfig
+from milsil.engine.config import TrainConfig, config_differences
 from milsil.engine.epoch import is_better
 from milsil.engine.loop import TrainProgress, train_model
 from milsil.engine.losses import bag_loss
@@ -54,7 +54,9 @@ def tiny(tmp_path_factory):
 
 
 def tiny_config(**kw) -> TrainConfig:
-    base = dict(width=8, epochs=2, lr=1e-3, batch_size=2, patch_size=16, seed=3, device="cpu")
+    base = dict(
+        width=8, epochs=2, lr=1e-3, lr_decay=0.9, batch_size=2, patch_size=16, seed=3, device="cpu"
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -62,12 +64,40 @@ def tiny_config(**kw) -> TrainConfig:
 # ------------------------------------------------------------------------ configuration
 
 
-def test_config_defaults_are_the_papers_optimizer():
+def test_config_defaults_come_from_the_recipe():
+    """'default' learns from scratch on a CPU; ImageNet weights or 'paper' take the paper's
+    optimiser; every choice is stored, so a stored config rebuilds the same run."""
     cfg = TrainConfig()
-    assert (cfg.lr, cfg.head, cfg.arch) == (1e-4, "milsil", "bagnet9")
-    assert 0 < cfg.lr_decay < 1
+    assert (cfg.head, cfg.arch, cfg.recipe, cfg.pretrained) == (
+        "milsil",
+        "bagnet9",
+        "default",
+        "none",
+    )
+    assert (cfg.width, cfg.lr, cfg.lr_decay, cfg.stem_bn_momentum) == (16, 2e-3, 0.8, 0.1)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
+    warm = TrainConfig(pretrained="imagenet")
+    assert (warm.width, warm.lr, warm.lr_decay, warm.stem_bn_momentum) == (64, 1e-4, 0.9, 0.001)
+    paper = TrainConfig(recipe="paper")
+    assert (paper.pretrained, paper.width, paper.lr, paper.weight_decay) == (
+        "imagenet",
+        64,
+        1e-4,
+        0,
+    )
+    admil = TrainConfig(recipe="paper", arch="admil")
+    assert (admil.pretrained, admil.weight_decay) == ("none", 5e-4)  # Ilse et al.
+    given = TrainConfig(lr=5e-3, width=8)
+    assert (given.lr, given.width, given.lr_decay) == (5e-3, 8, 0.8)
+    lines = given.explain()
+    assert lines[0].startswith("recipe default") and any(
+        "lr 0.005: set explicitly" in x for x in lines
+    )
+    assert any("lr decay x0.8/epoch: with lr 2e-3" in x for x in lines)
+    # a run stored before recipes existed (no recipe, pretrained None) still resumes
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("recipe", "stem_bn_momentum")}
+    assert config_differences({**old, "pretrained": None}, cfg.to_dict()) == []
 
 
 @pytest.mark.parametrize(
@@ -87,6 +117,10 @@ def test_config_defaults_are_the_papers_optimizer():
         (dict(augment="yes"), "augment"),
         (dict(num_workers=-1), "num_workers"),
         (dict(color_jitter=2.0), "color_jitter"),
+        (dict(recipe="fast"), "unknown recipe 'fast'; allowed: default, paper"),
+        (dict(pretrained="imagenet", width=8), "width 64 only"),
+        (dict(arch="admil", pretrained="imagenet"), "no published ImageNet weights"),
+        (dict(pretrained=""), "pretrained must be 'imagenet', 'none' or a local file"),
     ],
 )
 def test_config_rejects_bad_values(kw, match):

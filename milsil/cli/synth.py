@@ -6,6 +6,7 @@ import argparse
 import csv
 import time
 
+from milsil.data.scenarios import SCENARIOS
 from milsil.data.synth import synthesize_dataset
 
 
@@ -17,9 +18,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Write a synthetic H&E-like histology dataset with ground truth: OUT_DIR/images/*.png, "
             "OUT_DIR/masks/*.png (malignant nuclei) and OUT_DIR/manifest.csv "
-            "(image,label,patient,mask), usable by 'milsil train OUT_DIR'. Malignant images hold "
-            "clusters of large, dark, irregular nuclei; every image holds benign nuclei; each "
-            "patient has its own stain tint."
+            "(image,label,patient,mask), usable by 'milsil train OUT_DIR', plus per-nucleus "
+            "instance masks (OUT_DIR/instances/, indexed by OUT_DIR/instances.csv) that "
+            "'milsil evaluate' scores nucleus by nucleus. Every image holds benign nuclei; each "
+            "patient has its own stain tint. Scenarios: "
+            + "; ".join(f"{name}: {sc.description}" for name, sc in SCENARIOS.items())
+            + " (the last three with strong stain and blur variation across patients)."
         ),
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created if missing)")
@@ -35,6 +39,20 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="fraction of images that are malignant (default 0.5)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--scenario",
+        choices=list(SCENARIOS),
+        default="default",
+        help="what the malignant and benign nuclei look like (default: default, the same "
+        "images for a seed as ever)",
+    )
+    p.add_argument(
+        "--stain-variation",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="strong stain and blur variation across patients (default: on for sparse, "
+        "mimic and mixed, off for default)",
+    )
     p.set_defaults(func=_cli)
 
 
@@ -43,7 +61,8 @@ def _cli(args: argparse.Namespace) -> int:
     print(
         f"milsil synth: writing {total} images of {args.size}x{args.size} "
         f"({args.patients} patients x {args.images_per_patient}, malignant fraction "
-        f"{args.malignant_fraction}, seed {args.seed}) to {args.out_dir}",
+        f"{args.malignant_fraction}, seed {args.seed}, scenario {args.scenario}) to "
+        f"{args.out_dir}",
         flush=True,
     )
     start = time.perf_counter()
@@ -55,6 +74,8 @@ def _cli(args: argparse.Namespace) -> int:
         malignant_fraction=args.malignant_fraction,
         seed=args.seed,
         verbose=True,
+        scenario=args.scenario,
+        stain_variation=args.stain_variation,
     )
     elapsed = time.perf_counter() - start
     with manifest.open(newline="") as f:

@@ -20,6 +20,7 @@ from milsil.engine.config import TrainConfig, resolve_device
 from milsil.engine.distributed import finish, init_distributed
 from milsil.engine.loop import TrainProgress, train_model
 from milsil.engine.provenance import data_summary
+from milsil.engine.recipe import RECIPES
 from milsil.errors import MilsilError
 from milsil.models import HEADS, list_models, read_checkpoint
 
@@ -34,13 +35,33 @@ def add_train_arguments(
         "--head", default=d.head, choices=HEADS, help="training loss (default %(default)s)"
     )
     parser.add_argument(
-        "--width", type=int, default=d.width, help="channel width (64 = published size)"
+        "--recipe",
+        default=d.recipe,
+        choices=RECIPES,
+        help="what open settings become: 'default' (learns on a CPU, offline) or 'paper' "
+        "(the paper's exact recipe: ImageNet init, width 64, lr 1e-4); default %(default)s",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="imagenet|FILE|none",
+        help="initialisation: the published ImageNet weights (downloaded once into the "
+        "torch hub cache, hash checked), a local copy of them, or none (default: the recipe's)",
+    )
+    parser.add_argument(
+        "--width", type=int, default=None, help="channel width (64 = published; default: recipe's)"
     )
     parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (paper: 1e-4)")
-    parser.add_argument("--lr-decay", type=float, default=d.lr_decay, help="lr factor per epoch")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="Adam learning rate (default: the recipe's)"
+    )
+    parser.add_argument(
+        "--lr-decay", type=float, default=None, help="lr factor per epoch (default: the recipe's)"
+    )
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="bags per batch")
-    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument(
+        "--weight-decay", type=float, default=None, help="Adam weight decay (default: recipe's)"
+    )
     parser.add_argument(
         "--patch-size", type=int, default=d.patch_size, help="bag patch side in pixels"
     )
@@ -52,7 +73,6 @@ def add_train_arguments(
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader workers")
     parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    parser.add_argument("--pretrained", default=None, help="local file of ImageNet BagNet weights")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -73,7 +93,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         num_workers=args.num_workers,
         amp=not args.no_amp,
         pretrained=args.pretrained,
+        recipe=args.recipe,
     )
+
+
+def print_choices(config: TrainConfig, say: Any = print) -> None:
+    """Print what the recipe chose for every open setting, and why."""
+    for line in config.explain():
+        say(f"  {line}", flush=True)
 
 
 def print_epoch(p: TrainProgress, label: str = "") -> None:
@@ -117,6 +144,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"  output: {out}",
         flush=True,
     )
+    print_choices(config)
     if (out / "last.pt").exists() and not args.no_resume:
         state = read_checkpoint(out / "last.pt").get("training_state") or {}
         done, step = int(state.get("epoch", 0)), int(state.get("step", 0))
@@ -172,6 +200,7 @@ def _cmd_train_ddp(args: argparse.Namespace) -> int:
                     f"{ctx.backend or 'none'}, epochs {start + 1}..{config.epochs}",
                     flush=True,
                 )
+                print_choices(config, say)
                 clock.append(started)
             if p.event == "epoch":
                 now = time.monotonic()

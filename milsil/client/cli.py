@@ -120,9 +120,17 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", default="", help="jobs/{id} to resume instead")
     t.add_argument("--arch", default="")
     t.add_argument("--head", default="")
-    t.add_argument("--width", type=int, default=0)
+    t.add_argument("--recipe", default="", choices=("", "default", "paper"), help="'' = default")
+    t.add_argument(
+        "--pretrained",
+        default="",
+        choices=("", "none", "imagenet"),
+        help="initialisation ('' = the recipe's; imagenet: the server downloads the weights)",
+    )
+    t.add_argument("--width", type=int, default=0, help="0 = the recipe's")
     t.add_argument("--epochs", type=int, default=0)
-    t.add_argument("--lr", type=float, default=0.0)
+    t.add_argument("--lr", type=float, default=0.0, help="0 = the recipe's")
+    t.add_argument("--lr-decay", type=float, default=0.0, help="0 = the recipe's")
     t.add_argument("--batch-size", type=int, default=0)
     t.add_argument("--patch-size", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
@@ -165,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         client_cert=args.cert,
         client_key=args.key,
         timeout=args.timeout,
+        on_wait=lambda line: print(line, file=sys.stderr, flush=True),  # a busy server
     )
     try:
         return int(args.client_func(client, args) or 0)
@@ -293,6 +302,9 @@ def _train(client, args) -> int:
         "width": args.width,
         "epochs": args.epochs,
         "learning_rate": args.lr,
+        "lr_decay": args.lr_decay,
+        "recipe": args.recipe,
+        "pretrained": args.pretrained,
         "batch_size": args.batch_size,
         "patch_size": args.patch_size,
         "seed": args.seed,

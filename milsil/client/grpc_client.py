@@ -15,12 +15,19 @@
 
 Images are uint8 ``H x W x 3`` numpy arrays; they are cut into tiles, streamed, and the
 streamed heatmap tiles are put back together here.
+
+Busy is not failure: every call that the server refuses as busy (``milsil-retry: busy``,
+see :mod:`milsil.client.retry`) is retried after a jittered exponential backoff until the
+call's deadline (``timeout``; none: until it is served); waiting lines ("queued for
+compute, position 2 of 5", "server busy ...; retrying in 1.3 s") go to ``on_wait``
+(default: the ``milsil.client`` logger at INFO). Too large is final and raised at once.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +37,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from milsil.client.retry import Retrier, queue_line
 from milsil.errors import MilsilError
 from milsil.v1 import (
     common_pb2,
@@ -150,10 +158,14 @@ class MilsilClient:
         timeout: float | None = None,
         server_name: str | None = None,
         tls: bool | None = None,
+        retry_busy: bool = True,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         options = [
             ("grpc.max_receive_message_length", max_message_mb * 2**20),
             ("grpc.max_send_message_length", max_message_mb * 2**20),
+            # A connection of its own: the server queues work fairly per connection.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
@@ -171,6 +183,10 @@ class MilsilClient:
             self.channel = grpc.insecure_channel(target, options=options)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
+        self.retry = Retrier(
+            enabled=retry_busy,
+            on_wait=on_wait if on_wait is not None else logging.getLogger("milsil.client").info,
+        )
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self.inference = inference_service_pb2_grpc.InferenceServiceStub(self.channel)
         self.training = training_service_pb2_grpc.TrainingServiceStub(self.channel)
@@ -190,12 +206,28 @@ class MilsilClient:
             "timeout": timeout if timeout is not None else self.timeout,
         }
 
+    def _unary(self, method, request: Any, timeout: float | None = None) -> Any:
+        """One answer (``request`` may make a request stream); waits while the server is busy."""
+        return self.retry.unary(method, request, self.metadata, self._kw(timeout)["timeout"])
+
+    def _stream(self, method, request: Any, timeout: float | None = None, is_result=None):
+        """Streamed answers; waits while the server is busy, before the first result."""
+        timeout = self._kw(timeout)["timeout"]
+        return self.retry.streaming(method, request, self.metadata, timeout, is_result)
+
+    def _say_queue(self, what: str, queue: Any) -> None:
+        self.retry.say(queue_line(what, queue.position, queue.waiting))
+
     def health(self, service: str = "", timeout: float | None = 5.0) -> str:
         """Health status name ("SERVING", "NOT_SERVING", ...) of the server or one service."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         stub = health_pb2_grpc.HealthStub(self.channel)
-        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        response = self.retry.call(
+            "Health",
+            lambda left: stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=left),
+            timeout,
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     # ------------------------------------------------------------------ models
@@ -203,9 +235,9 @@ class MilsilClient:
     def list_models(self, page_size: int = 0) -> list[model_service_pb2.Model]:
         models, token = [], ""
         while True:
-            page = self.models.ListModels(
+            page = self._unary(
+                self.models.ListModels,
                 model_service_pb2.ListModelsRequest(page_size=page_size, page_token=token),
-                **self._kw(),
             )
             models.extend(page.models)
             token = page.next_page_token
@@ -213,10 +245,10 @@ class MilsilClient:
                 return models
 
     def get_model(self, name: str) -> model_service_pb2.Model:
-        return self.models.GetModel(model_service_pb2.GetModelRequest(name=name), **self._kw())
+        return self._unary(self.models.GetModel, model_service_pb2.GetModelRequest(name=name))
 
     def delete_model(self, name: str) -> None:
-        self.models.DeleteModel(model_service_pb2.DeleteModelRequest(name=name), **self._kw())
+        self._unary(self.models.DeleteModel, model_service_pb2.DeleteModelRequest(name=name))
 
     def export_model(
         self, name: str, path: str | Path, chunk_size: int = 0
@@ -227,9 +259,9 @@ class MilsilClient:
         tmp = path.with_name(f".{path.name}.part")
         try:
             with open(tmp, "wb") as fh:
-                for response in self.models.ExportModel(
+                for response in self._stream(
+                    self.models.ExportModel,
                     model_service_pb2.ExportModelRequest(name=name, chunk_size=chunk_size),
-                    **self._kw(),
                 ):
                     if response.HasField("model"):
                         model = response.model
@@ -259,7 +291,7 @@ class MilsilClient:
                     chunk_data=data[i : i + chunk_size],
                 )
 
-        return self.models.ImportModel(requests(), **self._kw())
+        return self._unary(self.models.ImportModel, requests)
 
     # ------------------------------------------------------------------ inference
 
@@ -283,7 +315,7 @@ class MilsilClient:
                     tiles=[encode_tile(t, encoding) for t in tiles[k : k + tiles_per_message]],
                 )
 
-        return self.inference.ClassifyBag(requests(), **self._kw(timeout))
+        return self._unary(self.inference.ClassifyBag, requests, timeout)
 
     def _region_requests(
         self,
@@ -347,18 +379,33 @@ class MilsilClient:
             value_type=VALUE_TYPES[value_type],
             include_probabilities=probabilities,
         )
-        requests = self._region_requests(
-            {"config": config},
-            image,
-            x,
-            y,
-            downsample,
-            margin,
-            tile_size,
-            encoding,
-            inference_service_pb2.HeatmapRequest,
-        )
-        return assemble_heatmap(self.inference.Heatmap(requests, **self._kw(timeout)))
+
+        def requests() -> Iterator[inference_service_pb2.HeatmapRequest]:
+            return self._region_requests(
+                {"config": config},
+                image,
+                x,
+                y,
+                downsample,
+                margin,
+                tile_size,
+                encoding,
+                inference_service_pb2.HeatmapRequest,
+            )
+
+        def answers() -> Iterator[inference_service_pb2.HeatmapResponse]:
+            for response in self._stream(
+                self.inference.Heatmap,
+                requests,
+                timeout,
+                is_result=lambda r: not r.HasField("queue"),
+            ):
+                if response.HasField("queue"):
+                    self._say_queue("Heatmap", response.queue)
+                else:
+                    yield response
+
+        return assemble_heatmap(answers())
 
     def annotate(
         self,
@@ -400,18 +447,21 @@ class MilsilClient:
         )
         if threshold is not None:
             config.threshold = threshold
-        requests = self._region_requests(
-            {"config": config},
-            image,
-            x,
-            y,
-            downsample,
-            margin,
-            tile_size,
-            encoding,
-            inference_service_pb2.AnnotateRequest,
-        )
-        response = self.inference.Annotate(requests, **self._kw(timeout))
+
+        def requests() -> Iterator[inference_service_pb2.AnnotateRequest]:
+            return self._region_requests(
+                {"config": config},
+                image,
+                x,
+                y,
+                downsample,
+                margin,
+                tile_size,
+                encoding,
+                inference_service_pb2.AnnotateRequest,
+            )
+
+        response = self._unary(self.inference.Annotate, requests, timeout)
         return json.loads(response.geojson), response
 
     # ------------------------------------------------------------------ whole slides
@@ -456,11 +506,14 @@ class MilsilClient:
         tiff_path: str = "",
         progress: Callable[[inference_service_pb2.SlideProgress], None] | None = None,
         timeout: float | None = None,
+        roi: str | dict | None = None,
     ) -> tuple[dict[str, Any], inference_service_pb2.AnnotateSlideResult]:
         """QuPath GeoJSON (as a dict) of a slide the server reads itself, and the result.
 
         ``path`` is relative to the server's ``--slide-root``. ``progress`` gets every
         progress message. Cancelled or failed calls resume when called again alike.
+        ``roi``: a GeoJSON Polygon/MultiPolygon (dict or text, level-0 px): only tiles that
+        intersect it are computed and the outlines are clipped to it.
         """
         request = inference_service_pb2.AnnotateSlideRequest(
             config=self._slide_config(
@@ -479,9 +532,18 @@ class MilsilClient:
         )
         if threshold is not None:
             request.threshold = threshold
+        if roi:
+            request.config.roi = roi if isinstance(roi, str) else json.dumps(roi)
         result = None
-        for response in self.inference.AnnotateSlide(request, **self._kw(timeout)):
+        for response in self._stream(
+            self.inference.AnnotateSlide,
+            request,
+            timeout,
+            is_result=lambda r: r.HasField("result"),
+        ):
             if response.HasField("progress"):
+                if response.progress.HasField("queue"):
+                    self._say_queue("AnnotateSlide", response.progress.queue)
                 if progress is not None:
                     progress(response.progress)
             else:
@@ -507,6 +569,7 @@ class MilsilClient:
         tiff_path: str = "",
         progress: Callable[[inference_service_pb2.SlideProgress], None] | None = None,
         timeout: float | None = None,
+        roi: str | dict | None = None,
     ) -> tuple[HeatmapResult, inference_service_pb2.SlideSummary]:
         """Logit map ``[C, rows, cols]`` of a slide the server reads itself (NaN off tissue).
 
@@ -534,12 +597,21 @@ class MilsilClient:
             omit_values=not values,
             block_size=block_size,
         )
+        if roi:  # only tiles that intersect this GeoJSON geometry (level-0 px)
+            request.config.roi = roi if isinstance(roi, str) else json.dumps(roi)
         summary: list[inference_service_pb2.SlideSummary] = []
 
         def map_messages() -> Iterator[Any]:
-            for response in self.inference.SlideHeatmap(request, **self._kw(timeout)):
+            for response in self._stream(
+                self.inference.SlideHeatmap,
+                request,
+                timeout,
+                is_result=lambda r: r.WhichOneof("response") != "progress",
+            ):
                 kind = response.WhichOneof("response")
                 if kind == "progress":
+                    if response.progress.HasField("queue"):
+                        self._say_queue("SlideHeatmap", response.progress.queue)
                     if progress is not None:
                         progress(response.progress)
                 elif kind == "result":
@@ -564,7 +636,11 @@ class MilsilClient:
         max_message_bytes: int = 16 * 2**20,
         timeout: float | None = None,
     ) -> training_service_pb2.Dataset:
-        """Upload ``(tiles [N,h,w,3] uint8, label, patient)`` bags; returns the stored dataset."""
+        """Upload ``(tiles [N,h,w,3] uint8, label, patient)`` bags; returns the stored dataset.
+
+        A busy server is waited for when ``bags`` can be read again (a list); bags from a
+        one-shot iterator are sent once.
+        """
 
         def requests() -> Iterator[training_service_pb2.UploadDatasetRequest]:
             first = True
@@ -584,7 +660,9 @@ class MilsilClient:
             if first:
                 yield training_service_pb2.UploadDatasetRequest(display_name=display_name)
 
-        return self.training.UploadDataset(requests(), **self._kw(timeout))
+        if iter(bags) is bags:  # one pass only: no retry
+            return self.training.UploadDataset(requests(), **self._kw(timeout))
+        return self._unary(self.training.UploadDataset, requests, timeout)
 
     def start_training(
         self,
@@ -598,22 +676,23 @@ class MilsilClient:
             cfg = training_service_pb2.TrainingConfig(**(config or {}))
         except (ValueError, TypeError) as exc:
             raise MilsilError(f"bad training config: {exc}") from None
-        return self.training.StartTraining(
+        return self._unary(
+            self.training.StartTraining,
             training_service_pb2.StartTrainingRequest(
                 dataset=dataset, config=cfg, display_name=display_name, resume_job=resume_job
             ),
-            **self._kw(),
         )
 
     def get_job(self, name: str) -> training_service_pb2.Job:
-        return self.training.GetJob(training_service_pb2.GetJobRequest(name=name), **self._kw())
+        return self._unary(self.training.GetJob, training_service_pb2.GetJobRequest(name=name))
 
     def list_jobs(self, state: str = "") -> list[training_service_pb2.Job]:
         value = training_service_pb2.Job.State.Value(state.upper()) if state else 0
         jobs, token = [], ""
         while True:
-            page = self.training.ListJobs(
-                training_service_pb2.ListJobsRequest(page_token=token, state=value), **self._kw()
+            page = self._unary(
+                self.training.ListJobs,
+                training_service_pb2.ListJobsRequest(page_token=token, state=value),
             )
             jobs.extend(page.jobs)
             token = page.next_page_token
@@ -621,16 +700,16 @@ class MilsilClient:
                 return jobs
 
     def cancel_job(self, name: str) -> training_service_pb2.Job:
-        return self.training.CancelJob(
-            training_service_pb2.CancelJobRequest(name=name), **self._kw()
+        return self._unary(
+            self.training.CancelJob, training_service_pb2.CancelJobRequest(name=name)
         )
 
     def watch_job(
         self, name: str, timeout: float | None = None
     ) -> Iterator[training_service_pb2.Job]:
         """Yield the job at every change until it reaches a final state."""
-        for response in self.training.WatchJob(
-            training_service_pb2.WatchJobRequest(name=name), **self._kw(timeout)
+        for response in self._stream(
+            self.training.WatchJob, training_service_pb2.WatchJobRequest(name=name), timeout
         ):
             yield response.job
 
@@ -660,6 +739,8 @@ def assemble_heatmap(responses: Iterable[inference_service_pb2.HeatmapResponse])
     header = None
     logits = probs = None
     for response in responses:
+        if "queue" in response.DESCRIPTOR.fields_by_name and response.HasField("queue"):
+            continue  # waiting for compute (HeatmapResponse.queue)
         if response.HasField("header"):
             header = response.header
             c = len(header.class_names)

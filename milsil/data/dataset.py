@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from milsil.data.augment import hed_jitter, random_dihedral
 from milsil.data.bags import BagRecord
-from milsil.data.images import _check_patch_size, image_to_bag, load_rgb, to_tensor
+from milsil.data.images import _check_patch_size, image_to_bag, load_mask, load_rgb, to_tensor
 from milsil.errors import MilsilError, NotFoundError
 
 
@@ -77,6 +77,23 @@ def load_bag(record: BagRecord, patch_size: int) -> np.ndarray:
         if "smaller than one" in str(exc):
             raise MilsilError(f"{record.path}: {exc}") from None
         raise
+
+
+def instance_labels(
+    record: BagRecord, patch_size: int, positive: int, negative: int
+) -> np.ndarray | None:
+    """Each patch's own label, in bag order: ``positive`` where the record's mask (the
+    annotated malignant nuclei or tumour contours) has a pixel inside the patch, else
+    ``negative``. A record without a mask: all ``negative`` when its bag is ``negative``,
+    else unknown (None). The patches are :func:`load_bag`'s grid."""
+    if not record.mask:
+        if record.label == positive:
+            return None
+        return np.full(bag_size(record, patch_size), negative, dtype=np.int64)
+    mask = load_mask(record.mask).astype(np.uint8)
+    grid = image_to_bag(np.repeat(mask[..., None], 3, axis=2), patch_size)[..., 0]
+    inside = grid.reshape(len(grid), -1).any(axis=1)
+    return np.where(inside, positive, negative).astype(np.int64)
 
 
 def bag_size(record: BagRecord, patch_size: int) -> int:

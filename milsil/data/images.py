@@ -121,7 +121,8 @@ def to_tensor(
         raise MilsilError("normalisation needs 3 means and 3 positive standard deviations")
     m = torch.tensor([float(v) for v in mean], dtype=torch.float32)
     s = torch.tensor([float(v) for v in std], dtype=torch.float32)
-    out = (t.to(torch.float32) / 255.0 - m) / s
+    out = t.to(torch.float32)
+    out.div_(255.0).sub_(m).div_(s)  # in place: one float copy of the pixels, not four
     return out.movedim(-1, -3).contiguous()
 
 

@@ -10,12 +10,13 @@
   27x27 nucleus-centred patches for the attention-MIL "ADMP" baseline.
   The dataset does not say which of its 10 slides (9 patients) an image came from: a
   ``patients.csv`` (``image,patient``) in the root, or given explicitly, fixes that;
-  without one, consecutive blocks of 10 images are taken as one slide (an assumption,
-  said so in the output).
+  without one :func:`crc_records` refuses (a patient on both sides of a split leaks),
+  unless told to assume consecutive blocks of 10 images per slide.
 * **CAMELYON16**: slides (``*.tif``) and ASAP XML lesion contours (``<slide>.xml``,
   anywhere under the root, e.g. ``lesion_annotations/``). :func:`prepare_camelyon16`
-  samples 500x500 level-0 tissue patches per slide (malignant when a patch overlaps a
-  contour, the paper's rule) into PNGs, masks and a ``manifest.csv`` that
+  takes the paper's 111 tumour + 20 normal training slides and samples 500x500 level-0
+  tissue patches (malignant when a patch overlaps a contour, the paper's rule; 100,000 in
+  all by default) into PNGs, masks and a ``manifest.csv`` that
   :func:`milsil.data.read_manifest` reads; one slide is one patient.
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -100,8 +101,17 @@ def disc_mask(shape: tuple[int, int], centres: np.ndarray, radius: float) -> np.
     return mask
 
 
+CRC_LEAK = (
+    "CRC HistoPhenotypes does not say which of its 10 slides (9 patients) each image comes "
+    "from; without a patients table a patient's images can fall on both sides of a "
+    "train/test split and leak into the test. Give ROOT/patients.csv or --patients-csv "
+    "(columns image,patient), or pass --assume-slide-blocks to take consecutive blocks of 10 "
+    "images (img1-10, img11-20, ...) as one slide each (an assumption, printed with the tables)"
+)
+
+
 def _crc_patients(
-    images: list[Path], root: Path, patients: str | Path | None
+    images: list[Path], root: Path, patients: str | Path | None, assume_slide_blocks: bool
 ) -> tuple[dict[str, str], str]:
     table = Path(patients) if patients else root / "patients.csv"
     if table.is_file():
@@ -116,12 +126,17 @@ def _crc_patients(
         return mapping, f"patients from {table}"
     if patients:
         raise NotFoundError(f"patients table not found: {patients}")
+    if not assume_slide_blocks:
+        raise MilsilError(CRC_LEAK)
     mapping = {}
     for p in images:
         m = re.search(r"(\d+)$", p.stem)
         n = int(m.group(1)) if m else 1
         mapping[p.stem] = f"slide{(n - 1) // 10 + 1:02d}"
-    return mapping, "patients assumed: consecutive blocks of 10 images per slide (no patients.csv)"
+    return mapping, (
+        "patients ASSUMED (--assume-slide-blocks): consecutive blocks of 10 images per slide, "
+        "one slide per patient; the dataset does not record it"
+    )
 
 
 def crc_records(
@@ -129,17 +144,20 @@ def crc_records(
     cache_dir: str | Path,
     nucleus_radius: float = 5.0,
     patients: str | Path | None = None,
+    assume_slide_blocks: bool = False,
 ) -> tuple[list[BagRecord], list[str], str]:
     """CRC HistoPhenotypes as bags: ``(records, ["benign", "malignant"], patient note)``.
 
     Malignant = the image has epithelial nuclei. Masks (discs of ``nucleus_radius`` around
-    epithelial centres) are written to ``cache_dir/masks`` for localization only.
+    epithelial centres) are written to ``cache_dir/masks`` for localization only. Patients
+    come from ``patients`` (default ``root/patients.csv``); without one this refuses
+    (:data:`CRC_LEAK`) unless ``assume_slide_blocks``.
     """
     root = Path(root)
     if not root.is_dir():
         raise NotFoundError(f"CRC root not found: {root}")
     images = _crc_images(root)
-    mapping, note = _crc_patients(images, root, patients)
+    mapping, note = _crc_patients(images, root, patients, assume_slide_blocks)
     masks = Path(cache_dir) / "masks"
     masks.mkdir(parents=True, exist_ok=True)
     records = []
@@ -163,12 +181,31 @@ def crc_records(
 def crc_nuclei_bags(
     records: Sequence[BagRecord], cache_dir: str | Path, patch: int = 27
 ) -> list[BagRecord]:
-    """Bags of ``patch`` x ``patch`` crops centred on every annotated nucleus (any class),
-    as ``.npz`` tiles: the attention-MIL baseline trained on nucleus patches (ADMP).
-    Images without any annotated nucleus get one centre crop so every bag is non-empty."""
+    """Bags of ``patch`` x ``patch`` crops centred on every annotated CRC nucleus (all four
+    classes): the attention-MIL baseline trained on nucleus patches (ADMP)."""
+    return nucleus_bags(
+        records,
+        lambda r: np.concatenate(list(crc_nuclei(Path(r.path)).values())),
+        Path(cache_dir) / f"nuclei{patch}",
+        patch,
+    )
+
+
+def nucleus_bags(
+    records: Sequence[BagRecord],
+    centres_of: Callable[[BagRecord], np.ndarray],
+    out_dir: str | Path,
+    patch: int = 27,
+) -> list[BagRecord]:
+    """Bags of ``patch`` x ``patch`` crops centred on nucleus centres, as ``.npz`` tiles.
+
+    ``centres_of(record)``: ``float [n, 2]`` 0-based ``(x, y)`` pixel positions (the crop is
+    centred on the pixel holding the centre; the image is mirrored at its borders). An image
+    without nuclei gets one centre crop so every bag is non-empty. Tiles are cached.
+    """
     from milsil.data import load_rgb
 
-    out_dir = Path(cache_dir) / f"nuclei{patch}"
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     half = patch // 2
     bags = []
@@ -178,11 +215,11 @@ def crc_nuclei_bags(
         if not target.is_file():
             image = load_rgb(path)
             padded = np.pad(image, ((half, half), (half, half), (0, 0)), mode="reflect")
-            centres = np.concatenate(list(crc_nuclei(path).values()))
+            centres = np.asarray(centres_of(r), dtype=np.float64).reshape(-1, 2)
             if len(centres) == 0:
                 centres = np.array([[image.shape[1] / 2, image.shape[0] / 2]])
             tiles = []
-            for x, y in np.round(centres).astype(int):
+            for x, y in np.floor(centres + 0.5).astype(int):
                 x = int(np.clip(x, 0, image.shape[1] - 1))
                 y = int(np.clip(y, 0, image.shape[0] - 1))
                 tiles.append(padded[y : y + patch, x : x + patch])
@@ -199,7 +236,8 @@ def write_crc_like(
     """A small dataset in the exact CRC HistoPhenotypes layout, drawn by :mod:`milsil.data.synth`.
 
     Malignant images' epithelial centres are the malignant nuclei's centroids; every image
-    also gets fibroblast/inflammatory/other centres from its benign nuclei. For tests and demos.
+    also gets fibroblast/inflammatory/other centres from its benign nuclei; ``patients.csv``
+    puts ``per_slide`` consecutive images on one slide. For tests and demos.
     """
     from scipy import ndimage
     from scipy.io import savemat
@@ -234,6 +272,12 @@ def write_crc_like(
         }
         for kind, det in parts.items():
             savemat(folder / f"img{n}_{kind}.mat", {"detection": det})
+    with (root / "patients.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "patient"])
+        writer.writerows(
+            [[f"img{n}", f"slide{(n - 1) // per_slide + 1:02d}"] for n in range(1, images + 1)]
+        )
     return root
 
 
@@ -255,22 +299,68 @@ def _find_slides(root: Path, exclude: Path | None) -> list[Path]:
     return found
 
 
+def select_camelyon16(
+    slides: Sequence[Path], root: Path, tumour_slides: int | None, normal_slides: int | None
+) -> tuple[list[Path], list[Path], list[str]]:
+    """The paper's training slides: tumour slides (``tumor_*`` or with contours) and normal
+    ones (``normal_*``), the first ``tumour_slides``/``normal_slides`` of each by name (None:
+    all); other slides (e.g. ``test_*``) are left out. Returns both lists and notes."""
+    from milsil.wsi.contours import find_contours
+
+    tumour, normal, other = [], [], []
+    for path in sorted(slides, key=lambda p: p.name):
+        stem = path.stem.lower()
+        if stem.startswith("tumor") or (
+            not stem.startswith(("normal", "test")) and find_contours(path, [root])
+        ):
+            tumour.append(path)
+        elif stem.startswith("normal") or not stem.startswith("test"):
+            normal.append(path)
+        else:
+            other.append(path)
+    notes = []
+    for kind, found, wanted in (
+        ("tumour", tumour, tumour_slides),
+        ("normal", normal, normal_slides),
+    ):
+        if wanted is not None and len(found) < wanted:
+            notes.append(f"only {len(found)} {kind} slides found (the paper: {wanted})")
+    tumour = tumour[:tumour_slides] if tumour_slides is not None else tumour
+    normal = normal[:normal_slides] if normal_slides is not None else normal
+    if other:
+        notes.append(
+            f"{len(other)} other slides (e.g. {other[0].name}) left out: not training slides"
+        )
+    return tumour, normal, notes
+
+
 def prepare_camelyon16(
     root: str | Path,
     out_dir: str | Path,
     patch: int = 500,
-    max_patches_per_slide: int | None = 100,
+    max_patches_per_slide: int | None = None,
+    total_patches: int = 100_000,
+    tumour_slides: int | None = 111,
+    normal_slides: int | None = 20,
     min_tissue: float = 0.5,
     seed: int = 0,
     log=print,
-) -> Path:
-    """Sample CAMELYON16-style bags from every slide under ``root``; returns the manifest.
+) -> tuple[Path, dict]:
+    """Sample the paper's CAMELYON16 bags from the slides under ``root``.
 
-    Writes ``out_dir/images/<slide>_<x>_<y>.png`` (``patch`` x ``patch`` level-0 pixels),
-    ``out_dir/masks/...png`` (the contour rasterised, for localization only) and
-    ``out_dir/manifest.csv``. A slide without contours is normal. Slides already done
-    (``out_dir/done/<slide>.json``) are skipped, so an interrupted run resumes; a slide
-    that cannot be read is reported and left out.
+    The paper: 111 tumour and 20 normal training slides, 500x500 level-0 patches, malignant
+    where a patch overlaps the tumour contours, over 100,000 patches. The slides are
+    :func:`select_camelyon16`'s (the first ``normal_slides`` normal ones by name: the
+    paper does not say which 20); each gives up to ``max_patches_per_slide`` patches
+    (default: ``total_patches`` spread evenly over the slides) on a grid of tissue patches
+    (``min_tissue``), half malignant on tumour slides when they have enough
+    (:func:`milsil.wsi.contours.sample_patches`).
+
+    Writes ``out_dir/images/<slide>_<x>_<y>.png``, ``out_dir/masks/...png`` (the contours
+    rasterised, for localization and per-instance labels only) and ``out_dir/manifest.csv``;
+    returns the manifest and a summary (slides, quota, patches, notes). Slides already done
+    with the same settings (``out_dir/done/<slide>.json``) are skipped, so an interrupted
+    run resumes; a slide that cannot be read is reported and left out.
     """
     from milsil.wsi.contours import find_contours, rasterize, read_contours, sample_patches
     from milsil.wsi.reader import open_slide
@@ -278,18 +368,25 @@ def prepare_camelyon16(
     root, out = Path(root), Path(out_dir)
     if not root.is_dir():
         raise NotFoundError(f"CAMELYON16 root not found: {root}")
-    slides = _find_slides(root, out.resolve())
-    if not slides:
+    found = _find_slides(root, out.resolve())
+    if not found:
         raise MilsilError(f"no slides (*.tif, *.svs, ...) under {root}")
+    tumour_list, normal_list, notes = select_camelyon16(found, root, tumour_slides, normal_slides)
+    slides = tumour_list + normal_list
+    if not slides:
+        raise MilsilError(f"no CAMELYON16 training slides (tumor_*, normal_*) under {root}")
+    quota = max_patches_per_slide or -(-int(total_patches) // len(slides))
+    settings = {"patch": patch, "quota": quota, "min_tissue": min_tissue, "seed": seed}
     for sub in ("images", "masks", "done"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rows: list[list[str]] = []
-    failed = []
     for k, path in enumerate(slides):
         done = out / "done" / f"{path.stem}.json"
         if done.is_file():
-            rows.extend(json.loads(done.read_text()))
-            continue
+            state = json.loads(done.read_text())
+            if isinstance(state, dict) and state.get("settings") == settings:
+                rows.extend(state["rows"])
+                continue
         try:
             contour_file = find_contours(path, [root])
             tumour = read_contours(contour_file) if contour_file else None
@@ -299,7 +396,7 @@ def prepare_camelyon16(
                     s,
                     tumour,
                     size=patch,
-                    max_patches=max_patches_per_slide,
+                    max_patches=quota,
                     min_tissue=min_tissue,
                     seed=seed + k,
                 )
@@ -315,10 +412,10 @@ def prepare_camelyon16(
                         [f"images/{stem}.png", CLASS_NAMES[p.label], path.stem, f"masks/{stem}.png"]
                     )
         except MilsilError as exc:
-            failed.append(f"{path.name}: {exc}")
+            notes.append(f"{path.name} skipped: {exc}")
             log(f"  skipped {path.name}: {exc}")
             continue
-        done.write_text(json.dumps(slide_rows))
+        done.write_text(json.dumps({"settings": settings, "rows": slide_rows}))
         rows.extend(slide_rows)
         n_pos = sum(r[1] == "malignant" for r in slide_rows)
         log(
@@ -326,15 +423,26 @@ def prepare_camelyon16(
         )
     if not rows:
         raise MilsilError(f"no tissue patches sampled from the slides under {root}")
-    return write_manifest(out, rows)
+    summary = {
+        "tumour_slides": [p.stem for p in tumour_list],
+        "normal_slides": [p.stem for p in normal_list],
+        "quota_per_slide": quota,
+        "target_patches": None if max_patches_per_slide else int(total_patches),
+        "patches": len(rows),
+        "malignant": sum(r[1] == "malignant" for r in rows),
+        "notes": notes,
+    }
+    return write_manifest(out, rows), summary
 
 
 def camelyon16_records(
     root: str | Path, out_dir: str | Path, **kwargs
-) -> tuple[list[BagRecord], list[str]]:
-    """:func:`prepare_camelyon16` then :func:`milsil.data.read_manifest`."""
-    manifest = prepare_camelyon16(root, out_dir, **kwargs)
-    return read_manifest(manifest, CLASS_NAMES)
+) -> tuple[list[BagRecord], list[str], dict]:
+    """:func:`prepare_camelyon16` then :func:`milsil.data.read_manifest`; the third value is
+    the sampling summary."""
+    manifest, summary = prepare_camelyon16(root, out_dir, **kwargs)
+    records, names = read_manifest(manifest, CLASS_NAMES)
+    return records, names, summary
 
 
 def write_camelyon_like(

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from milsil.engine import recipe
+from milsil.engine.recipe import RECIPES
 from milsil.errors import MilsilError
 from milsil.models import HEADS, list_models
 
@@ -31,18 +33,22 @@ RESUMABLE_CHANGES = ("epochs", "device", "num_workers")
 class TrainConfig:
     """Everything that defines a training run; stored in every checkpoint and run.json.
 
-    Defaults are the paper's optimiser (Adam, lr 1e-4, exponential decay per epoch). A
-    small model trained from scratch for a few epochs (tests, demos) needs a larger lr.
+    Fields left at ``None`` (width, lr, lr_decay, weight_decay, pretrained,
+    stem_bn_momentum) are filled by the ``recipe`` (:mod:`milsil.engine.recipe`): the
+    ``default`` recipe learns from scratch on a CPU without network; ``paper`` is the
+    paper's exact recipe (ImageNet initialisation, width 64, lr 1e-4 with decay).
+    :meth:`explain` says what each became and why. ``pretrained``: ``"imagenet"``, a local
+    weights file, or ``"none"``.
     """
 
     arch: str = "bagnet9"
     head: str = "milsil"
-    width: int = 16
+    width: int | None = None
     epochs: int = 10
-    lr: float = 1e-4
-    lr_decay: float = 0.9
+    lr: float | None = None
+    lr_decay: float | None = None
     batch_size: int = 8
-    weight_decay: float = 0.0
+    weight_decay: float | None = None
     patch_size: int = 64
     augment: bool = True
     color_jitter: float = 0.0
@@ -51,14 +57,26 @@ class TrainConfig:
     num_workers: int = 0
     amp: bool = True
     pretrained: str | None = None
+    recipe: str = "default"
+    stem_bn_momentum: float | None = None
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        """Raise MilsilError naming the bad field and what is allowed."""
+        """Fill the recipe's choices, then raise MilsilError naming a bad field."""
+        if self.recipe not in RECIPES:
+            raise MilsilError(f"unknown recipe {self.recipe!r}; allowed: {', '.join(RECIPES)}")
         if self.arch not in list_models():
             raise MilsilError(f"unknown arch {self.arch!r}; allowed: {', '.join(list_models())}")
+        if self.pretrained is not None:
+            if not isinstance(self.pretrained, str) or not self.pretrained:
+                raise MilsilError(
+                    f"pretrained must be 'imagenet', 'none' or a local file path, got "
+                    f"{self.pretrained!r}"
+                )
+            self.pretrained = str(self.pretrained)
+        recipe.resolve(self)
         if self.head not in HEADS:
             raise MilsilError(f"unknown head {self.head!r}; allowed: {', '.join(HEADS)}")
         _check_int(self, "width", 4, 256)
@@ -68,22 +86,37 @@ class TrainConfig:
         _check_int(self, "batch_size", 1, 4096)
         _check_float(self, "weight_decay", 0.0, 1.0)
         _check_float(self, "color_jitter", 0.0, 1.0)
+        _check_float(self, "stem_bn_momentum", 0.0, 1.0, low_open=True)
         _check_int(self, "patch_size", MIN_PATCH.get(self.arch, MIN_PATCH_DEFAULT), 4096)
         _check_int(self, "seed", 0, 2**63 - 1)
         _check_int(self, "num_workers", 0, 64)
         for name in ("augment", "amp"):
             if not isinstance(getattr(self, name), bool):
                 raise MilsilError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.pretrained == "imagenet":
+            if self.arch not in recipe.IMAGENET_ARCHS:
+                raise MilsilError(
+                    f"{self.arch} has no published ImageNet weights (attention MIL is trained "
+                    "from scratch, as in the paper); use pretrained 'none'"
+                )
+            if self.width != 64:
+                raise MilsilError(
+                    f"ImageNet weights exist for width 64 only (the published size), not "
+                    f"width {self.width}"
+                )
         if not isinstance(self.device, str) or not _device_syntax_ok(self.device):
             raise MilsilError(
                 f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
             )
-        if self.pretrained is not None:
-            if not isinstance(self.pretrained, str) or not self.pretrained:
-                raise MilsilError(
-                    f"pretrained must be a local file path or None, got {self.pretrained!r}"
-                )
-            self.pretrained = str(self.pretrained)
+
+    @property
+    def initialised(self) -> bool:
+        """True when training starts from pretrained weights (ImageNet or a file)."""
+        return recipe.initialised(self.pretrained)
+
+    def explain(self) -> list[str]:
+        """What the recipe chose for each open setting and why (one line each)."""
+        return recipe.explain(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,8 +157,15 @@ def _check_float(cfg: TrainConfig, name: str, lo: float, hi: float, low_open: bo
     setattr(cfg, name, value)
 
 
+# Settings added after runs were first stored, and what runs stored before them did.
+_BEFORE_RECIPES = {"recipe": "default", "stem_bn_momentum": 0.1}
+
+
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: old -> new`` for every setting that differs, except :data:`RESUMABLE_CHANGES`."""
+    old = {**_BEFORE_RECIPES, **old}
+    if old.get("pretrained") is None:  # stored before recipes: None meant from scratch
+        old["pretrained"] = "none"
     return [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
         for k in sorted(set(old) | set(new))

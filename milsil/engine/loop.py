@@ -48,7 +48,13 @@ from milsil.engine.provenance import (
 from milsil.engine.seeding import rng_state, seed_everything, set_rng_state
 from milsil.engine.validation import evaluate_model
 from milsil.errors import CheckpointError, MilsilError
-from milsil.models import create_model, read_checkpoint, save_checkpoint
+from milsil.models import (
+    create_model,
+    load_pretrained_backbone,
+    read_checkpoint,
+    save_checkpoint,
+)
+from milsil.models.bagnet import BagNet, ResNet50, reference_init
 
 # The validation metrics a history row keeps (as ``val_<key>``).
 _VAL_KEYS = ("loss", "sil_accuracy", "mil_accuracy", "sil_auroc", "mil_auroc")
@@ -176,6 +182,27 @@ def train_model(
     return run.train(should_stop)
 
 
+def initialise(model: torch.nn.Module, config: TrainConfig) -> str:
+    """A new run's weights: the pretrained backbone (ImageNet or a file), else, from
+    scratch, the reference BagNet's / torchvision ResNet's He-normal init (BatchNorm 1/0);
+    other architectures keep their own. Returns what was done, in words."""
+    if config.initialised:
+        return load_pretrained_backbone(model, config.pretrained)
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, (BagNet, ResNet50)):
+        reference_init(backbone)
+        return "from scratch: He-normal convs, BatchNorm weight 1 / bias 0 (reference init)"
+    return "from scratch: the architecture's own init"
+
+
+def set_stem_momentum(model: torch.nn.Module, momentum: float | None) -> None:
+    """Set a BagNet's stem BatchNorm momentum (the reference's 0.001, or the default
+    recipe's 0.1 from scratch); other architectures keep theirs."""
+    backbone = getattr(model, "backbone", None)
+    if momentum is not None and isinstance(backbone, BagNet):
+        backbone.bn1.momentum = momentum
+
+
 class _Run:
     """One training run: its model and optimiser, its history, and the files it writes.
 
@@ -216,8 +243,9 @@ class _Run:
             head=config.head,
             width=config.width,
             class_names=class_names,
-            pretrained=config.pretrained,
         ).to(device)
+        set_stem_momentum(self.model, config.stem_bn_momentum)
+        self.init_note = "from scratch"
         self.head = self.model.head  # attention MIL forces "mil"
         self.mean, self.std = self.model.normalization
         self.optimizer = torch.optim.Adam(
@@ -268,6 +296,7 @@ class _Run:
                 "('milsil train') before continuing it data-parallel"
             )
         self.model.load_state_dict(payload["state_dict"])
+        self.init_note = "resumed from last.pt"
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler") and self.use_amp:
@@ -282,6 +311,8 @@ class _Run:
             rewrite_log(self.log_path, self.history)
 
     def start_over(self) -> None:
+        """A new run: initialise the model (:func:`initialise`), drop old files."""
+        self.init_note = initialise(self.model, self.config)
         if self.writes:
             for stale in (self.last_path, self.best_path, self.log_path):
                 stale.unlink(missing_ok=True)
@@ -294,6 +325,7 @@ class _Run:
             "device": str(self.device),
             "amp": self.use_amp,
             "head_trained": self.head,
+            "initialisation": self.init_note,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "resumed_from_epoch": (
                 self.start_epoch if self.start_epoch or self.start_step else None

@@ -180,10 +180,21 @@ def normalize_map(heatmap: Any) -> np.ndarray:
 
 
 def mean_std(values: list[float]) -> tuple[float, float, int]:
-    """Mean and (population) standard deviation over the defined (non-nan) values, and how
-    many there were: fold summaries in the paper's "mean +- std" form."""
+    """Mean and sample standard deviation (n - 1 in the denominator, as the paper's
+    "mean +- std": its 98.00 +- 2.74 is {100, 100, 95, 100, 95}) over the defined (non-nan)
+    values, and how many there were. The std is ``nan`` with fewer than two values."""
     finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     if not finite:
         return math.nan, math.nan, 0
     arr = np.asarray(finite)
-    return float(arr.mean()), float(arr.std()), len(finite)
+    std = float(arr.std(ddof=1)) if len(finite) > 1 else math.nan
+    return float(arr.mean()), std, len(finite)
+
+
+def format_mean_std(mean: float, std: float, n: int, scale: float = 1.0, digits: int = 2) -> str:
+    """``"mean +- std"`` (sample std), the mean alone when there is one value, ``N/A`` for none."""
+    if n == 0 or mean is None or math.isnan(mean):
+        return "N/A"
+    if std is None or math.isnan(std):
+        return f"{scale * mean:.{digits}f}"
+    return f"{scale * mean:.{digits}f} +- {scale * std:.{digits}f}"

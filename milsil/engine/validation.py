@@ -84,18 +84,42 @@ def predict(
     return result
 
 
+def instance_accuracy(
+    model: ConfiguredModel, records: Sequence[Any], patch_size: int, sil_probs: np.ndarray
+) -> float:
+    """SIL accuracy against each patch's OWN label (from the masks: malignant where the
+    patch holds annotated malignant pixels), not its bag's; ``nan`` when some malignant
+    bag has no mask or the classes are not two."""
+    from milsil.data.dataset import instance_labels
+    from milsil.models import target_class_index
+
+    names = model.class_names
+    if len(names) != 2:
+        return math.nan
+    positive = target_class_index(names)
+    labels = []
+    for r in records:
+        own = instance_labels(r, patch_size, positive, 1 - positive)
+        if own is None:
+            return math.nan
+        labels.append(own)
+    return accuracy(sil_probs, np.concatenate(labels))
+
+
 def evaluate_model(
     model: ConfiguredModel,
     records: Sequence[Any],
     patch_size: int,
     device: torch.device | str | None = None,
     batch_size: int = 8,
+    own_labels: bool = False,
 ) -> dict[str, Any]:
     """Bag-level (MIL) and patch-level (SIL) accuracy and AUROC, and the head's loss.
 
     SIL metrics score every patch against its bag's label, as the paper does; they are
     ``nan`` for models without per-patch outputs (attention MIL). AUROC is ``nan`` when the
-    records hold one class only.
+    records hold one class only. With ``own_labels``, ``sil_accuracy_own`` scores every
+    patch against its own label from the masks instead (:func:`instance_accuracy`).
     """
     p = predict(model, records, patch_size, device, batch_size)
     out: dict[str, Any] = {
@@ -111,4 +135,10 @@ def evaluate_model(
         out["sil_accuracy"] = accuracy(p["sil_probs"], p["sil_labels"])
         out["sil_auroc"] = auroc(p["sil_probs"], p["sil_labels"])
         out["patches"] = len(p["sil_labels"])
+    if own_labels:
+        out["sil_accuracy_own"] = (
+            instance_accuracy(model, records, patch_size, p["sil_probs"])
+            if "sil_probs" in p
+            else math.nan
+        )
     return out

@@ -4,25 +4,26 @@ MIL-SIL model, each trained and tested on the same patient-level folds.
 * :func:`ablation` -- train and test every head on every fold, with the localization of
   its maps (:mod:`milsil.experiments.localization`) on the test folds;
 * :func:`format_table1` -- the paper's Table 1 layout (mean +- std over folds);
-* :func:`format_localization_table` -- logit heatmap vs CAM vs Grad-CAM against the masks.
+* :func:`format_localization_table` -- logit heatmap vs CAM vs Grad-CAM against the masks;
+* :func:`format_nucleus_table` -- the same maps nucleus by nucleus (instance masks).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from milsil.engine.config import TrainConfig, resolve_device
 from milsil.engine.loop import TrainProgress, train_model
-from milsil.engine.metrics import mean_std
+from milsil.engine.metrics import format_mean_std, mean_std
 from milsil.engine.provenance import write_json_atomic
 from milsil.engine.validation import evaluate_model
 from milsil.errors import MilsilError
 from milsil.experiments.localization import MAP_NAMES, localization
+from milsil.experiments.nuclei import OBJECT_KEYS
 
 # The paper's names for the three heads (Table 1 columns).
 METHOD_NAMES = {"sil": "BagNet", "mil": "MILBagNet", "milsil": "Proposed"}
@@ -40,6 +41,7 @@ def ablation(
     dice_threshold: float = 0.5,
     log: Callable[[str], None] | None = print,
     progress: Callable[[TrainProgress], None] | None = None,
+    instances: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Table 1: train each head on the same patient-level folds and test on the held-out fold.
 
@@ -47,7 +49,9 @@ def ablation(
     carved from the training folds (the test fold is never used for model selection), so
     each fold's model is its last epoch. Every run lives in ``out_dir/fold<k>/<head>`` and
     resumes, so an interrupted ablation continues where it stopped. Localization is measured
-    for ``localize_heads`` (default: all heads) on the test folds' target-class images.
+    for ``localize_heads`` (default: all heads) on the test folds' target-class images, and
+    nucleus by nucleus on the test images in ``instances`` (image path -> instance files,
+    :func:`milsil.data.instances.read_instance_index`).
     Results are also written to ``out_dir/ablation.json``.
     """
     from milsil.data import patient_kfold
@@ -92,7 +96,9 @@ def ablation(
                 f"  SIL acc {metrics['sil_accuracy']:.3f}  [{time.monotonic() - start:.0f}s]"
             )
             if localize and h in localize_heads:
-                loc = localization(model.to("cpu"), test, class_names, dice_threshold)
+                loc = localization(
+                    model.to("cpu"), test, class_names, dice_threshold, instances=instances
+                )
                 for name, vals in loc.items():
                     entry = results["localization"].setdefault(h, {}).setdefault(name, [])
                     entry.append(vals | {"fold": k})
@@ -100,7 +106,9 @@ def ablation(
                     say(
                         "  localization: "
                         + "; ".join(
-                            f"{MAP_NAMES[n]} AUROC {v['pixel_auroc']:.3f}" for n, v in loc.items()
+                            f"{MAP_NAMES[n]} AUROC {v['pixel_auroc']:.3f}"
+                            + (f" (nuclei {v['object_auroc']:.3f})" if "object_auroc" in v else "")
+                            for n, v in loc.items()
                         )
                     )
             write_json_atomic(out_dir / "ablation.json", summarize(results))
@@ -122,20 +130,24 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for h, per_map in results["localization"].items():
         for name, per_fold in per_map.items():
+            keys = ["pixel_auroc", "pointing_game", "dice"]
+            keys += [k for k in OBJECT_KEYS if all(k in f for f in per_fold)]
             summary.setdefault(h, {})[name] = {
                 key: dict(
                     zip(("mean", "std", "n"), mean_std([f[key] for f in per_fold]), strict=True)
                 )
-                for key in ("pixel_auroc", "pointing_game", "dice")
+                for key in keys
             } | {"images": int(sum(f["images"] for f in per_fold))}
+            if all("nuclei" in f for f in per_fold):
+                summary[h][name]["nuclei"] = int(sum(f["nuclei"] for f in per_fold))
+                summary[h][name]["object_images"] = int(sum(f["object_images"] for f in per_fold))
     results["localization_summary"] = summary
     return results
 
 
 def _cell(stats: dict[str, Any], scale: float) -> str:
-    if stats["n"] == 0 or stats["mean"] is None or math.isnan(stats["mean"]):
-        return "N/A"
-    return f"{scale * stats['mean']:.2f} +- {scale * stats['std']:.2f}"
+    """``mean +- sample std`` over folds (the mean alone for a single fold)."""
+    return format_mean_std(stats["mean"], stats["std"], stats["n"], scale)
 
 
 def format_table1(results: dict[str, Any], metric: str = "accuracy") -> str:
@@ -192,4 +204,27 @@ def format_localization_table(results: dict[str, Any], head: str | None = None) 
                 _cell(v[k], 1.0).rjust(15) for k in ("pixel_auroc", "pointing_game", "dice")
             )
         )
+    return "\n".join(lines)
+
+
+def format_nucleus_table(results: dict[str, Any], head: str | None = None) -> str:
+    """Rows: the maps; columns nucleus AUROC (pooled), within-image AUROC, nucleus pointing
+    game (:mod:`milsil.experiments.nuclei`); empty when the data has no instance masks."""
+    summary = results.get("localization_summary") or summarize(results)["localization_summary"]
+    if head is None and summary:
+        head = "milsil" if "milsil" in summary else next(iter(summary))
+    rows = summary.get(head, {}) if head else {}
+    rows = {n: v for n, v in rows.items() if "object_auroc" in v}
+    if not rows:
+        return "Nucleus-level localization: no instance masks (instances.csv) in the data"
+    first = next(iter(rows.values()))
+    lines = [
+        f"Nucleus-level localization: {METHOD_NAMES.get(head, head)} model, "
+        f"{first.get('nuclei', 0)} nuclei in {first.get('object_images', 0)} held-out images, "
+        "each scored by the map's mean over it (mean +- std over folds)",
+        f"{'':<15}{'nucleus AUROC':>15}  {'within-image':>15}  {'nucleus pointing':>16}",
+    ]
+    for name, v in rows.items():
+        cells = [_cell(v[k], 1.0).rjust(w) for k, w in zip(OBJECT_KEYS, (15, 15, 16), strict=True)]
+        lines.append(f"{MAP_NAMES.get(name, name):<15}" + "  ".join(cells))
     return "\n".join(lines)

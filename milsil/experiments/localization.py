@@ -1,14 +1,18 @@
 """How well a model's maps point at the annotated malignant nuclei.
 
-:func:`localization` compares the logit heatmap, CAM and Grad-CAM of a model with the masks
-(pixel AUROC, pointing game, Dice). The paper shows this only as pictures (its Fig. 1);
-with synthetic data the masks are exact, so it can be measured.
+:func:`localization` compares the logit heatmap, CAM and Grad-CAM of a model (ADMIL: its
+attention) with the masks (pixel AUROC, pointing game, Dice) and, where the dataset has
+per-nucleus instance masks, nucleus by nucleus (:mod:`milsil.experiments.nuclei`: nucleus
+AUROC malignant vs benign, nucleus pointing game). The paper shows this only as pictures
+(its Fig. 1); with synthetic data the masks are exact, so it can be measured.
 
 Maps compared:
   * logit heatmap -- log-odds of the target class per pixel, ``l_t - logsumexp(l_others)``
     (for two classes: the malignant-minus-benign logit difference), stride 1;
   * CAM -- the target class's classifier applied to the last feature map, upsampled;
-  * Grad-CAM -- of the target class on the last feature map, upsampled.
+  * Grad-CAM -- of the target class on the last feature map, upsampled;
+  * attention (attention MIL) -- each patch's attention weight over its pixels (pixels of
+    no patch, the strips the exhaustive grid drops, get 0).
 Dice thresholds each map after min-max scaling to [0, 1], so one threshold serves all.
 
 Scores are taken over the image's *valid* interior by default: pixels whose receptive-field
@@ -20,7 +24,8 @@ cropped alike to compare fairly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,10 +33,18 @@ import torch
 
 from milsil.engine.metrics import dice, mean_std, normalize_map, pixel_auroc, pointing_game
 from milsil.errors import MilsilError
+from milsil.experiments.nuclei import NucleusScores, score_nuclei
 from milsil.inference.tiling import context_for_receptive_field
 from milsil.models.mil import ConfiguredModel, target_class_index
 
-MAP_NAMES = {"logit": "Logit heatmap", "cam": "CAM", "gradcam": "Grad-CAM"}
+MAP_NAMES = {
+    "logit": "Logit heatmap",
+    "cam": "CAM",
+    "gradcam": "Grad-CAM",
+    "attention": "Attention",
+}
+# Patch side of an attention-MIL model whose checkpoint does not record one (Ilse et al.'s 27).
+DEFAULT_ATTENTION_PATCH = 27
 
 
 def target_class(class_names: Sequence[str]) -> int:
@@ -59,15 +72,50 @@ def image_maps(
             out[name] = cam(model, image)[target].numpy()
         elif name == "gradcam":
             out[name] = gradcam(model, image, target).numpy()
+        elif name == "attention":
+            out[name] = attention_map(model, image)
         else:
             raise MilsilError(f"unknown map {name!r}; allowed: {', '.join(MAP_NAMES)}")
     return out
 
 
-def available_maps(model: ConfiguredModel) -> list[str]:
-    """Logit heatmaps need a BagNet; CAM/Grad-CAM a conv feature map with a linear head."""
-    from milsil.models.mil import MilSilNet
+def attention_map(
+    model: ConfiguredModel, image: np.ndarray, patch_size: int | None = None
+) -> np.ndarray:
+    """An attention-MIL model's attention weights painted over their patches: ``H x W``.
 
+    The image is cut into the bag the model was trained on (the exhaustive grid of
+    ``patch_size``, default: the checkpoint's training patch size, else 27); pixels in no
+    patch get 0 attention.
+    """
+    from milsil.data import image_to_bag, patch_origins, to_tensor
+    from milsil.models.mil import AttentionMIL
+
+    if not isinstance(model, AttentionMIL):
+        raise MilsilError(f"attention maps need an attention-MIL model, not {model.config.arch}")
+    if patch_size is None:
+        config = (getattr(model, "provenance", None) or {}).get("config", {})
+        patch_size = int(config.get("patch_size", DEFAULT_ATTENTION_PATCH))
+    bag = image_to_bag(image, patch_size)
+    mean, std = model.normalization
+    x = torch.stack([to_tensor(p, mean, std) for p in bag]).unsqueeze(0)
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode():
+        weights = model(x.to(device)).attention[0].float().cpu().numpy()
+    out = np.zeros(image.shape[:2], dtype=np.float32)
+    for (y, x0), a in zip(patch_origins(*image.shape[:2], patch_size), weights, strict=True):
+        out[y : y + patch_size, x0 : x0 + patch_size] = a
+    return out
+
+
+def available_maps(model: ConfiguredModel) -> list[str]:
+    """Logit heatmaps need a BagNet; CAM/Grad-CAM a conv feature map with a linear head;
+    attention maps an attention-MIL model."""
+    from milsil.models.mil import AttentionMIL, MilSilNet
+
+    if isinstance(model, AttentionMIL):
+        return ["attention"]
     if not isinstance(model, MilSilNet):
         return []
     maps = ["cam", "gradcam"]
@@ -84,15 +132,25 @@ def localization(
     maps: Sequence[str] | None = None,
     max_images: int | None = None,
     border: int | None = None,
+    instances: Mapping[str, Any] | None = None,
+    min_pixels: int = 4,
 ) -> dict[str, Any]:
-    """Compare maps with the masks on the target-class images that have a non-empty mask.
+    """Compare maps with the masks on the target-class images that have a non-empty mask,
+    and, for the images in ``instances``, nucleus by nucleus.
 
     Returns ``{map: {"pixel_auroc", "pointing_game", "dice", "images"}}`` (means over
-    images; ``pointing_game`` is the hit rate). ``border`` pixels are left out on each side
+    images; ``pointing_game`` is the hit rate). With ``instances``
+    (:func:`milsil.data.instances.read_instance_index`: image path -> instance files), each
+    map's entry also holds ``object_auroc``, ``object_auroc_within``, ``object_pointing``,
+    ``nuclei``, ``target_nuclei`` and ``object_images`` (:mod:`milsil.experiments.nuclei`),
+    over every image with instances (benign images too), counting nuclei with at least
+    ``min_pixels`` pixels inside the border. ``border`` pixels are left out on each side
     (default: half the receptive field, see the module docstring). Bags stored as ``.npz``
-    tiles are skipped: they have no image to map.
+    tiles are skipped: they have no image to map. ``max_images`` caps the images of each
+    kind (pixel-level, nucleus-level).
     """
     from milsil.data import load_mask, load_rgb
+    from milsil.data.instances import load_instances
 
     target = target_class(class_names)
     maps = list(maps) if maps is not None else available_maps(model)
@@ -100,34 +158,60 @@ def localization(
         border = context_for_receptive_field(model.receptive_field or 0)
     if not isinstance(border, int) or border < 0:
         raise MilsilError(f"border must be a non-negative number of pixels, got {border!r}")
+    instances = instances or {}
     inner = (slice(border, -border or None), slice(border, -border or None))
     per: dict[str, dict[str, list[float]]] = {
         m: {"pixel_auroc": [], "pointing_game": [], "dice": []} for m in maps
     }
-    used = 0
+    nuclei = NucleusScores()
+    used = used_objects = 0
     for r in records:
-        if r.label != target or not r.mask or str(r.path).lower().endswith(".npz"):
+        if str(r.path).lower().endswith(".npz"):
             continue
-        if max_images is not None and used >= max_images:
-            break
-        mask = load_mask(r.mask)
-        if not mask[inner].any():
+        files = instances.get(str(Path(r.path).resolve()))
+        if max_images is not None and used_objects >= max_images:
+            files = None
+        mask = None
+        if r.label == target and r.mask and (max_images is None or used < max_images):
+            mask = load_mask(r.mask)
+            if not mask[inner].any():
+                mask = None
+        if mask is None and files is None:
             continue
         image = load_rgb(r.path)
-        if image.shape[:2] != mask.shape:
+        if min(image.shape[:2]) <= 2 * border:
+            raise MilsilError(f"{r.path}: a {border}-pixel border leaves no interior")
+        if mask is not None and image.shape[:2] != mask.shape:
             raise MilsilError(
                 f"mask {r.mask} is {mask.shape[::-1]}, image {r.path} is {image.shape[1::-1]}"
             )
-        if min(mask.shape) <= 2 * border:
-            raise MilsilError(f"{r.path}: a {border}-pixel border leaves no interior")
-        used += 1
-        mask = mask[inner]
-        for name, heat in image_maps(model, image, target, maps).items():
-            heat = heat[inner]
-            per[name]["pixel_auroc"].append(pixel_auroc(heat, mask))
-            per[name]["pointing_game"].append(float(pointing_game(heat, mask)))
-            per[name]["dice"].append(dice(normalize_map(heat), mask, dice_threshold))
+        heats = image_maps(model, image, target, maps)
+        if mask is not None:
+            used += 1
+            for name, heat in heats.items():
+                heat, inside = heat[inner], mask[inner]
+                per[name]["pixel_auroc"].append(pixel_auroc(heat, inside))
+                per[name]["pointing_game"].append(float(pointing_game(heat, inside)))
+                per[name]["dice"].append(dice(normalize_map(heat), inside, dice_threshold))
+        if files is not None:
+            labels, table = load_instances(files)
+            if labels.shape != image.shape[:2]:
+                raise MilsilError(
+                    f"instances {files.labels} are {labels.shape[::-1]}, image {r.path} is "
+                    f"{image.shape[1::-1]}"
+                )
+            used_objects += 1
+            for name, heat in heats.items():
+                nuclei.add(
+                    name,
+                    *score_nuclei(
+                        heat[inner], labels[inner], table, class_names[target], min_pixels
+                    ),
+                )
+    objects = nuclei.summary()
     return {
-        m: {k: mean_std(v)[0] for k, v in vals.items()} | {"images": used}
+        m: {k: mean_std(v)[0] for k, v in vals.items()}
+        | {"images": used}
+        | (objects[m] | {"object_images": used_objects} if m in objects else {})
         for m, vals in per.items()
     }

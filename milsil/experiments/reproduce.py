@@ -1,100 +1,57 @@
 """The paper's experiments end to end, printed as its Tables 1 and 2.
 
-Protocol (Section 3 of the paper):
+Protocol (Section 3 of the paper), with the readings of what it leaves open printed as
+the header of the tables (:func:`readings`):
 
-* CRC HistoPhenotypes: each 500x500 image is one bag of four 250x250 patches; 5-fold
-  patient-level cross-validation; cells are mean +- std over folds.
-* CAMELYON16: 500x500 level-0 patches are the bags (four 250x250 patches each), labelled
-  malignant when they overlap a tumour contour; one 80/20 patient-level split, trained once.
-* synthetic: :mod:`milsil.data.synth` images (``size`` px, bags of four ``size/2`` patches),
-  5-fold patient-level cross-validation; what CI runs, tiny and fast.
+* CRC HistoPhenotypes: each 500x500 image is one bag of four 250x250 instances,
+  malignant when it holds epithelial nuclei; 5-fold patient-level cross-validation, the
+  patients from ``patients.csv`` (without one this refuses, as a patient on both sides of
+  a split leaks, unless ``assume_slide_blocks``).
+* CAMELYON16: the 111 tumour + 20 normal training slides; 500x500 level-0 patches are the
+  bags (four 250x250 instances each), malignant when they overlap a tumour contour,
+  100,000 of them by default; one 80/20 patient-level split (one slide = one patient),
+  trained once.
+* synthetic: :mod:`milsil.data.synth` images (``size`` px, bags of four ``size/2``
+  instances), k-fold patient-level cross-validation; what CI runs, tiny and fast.
 
-Methods: BagNet (BagNet-9, SIL loss), MILBagNet (MIL loss), Proposed (MIL+SIL), RN-50
-and DN-161 with MIL and SIL branches, attention MIL on exhaustive 27x27 patches (ADMW)
-and on nucleus-centred 27x27 patches (ADMP; CRC only, where nuclei are annotated: N/A
-elsewhere, as in the paper). Localization of the logit heatmap, CAM and Grad-CAM of the
-proposed model against the nuclei/contour masks is measured on the test images.
-Every run lives under ``out`` and resumes (:func:`milsil.engine.loop.train_model`).
+Methods (:data:`milsil.experiments.paper.METHODS`), all trained with the ``paper`` recipe
+(:mod:`milsil.engine.recipe`): BagNet (BagNet-9, SIL loss), MILBagNet (MIL loss),
+Proposed (MIL+SIL), RN-50 and DN-161 with MIL and SIL branches, all ImageNet-initialised;
+attention MIL (Ilse et al.'s histology network and optimiser settings, from scratch) on
+exhaustive 27x27 patches (ADMW) and on 27x27 patches centred on nuclei (ADMP; where
+nuclei are annotated: CRC, and synthetic data with instance tables; N/A on CAMELYON16, as
+in the paper). SIL accuracy is scored as the paper does (every instance carries its
+bag's label) and, as an extra column, against each instance's own label from the masks.
+Localization of the proposed model's logit heatmap, CAM and Grad-CAM is measured on the
+test images. Every run lives under ``out`` and resumes (:func:`milsil.engine.loop.train_model`).
 ``milsil reproduce`` (:mod:`milsil.cli.reproduce`) runs it from the command line.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from milsil.errors import MilsilError
+from milsil.experiments.paper import METHODS, format_localization, format_tables
 
-
-@dataclass(frozen=True)
-class Method:
-    key: str
-    name: str
-    arch: str
-    head: str
-    patch: str = "bag"  # "bag": the dataset's patch size; "27": exhaustive 27x27; "nuclei"
-
-
-METHODS = (
-    Method("bagnet", "BagNet", "bagnet9", "sil"),
-    Method("milbagnet", "MILBagNet", "bagnet9", "mil"),
-    Method("proposed", "Proposed", "bagnet9", "milsil"),
-    Method("rn50", "RN50", "resnet50", "milsil"),
-    Method("dn161", "DN161", "densenet161", "milsil"),
-    Method("admw", "ADMW", "admil", "mil", "27"),
-    Method("admp", "ADMP", "admil", "mil", "nuclei"),
-)
-TABLE1 = ("bagnet", "milbagnet", "proposed")
-TABLE2 = ("admw", "admp", "rn50", "dn161", "proposed")
-# The paper's numbers, printed beside ours for comparison (accuracy %).
-PAPER = {
-    "crc": {
-        "sil": {
-            "bagnet": 87.25,
-            "milbagnet": 83.75,
-            "proposed": 89.59,
-            "rn50": 86.00,
-            "dn161": 87.00,
-        },
-        "mil": {
-            "bagnet": 92.00,
-            "milbagnet": 94.00,
-            "proposed": 98.00,
-            "rn50": 93.00,
-            "dn161": 95.00,
-            "admw": 88.00,
-            "admp": 91.84,
-        },
-    },
-    "camelyon16": {
-        "sil": {
-            "bagnet": 82.60,
-            "milbagnet": 83.37,
-            "proposed": 85.35,
-            "rn50": 83.76,
-            "dn161": 83.34,
-        },
-        "mil": {
-            "bagnet": 84.57,
-            "milbagnet": 85.22,
-            "proposed": 86.91,
-            "rn50": 84.91,
-            "dn161": 84.96,
-            "admw": 82.75,
-        },
-    },
-}
+__all__ = ["METHODS", "ReproduceSettings", "format_localization", "format_tables", "run"]
 
 
 @dataclass
 class ReproduceSettings:
     """One reproduction: the dataset, the methods, and the training recipe shared by all.
 
-    The names are those of ``milsil reproduce``'s flags; the defaults are the paper's.
+    The names are those of ``milsil reproduce``'s flags. ``None`` means the paper's
+    recipe (:mod:`milsil.engine.recipe`): width 64, lr 1e-4 decayed x0.9 per epoch,
+    ImageNet weights for all but attention MIL. ``pretrained``: None/``imagenet``,
+    ``none`` (every model from scratch: NOT the paper), or a folder holding local copies of
+    the published files under their published names.
     """
 
     dataset: str  # crc, camelyon16 or synthetic
@@ -102,22 +59,27 @@ class ReproduceSettings:
     out: str = "reproduce_out"
     methods: str = ",".join(m.key for m in METHODS)  # comma-separated keys
     folds: int = 5  # cross-validation folds (CRC, synthetic)
-    width: int = 64
+    width: int | None = None
     epochs: int = 10
-    lr: float = 1e-4
-    lr_decay: float = 0.9
+    lr: float | None = None
+    lr_decay: float | None = None
     batch_size: int = 8
     patch_size: int | None = None  # default: CRC/CAM16 250, synthetic size/2
     device: str = "auto"
     seed: int = 0
+    pretrained: str | None = None
     no_localization: bool = False
     max_localization_images: int | None = None
     patients: int = 10  # synthetic: patients
     images: int = 6  # synthetic: images per patient
     size: int = 128  # synthetic: image side
     patients_csv: str | None = None  # CRC: image,patient table (default ROOT/patients.csv)
+    assume_slide_blocks: bool = False  # CRC without a patients table: blocks of 10 images
     cam_patch: int = 500  # CAMELYON16: level-0 bag side (paper: 500)
-    patches_per_slide: int = 100  # CAMELYON16: bags sampled per slide
+    cam_patches: int = 100_000  # CAMELYON16: patches in all (paper: over 100,000)
+    patches_per_slide: int | None = None  # CAMELYON16: default cam_patches / slides
+    tumour_slides: int = 111  # CAMELYON16: tumour training slides (paper: 111)
+    normal_slides: int = 20  # CAMELYON16: normal training slides (paper: 20)
 
     @classmethod
     def from_namespace(cls, ns: Any) -> ReproduceSettings:
@@ -125,19 +87,39 @@ class ReproduceSettings:
         return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
 
 
-def load_data(args: ReproduceSettings, log: Callable[[str], None]) -> dict[str, Any]:
-    """Records, class names, the bag patch size and (CRC) nucleus bags for ``args.dataset``."""
-    from milsil.data import read_manifest
+def _synthetic_centres(records: list, root: Path) -> Callable[[Any], np.ndarray] | None:
+    """Nucleus centres of synthetic images from their instance tables (None without)."""
+    from milsil.data.instances import load_instances, read_instance_index
 
-    root = Path(args.root)
-    out = Path(args.out)
+    try:
+        index = read_instance_index(root)
+    except MilsilError:
+        return None
+    if not all(str(Path(r.path).resolve()) in index for r in records):
+        return None
+
+    def centres(record: Any) -> np.ndarray:
+        _, table = load_instances(index[str(Path(record.path).resolve())])
+        # centroids in continuous coordinates (pixel (i, j) is centred on (j+0.5, i+0.5))
+        return np.array([[n["x"] - 0.5, n["y"] - 0.5] for n in table]).reshape(-1, 2)
+
+    return centres
+
+
+def load_data(args: ReproduceSettings, log: Callable[[str], None]) -> dict[str, Any]:
+    """Records, class names, instance size, nucleus bags (or None) and the data readings."""
+    from milsil.data import read_manifest
+    from milsil.data.public import nucleus_bags
+
+    root, out = Path(args.root), Path(args.out)
     if args.dataset == "synthetic":
         manifest = root / "manifest.csv"
         if not manifest.is_file():
             from milsil.data.synth import synthesize_dataset
 
             log(
-                f"writing a synthetic dataset to {root} ({args.patients} patients x {args.images} images of {args.size} px)"
+                f"writing a synthetic dataset to {root} ({args.patients} patients x "
+                f"{args.images} images of {args.size} px)"
             )
             manifest = synthesize_dataset(
                 root,
@@ -147,41 +129,80 @@ def load_data(args: ReproduceSettings, log: Callable[[str], None]) -> dict[str, 
                 seed=args.seed,
             )
         records, names = read_manifest(manifest)
+        patch = args.patch_size or args.size // 2
+        centres = _synthetic_centres(records, manifest.parent)
+        nuclei = nucleus_bags(records, centres, out / "synthetic_nuclei27") if centres else None
+        notes = [
+            f"synthetic: {len(records)} images from {len({r.patient for r in records})} "
+            f"patients, bags of {patch}x{patch} instances on an exact grid; malignant = the "
+            f"generator drew malignant nuclei; ADMP nuclei: "
+            + ("the generator's instance tables" if nuclei else "none recorded (N/A)")
+        ]
         return {
             "records": records,
-            "class_names": names,
-            "patch": args.patch_size or args.size // 2,
-            "nuclei": None,
+            "names": names,
+            "patch": patch,
+            "nuclei": nuclei,
+            "notes": notes,
         }
     if args.dataset == "crc":
         from milsil.data.public import crc_nuclei_bags, crc_records
 
-        records, names, note = crc_records(root, out / "crc_cache", patients=args.patients_csv)
+        records, names, note = crc_records(
+            root,
+            out / "crc_cache",
+            patients=args.patients_csv,
+            assume_slide_blocks=args.assume_slide_blocks,
+        )
         log(f"CRC: {len(records)} images, {sum(r.label for r in records)} malignant; {note}")
-        nuclei = crc_nuclei_bags(records, out / "crc_cache")
+        patch = args.patch_size or 250
+        notes = [
+            f"CRC: {len(records)} images, each one bag of {patch}x{patch} instances on an "
+            "exact grid (500x500 -> four); malignant = the image has epithelial nuclei (the "
+            "paper: 'presence of malignant nuclei')",
+            f"CRC patients: {note}",
+            "ADMP nuclei: every annotated nucleus of the four classes (epithelial, "
+            "fibroblast, inflammatory, others)",
+        ]
         return {
             "records": records,
-            "class_names": names,
-            "patch": args.patch_size or 250,
-            "nuclei": nuclei,
+            "names": names,
+            "patch": patch,
+            "nuclei": crc_nuclei_bags(records, out / "crc_cache"),
+            "notes": notes,
         }
     if args.dataset == "camelyon16":
         from milsil.data.public import camelyon16_records
 
-        records, names = camelyon16_records(
+        records, names, summary = camelyon16_records(
             root,
             out / "camelyon16_patches",
             patch=args.cam_patch,
             max_patches_per_slide=args.patches_per_slide,
+            total_patches=args.cam_patches,
+            tumour_slides=args.tumour_slides,
+            normal_slides=args.normal_slides,
             seed=args.seed,
             log=log,
         )
-        return {
-            "records": records,
-            "class_names": names,
-            "patch": args.patch_size or args.cam_patch // 2,
-            "nuclei": None,
-        }
+        patch = args.patch_size or args.cam_patch // 2
+        normal = summary["normal_slides"]
+        target = summary["target_patches"]
+        notes = [
+            f"CAM16 slides: {len(summary['tumour_slides'])} tumour + {len(normal)} normal "
+            f"training slides (the paper: 111 + 20; which 20 normal it does not say: the first "
+            f"{len(normal)} by name{', ' + normal[0] + '..' + normal[-1] if normal else ''})",
+            f"CAM16 patches: {args.cam_patch}x{args.cam_patch} level 0 on a grid, >= 50% tissue,"
+            f" up to {summary['quota_per_slide']} per slide"
+            + (f" ({target:,} in all asked; the paper: over 100,000)" if target else "")
+            + f", half malignant on tumour slides where possible: {summary['patches']:,} "
+            f"patches, {summary['malignant']:,} malignant",
+            f"CAM16 labels: a patch is malignant when it overlaps a tumour contour by any area "
+            f"(the paper's rule); each is one bag of {patch}x{patch} instances",
+            "CAM16 patients: one slide = one patient (the dataset has no patient ids)",
+            *[f"CAM16: {n}" for n in summary["notes"]],
+        ]
+        return {"records": records, "names": names, "patch": patch, "nuclei": None, "notes": notes}
     raise MilsilError(f"unknown dataset {args.dataset!r}; allowed: crc, camelyon16, synthetic")
 
 
@@ -194,6 +215,95 @@ def splits_for(dataset: str, records: list, folds: int, seed: int) -> list[tuple
     return patient_kfold(records, k=folds, seed=seed)
 
 
+def pretrained_for(arch: str, spec: str | None) -> str | None:
+    """The ``pretrained`` value of one method's run (a folder: its published file)."""
+    if arch.startswith("admil"):
+        return "none"
+    if spec in (None, "imagenet", "none"):
+        return spec
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise MilsilError(
+            f"--pretrained for reproduce is 'imagenet', 'none' or a FOLDER of local copies of "
+            f"the published files (it trains several architectures); {spec} is not a folder"
+        )
+    from milsil.models.pretrained import source_for
+
+    path = folder / source_for(arch).filename
+    if not path.is_file():
+        raise MilsilError(f"{folder} has no {path.name} (the published {arch} ImageNet weights)")
+    return str(path)
+
+
+def check_weights(archs: list[str], args: ReproduceSettings) -> None:
+    """Before any data is prepared: every method's settings are valid and its ImageNet
+    weights are at hand (cached, or downloadable: else one line naming the way out)."""
+    from milsil.engine.config import TrainConfig
+    from milsil.models.pretrained import probe
+
+    for arch in dict.fromkeys(archs):
+        cfg = TrainConfig(
+            recipe="paper",
+            arch=arch,
+            width=args.width,
+            pretrained=pretrained_for(arch, args.pretrained),
+        )
+        if cfg.pretrained == "imagenet":
+            probe(arch)
+
+
+def readings(args: ReproduceSettings, data: dict[str, Any], splits: int) -> list[str]:
+    """Every reading of what the paper leaves open, in words (the tables' header)."""
+    from milsil.engine.config import TrainConfig
+
+    spec = args.pretrained
+    cfg = TrainConfig(  # the settings every method shares (the paper's recipe)
+        recipe="paper",
+        width=args.width,
+        lr=args.lr,
+        lr_decay=args.lr_decay,
+        epochs=args.epochs,
+        pretrained="none" if spec == "none" else None,
+    )
+    init = (
+        "every model FROM SCRATCH (--pretrained none; NOT the paper, which uses ImageNet "
+        "weights): He-normal init, the reference BagNet's stem BatchNorm momentum 0.001"
+        if spec == "none"
+        else "ImageNet weights for all but ADMIL (BagNet: the official release, structure "
+        "checked; ResNet-50/DenseNet-161: torchvision IMAGENET1K_V1, sha256 checked)"
+        + ("" if spec in (None, "imagenet") else f", local copies from {spec}")
+        + "; the reference BagNet's stem BatchNorm momentum 0.001"
+    )
+    protocol = (
+        "one 80/20 patient-level split, trained once"
+        if args.dataset == "camelyon16"
+        else f"{splits}-fold patient-level cross-validation, each fold tested once (the "
+        "paper: 5 folds, 80/20)"
+    )
+    return [
+        *data["notes"],
+        f"protocol: {protocol}; seed {args.seed}",
+        f"initialisation: {init}",
+        f"width {cfg.width} (64 = the published ResNet-50 widths)",
+        f"optimiser: Adam lr {cfg.lr:g}, decayed x{cfg.lr_decay:g} per epoch (the paper: "
+        f"'decaying', no factor), {args.epochs} epoch(s), batches of {args.batch_size} bags "
+        "(the paper gives neither); flips and 90-degree rotations (not in the paper)",
+        "model tested: the last epoch (the paper names no validation split); input "
+        "normalised with the ImageNet mean/std; a bag's class is the arg-max of its logits",
+        "ADMIL (ADMW, ADMP): Ilse et al.'s histology network (conv 4x4-36, pool, conv 3x3-48, "
+        "pool, fc 512 + dropout, fc 512 + dropout, attention 128; dropout 0.5: not stated by "
+        "them), Adam lr as above, betas (0.9, 0.999), weight decay 5e-4, from scratch; a "
+        "softmax over both classes for their single sigmoid",
+        "ADMW: the exhaustive grid of 27x27 patches (the remainder at right/bottom dropped); "
+        "ADMP: 27x27 patches centred on every annotated nucleus",
+        "SIL accuracy: every instance against its bag's label (the paper); SIL*: against the "
+        "instance's own label from the masks (malignant where it holds annotated malignant "
+        "pixels; ours)",
+        "+-: sample standard deviation (n - 1) over folds, as the paper's 98.00 +- 2.74 = "
+        "{100, 100, 95, 100, 95}",
+    ]
+
+
 def run(args: ReproduceSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and test every method on every split; returns (and writes) the results."""
     from milsil.engine.config import TrainConfig, resolve_device
@@ -203,13 +313,14 @@ def run(args: ReproduceSettings, log: Callable[[str], None] = print) -> dict[str
     from milsil.experiments.localization import localization
     from milsil.models import load_checkpoint
 
-    data = load_data(args, log)
-    records, names = data["records"], data["class_names"]
     keys = [k.strip() for k in args.methods.split(",") if k.strip()]
     by_key = {m.key: m for m in METHODS}
     unknown = [k for k in keys if k not in by_key]
     if unknown:
         raise MilsilError(f"unknown method(s) {unknown}; allowed: {', '.join(by_key)}")
+    check_weights([by_key[k].arch for k in keys], args)
+    data = load_data(args, log)
+    records, names = data["records"], data["names"]
     splits = splits_for(args.dataset, records, args.folds, args.seed)
     nuclei_of = {}
     if data["nuclei"] is not None:
@@ -222,9 +333,13 @@ def run(args: ReproduceSettings, log: Callable[[str], None] = print) -> dict[str
         "protocol": "one 80/20 patient-level split"
         if args.dataset == "camelyon16"
         else f"{len(splits)}-fold patient-level cross-validation",
+        "readings": readings(args, data, len(splits)),
         "methods": {k: {"name": by_key[k].name, "folds": []} for k in keys},
         "localization": [],
     }
+    log("Readings of what the paper leaves open (ours):")
+    for line in results["readings"]:
+        log(f"  - {line}")
     start = time.monotonic()
     device = resolve_device(args.device)
     for s, (train, test) in enumerate(splits):
@@ -234,10 +349,11 @@ def run(args: ReproduceSettings, log: Callable[[str], None] = print) -> dict[str
             tr, te = train, test
             if m.patch == "nuclei":
                 if not nuclei_of:
-                    continue  # N/A: no nucleus annotations (synthetic, CAMELYON16)
+                    continue  # N/A: no nucleus annotations (CAMELYON16)
                 tr = [nuclei_of[r.path] for r in train]
                 te = [nuclei_of[r.path] for r in test]
             cfg = TrainConfig(
+                recipe="paper",
                 arch=m.arch,
                 head=m.head,
                 width=args.width,
@@ -249,18 +365,23 @@ def run(args: ReproduceSettings, log: Callable[[str], None] = print) -> dict[str
                 seed=args.seed,
                 device=args.device,
                 augment=True,
+                pretrained=pretrained_for(m.arch, args.pretrained),
             )
             run_dir = out / "runs" / f"split{s}" / key
             log(
-                f"[split {s + 1}/{len(splits)}] {m.name}: {m.arch} head {m.head}, patch {patch}, {len(tr)} train / {len(te)} test bags"
+                f"[split {s + 1}/{len(splits)}] {m.name}: {m.arch} head {m.head}, patch {patch}, "
+                f"{len(tr)} train / {len(te)} test bags, init {cfg.pretrained}"
             )
             res = train_model(cfg, tr, [], names, run_dir)
             model = load_checkpoint(res.best_checkpoint).to(device)
-            metrics = evaluate_model(model, te, patch, device, args.batch_size)
+            own = m.patch == "bag"  # instances of the bag grid, with masks (ADMIL: no SIL)
+            metrics = evaluate_model(model, te, patch, device, args.batch_size, own_labels=own)
             metrics["split"] = s
             results["methods"][key]["folds"].append(metrics)
             log(
-                f"    MIL acc {metrics['mil_accuracy']:.3f}  SIL acc {metrics['sil_accuracy']:.3f}  [{time.monotonic() - start:.0f}s]"
+                f"    MIL acc {metrics['mil_accuracy']:.3f}  SIL acc {metrics['sil_accuracy']:.3f}"
+                f"  SIL* acc {metrics.get('sil_accuracy_own', float('nan')):.3f}"
+                f"  [{time.monotonic() - start:.0f}s]"
             )
             if key == "proposed" and not args.no_localization:
                 loc = localization(
@@ -271,79 +392,3 @@ def run(args: ReproduceSettings, log: Callable[[str], None] = print) -> dict[str
     results["elapsed_seconds"] = time.monotonic() - start
     write_json_atomic(out / "reproduce.json", results)
     return results
-
-
-def _stats(values: list[float]) -> tuple[float, float, int]:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
-    if not vals:
-        return math.nan, math.nan, 0
-    mean = sum(vals) / len(vals)
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals)) if len(vals) > 1 else 0.0
-    return mean, std, len(vals)
-
-
-def _cell(results: dict[str, Any], key: str, level: str) -> str:
-    entry = results["methods"].get(key)
-    if entry is None:
-        return "-"
-    mean, std, n = _stats([f[f"{level}_accuracy"] for f in entry["folds"]])
-    if n == 0:
-        return "N/A"
-    if results["splits"] == 1:
-        return f"{100 * mean:.2f}"
-    return f"{100 * mean:.2f} +- {100 * std:.2f}"
-
-
-def _table(results: dict[str, Any], keys: tuple[str, ...], title: str) -> str:
-    names = {m.key: m.name for m in METHODS}
-    width = 17
-    label = {"crc": "CRC", "camelyon16": "CAM16", "synthetic": "SYNTH"}[results["dataset"]]
-    lines = [title, f"{'':<7}{'':<5}" + "".join(names[k].rjust(width) for k in keys)]
-    for level in ("sil", "mil"):
-        cells = "".join(_cell(results, k, level).rjust(width) for k in keys)
-        lines.append(f"{label if level == 'sil' else '':<7}{level.upper():<5}{cells}")
-    paper = PAPER.get(results["dataset"])
-    if paper:
-        for level in ("sil", "mil"):
-            cells = "".join(
-                (f"{paper[level][k]:.2f}" if k in paper[level] else "N/A").rjust(width)
-                for k in keys
-            )
-            lines.append(f"{'paper':<7}{level.upper():<5}{cells}")
-    return "\n".join(lines)
-
-
-def format_tables(results: dict[str, Any]) -> str:
-    """Tables 1 and 2 in the paper's layout (accuracy %, mean +- std over folds)."""
-    spread = "mean +- std over folds" if results["splits"] > 1 else "one split"
-    t1 = _table(
-        results,
-        TABLE1,
-        f"Table 1: Ablative evaluation. Accuracy (%), {spread} ({results['protocol']}).",
-    )
-    t2 = _table(
-        results,
-        TABLE2,
-        f"Table 2: Comparison of baselines with the proposed method. Accuracy (%), {spread}.",
-    )
-    return t1 + "\n\n" + t2
-
-
-def format_localization(results: dict[str, Any]) -> str:
-    """Heatmap localization of the proposed model against the masks (mean +- std over splits)."""
-    per = results.get("localization") or []
-    if not per:
-        return "Localization: not measured"
-    maps = [k for k in per[0] if k != "split"]
-    names = {"logit": "Logit heatmap", "cam": "CAM", "gradcam": "Grad-CAM"}
-    lines = [
-        "Localization of the proposed model vs the malignant masks (test images, mean +- std over splits)",
-        f"{'':<15}{'pixel AUROC':>17}{'pointing game':>17}{'Dice':>17}",
-    ]
-    for name in maps:
-        cells = []
-        for key in ("pixel_auroc", "pointing_game", "dice"):
-            mean, std, n = _stats([p[name][key] for p in per if name in p])
-            cells.append(("N/A" if n == 0 else f"{mean:.3f} +- {std:.3f}").rjust(17))
-        lines.append(f"{names.get(name, name):<15}" + "".join(cells))
-    return "\n".join(lines)

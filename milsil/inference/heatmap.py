@@ -35,7 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from milsil.errors import MilsilError
-from milsil.inference.tiling import context_pixels, iter_chunks, mirror_pad
+from milsil.inference.tiling import (
+    band_height,
+    context_pixels,
+    iter_chunks,
+    mirror_pad,
+    mirror_pad_pixels,
+)
 from milsil.models.bagnet import BagNet, Bottleneck
 from milsil.models.mil import ConfiguredModel, MilSilNet
 
@@ -45,6 +51,10 @@ from milsil.models.mil import ConfiguredModel, MilSilNet
 # 1.4x the pixels/s of 192x192 ones). GPUs want large tiles to fill their cores. Either way
 # memory stays bounded for regions of any size.
 TILE_ACTIVATION_BUDGET = {"cpu": 20 * 2**20, "cuda": 1024 * 2**20}
+# Largest band of a streamed region (tiling.BandCanvas, uint8 pixels; normalized chunk by
+# chunk): bands as high as one tile where the region is narrow enough.
+BAND_INPUT_BUDGET = {"cpu": 32 * 2**20, "cuda": 256 * 2**20}
+STREAM_CHUNK_SIDE = 512  # input pixels a side of a streamed region's chunk, on a CPU
 
 
 # --------------------------------------------------------------------------- inputs
@@ -335,18 +345,24 @@ def iter_logit_bands(
     model.eval()
     stride = _check_stride(stride)
     bagnet = _bagnet_of(model)
-    x = prepare_image(model, image)
+    # uint8 pixels are normalized chunk by chunk (a float copy of a large image would
+    # take 4x its size); anything else is checked and normalized at once.
+    lazy = isinstance(image, np.ndarray) and image.dtype == np.uint8
+    if lazy and (image.ndim != 3 or image.shape[2] != 3):
+        prepare_image(model, image)  # the one message for a wrong shape
+    x = image if lazy else prepare_image(model, image)
+    full_h, full_w = (x.shape[0], x.shape[1]) if lazy else (x.shape[1], x.shape[2])
     rf = bagnet.receptive_field
     margin = int(margin)
-    height, width = x.shape[1] - 2 * margin, x.shape[2] - 2 * margin
+    height, width = full_h - 2 * margin, full_w - 2 * margin
     if margin < 0 or height < 1 or width < 1:
         raise MilsilError(
-            f"margin {margin} leaves no interior in a {x.shape[1]}x{x.shape[2]} image; "
+            f"margin {margin} leaves no interior in a {full_h}x{full_w} image; "
             "margin must be >= 0 and less than half the image side"
         )
-    if min(x.shape[1], x.shape[2]) < rf:
+    if min(full_h, full_w) < rf:
         raise MilsilError(
-            f"image is {x.shape[2]}x{x.shape[1]} pixels; a {model.config.arch} heatmap needs at "
+            f"image is {full_w}x{full_h} pixels; a {model.config.arch} heatmap needs at "
             f"least {rf}x{rf} (its receptive field)"
         )
     if device is None:
@@ -361,21 +377,33 @@ def iter_logit_bands(
     # margin) replaces mirroring.
     context = context_pixels(bagnet)
     pad = max(0, context - margin)
-    x = mirror_pad(x, pad, pad, pad, pad)
+    if lazy:
+        x = mirror_pad_pixels(x, pad, pad, pad, pad)
+        mean, std = model.normalization
+    else:
+        x = mirror_pad(x, pad, pad, pad, pad)
     origin = margin + pad - context  # padded-image offset of the window of interior pixel (0, 0)
     out_h, out_w = output_size(height, stride), output_size(width, stride)
     if tile is None:
         tile = default_tile(model, base, step, device)
 
     result = torch.empty(model.config.num_classes, out_h, out_w, dtype=torch.float32)
-    for r0, r1, c0, c1 in iter_chunks(out_h, out_w, tile, target_seconds):
+    # Adapting to a slow device shrinks chunks by at most 4x a side (tiny chunks waste
+    # most of their work on context).
+    chunks = iter_chunks(out_h, out_w, tile, target_seconds, min_side=max(8, tile // 4))
+    for r0, r1, c0, c1 in chunks:
         if should_stop is not None and should_stop():
             return
         # Window top-lefts of this chunk, in padded-image pixels.
         y0, x0 = origin + r0 * stride, origin + c0 * stride
         y1 = y0 + (r1 - r0 - 1) * stride + rf
         x1 = x0 + (c1 - c0 - 1) * stride + rf
-        crop = x[:, y0:y1, x0:x1].unsqueeze(0).to(device)
+        if lazy:
+            from milsil.data import to_tensor
+
+            crop = to_tensor(x[y0:y1, x0:x1], mean, std).unsqueeze(0).to(device)
+        else:
+            crop = x[:, y0:y1, x0:x1].unsqueeze(0).to(device)
         logits = net(crop)[0, :, ::step, ::step][:, : r1 - r0, : c1 - c0]
         result[:, r0:r1, c0:c1] = logits.float().cpu()
         if c1 == out_w:
@@ -391,6 +419,33 @@ def default_tile(
     widest = model.config.width * 32 * 4  # channels x bytes of the last stage
     side = int(math.sqrt(budget / widest))  # positions at the base stride
     return max(8, side // step)
+
+
+def chunk_side(model: ConfiguredModel, stride: int, device: torch.device | str = "cpu") -> int:
+    """Output side (samples) of one chunk of a streamed region: :func:`logit_heatmap`'s
+    default tile, at most :data:`STREAM_CHUNK_SIDE` input pixels a side on a CPU (the tile
+    rule bounds the last stage's map; for narrow models the full-resolution maps of the
+    first stage are the largest, and a server holds one chunk's per call)."""
+    stride = _check_stride(stride)
+    base = math.gcd(stride, _bagnet_of(model).output_stride)
+    tile = default_tile(model, base, stride // base, device)
+    if torch.device(device).type == "cpu":
+        tile = min(tile, max(8, STREAM_CHUNK_SIDE // stride))
+    return tile
+
+
+def stream_band_rows(
+    model: ConfiguredModel, width: int, stride: int, device: torch.device | str = "cpu"
+) -> int:
+    """Region rows per band when a region ``width`` pixels wide is streamed
+    (:class:`milsil.inference.tiling.BandCanvas`): one tile of :func:`logit_heatmap` high,
+    lower for wide regions (:data:`BAND_INPUT_BUDGET`); a multiple of ``stride``."""
+    stride = _check_stride(stride)
+    bagnet = _bagnet_of(model)
+    kind = torch.device(device).type
+    budget = BAND_INPUT_BUDGET.get(kind, BAND_INPUT_BUDGET["cuda"])
+    tile = chunk_side(model, stride, device)
+    return band_height(width, context_pixels(bagnet), stride, tile, budget, bytes_per_pixel=3)
 
 
 def naive_logit_heatmap(

@@ -10,6 +10,7 @@ implementation's, so a local copy of the official ImageNet weights loads directl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,20 @@ BAGNET_KERNEL3 = {
 }
 STAGE_BLOCKS = (3, 4, 6, 3)
 STAGE_STRIDES = (2, 2, 2, 1)
+# The reference BagNet's stem BatchNorm (``bn1``) has momentum 0.001 (all others 0.1).
+STEM_BN_MOMENTUM = 0.001
+
+
+def reference_init(module: nn.Module) -> None:
+    """The reference BagNet's (and torchvision ResNet's) initialisation: He-normal convs,
+    ``N(0, sqrt(2 / (k * k * out_channels)))``, BatchNorm weight 1 and bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class Bottleneck(nn.Module):
@@ -120,15 +135,17 @@ class ResNetStages(nn.Module):
 class BagNet(ResNetStages):
     """BagNet feature extractor: ``[M, 3, h, w] -> [M, 32*width, h', w']``.
 
-    Stem: 1x1 conv 3->width, 3x3 conv (no padding), BN, ReLU; no max-pool. Output stride
-    8; a ``receptive_field`` x ``receptive_field`` input gives a 1x1 map.
+    Stem: 1x1 conv 3->width, 3x3 conv (no padding), BN (momentum 0.001, as the
+    reference), ReLU; no max-pool. Output stride 8; a ``receptive_field`` x
+    ``receptive_field`` input gives a 1x1 map. Training from scratch initialises it as the
+    reference does (:func:`reference_init`, applied by the training loop).
     """
 
     def __init__(self, kernel3: Sequence[int], width: int = 64) -> None:
         super().__init__(width, kernel3, padding=0)
         self.conv1 = nn.Conv2d(3, width, 1, bias=False)
         self.conv2 = nn.Conv2d(width, width, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = nn.BatchNorm2d(width, momentum=STEM_BN_MOMENTUM)
         self.relu = nn.ReLU(inplace=True)
         self.kernel3 = tuple(kernel3)
         self.out_channels = width * 8 * Bottleneck.expansion
@@ -160,7 +177,8 @@ def bagnet_receptive_field(kernel3: Sequence[int]) -> int:
 class ResNet50(ResNetStages):
     """torchvision's ResNet-50 body (7x7/2 stem, max-pool, padded 3x3 convs), any width.
 
-    At width 64 its parameters and their names match ``torchvision.models.resnet50``.
+    At width 64 its parameters and their names match ``torchvision.models.resnet50``;
+    training from scratch initialises it as torchvision does (:func:`reference_init`).
     """
 
     def __init__(self, width: int = 64) -> None:

@@ -24,6 +24,8 @@ from milsil.errors import MilsilError
 HEADS = ("sil", "mil", "milsil")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Dropout of Ilse et al.'s histology network (their paper gives no rate: PyTorch's default).
+ADMIL_DROPOUT = 0.5
 
 
 @dataclass
@@ -185,36 +187,48 @@ class DenseNetFeatures(nn.Module):
 
 
 class AttentionMIL(ConfiguredModel):
-    """Attention-based deep MIL (Ilse, Tomczak & Welling, ICML 2018), plain or gated.
+    """Attention-based deep MIL (Ilse, Tomczak & Welling, ICML 2018), plain or gated, with
+    their network for histology (27x27 patches of the colon cancer data, the paper's CRC):
 
-    Patches go through a small LeNet-style extractor (as in Ilse et al.), then attention
-    weights ``a_i = softmax(w^T tanh(V h_i))`` (gated: ``* sigmoid(U h_i)``) pool them.
-    It has no per-patch classifier, so ``sil_logits`` is None.
+    conv 4x4 -> 36, ReLU, max-pool 2; conv 3x3 -> 48, ReLU, max-pool 2; fc 512, ReLU,
+    dropout; fc 512, ReLU, dropout; attention ``a_i = softmax(w^T tanh(V h_i))`` with 128
+    hidden units (gated: ``* sigmoid(U h_i)``); a linear classifier of the pooled bag.
+
+    At width 64 the sizes are exactly those; ``width`` scales them. A 27x27 patch leaves
+    a 5x5x48 map; other sizes are average-pooled to 5x5 first (the identity at 27x27).
+    Ilse et al. do not state the dropout rate: PyTorch's default 0.5 is used
+    (:data:`ADMIL_DROPOUT`); their single sigmoid output is a softmax over the classes
+    here. It has no per-patch classifier, so ``sil_logits`` is None.
     """
 
     def __init__(self, config: ModelConfig, gated: bool) -> None:
         super().__init__()
         self.config = config
-        c1, c2 = max(4, 20 * config.width // 64), max(8, 50 * config.width // 64)
-        embed, attn = max(16, 500 * config.width // 64), max(8, 128 * config.width // 64)
+        w = config.width
+        c1, c2 = max(4, 36 * w // 64), max(4, 48 * w // 64)
+        embed, attn = max(16, 512 * w // 64), max(8, 128 * w // 64)
         self.extractor = nn.Sequential(
-            nn.Conv2d(3, c1, 5),
+            nn.Conv2d(3, c1, 4),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(c1, c2, 5),
+            nn.Conv2d(c1, c2, 3),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(1),
+            nn.AdaptiveAvgPool2d(5),
             nn.Flatten(),
-            nn.Linear(c2, embed),
+            nn.Linear(c2 * 25, embed),
             nn.ReLU(inplace=True),
+            nn.Dropout(ADMIL_DROPOUT),
+            nn.Linear(embed, embed),
+            nn.ReLU(inplace=True),
+            nn.Dropout(ADMIL_DROPOUT),
         )
         self.attention_v = nn.Linear(embed, attn)
         self.attention_u = nn.Linear(embed, attn) if gated else None
         self.attention_w = nn.Linear(attn, 1)
         self.fc = nn.Linear(embed, config.num_classes)
 
-    min_patch_size = 16  # two 5x5 convs and two 2x2 pools must leave a 1x1 map
+    min_patch_size = 16  # the 4x4 and 3x3 convs and two 2x2 pools need at least 11
 
     def forward(self, bags: torch.Tensor) -> BagOutput:
         self.check_bags(bags)

@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
-from milsil.errors import CheckpointError, MilsilError
+from milsil.errors import MilsilError, compact
 from milsil.models.bagnet import BAGNET_KERNEL3, BagNet, ResNet50
 from milsil.models.mil import (
     HEADS,
@@ -19,8 +17,14 @@ from milsil.models.mil import (
     MilSilNet,
     ModelConfig,
 )
+from milsil.models.pretrained import load_pretrained
 
 _BUILDERS: dict[str, Callable[[ModelConfig], ConfiguredModel]] = {}
+
+# Bounds on what a config may ask for (a checkpoint's config is untrusted input: it is
+# checked against these before anything is allocated).
+MAX_CLASSES = 10_000
+MIN_WIDTH, MAX_WIDTH = 4, 256
 
 
 def register_model(name: str) -> Callable:
@@ -91,8 +95,10 @@ def create_model(
 
     ``arch``: one of :func:`list_models`. ``head``: ``sil``, ``mil`` or ``milsil`` (ignored
     for attention MIL, which has only a MIL output: it is recorded as ``mil``). ``width``
-    scales every stage (64 = the published size). ``pretrained``: a local file holding the
-    official BagNet ImageNet state dict; nothing is ever downloaded.
+    scales every stage (64 = the published size). ``pretrained``: ``"imagenet"`` (the
+    published ImageNet weights, downloaded once into the torch hub cache and checked), a
+    local copy of them in any published key layout, or ``"none"``/None
+    (:mod:`milsil.models.pretrained`).
     """
     config = make_config(arch, num_classes, head, width, class_names, mean, std)
     model = _BUILDERS[config.arch](config)
@@ -111,17 +117,22 @@ def make_config(
     std: Sequence[float] = IMAGENET_STD,
 ) -> ModelConfig:
     """Validate model settings, naming what was wrong and what is allowed."""
-    if arch not in _BUILDERS:
-        raise MilsilError(f"unknown architecture {arch!r}; allowed: {', '.join(list_models())}")
+    if not isinstance(arch, str) or arch not in _BUILDERS:
+        raise MilsilError(
+            f"unknown architecture {compact(arch)}; allowed: {', '.join(list_models())}"
+        )
     if arch.startswith("admil"):
         head = "mil"
     if head not in HEADS:
-        raise MilsilError(f"unknown head {head!r}; allowed: {', '.join(HEADS)}")
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise MilsilError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if not isinstance(width, int) or width < 4 or width > 256:
+        raise MilsilError(f"unknown head {compact(head)}; allowed: {', '.join(HEADS)}")
+    if not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_CLASSES:
         raise MilsilError(
-            f"width must be an integer from 4 to 256 (64 = published size), got {width!r}"
+            f"num_classes must be an integer from 2 to {MAX_CLASSES}, got {compact(num_classes)}"
+        )
+    if not isinstance(width, int) or not MIN_WIDTH <= width <= MAX_WIDTH:
+        raise MilsilError(
+            f"width must be an integer from {MIN_WIDTH} to {MAX_WIDTH} (64 = published size), "
+            f"got {compact(width)}"
         )
     names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
     if len(names) != num_classes:
@@ -131,37 +142,8 @@ def make_config(
     return ModelConfig(arch, num_classes, head, width, names, tuple(mean), tuple(std))
 
 
-def load_pretrained_backbone(model: ConfiguredModel, path: str | Path) -> None:
-    """Load a local copy of the official BagNet/ResNet ImageNet weights into the backbone.
-
-    The file holds the reference repository's state dict (``conv1.weight``,
-    ``layer1.0.conv2.weight``, ..., ``fc.*``); the ImageNet classifier is dropped since our
-    classifier has the task's classes.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MilsilError(
-            f"pretrained weights file not found: {path} (downloads are never attempted)"
-        )
-    backbone = getattr(model, "backbone", None)
-    if backbone is None:
-        raise MilsilError(f"{model.config.arch} has no pretrained ImageNet backbone")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"cannot read pretrained weights {path}: {exc}") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
-    own = backbone.state_dict()
-    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
-    missing = [k for k in own if k not in state]
-    if bad or missing:
-        raise CheckpointError(
-            f"{path} does not match {model.config.arch} width {model.config.width}: "
-            f"{len(bad)} unexpected/mis-shaped and {len(missing)} missing tensors "
-            f"(e.g. {(bad + missing)[:3]})"
-        )
-    backbone.load_state_dict(state)
+def load_pretrained_backbone(model: ConfiguredModel, pretrained: str | Path | None) -> str:
+    """Initialise ``model``'s backbone from ``pretrained``: ``"imagenet"`` (the published
+    weights, downloaded once and checked), a local file in any published key layout, or
+    ``"none"``/None. Returns what was done, in words (:mod:`milsil.models.pretrained`)."""
+    return load_pretrained(model, pretrained)

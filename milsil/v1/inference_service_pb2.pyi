@@ -112,13 +112,23 @@ class HeatmapTile(_message.Message):
     probabilities: bytes
     def __init__(self, tile_index: _Optional[int] = ..., row: _Optional[int] = ..., col: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., num_classes: _Optional[int] = ..., logits: _Optional[bytes] = ..., probabilities: _Optional[bytes] = ...) -> None: ...
 
+class QueueStatus(_message.Message):
+    __slots__ = ("position", "waiting")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    waiting: int
+    def __init__(self, position: _Optional[int] = ..., waiting: _Optional[int] = ...) -> None: ...
+
 class HeatmapResponse(_message.Message):
-    __slots__ = ("header", "tile")
+    __slots__ = ("header", "tile", "queue")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     TILE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
     header: HeatmapHeader
     tile: HeatmapTile
-    def __init__(self, header: _Optional[_Union[HeatmapHeader, _Mapping]] = ..., tile: _Optional[_Union[HeatmapTile, _Mapping]] = ...) -> None: ...
+    queue: QueueStatus
+    def __init__(self, header: _Optional[_Union[HeatmapHeader, _Mapping]] = ..., tile: _Optional[_Union[HeatmapTile, _Mapping]] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
 
 class AnnotateConfig(_message.Message):
     __slots__ = ("heatmap", "class_name", "threshold_on", "threshold", "min_area", "simplify_tolerance", "classification", "color")
@@ -183,7 +193,7 @@ class AnnotateResponse(_message.Message):
     def __init__(self, geojson: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[AnnotationObject, _Mapping]]] = ..., model: _Optional[str] = ..., class_name: _Optional[str] = ...) -> None: ...
 
 class SlideConfig(_message.Message):
-    __slots__ = ("model", "path", "stride", "downsample", "tissue_only", "tile_size", "class_name", "write_tiff", "tiff_path")
+    __slots__ = ("model", "path", "stride", "downsample", "tissue_only", "tile_size", "class_name", "write_tiff", "tiff_path", "roi")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     STRIDE_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +203,7 @@ class SlideConfig(_message.Message):
     CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
     WRITE_TIFF_FIELD_NUMBER: _ClassVar[int]
     TIFF_PATH_FIELD_NUMBER: _ClassVar[int]
+    ROI_FIELD_NUMBER: _ClassVar[int]
     model: str
     path: str
     stride: int
@@ -202,23 +213,26 @@ class SlideConfig(_message.Message):
     class_name: str
     write_tiff: bool
     tiff_path: str
-    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., stride: _Optional[int] = ..., downsample: _Optional[float] = ..., tissue_only: _Optional[bool] = ..., tile_size: _Optional[int] = ..., class_name: _Optional[str] = ..., write_tiff: _Optional[bool] = ..., tiff_path: _Optional[str] = ...) -> None: ...
+    roi: str
+    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., stride: _Optional[int] = ..., downsample: _Optional[float] = ..., tissue_only: _Optional[bool] = ..., tile_size: _Optional[int] = ..., class_name: _Optional[str] = ..., write_tiff: _Optional[bool] = ..., tiff_path: _Optional[str] = ..., roi: _Optional[str] = ...) -> None: ...
 
 class SlideProgress(_message.Message):
-    __slots__ = ("tiles_done", "tiles_total", "tissue_megapixels", "elapsed_seconds", "eta_seconds", "stage")
+    __slots__ = ("tiles_done", "tiles_total", "tissue_megapixels", "elapsed_seconds", "eta_seconds", "stage", "queue")
     TILES_DONE_FIELD_NUMBER: _ClassVar[int]
     TILES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     TISSUE_MEGAPIXELS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
     tiles_done: int
     tiles_total: int
     tissue_megapixels: float
     elapsed_seconds: float
     eta_seconds: float
     stage: str
-    def __init__(self, tiles_done: _Optional[int] = ..., tiles_total: _Optional[int] = ..., tissue_megapixels: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., stage: _Optional[str] = ...) -> None: ...
+    queue: QueueStatus
+    def __init__(self, tiles_done: _Optional[int] = ..., tiles_total: _Optional[int] = ..., tissue_megapixels: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., stage: _Optional[str] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
 
 class SlideSummary(_message.Message):
     __slots__ = ("model", "path", "class_name", "tiles_total", "tiles_resumed", "tissue_megapixels", "stride", "downsample", "tiff_path", "timings")

@@ -27,6 +27,27 @@ if _version_not_supported:
 
 class InferenceServiceStub:
     """Runs trained models on pixels streamed by the client.
+
+    Busy is not failure. Computations share a few compute slots; requests that find them
+    taken wait in a bounded queue, served round-robin across clients (a client is one
+    connection: its peer address and port), so one client's flood delays another client's
+    request by about one request, not by the flood. While a request waits, Heatmap,
+    AnnotateSlide and SlideHeatmap report its place (`QueueStatus`: 1 = next); ClassifyBag
+    and Annotate answer once and do not report it (they simply answer later).
+
+    Every RESOURCE_EXHAUSTED this server sends carries the trailing-metadata key
+    `milsil-retry` (all services):
+    `milsil-retry: busy`  - the queue is full (or this request gave its place to another
+    client's); the same request may succeed later. Clients wait
+    with jittered exponential backoff and retry, up to their
+    deadline. Sent before any header, tile or result (queue status
+    and progress messages may precede it).
+    `milsil-retry: never` - the request can never fit (too large: region, tiles, bag,
+    message, memory); final, retrying cannot help.
+    A RESOURCE_EXHAUSTED without the key comes from gRPC itself: "Concurrent RPC limit
+    exceeded!" (the server's RPC threads are all taken) is busy, anything else (e.g. a
+    message over the size limit) is final. Both shipped clients (milsil.client.MilsilClient
+    and qupath_scripts/lib/MilsilClient.groovy) implement this.
     """
 
     def __init__(self, channel):
@@ -64,6 +85,27 @@ class InferenceServiceStub:
 
 class InferenceServiceServicer:
     """Runs trained models on pixels streamed by the client.
+
+    Busy is not failure. Computations share a few compute slots; requests that find them
+    taken wait in a bounded queue, served round-robin across clients (a client is one
+    connection: its peer address and port), so one client's flood delays another client's
+    request by about one request, not by the flood. While a request waits, Heatmap,
+    AnnotateSlide and SlideHeatmap report its place (`QueueStatus`: 1 = next); ClassifyBag
+    and Annotate answer once and do not report it (they simply answer later).
+
+    Every RESOURCE_EXHAUSTED this server sends carries the trailing-metadata key
+    `milsil-retry` (all services):
+    `milsil-retry: busy`  - the queue is full (or this request gave its place to another
+    client's); the same request may succeed later. Clients wait
+    with jittered exponential backoff and retry, up to their
+    deadline. Sent before any header, tile or result (queue status
+    and progress messages may precede it).
+    `milsil-retry: never` - the request can never fit (too large: region, tiles, bag,
+    message, memory); final, retrying cannot help.
+    A RESOURCE_EXHAUSTED without the key comes from gRPC itself: "Concurrent RPC limit
+    exceeded!" (the server's RPC threads are all taken) is busy, anything else (e.g. a
+    message over the size limit) is final. Both shipped clients (milsil.client.MilsilClient
+    and qupath_scripts/lib/MilsilClient.groovy) implement this.
     """
 
     def ClassifyBag(self, request_iterator, context):
@@ -76,20 +118,46 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heatmap(self, request_iterator, context):
-        """Computes the logit heatmap of a region. The first request carries `config`; the
-        client streams the tiles covering the region, in any order, optionally with real
-        context around it (the model's `context_pixels` on each side for seamless output,
-        as if computed on the whole slide). The server first sends a `header`, then one heatmap tile
-        per request tile (its part of the region), computed over the whole region at once
-        so there are no seams at tile borders.
+        """Computes the logit heatmap of a region of any size (up to the image). The first
+        request carries `config`; the client streams the tiles covering the region,
+        optionally with real context around it (the model's `context_pixels` on each side
+        for seamless output, as if computed on the whole slide).
+
+        Row order (part of the contract): tiles come in non-decreasing order of their top
+        edge (`y`); tiles of one row, with the same top, may come in any order. The server
+        computes the region in bands of rows, each as soon as the band and its context have
+        arrived, and frees its pixels; a tile that reaches rows a computed band already used
+        is INVALID_ARGUMENT ("row order"). (A region small enough to stay in the server's
+        window at once may come in any order.) Bands join without seams: the map equals
+        the heatmap of the whole region computed at once.
+
+        Memory per call is bounded by the region's width, not its area: at most
+        (tallest tile + 2 x band + 4 x context_pixels) rows x (region width + 2 x
+        context_pixels) x 4 bytes (the rows waiting for their band, and one band's copy),
+        where a band is one chunk of the dense network high (512 rows on a CPU server, fewer
+        for regions wider than about 10,000 pixels: a band's copy stays within 32 MiB), plus
+        one chunk's activations and one decoded tile; reserved against the server's memory
+        budget (`milsil serve --max-memory`) while the call holds its compute slot, and
+        returned when the call ends however it ends. Beyond
+        the budget: RESOURCE_EXHAUSTED (`milsil-retry: never` when the call alone exceeds
+        it, `busy` while other calls hold it). A tile's rectangle is checked against the
+        region and its context from its header (declared width and height) before its
+        bytes are decoded; tiles wholly beyond the context are ignored undecoded.
+
+        The server first sends a `header`, then one heatmap tile per request tile (its part
+        of the region), each as soon as every band it lies in is computed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Annotate(self, request_iterator, context):
-        """Like Heatmap, then thresholds one class and returns its regions as a QuPath
-        GeoJSON FeatureCollection in level-0 coordinates, with per-object measurements.
+        """Like Heatmap (tiles in row order, memory bounded by the region's width), then
+        thresholds one class and returns its regions as a QuPath GeoJSON FeatureCollection
+        in level-0 coordinates, with per-object measurements. The server keeps only the
+        outlines and per-object sums of each computed band, and joins outlines that cross
+        band borders at the end: they are seamless, and their measurements are those of
+        the whole region computed at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,6 +222,27 @@ def add_InferenceServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class InferenceService:
     """Runs trained models on pixels streamed by the client.
+
+    Busy is not failure. Computations share a few compute slots; requests that find them
+    taken wait in a bounded queue, served round-robin across clients (a client is one
+    connection: its peer address and port), so one client's flood delays another client's
+    request by about one request, not by the flood. While a request waits, Heatmap,
+    AnnotateSlide and SlideHeatmap report its place (`QueueStatus`: 1 = next); ClassifyBag
+    and Annotate answer once and do not report it (they simply answer later).
+
+    Every RESOURCE_EXHAUSTED this server sends carries the trailing-metadata key
+    `milsil-retry` (all services):
+    `milsil-retry: busy`  - the queue is full (or this request gave its place to another
+    client's); the same request may succeed later. Clients wait
+    with jittered exponential backoff and retry, up to their
+    deadline. Sent before any header, tile or result (queue status
+    and progress messages may precede it).
+    `milsil-retry: never` - the request can never fit (too large: region, tiles, bag,
+    message, memory); final, retrying cannot help.
+    A RESOURCE_EXHAUSTED without the key comes from gRPC itself: "Concurrent RPC limit
+    exceeded!" (the server's RPC threads are all taken) is busy, anything else (e.g. a
+    message over the size limit) is final. Both shipped clients (milsil.client.MilsilClient
+    and qupath_scripts/lib/MilsilClient.groovy) implement this.
     """
 
     @staticmethod

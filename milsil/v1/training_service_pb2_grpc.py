@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class TrainingServiceStub:
-    """Stores datasets and runs training jobs in a separate process.
+    """Stores datasets and runs training jobs in a separate process. A StartTraining beyond the
+    job queue's bound is RESOURCE_EXHAUSTED with `milsil-retry: busy` (the contract of
+    `milsil-retry` is documented at InferenceService): clients wait and retry.
     """
 
     def __init__(self, channel):
@@ -68,7 +70,9 @@ class TrainingServiceStub:
 
 
 class TrainingServiceServicer:
-    """Stores datasets and runs training jobs in a separate process.
+    """Stores datasets and runs training jobs in a separate process. A StartTraining beyond the
+    job queue's bound is RESOURCE_EXHAUSTED with `milsil-retry: busy` (the contract of
+    `milsil-retry` is documented at InferenceService): clients wait and retry.
     """
 
     def UploadDataset(self, request_iterator, context):
@@ -160,7 +164,9 @@ def add_TrainingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TrainingService:
-    """Stores datasets and runs training jobs in a separate process.
+    """Stores datasets and runs training jobs in a separate process. A StartTraining beyond the
+    job queue's bound is RESOURCE_EXHAUSTED with `milsil-retry: busy` (the contract of
+    `milsil-retry` is documented at InferenceService): clients wait and retry.
     """
 
     @staticmethod

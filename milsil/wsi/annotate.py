@@ -59,6 +59,7 @@ def annotate_slide(
     keep_work: bool = False,
     progress: Callable[[SlideProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    roi: Any = None,
 ) -> AnnotateResult:
     """Slide -> logit heatmap (tissue tiles) -> QuPath GeoJSON (and a probability TIFF).
 
@@ -67,7 +68,8 @@ def annotate_slide(
     only) is written atomically. The work folder (default ``<output>.work``, or a
     temporary one) holds the resumable state; it is removed after success unless
     ``keep_work``. When stopped, the result has ``stopped=True`` and nothing is written; a
-    rerun continues.
+    rerun continues. ``roi`` (a shapely geometry, level-0 px): only tiles that intersect it
+    are computed, and the outlines are clipped to it.
     """
     settings = settings if settings is not None else SlideSettings()
     timings = Timings()
@@ -90,6 +92,7 @@ def annotate_slide(
                 progress=progress,
                 should_stop=should_stop,
                 timings=timings,
+                roi=roi,
             )
             result = AnnotateResult(
                 slide=str(slide_path),
@@ -126,6 +129,7 @@ def annotate_slide(
                 settings.threshold,
                 min_area=settings.min_area,
                 simplify_tolerance=settings.simplify_tolerance,
+                roi=roi,
             )
             timings.polygons = time.perf_counter() - t0
             result.collection = collection

@@ -177,84 +177,238 @@ def heatmap_to_geojson(
     simplification; ``simplify_tolerance`` is in level-0 px. ``measurement_maps``: named
     ``[rows, cols]`` maps; each object gets ``mean_<name>`` and ``max_<name>`` over its
     samples, plus ``area``. Returns (FeatureCollection as a dict, per-object measurements
-    with the feature id).
+    with the feature id). The whole map as one band of :class:`OutlineStream`.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.size == 0:
         raise MilsilError(
             f"values must be a non-empty 2-D map [rows, cols], got shape {values.shape}"
         )
-    for label, v in (
-        ("threshold", threshold),
-        ("min_area", min_area),
-        ("simplify_tolerance", simplify_tolerance),
-        ("downsample", downsample),
-    ):
-        if not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
-            raise MilsilError(f"{label} must be a finite number, got {v!r}")
-    if min_area < 0 or simplify_tolerance < 0:
-        raise MilsilError(
-            f"min_area and simplify_tolerance must be >= 0, got {min_area} and {simplify_tolerance}"
-        )
-    if downsample <= 0:
-        raise MilsilError(f"downsample must be > 0, got {downsample}")
-    if not isinstance(stride, (int, np.integer)) or stride < 1:
-        raise MilsilError(f"stride must be a positive integer, got {stride!r}")
     maps = {k: np.asarray(v, dtype=np.float64) for k, v in (measurement_maps or {}).items()}
     for k, v in maps.items():
         if v.shape != values.shape:
             raise MilsilError(
                 f"measurement map {k!r} has shape {v.shape}, values have {values.shape}"
             )
-    color = _check_color(color) if color else default_color(classification)
-    rows, cols = values.shape
-    ox, oy = float(origin[0]), float(origin[1])
-    if region_size is None:
-        region_size = (cols * stride * downsample, rows * stride * downsample)
-    width_px = region_size[0] / downsample
-    height_px = region_size[1] / downsample
-    # Cell boundaries in region pixels: midway between neighbouring samples (cells centred on
-    # their sample's pixel centre), the outer ones on the region border.
-    x_edges = cell_edges(cols, stride, width_px)
-    y_edges = cell_edges(rows, stride, height_px)
-    cell_area = (stride * downsample) ** 2
+    stream = OutlineStream(
+        values.shape[0],
+        values.shape[1],
+        threshold,
+        origin=origin,
+        downsample=downsample,
+        stride=stride,
+        region_size=region_size,
+        classification=classification,
+        color=color,
+        min_area=min_area,
+        simplify_tolerance=simplify_tolerance,
+        object_type=object_type,
+    )
+    stream.add(values, maps)
+    return stream.finish()
 
-    mask = np.nan_to_num(values, nan=-np.inf) >= threshold
-    labels, count = mask_components(mask)
-    from scipy import ndimage
 
-    slices = ndimage.find_objects(labels)
-    features: list[geojson.Feature] = []
-    objects: list[dict[str, Any]] = []
-    for k, sl in enumerate(slices, start=1):
-        if sl is None:
-            continue
-        component = labels[sl] == k
-        if component.sum() * cell_area < min_area * 0.5:  # cheap early drop; exact check below
-            continue
-        geom = component_polygon(component)
-        x0, y0 = sl[1].start, sl[0].start
+class OutlineStream:
+    """Outlines of ``values >= threshold`` over a map that arrives band by band, in row order.
 
-        def to_level0(coords: np.ndarray, x0: int = x0, y0: int = y0) -> np.ndarray:
+    The result equals :func:`heatmap_to_geojson` of the whole map (same objects, in the
+    same order, same measurements), while only the answer is kept: each band's
+    4-connected components are polygonized and their statistics summed at once, and
+    components that continue across a band border are joined (union-find over the rows on
+    either side of it). A component that does not reach the newest band's last row is
+    complete: its pieces are merged into one outline (seamless across bands), simplified
+    and filtered as ``heatmap_to_geojson`` does, or dropped, at once. Memory: one band, the
+    pieces of the components still open at its last row, and the finished outlines.
+    """
+
+    def __init__(
+        self,
+        rows: int,
+        cols: int,
+        threshold: float,
+        *,
+        origin: tuple[float, float] = (0.0, 0.0),
+        downsample: float = 1.0,
+        stride: int = 1,
+        region_size: tuple[float, float] | None = None,
+        classification: str = "malignant",
+        color: list[int] | None = None,
+        min_area: float = 0.0,
+        simplify_tolerance: float = 0.0,
+        object_type: str = "annotation",
+    ) -> None:
+        for label, v in (
+            ("threshold", threshold),
+            ("min_area", min_area),
+            ("simplify_tolerance", simplify_tolerance),
+            ("downsample", downsample),
+        ):
+            if not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
+                raise MilsilError(f"{label} must be a finite number, got {v!r}")
+        if min_area < 0 or simplify_tolerance < 0:
+            raise MilsilError(
+                f"min_area and simplify_tolerance must be >= 0, got {min_area} and {simplify_tolerance}"
+            )
+        if downsample <= 0:
+            raise MilsilError(f"downsample must be > 0, got {downsample}")
+        if not isinstance(stride, (int, np.integer)) or stride < 1:
+            raise MilsilError(f"stride must be a positive integer, got {stride!r}")
+        if object_type not in OBJECT_TYPES:
+            raise MilsilError(
+                f"object_type must be one of {', '.join(OBJECT_TYPES)}, got {object_type!r}"
+            )
+        self.rows, self.cols, self.threshold = int(rows), int(cols), float(threshold)
+        self.classification, self.object_type = classification, object_type
+        self.color = _check_color(color) if color else default_color(classification)
+        self.min_area, self.simplify_tolerance = float(min_area), float(simplify_tolerance)
+        self.ox, self.oy, self.downsample = float(origin[0]), float(origin[1]), float(downsample)
+        if region_size is None:
+            region_size = (cols * stride * downsample, rows * stride * downsample)
+        # Cell boundaries in region pixels: midway between neighbouring samples (cells
+        # centred on their sample's pixel centre), the outer ones on the region border.
+        self.x_edges = cell_edges(self.cols, stride, region_size[0] / downsample)
+        self.y_edges = cell_edges(self.rows, stride, region_size[1] / downsample)
+        self.cell_area = (stride * downsample) ** 2
+        self.row = 0  # rows received so far
+        # Union-find over component ids (1-based); a root is its component's smallest id,
+        # i.e. its first sample in raster order (the order of heatmap_to_geojson's objects).
+        self.parent: list[int] = [0]
+        self.count: dict[int, int] = {}  # by root: samples, sums and maxima of each map
+        self.sums: dict[int, dict[str, float]] = {}
+        self.maxes: dict[int, dict[str, float]] = {}
+        self.pieces: dict[int, list[Any]] = {}  # by root: polygons (level-0) of its bands
+        self.names: list[str] | None = None
+        self.last_labels: np.ndarray | None = None  # the previous band's last row (ids)
+        self.done: list[tuple[int, Any, dict[str, float]]] = []  # (root, outline, measurements)
+
+    def _find(self, i: int) -> int:
+        parent = self.parent
+        root = i
+        while parent[root] != root:
+            root = parent[root]
+        while parent[i] != root:
+            parent[i], i = root, parent[i]
+        return root
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra == rb:
+            return
+        keep, gone = min(ra, rb), max(ra, rb)
+        self.parent[gone] = keep
+        self.count[keep] += self.count.pop(gone)
+        for name, value in self.sums.pop(gone).items():
+            self.sums[keep][name] += value
+        for name, value in self.maxes.pop(gone).items():
+            self.maxes[keep][name] = max(self.maxes[keep][name], value)
+        self.pieces[keep].extend(self.pieces.pop(gone))
+
+    def add(self, values: np.ndarray, maps: Mapping[str, np.ndarray] | None = None) -> None:
+        """The next ``[band_rows, cols]`` rows of the map, with the same rows of each
+        measurement map (a component gets ``mean_<name>`` and ``max_<name>``)."""
+        from scipy import ndimage
+
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != self.cols or values.shape[0] < 1:
+            raise MilsilError(f"a band must be [rows, {self.cols}], got {values.shape}")
+        if self.row + values.shape[0] > self.rows:
+            raise MilsilError(f"bands hold more than the map's {self.rows} rows")
+        maps = {k: np.asarray(v, dtype=np.float64) for k, v in (maps or {}).items()}
+        if self.names is None:
+            self.names = list(maps)
+        elif sorted(maps) != sorted(self.names):
+            raise MilsilError(f"every band needs the measurement maps {sorted(self.names)}")
+        mask = np.nan_to_num(values, nan=-np.inf) >= self.threshold
+        labels, count = mask_components(mask)
+        offset = len(self.parent) - 1
+        self.parent.extend(range(offset + 1, offset + count + 1))
+        flat = labels.ravel()
+        counts = np.bincount(flat, minlength=count + 1)
+        sums = {
+            k: np.bincount(flat, weights=m.ravel(), minlength=count + 1) for k, m in maps.items()
+        }
+        index = np.arange(1, count + 1)
+        peaks = {
+            k: np.asarray(ndimage.maximum(m, labels, index) if count else [], dtype=np.float64)
+            for k, m in maps.items()
+        }
+        r0, rows = self.row, values.shape[0]
+        first, last = self.last_labels is not None, r0 + rows < self.rows
+        for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+            i = offset + k
+            within = not (first and sl[0].start == 0) and not (last and sl[0].stop == rows)
+            if within and counts[k] * self.cell_area < self.min_area * 0.5:
+                continue  # complete in this band and too small: never polygonized
+            self.count[i] = int(counts[k])
+            self.sums[i] = {name: float(v[k]) for name, v in sums.items()}
+            self.maxes[i] = {name: float(v[k - 1]) for name, v in peaks.items()}
+            geom = component_polygon(labels[sl] == k)
+            self.pieces[i] = [
+                shapely.transform(geom, self._to_level0(sl[1].start, sl[0].start + r0))
+            ]
+        # Join the components that continue from the band above (4-connectivity).
+        if self.last_labels is not None and count:
+            above, below = self.last_labels, labels[0]
+            both = (above > 0) & (below > 0)
+            for a, b in set(
+                zip(above[both].tolist(), (below[both] + offset).tolist(), strict=True)
+            ):
+                self._union(a, b)
+        self.row += values.shape[0]
+        self.last_labels = np.where(labels[-1] > 0, labels[-1] + offset, 0)
+        # Components that do not reach this band's last row are complete.
+        open_roots = {self._find(int(i)) for i in np.unique(self.last_labels[self.last_labels > 0])}
+        if self.row == self.rows:
+            open_roots = set()
+        for root in [r for r in self.pieces if r not in open_roots]:
+            self._close(root)
+
+    def _to_level0(self, x0: int, y0: int):
+        cols, rows, ds = self.cols, self.rows, self.downsample
+
+        def transform(coords: np.ndarray) -> np.ndarray:
             out = np.empty_like(coords)
-            out[:, 0] = ox + downsample * np.interp(coords[:, 0] + x0, np.arange(cols + 1), x_edges)
-            out[:, 1] = oy + downsample * np.interp(coords[:, 1] + y0, np.arange(rows + 1), y_edges)
+            out[:, 0] = self.ox + ds * np.interp(
+                coords[:, 0] + x0, np.arange(cols + 1), self.x_edges
+            )
+            out[:, 1] = self.oy + ds * np.interp(
+                coords[:, 1] + y0, np.arange(rows + 1), self.y_edges
+            )
             return out
 
-        geom = shapely.transform(geom, to_level0)
-        geom = clean_geometry(geom, simplify_tolerance)
-        if geom is None or geom.area < max(min_area, PRECISION * PRECISION):
-            continue
+        return transform
+
+    def _close(self, root: int) -> None:
+        """A complete component: its outline and measurements, or nothing if too small."""
+        parts = self.pieces.pop(root)
+        count = self.count.pop(root)
+        sums, maxes = self.sums.pop(root), self.maxes.pop(root)
+        if count * self.cell_area < self.min_area * 0.5:  # cheap early drop
+            return
+        geom = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+        geom = clean_geometry(geom, self.simplify_tolerance)
+        if geom is None or geom.area < max(self.min_area, PRECISION * PRECISION):
+            return
         measurements: dict[str, float] = {"area": float(geom.area)}
-        for name, m in maps.items():
-            inside = m[sl][component]
-            measurements[f"mean_{name}"] = float(np.mean(inside))
-            measurements[f"max_{name}"] = float(np.max(inside))
-        feature = make_feature(geom, classification, color, measurements, object_type)
-        features.append(feature)
-        objects.append({"id": feature["id"], **measurements})
-    collection = geojson.FeatureCollection(features)
-    return dict(collection), objects
+        for name in self.names or []:
+            measurements[f"mean_{name}"] = float(sums[name] / count)
+            measurements[f"max_{name}"] = float(maxes[name])
+        self.done.append((root, geom, measurements))
+
+    def finish(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The FeatureCollection (as a dict) and per-object measurements with feature ids."""
+        if self.row != self.rows:
+            raise MilsilError(f"the map has {self.rows} rows but {self.row} arrived")
+        features: list[geojson.Feature] = []
+        objects: list[dict[str, Any]] = []
+        for _, geom, measurements in sorted(self.done, key=lambda d: d[0]):
+            feature = make_feature(
+                geom, self.classification, self.color, measurements, self.object_type
+            )
+            features.append(feature)
+            objects.append({"id": feature["id"], **measurements})
+        self.done = []
+        return dict(geojson.FeatureCollection(features)), objects
 
 
 def cell_edges(count: int, stride: int, length: float) -> np.ndarray:
@@ -318,3 +472,39 @@ def qupath_problems(collection: Mapping[str, Any]) -> list[str]:
         if np.any(coords < 0):
             problems.append(f"{where}.geometry has negative coordinates")
     return problems
+
+
+MAX_ROI_BYTES = 8 * 2**20
+
+
+def roi_geometry(text: str, field: str = "roi") -> Polygon | MultiPolygon:
+    """A region of interest from GeoJSON text, level-0 pixels: a Polygon or MultiPolygon
+    geometry (a Feature's geometry, or QuPath's ROI JSON with its extra members), repaired
+    if invalid. :class:`MilsilError` naming ``field`` for anything else."""
+    import json
+
+    if len(text) > MAX_ROI_BYTES:
+        raise MilsilError(f"{field} is {len(text):,} bytes of GeoJSON; at most {MAX_ROI_BYTES:,}")
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise MilsilError(f"{field} is not JSON ({str(exc)[:80]})") from None
+    if isinstance(doc, dict) and doc.get("type") == "Feature":
+        doc = doc.get("geometry")
+    if not isinstance(doc, dict) or doc.get("type") not in ("Polygon", "MultiPolygon"):
+        kind = doc.get("type") if isinstance(doc, dict) else type(doc).__name__
+        raise MilsilError(
+            f"{field} must be a GeoJSON Polygon or MultiPolygon (level-0 pixels), got {kind!r}"
+        )
+    try:
+        geom = shape({"type": doc["type"], "coordinates": doc.get("coordinates")})
+        coords = shapely.get_coordinates(geom)
+    except Exception as exc:  # noqa: BLE001 - any malformed coordinate list
+        raise MilsilError(f"{field} has malformed coordinates ({str(exc)[:80]})") from None
+    if coords.size == 0 or not np.isfinite(coords).all():
+        raise MilsilError(f"{field} must have finite coordinates and at least one ring")
+    if not geom.is_valid:
+        geom = _polygonal(shapely.make_valid(geom))
+    if geom is None or geom.is_empty or geom.area <= 0:
+        raise MilsilError(f"{field} encloses no area")
+    return geom

@@ -181,6 +181,23 @@ class Timings:
     tissue: float = 0.0
 
 
+def tiles_in(tiles: list, roi: Any) -> list:
+    """The tiles whose level-0 rectangle intersects ``roi`` (a shapely geometry)."""
+    import shapely
+
+    if not tiles:
+        return tiles
+    boxes = shapely.box(
+        [t.x for t in tiles],
+        [t.y for t in tiles],
+        [t.x + t.width * t.downsample for t in tiles],
+        [t.y + t.height * t.downsample for t in tiles],
+    )
+    shapely.prepare(roi)
+    keep = shapely.intersects(roi, boxes)
+    return [t for t, k in zip(tiles, keep, strict=True) if k]
+
+
 def slide_heatmap(
     model: Any,
     slide: Slide,
@@ -192,8 +209,12 @@ def slide_heatmap(
     progress: Callable[[SlideProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     timings: Timings | None = None,
+    roi: Any = None,
 ) -> tuple[SlideHeatmap, bool]:
     """The logit heatmap of a whole slide, tile by tile, resumable. Returns ``(map, stopped)``.
+
+    ``roi``: a shapely (Multi)Polygon in level-0 pixels: only tiles that intersect it are
+    computed (tiles of an earlier run with another region of interest are kept).
 
     Reads ``stride``, ``downsample``, ``tile``, ``tissue_only`` and ``bf16`` from
     ``settings``. ``tile`` (output pixels at ``downsample``, a multiple of ``stride``)
@@ -233,6 +254,8 @@ def slide_heatmap(
         tissue = tissue_mask(slide)
         timings.tissue += time.perf_counter() - t0
     tiles = tile_grid(slide, tile, ds, tissue if tissue_only else None)
+    if roi is not None:
+        tiles = tiles_in(tiles, roi)
     todo = [t for t in tiles if (t.row, t.col) not in done]
     heat.tiles_total = len(tiles)
     mean, std = model.normalization

@@ -21,8 +21,12 @@ def heatmap_polygons(
     simplify_tolerance: float = 0.0,
     block: int = 4096,
     classification: str | None = None,
+    roi: Any = None,
 ) -> dict[str, Any]:
     """QuPath GeoJSON FeatureCollection of ``probability >= threshold`` (level-0 px).
+
+    ``roi`` (a shapely geometry, level-0 px): outlines are clipped to it, and blocks that
+    miss it are not read; the statistics are those of each whole outline.
 
     The map is polygonized ``block`` samples at a time with :mod:`milsil.wsi.geojson`
     (bounded memory); pieces that meet at block borders are merged, so the result does
@@ -48,6 +52,10 @@ def heatmap_polygons(
     for r0 in range(0, heat.rows, block):
         for c0 in range(0, heat.cols, block):
             r1, c1 = min(r0 + block, heat.rows), min(c0 + block, heat.cols)
+            if roi is not None and not roi.intersects(
+                shapely.box(x_edges[c0], y_edges[r0], x_edges[c1], y_edges[r1])
+            ):
+                continue
             prob = heat.probability_block(class_index, r0, r1, c0, c1)
             mask = np.nan_to_num(prob, nan=-1.0) >= threshold
             if not mask.any():
@@ -100,6 +108,10 @@ def heatmap_polygons(
     features = []
     color = gj.default_color(name)
     for geom, total, count, peak in objects:
+        if roi is not None:
+            geom = geom.intersection(roi)
+            if geom.is_empty:
+                continue
         clean = gj.clean_geometry(geom, simplify_tolerance)
         if clean is None or clean.area < max(min_area, gj.PRECISION**2):
             continue

@@ -14,6 +14,12 @@
  *    travels as `authorization` metadata; TLS (optionally mutual) when a CA file is given.
  *  - Every failure becomes one line, "milsil: <CODE>: <what the server said>", through
  *    MilsilClient.describe(Throwable), which scripts print in QuPath's log.
+ *  - Busy is not failure: a call the server refuses as busy (RESOURCE_EXHAUSTED with the
+ *    trailing metadata `milsil-retry: busy`, or gRPC's own "Concurrent RPC limit exceeded!")
+ *    is retried after a jittered exponential backoff until the call's deadline, printing a
+ *    waiting line through `onWait` (scripts set it to their println); `milsil-retry: never`
+ *    (too large) fails at once. A Heatmap waiting for compute prints its queue position.
+ *    The contract is documented in proto/milsil/v1/inference_service.proto.
  *
  * Scripts load it through lib/MilsilBootstrap.groovy (GroovyClassLoader.parseClass) and use
  * it dynamically:
@@ -49,6 +55,7 @@ import io.grpc.stub.StreamObserver
 import java.awt.image.BufferedImage
 import java.nio.ByteBuffer
 import java.nio.ByteOrder
+import java.util.Random
 import java.util.concurrent.LinkedBlockingQueue
 import java.util.concurrent.TimeUnit
 
@@ -67,15 +74,33 @@ class MilsilClient {
         streamTimeoutSeconds : 900,
         watchTimeoutSeconds  : 86400,
         maxMessageMb         : 64,
+        retryBusy            : true,
     ]
+
+    /** Trailing-metadata key of the server's RESOURCE_EXHAUSTED: "busy" (retry) or "never". */
+    static final Metadata.Key<String> RETRY_KEY = Metadata.Key.of('milsil-retry', Metadata.ASCII_STRING_MARSHALLER)
+    /** What gRPC itself says when all of the server's RPC threads are taken (busy too). */
+    static final String GRPC_CONCURRENCY_LIMIT = 'Concurrent RPC limit exceeded!'
+    /** Backoff: a uniform delay up to min(MAX, FIRST * 2^attempt) seconds ("full jitter"). */
+    static final double FIRST_DELAY_SECONDS = 0.2d
+    static final double MAX_DELAY_SECONDS = 5.0d
 
     /** A failure already rendered as the one line a user sees. */
     static class Failure extends RuntimeException {
         final String code
+        final String detail
+        /** The server was busy: the same call may succeed later. */
+        final boolean busy
 
         Failure(String code, String message) {
+            this(code, message, false)
+        }
+
+        Failure(String code, String message, boolean busy) {
             super('milsil: ' + code + ': ' + oneLine(message))
             this.code = code
+            this.detail = oneLine(message)
+            this.busy = busy
         }
     }
 
@@ -143,6 +168,9 @@ class MilsilClient {
     final Channel channel
     final Map<String, Descriptors.ServiceDescriptor> services = [:]
     final Map<String, Descriptors.Descriptor> messages = [:]
+    final Random random = new Random()
+    /** Gets every waiting line ("milsil: waiting: ..."); null prints to standard output. */
+    Closure onWait = null
 
     // ------------------------------------------------------------------ connecting
 
@@ -497,29 +525,33 @@ class MilsilClient {
         Object seconds = timeoutSeconds == null ? settings.get('timeoutSeconds') : timeoutSeconds
         MethodDescriptor<DynamicMessage, DynamicMessage> m = method(service, name)
         DynamicMessage req = build(inputType(service, name), request)
-        try {
-            return toMap(ClientCalls.blockingUnaryCall(channel, m, options(seconds), req))
-        } catch (Throwable t) {
-            throw failure(t, seconds)
-        }
+        return (Map) retrying(name, seconds, { double left ->
+            try {
+                return toMap(ClientCalls.blockingUnaryCall(channel, m, options(left), req))
+            } catch (Throwable t) {
+                throw failure(t, seconds)
+            }
+        })
     }
 
     /** Server-streaming call: `onMessage(Map)` for every response; returns how many came. */
     int serverStream(String service, String name, Map request, Object timeoutSeconds, Closure onMessage) {
         MethodDescriptor<DynamicMessage, DynamicMessage> m = method(service, name)
         DynamicMessage req = build(inputType(service, name), request)
-        int count = 0
-        try {
-            Iterator<DynamicMessage> it = ClientCalls.blockingServerStreamingCall(channel, m,
-                options(timeoutSeconds), req)
-            while (it.hasNext()) {
-                onMessage.call(toMap(it.next()))
-                count++
+        return (int) retrying(name, timeoutSeconds, { double left ->
+            int count = 0
+            try {
+                Iterator<DynamicMessage> it = ClientCalls.blockingServerStreamingCall(channel, m,
+                    options(left), req)
+                while (it.hasNext()) {
+                    onMessage.call(toMap(it.next()))
+                    count++
+                }
+            } catch (Throwable t) {
+                throw failure(t, timeoutSeconds)
             }
-        } catch (Throwable t) {
-            throw failure(t, timeoutSeconds)
-        }
-        return count
+            return count
+        })
     }
 
     /**
@@ -542,10 +574,18 @@ class MilsilClient {
     }
 
     int streamCall(String service, String name, Object timeoutSeconds, Closure producer, Closure onMessage) {
+        return (int) retrying(name, timeoutSeconds, { double left ->
+            return streamOnce(service, name, left, timeoutSeconds, producer, onMessage)
+        })
+    }
+
+    /** One attempt of a client- or bidi-streaming call with `seconds` left. */
+    int streamOnce(String service, String name, double seconds, Object timeoutSeconds, Closure producer,
+                   Closure onMessage) {
         MethodDescriptor<DynamicMessage, DynamicMessage> m = method(service, name)
         Descriptors.Descriptor input = inputType(service, name)
-        long deadline = System.nanoTime() + (long) (toDouble(timeoutSeconds) * 1e9d)
-        ClientCall<DynamicMessage, DynamicMessage> call = channel.newCall(m, options(timeoutSeconds))
+        long deadline = System.nanoTime() + (long) (seconds * 1e9d)
+        ClientCall<DynamicMessage, DynamicMessage> call = channel.newCall(m, options(seconds))
         Collector collector = new Collector()
         StreamObserver<DynamicMessage> requests
         if (m.getType() == MethodDescriptor.MethodType.BIDI_STREAMING) {
@@ -554,6 +594,7 @@ class MilsilClient {
             requests = ClientCalls.asyncClientStreamingCall(call, collector)
         }
         ClientCallStreamObserver<DynamicMessage> flow = (ClientCallStreamObserver<DynamicMessage>) requests
+        int count = 0
         Closure send = { Map msg ->
             DynamicMessage dm = build(input, msg)
             while (!flow.isReady() && !collector.done) {
@@ -567,8 +608,15 @@ class MilsilClient {
                 throw new EarlyEnd()
             }
             requests.onNext(dm)
+            // Answers that came meanwhile (a bidi call's) are handled now, not held until
+            // the last request: memory stays bounded however long the stream.
+            Object ready
+            while ((ready = collector.queue.peek()) != null && !ready.is(Collector.END)) {
+                collector.queue.poll()
+                onMessage.call(toMap((DynamicMessage) ready))
+                count++
+            }
         }
-        int count = 0
         try {
             try {
                 producer.call(send)
@@ -592,6 +640,60 @@ class MilsilClient {
             throw failure(t, timeoutSeconds)
         }
         return count
+    }
+
+    /**
+     * `attempt(secondsLeft)` again while the server answers busy and the deadline of
+     * `timeoutSeconds` allows: a jittered exponential backoff, one waiting line per retry.
+     * The server sends busy before any result (queue and progress messages may come first).
+     */
+    Object retrying(String what, Object timeoutSeconds, Closure attempt) {
+        long started = System.nanoTime()
+        long deadline = started + (long) (toDouble(timeoutSeconds) * 1e9d)
+        int n = 0
+        while (true) {
+            double left = Math.max(0.001d, (deadline - System.nanoTime()) / 1e9d)
+            Failure f
+            try {
+                return attempt.call(left)
+            } catch (Throwable t) {
+                f = failure(t, timeoutSeconds)
+            }
+            if (!f.busy || !flag(settings.get('retryBusy'))) {
+                throw f
+            }
+            double delay = random.nextDouble() * Math.min(MAX_DELAY_SECONDS, FIRST_DELAY_SECONDS * Math.pow(2.0d, n))
+            n++
+            if (System.nanoTime() + (long) (delay * 1e9d) >= deadline) {
+                long waited = Math.round((System.nanoTime() - started) / 1e9d)
+                throw new Failure(f.code, f.detail + ' (still busy after waiting ' + waited +
+                    ' s; raise the timeout in the settings to wait longer)', true)
+            }
+            String why = f.detail.startsWith('server busy') ? f.detail : 'server busy (' + f.detail + ')'
+            waitLine(what + ': ' + why + '; retrying in ' + String.format(Locale.ROOT, '%.1f', delay) + ' s')
+            Thread.sleep(Math.max(1L, (long) (delay * 1000d)))
+        }
+    }
+
+    /** Print (or hand to `onWait`) one "milsil: waiting: ..." line. */
+    void waitLine(String line) {
+        String text = 'milsil: waiting: ' + line
+        if (onWait != null) {
+            onWait.call(text)
+        } else {
+            System.out.println(text)
+        }
+    }
+
+    static boolean flag(Object v) {
+        if (v == null) {
+            return true
+        }
+        if (v instanceof Boolean) {
+            return (Boolean) v
+        }
+        String s = v.toString().trim().toLowerCase()
+        return !(s == 'false' || s == '0' || s == 'no')
     }
 
     /** Thrown inside send() when the server ended the call; never escapes streamCall. */
@@ -658,24 +760,53 @@ class MilsilClient {
     /**
      * Heatmap (bidirectional): returns [header: Map, tiles: List<Map>] where each tile has
      * float arrays `logits` / `probabilities` decoded to float[] (C order [class][row][col]).
+     * With `onTile`, each tile goes to onTile(header, tile) as it arrives (while tiles are
+     * still being sent) and none is kept: `tiles` is then empty.
      */
-    Map heatmap(Map config, Closure tileProducer) {
+    Map heatmap(Map config, Closure tileProducer, Closure onTile = null) {
         Map header = null
         List<Map> tiles = []
         bidiStream('InferenceService', 'Heatmap', settings.get('streamTimeoutSeconds'), { Closure send ->
             send.call([config: config])
             tileProducer.call({ Map tile -> send.call([tiles: [tile]]) })
         }, { Map r ->
-            if (r.get('header') != null) {
+            if (r.get('queue') != null) {
+                Map q = (Map) r.get('queue')
+                waitLine('Heatmap: queued for compute, position ' + q.get('position') + ' of ' + q.get('waiting'))
+            } else if (r.get('header') != null) {
                 header = (Map) r.get('header')
             } else if (r.get('tile') != null) {
                 Map t = (Map) r.get('tile')
                 t.put('logits', floats((byte[]) t.get('logits')))
                 t.put('probabilities', floats((byte[]) t.get('probabilities')))
-                tiles.add(t)
+                if (onTile != null) {
+                    onTile.call(header, t)
+                } else {
+                    tiles.add(t)
+                }
             }
         })
         return [header: header, tiles: tiles]
+    }
+
+    /**
+     * AnnotateSlide (server streaming): a slide the server reads itself. `request` is an
+     * AnnotateSlideRequest map; onProgress(Map) gets every SlideProgress. Returns the
+     * AnnotateSlideResult map (geojson, object_count, summary).
+     */
+    Map annotateSlide(Map request, Closure onProgress) {
+        Map result = null
+        serverStream('InferenceService', 'AnnotateSlide', request, settings.get('streamTimeoutSeconds'), { Map r ->
+            if (r.get('progress') != null) {
+                onProgress.call((Map) r.get('progress'))
+            } else if (r.get('result') != null) {
+                result = (Map) r.get('result')
+            }
+        })
+        if (result == null) {
+            throw new Failure('INTERNAL', 'AnnotateSlide ended without a result')
+        }
+        return result
     }
 
     /** UploadDataset: `bagProducer(sendBag)`; each bag map: bag_id, label, patient_id, tiles. */
@@ -795,6 +926,8 @@ class MilsilClient {
         String code = status.getCode().name()
         String desc = status.getDescription() ?: ''
         switch (status.getCode()) {
+            case Status.Code.RESOURCE_EXHAUSTED:
+                return new Failure(code, desc ?: code, isBusy(t, desc))
             case Status.Code.UNAVAILABLE:
                 String why = status.getCause() != null ? status.getCause().getMessage() : desc
                 if (desc && status.getCause() == null) {
@@ -811,6 +944,16 @@ class MilsilClient {
             default:
                 return new Failure(code, desc ?: code)
         }
+    }
+
+    /** A RESOURCE_EXHAUSTED worth retrying: `milsil-retry: busy`, or gRPC's thread limit. */
+    static boolean isBusy(Throwable t, String description) {
+        Metadata trailers = Status.trailersFromThrowable(t)
+        String hint = trailers == null ? null : trailers.get(RETRY_KEY)
+        if (hint != null) {
+            return hint.trim() == 'busy'
+        }
+        return (description ?: '').trim() == GRPC_CONCURRENCY_LIMIT
     }
 
     static Status statusOf(Throwable t) {

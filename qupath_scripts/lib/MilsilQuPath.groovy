@@ -11,10 +11,17 @@
  * x, y, w, h), ImageServer.readRegion/getPath/getWidth/getHeight, ROI.getBounds*,
  * ROI.contains, ROI.getArea, RoiTools.intersection, PathIO.readObjectsFromGeoJSON,
  * PathObjects.createTileObject, ROIs.createRectangleROI, PathClass.fromString,
- * ProjectImageEntry.getImageName/getMetadataValue/readImageData. Same Groovy subset as
- * MilsilClient (Groovy 2.4 and 4; getters called explicitly).
+ * ProjectImageEntry.getImageName/getMetadataValue/readImageData, ImageServer.getURIs and
+ * GsonTools.getInstance().toJson(roi) (a ROI as a GeoJSON geometry) for slides the server
+ * reads itself. Same Groovy subset as MilsilClient (Groovy 2.4 and 4; getters called
+ * explicitly).
+ *
+ * Regions of any size: tiles are read one at a time, in row order (the order the server's
+ * Heatmap/Annotate contract asks for), and sent as they are read, so QuPath never holds a
+ * region's pixels at once; long regions print progress lines.
  */
 
+import qupath.lib.io.GsonTools
 import qupath.lib.io.PathIO
 import qupath.lib.objects.PathObject
 import qupath.lib.objects.PathObjects
@@ -127,11 +134,13 @@ class MilsilQuPath {
     }
 
     /**
-     * Reads `area` (level-0 rect) at `downsample` in tiles of `tileSize` output pixels and
-     * calls sendTile(tile map) for each, reading each tile only when it is sent. Tiles
-     * overlap by one output pixel so that rounding never leaves a gap.
+     * Reads `area` (level-0 rect) at `downsample` in tiles of `tileSize` output pixels, in row
+     * order, and calls sendTile(tile map) for each, reading each tile only when it is sent.
+     * Tiles overlap by one output pixel so that rounding never leaves a gap. `progress`
+     * (optional) hears of every tile sent.
      */
-    static int streamTiles(Object client, Object server, Map area, double downsample, int tileSize, Closure sendTile) {
+    static int streamTiles(Object client, Object server, Map area, double downsample, int tileSize, Closure sendTile,
+                           Progress progress = null) {
         int step = Math.max(1, (int) Math.floor(tileSize * downsample))
         int overlap = (int) Math.ceil(downsample)
         int count = 0
@@ -139,6 +148,7 @@ class MilsilQuPath {
         int ay = (int) area.get('y')
         int aw = (int) area.get('width')
         int ah = (int) area.get('height')
+        long total = (long) Math.ceil(aw / (double) step) * (long) Math.ceil(ah / (double) step)
         for (int y = ay; y < ay + ah; y += step) {
             for (int x = ax; x < ax + aw; x += step) {
                 int w = Math.min(step + overlap, ax + aw - x)
@@ -147,6 +157,9 @@ class MilsilQuPath {
                 def image = server.readRegion(request)
                 sendTile.call(client.rgbTile(image, (double) x, (double) y, downsample))
                 count++
+                if (progress != null) {
+                    progress.update(count, total, -1.0d)
+                }
             }
         }
         return count
@@ -205,9 +218,18 @@ class MilsilQuPath {
     /**
      * Annotate one region: stream its tiles (plus the model's `context_pixels` of context where
      * the image has it), parse the returned QuPath GeoJSON with PathIO and clip the objects to the
-     * parent's ROI. Returns [objects: List<PathObject>, geojson: String, response: Map].
+     * parent's ROI. With `serverSlides`, the server reads the slide itself (annotateOnServer)
+     * when it can. Returns [objects: List<PathObject>, geojson: String, response: Map].
+     * `label` names the region in progress lines ("slide.svs: Tumor 1"); `log` prints them.
      */
-    static Map annotate(Object client, Map s, Object server, Map model, PathObject parent) {
+    static Map annotate(Object client, Map s, Object server, Map model, PathObject parent, String label = null,
+                        Closure log = null) {
+        if (flag(s.get('serverSlides'))) {
+            Map done = annotateOnServer(client, s, server, model, parent, label, log)
+            if (done != null) {
+                return done
+            }
+        }
         ROI roi = parent == null ? null : parent.getROI()
         double ds = num(s.get('downsample'))
         Map region = rect(server, roi, 0)
@@ -228,26 +250,226 @@ class MilsilQuPath {
             classification    : (s.get('classification') ?: '').toString(),
             color             : list(s.get('color')).collect { String c -> Integer.parseInt(c) },
         ]
+        Progress progress = new Progress(label ?: 'region', s.get('progressEverySeconds'), log)
         Map response = client.annotate(config, { Closure sendTile ->
-            streamTiles(client, server, area, ds, integer(s.get('tileSize')), sendTile)
+            progress.restart()
+            streamTiles(client, server, area, ds, integer(s.get('tileSize')), sendTile, progress)
         })
         String geojson = (String) response.get('geojson')
-        List<PathObject> objects = PathIO.readObjectsFromGeoJSON(
-            new ByteArrayInputStream(geojson.getBytes(StandardCharsets.UTF_8)))
+        return [objects: clipped(readGeoJSON(geojson), roi), geojson: geojson, response: response]
+    }
+
+    static List<PathObject> readGeoJSON(String geojson) {
+        return PathIO.readObjectsFromGeoJSON(new ByteArrayInputStream(geojson.getBytes(StandardCharsets.UTF_8)))
+    }
+
+    /** The objects clipped to `roi` (a rectangle clips nothing: the region is its bounds). */
+    static List<PathObject> clipped(List<PathObject> objects, ROI roi) {
         List<PathObject> kept = []
         boolean clip = roi != null && roi.getRoiName() != 'Rectangle'
         for (PathObject o : objects) {
             if (clip) {
-                ROI clipped = RoiTools.intersection(o.getROI(), roi)
-                if (clipped == null || clipped.isEmpty() || clipped.getArea() <= 0) {
+                ROI inside = RoiTools.intersection(o.getROI(), roi)
+                if (inside == null || inside.isEmpty() || inside.getArea() <= 0) {
                     continue
                 }
-                o.setROI(clipped)
-                o.getMeasurementList().put('area', clipped.getArea())
+                o.setROI(inside)
+                o.getMeasurementList().put('area', inside.getArea())
             }
             kept.add(o)
         }
-        return [objects: kept, geojson: geojson, response: response]
+        return kept
+    }
+
+    // ------------------------------------------------------------------ slides the server reads
+
+    /**
+     * Annotate one region by letting the server read the slide (AnnotateSlide with the
+     * annotation's ROI as a GeoJSON geometry): no pixels cross the network. Needs the image
+     * to be a local file that `slidePathMap` maps to a path under the server's --slide-root.
+     * Returns null, after one line saying why, when the server cannot see the slide (the
+     * caller then streams pixels).
+     */
+    static Map annotateOnServer(Object client, Map s, Object server, Map model, PathObject parent, String label,
+                                Closure log) {
+        String name = label ?: 'region'
+        String local = localFile(server)
+        String remote = local == null ? null : serverPath(local, pathMap(s.get('slidePathMap')))
+        String why = local == null ? 'the image is not a local file' :
+            remote == null ? 'no slidePathMap entry matches ' + local : null
+        if (why == null) {
+            ROI roi = parent == null ? null : parent.getROI()
+            Map request = [
+                config            : [model      : model.get('name'), path: remote, stride: integer(s.get('stride')),
+                                     downsample : num(s.get('downsample')), tissue_only: false,
+                                     class_name : (s.get('className') ?: '').toString(),
+                                     roi        : roi == null ? '' : GsonTools.getInstance().toJson(roi)],
+                threshold         : num(s.get('threshold')),
+                min_area          : num(s.get('minArea')),
+                simplify_tolerance: num(s.get('simplify')),
+            ]
+            Progress progress = new Progress(name, s.get('progressEverySeconds'), log)
+            try {
+                Map result = client.annotateSlide(request, { Map p ->
+                    if (p.get('stage') == 'heatmap') {
+                        progress.update(((Number) p.get('tiles_done')).longValue(),
+                            ((Number) p.get('tiles_total')).longValue(), ((Number) p.get('eta_seconds')).doubleValue())
+                    }
+                })
+                String geojson = (String) result.get('geojson')
+                Map summary = (Map) result.get('summary')
+                return [objects: readGeoJSON(geojson), geojson: geojson, response: [class_name: summary.get('class_name')],
+                        serverRead: true]
+            } catch (Throwable t) {
+                if (!(t.getClass().getSimpleName() == 'Failure' && cannotSeeSlide((String) t.code, t.getMessage()))) {
+                    throw t
+                }
+                why = t.getMessage().replaceFirst('^milsil: ', '')
+            }
+        }
+        say(log, 'milsil: ' + name + ': the server cannot read the slide (' + why + '); streaming pixels instead')
+        return null
+    }
+
+    /** Failures of AnnotateSlide that mean "this server cannot see that slide". */
+    static boolean cannotSeeSlide(String code, String message) {
+        return code == 'FAILED_PRECONDITION' || code == 'NOT_FOUND' ||
+            (code == 'INVALID_ARGUMENT' && (message =~ /(?i)slide|config\.path/).find())
+    }
+
+    /** The image's file on this machine (its first file: URI), or null. */
+    static String localFile(Object server) {
+        try {
+            for (Object uri : (Collection) server.getURIs()) {
+                if (uri instanceof URI && 'file'.equalsIgnoreCase(((URI) uri).getScheme())) {
+                    return new File((URI) uri).getAbsolutePath()
+                }
+            }
+        } catch (Throwable ignored) {
+            return null
+        }
+        return null
+    }
+
+    /** slidePathMap: a Groovy map, or "local=server;local2=server2" (a system-property override). */
+    static Map<String, String> pathMap(Object v) {
+        Map<String, String> out = [:]
+        if (v instanceof Map) {
+            ((Map) v).each { Object k, Object x -> out.put(k.toString(), x == null ? '' : x.toString()) }
+            return out
+        }
+        String text = v == null ? '' : v.toString().trim()
+        if (text.startsWith('[') && text.endsWith(']')) {
+            text = text.substring(1, text.length() - 1)
+        }
+        for (String pair : text.split(';')) {
+            int eq = pair.indexOf('=')
+            if (eq > 0) {
+                out.put(pair.substring(0, eq).trim(), pair.substring(eq + 1).trim())
+            }
+        }
+        return out
+    }
+
+    /**
+     * `local` with the longest matching prefix of `map` replaced by its server-side path
+     * (relative to a --slide-root, or absolute inside one); null when no prefix matches.
+     */
+    static String serverPath(String local, Map<String, String> map) {
+        String path = local.replace('\\', '/')
+        String best = null
+        for (String key : map.keySet()) {
+            String k = key.replace('\\', '/')
+            while (k.length() > 1 && k.endsWith('/')) {
+                k = k.substring(0, k.length() - 1)
+            }
+            if ((path == k || path.startsWith(k + '/')) && (best == null || k.length() > best.length())) {
+                best = k
+            }
+        }
+        if (best == null) {
+            return null
+        }
+        String target = map.get(map.keySet().find { String key ->
+            String k = key.replace('\\', '/')
+            while (k.length() > 1 && k.endsWith('/')) {
+                k = k.substring(0, k.length() - 1)
+            }
+            return k == best
+        }).replace('\\', '/')
+        String rest = path.substring(best.length()).replaceFirst('^/+', '')
+        if (!target) {
+            return rest
+        }
+        return target.endsWith('/') ? target + rest : target + '/' + rest
+    }
+
+    // ------------------------------------------------------------------ progress
+
+    /** One line, to `log` (a script's println) or standard output. */
+    static void say(Closure log, String line) {
+        if (log != null) {
+            log.call(line)
+        } else {
+            System.out.println(line)
+        }
+    }
+
+    /**
+     * Progress lines of one long region, at most every `everySeconds` and only when the
+     * percentage moved: "milsil: slide.svs: Tumor 1: 38% (412/1,080 tiles), eta 2 min".
+     */
+    static class Progress {
+        final String label
+        final double every
+        final Closure log
+        long started = System.nanoTime()
+        long last = System.nanoTime()
+        int percent = -1
+
+        Progress(String label, Object everySeconds, Closure log) {
+            this.label = label
+            this.every = everySeconds == null ? 30.0d : MilsilQuPath.num(everySeconds)
+            this.log = log
+        }
+
+        /** From the start again (a call retried after "busy" re-sends its tiles). */
+        void restart() {
+            started = System.nanoTime()
+            last = started
+            percent = -1
+        }
+
+        /** `eta` < 0: estimated from the rate so far. */
+        void update(long done, long total, double eta) {
+            if (total <= 0 || done <= 0 || done >= total) {
+                return
+            }
+            int p = (int) Math.floor(100.0d * done / total)
+            long now = System.nanoTime()
+            if (p == percent || (now - last) / 1e9d < every) {
+                return
+            }
+            percent = p
+            last = now
+            double left = eta >= 0 ? eta : (now - started) / 1e9d / done * (total - done)
+            MilsilQuPath.say(log, 'milsil: ' + label + ': ' + p + '% (' + thousands(done) + '/' + thousands(total) +
+                ' tiles), eta ' + duration(left))
+        }
+
+        static String thousands(long n) {
+            return String.format(Locale.US, '%,d', n)
+        }
+
+        static String duration(double seconds) {
+            if (seconds < 90) {
+                return Math.round(seconds) + ' s'
+            }
+            if (seconds < 90 * 60) {
+                return Math.round(seconds / 60.0d) + ' min'
+            }
+            return String.format(Locale.US, '%.1f h', seconds / 3600.0d)
+        }
     }
 
     /**
@@ -256,7 +478,8 @@ class MilsilQuPath {
      * milsil/geojson.py cell_edges draws them (clipped to the region, so the tiles cover it
      * exactly), with "milsil p(<class>)" measurements.
      */
-    static List<PathObject> probabilityTiles(Object client, Map s, Object server, Map model, PathObject parent) {
+    static List<PathObject> probabilityTiles(Object client, Map s, Object server, Map model, PathObject parent,
+                                             String label = null, Closure log = null) {
         ROI roi = parent == null ? null : parent.getROI()
         double ds = num(s.get('downsample'))
         Map region = rect(server, roi, 0)
@@ -266,22 +489,25 @@ class MilsilQuPath {
                                height: region.get('height'), downsample: ds],
                       stride: integer(s.get('tileStride')), value_type: 'VALUE_TYPE_FLOAT32',
                       include_probabilities: true]
-        Map result = client.heatmap(config, { Closure sendTile ->
-            streamTiles(client, server, area, ds, integer(s.get('tileSize')), sendTile)
-        })
-        Map header = (Map) result.get('header')
-        List<String> classes = (List<String>) header.get('class_names')
-        int stride = ((Number) header.get('stride')).intValue()
-        int gridRows = ((Number) header.get('rows')).intValue()
-        int gridCols = ((Number) header.get('cols')).intValue()
         double rx0 = num(region.get('x'))
         double ry0 = num(region.get('y'))
         // The region's size in region pixels, as the server rounds it (Python round: half-even).
         double rw = Math.rint(num(region.get('width')) / ds)
         double rh = Math.rint(num(region.get('height')) / ds)
         List<PathObject> tiles = []
-        Set<String> seen = new HashSet<String>()   // request tiles overlap: samples may repeat
-        for (Map t : (List<Map>) result.get('tiles')) {
+        BitSet seen = new BitSet()   // request tiles overlap: samples may repeat
+        Progress progress = new Progress((label ?: 'region') + ' (probability tiles)', s.get('progressEverySeconds'), log)
+        client.heatmap(config, { Closure sendTile ->
+            progress.restart()
+            tiles.clear()
+            seen.clear()
+            streamTiles(client, server, area, ds, integer(s.get('tileSize')), sendTile, progress)
+        }, { Map header, Map t ->
+            // Each reply as it comes (while tiles are still being sent): only the objects stay.
+            List<String> classes = (List<String>) header.get('class_names')
+            int stride = ((Number) header.get('stride')).intValue()
+            int gridRows = ((Number) header.get('rows')).intValue()
+            int gridCols = ((Number) header.get('cols')).intValue()
             int rows = (int) t.get('rows')
             int cols = (int) t.get('cols')
             float[] probs = (float[]) t.get('probabilities')
@@ -300,10 +526,11 @@ class MilsilQuPath {
                     double y1 = ry0 + ds * cellEdge(r + 1, gridRows, stride, rh)
                     double cx = (x0 + x1) / 2
                     double cy = (y0 + y1) / 2
-                    String key = r + ',' + c
-                    if (!seen.add(key) || x1 <= x0 || y1 <= y0 || (roi != null && !roi.contains(cx, cy))) {
+                    int key = r * gridCols + c
+                    if (seen.get(key) || x1 <= x0 || y1 <= y0 || (roi != null && !roi.contains(cx, cy))) {
                         continue
                     }
+                    seen.set(key)
                     PathObject tile = PathObjects.createTileObject(
                         ROIs.createRectangleROI(x0, y0, x1 - x0, y1 - y0, ImagePlane.getDefaultPlane()))
                     for (int k = 0; k < classes.size(); k++) {
@@ -313,7 +540,7 @@ class MilsilQuPath {
                     tiles.add(tile)
                 }
             }
-        }
+        })
         return tiles
     }
 

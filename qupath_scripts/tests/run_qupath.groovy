@@ -7,8 +7,8 @@
  * Usage: groovy -cp <stub classes>:<grpc jars> run_qupath.groovy spec.json
  * spec.json: {"out": dir, "project_dir": dir, "images": [...], "runs": [...]}, see
  * tests/test_qupath_scripts.py. Writes <out>/<run id>.log (what the script printed) and
- * <out>/<run id>.state.json (every image's objects afterwards), parsed GeoJSON under
- * <out>/geojson/.
+ * <out>/<run id>.state.json (every image's objects afterwards), <out>/<run id>.reads.json
+ * (each image's largest single read so far, in pixels), parsed GeoJSON under <out>/geojson/.
  */
 
 import com.google.gson.Gson
@@ -64,7 +64,8 @@ StubProject project = spec.get('project_dir') ?
 List<Map> images = []
 for (Map img : (List<Map>) spec.get('images')) {
     PathObjectHierarchy hierarchy = new PathObjectHierarchy()
-    ImageData data = new ImageData(new PngImageServer((String) img.get('path')), hierarchy)
+    // "slide": the whole-slide file these pixels stand for (what getURIs() names).
+    ImageData data = new ImageData(new PngImageServer((String) img.get('path'), (String) img.get('slide')), hierarchy)
     List<PathObject> selected = []
     List<TMACoreObject> cores = []
     for (Map o : (List<Map>) (img.get('objects') ?: [])) {
@@ -88,9 +89,9 @@ for (Map img : (List<Map>) spec.get('images')) {
         hierarchy.setTMAGrid(new SimpleTMAGrid(cores))
     }
     hierarchy.getSelectionModel().setSelectedObjects(selected, null)
-    def entry = project == null ? null :
+    def entry = project == null || img.get('standalone') ? null :
         project.add((String) img.get('name'), data, (Map<String, String>) (img.get('metadata') ?: [:]))
-    images.add([name: img.get('name'), data: data, entry: entry])
+    images.add([name: img.get('name'), data: data, entry: entry, standalone: img.get('standalone')])
 }
 
 def dumpAll = { ->
@@ -116,7 +117,7 @@ for (Map run : (List<Map>) spec.get('runs')) {
         setProperties.add(k.toString())
     }
     File script = new File((String) run.get('script'))
-    List<Integer> order = run.get('mode') == 'project' ? (0..<images.size()).toList() :
+    List<Integer> order = run.get('mode') == 'project' ? (0..<images.size()).findAll { int i -> !images.get(i).get('standalone') } :
         [((Number) (run.get('image') ?: 0)).intValue()]
     StringWriter log = new StringWriter()
     long started = System.currentTimeMillis()
@@ -159,6 +160,12 @@ for (Map run : (List<Map>) spec.get('runs')) {
     }
     new File(out, id + '.log').setText(log.toString(), 'UTF-8')
     new File(out, id + '.state.json').setText(gson.toJson(dumpAll()), 'UTF-8')
+    // The largest single readRegion of each image so far (pixels): what a script held at once.
+    Map<String, Long> largest = [:]
+    for (Map img : images) {
+        largest.put((String) img.get('name'), ((PngImageServer) ((ImageData) img.get('data')).getServer()).largestRead)
+    }
+    new File(out, id + '.reads.json').setText(gson.toJson(largest), 'UTF-8')
     println('RUN ' + id + ' ' + (System.currentTimeMillis() - started) + ' ms')
 }
 println('DONE')

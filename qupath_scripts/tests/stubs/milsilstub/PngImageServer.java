@@ -5,6 +5,9 @@ import java.awt.RenderingHints;
 import java.awt.image.BufferedImage;
 import java.io.File;
 import java.io.IOException;
+import java.net.URI;
+import java.util.Collection;
+import java.util.Collections;
 
 import javax.imageio.ImageIO;
 
@@ -15,15 +18,24 @@ import qupath.lib.regions.RegionRequest;
 /**
  * Test plumbing: an ImageServer over one PNG. readRegion follows QuPath's
  * AbstractTileableImageServer: the output is round(width / downsample) x round(height /
- * downsample) pixels (at least 1), pixels outside the image are black. Counts reads.
+ * downsample) pixels (at least 1), pixels outside the image are black. Counts reads and
+ * keeps the largest read (pixels). getURIs() names the PNG, or the slide file the image
+ * stands for (a whole-slide file holding the same pixels, which a milsil server may read).
  */
 public class PngImageServer implements ImageServer<BufferedImage> {
     private final String path;
+    private final URI uri;
     private final BufferedImage image;
     public int reads;
+    public long largestRead;
 
     public PngImageServer(String path) throws IOException {
+        this(path, null);
+    }
+
+    public PngImageServer(String path, String slide) throws IOException {
         this.path = new File(path).getAbsolutePath();
+        this.uri = new File(slide == null ? path : slide).getAbsoluteFile().toURI();
         BufferedImage raw = ImageIO.read(new File(path));
         if (raw == null) {
             throw new IOException("not an image: " + path);
@@ -37,6 +49,11 @@ public class PngImageServer implements ImageServer<BufferedImage> {
     @Override
     public String getPath() {
         return path;
+    }
+
+    @Override
+    public Collection<URI> getURIs() {
+        return Collections.singletonList(uri);
     }
 
     @Override
@@ -65,6 +82,7 @@ public class PngImageServer implements ImageServer<BufferedImage> {
         double ds = request.getDownsample();
         int w = (int) Math.max(1, Math.round(request.getWidth() / ds));
         int h = (int) Math.max(1, Math.round(request.getHeight() / ds));
+        largestRead = Math.max(largestRead, (long) w * h);
         BufferedImage out = new BufferedImage(w, h, BufferedImage.TYPE_INT_RGB);
         Graphics2D g = out.createGraphics();
         g.setRenderingHint(RenderingHints.KEY_INTERPOLATION, RenderingHints.VALUE_INTERPOLATION_BILINEAR);

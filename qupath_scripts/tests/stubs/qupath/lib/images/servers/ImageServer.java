@@ -1,6 +1,8 @@
 package qupath.lib.images.servers;
 
 import java.io.IOException;
+import java.net.URI;
+import java.util.Collection;
 
 import qupath.lib.regions.RegionRequest;
 
@@ -11,6 +13,12 @@ import qupath.lib.regions.RegionRequest;
 public interface ImageServer<T> extends AutoCloseable {
     /** QuPath: public String getPath(). */
     String getPath();
+
+    /**
+     * QuPath: public Collection&lt;URI&gt; getURIs() ("the URIs for images required for this
+     * server"; a local file's URI for OpenSlide and Bio-Formats servers).
+     */
+    Collection<URI> getURIs();
 
     /** QuPath: public int getWidth() (full resolution). */
     int getWidth();

@@ -1,0 +1,244 @@
+"""Compute slots: at most N computations at once, the waiting requests queued fairly by client.
+
+A lab shares one server among several QuPath users and "Run for project" batches, so the
+waiting requests are not served first come, first served: every client (a connection: its
+peer address and port) has a queue of its own, and a free slot goes to the clients' queues
+in turn (round-robin). A client that floods the server with requests therefore delays
+another client's single request by at most one request per flooding client, not by the
+whole flood.
+
+The queue is bounded (``max_waiting`` requests in all, since each waiting request holds an
+RPC thread). When it is full, a new request is answered "busy"
+(:class:`milsil_server.errors.Busy`; both clients wait and retry with jittered backoff up
+to their deadline) unless it may take the place of another client's newest waiting
+request, which is then answered "busy" instead:
+
+- its client has fewer waiting requests than that queue by two or more (a flood never
+  locks other clients out), or
+- its client has no more waiting requests than that queue, and has been retrying since
+  ``AGE_MARGIN`` seconds or more before that request arrived (the client's first refusal
+  is remembered while it retries). So the queue holds the clients that have waited
+  longest, and a client outside it does not wait by luck: without this, clients retrying
+  with growing backoff lose the race for a free place more and more often.
+
+Usage in a servicer::
+
+    with slots.queued(context.is_active, context.peer()) as ticket:
+        for status in ticket.waiting():      # a QueueStatus whenever the position changes
+            yield progress_message(status)   # streaming RPCs tell the client where it stands
+        ...compute...                        # the slot is held here, freed on exit
+
+or, for RPCs that answer once, ``with slots.acquire(context.is_active, context.peer()):``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from milsil_server.errors import Busy, Cancelled
+
+POLL_SECONDS = 0.2  # how often a waiting request checks that its client is still there
+AGE_MARGIN = 1.0  # seconds a retrying client must be older than a waiting request to take its place
+FORGET_SECONDS = 30.0  # a refused client that has not retried for this long is forgotten
+REMEMBERED = 4096  # refused clients remembered at most
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """Where a waiting request stands: ``position`` 1 is served next; ``waiting`` in all."""
+
+    position: int
+    waiting: int
+
+
+class Ticket:
+    """One request's place: waiting in its client's queue, then holding a slot."""
+
+    def __init__(
+        self, slots: ComputeSlots, client: str, is_active: Callable[[], bool], since: float
+    ) -> None:
+        self.slots, self.client, self.is_active = slots, client, is_active
+        self.since = since  # when its client started waiting (first refusal, or arrival)
+        self.granted = False
+        self.displaced = False
+        self.done = False
+
+    def waiting(self) -> Iterator[QueueStatus]:
+        """Wait for a slot, yielding the queue status whenever it changes (nothing if a slot
+        is free at once). Raises Busy if displaced, Cancelled if the client went away."""
+        last = None
+        while True:
+            with self.slots._cond:  # noqa: SLF001 - one lock for the whole queue
+                if self.granted:
+                    return
+                if self.displaced:
+                    raise Busy(
+                        "server busy: the compute queue is full and this request gave its "
+                        "place to another client's",
+                        reason="displaced",
+                    )
+                status = self.slots._status(self)  # noqa: SLF001
+            if status != last:
+                last = status
+                yield status
+            if not self.is_active():
+                raise Cancelled("request cancelled while waiting for compute")
+            with self.slots._cond:  # noqa: SLF001
+                if not (self.granted or self.displaced):
+                    self.slots._cond.wait(POLL_SECONDS)  # noqa: SLF001
+
+
+class ComputeSlots:
+    """At most ``slots`` computations at once and at most ``max_waiting`` waiting for one,
+    served round-robin across clients (see the module docstring)."""
+
+    def __init__(
+        self, slots: int = 1, max_waiting: int = 8, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.slots = max(1, slots)
+        self.max_waiting = max(0, max_waiting)
+        self.clock = clock
+        # Refused clients while they retry: client -> (first refusal, latest refusal).
+        self._refused: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._cond = threading.Condition()
+        self._free = self.slots
+        # Clients with waiting requests, in the order they are served next (the ring).
+        self._queues: OrderedDict[str, deque[Ticket]] = OrderedDict()
+        self._waiting = 0
+
+    @property
+    def in_use(self) -> int:
+        """Slots computing now."""
+        with self._cond:
+            return self.slots - self._free
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot (the queue length)."""
+        with self._cond:
+            return self._waiting
+
+    @contextmanager
+    def queued(self, is_active: Callable[[], bool], client: str = "") -> Iterator[Ticket]:
+        """A ticket for ``client``'s queue (Busy when the queue is full); the slot it gets
+        is freed, or its place given up, when the block ends. Exhaust ``ticket.waiting()``
+        before computing."""
+        ticket = self._enqueue(client or "-", is_active)
+        try:
+            yield ticket
+        finally:
+            self._leave(ticket)
+
+    @contextmanager
+    def acquire(self, is_active: Callable[[], bool], client: str = "") -> Iterator[None]:
+        """Hold a slot for the block, waiting quietly (RPCs that answer once)."""
+        with self.queued(is_active, client) as ticket:
+            for _status in ticket.waiting():
+                pass
+            yield
+
+    # ------------------------------------------------------------------ internals
+
+    def _enqueue(self, client: str, is_active: Callable[[], bool]) -> Ticket:
+        with self._cond:
+            now = self.clock()
+            first, last = self._refused.pop(client, (now, now))
+            since = first if now - last < FORGET_SECONDS else now
+            ticket = Ticket(self, client, is_active, since)
+            if self._free > 0 and not self._queues:
+                self._free -= 1
+                ticket.granted = True
+                return ticket
+            if self._waiting >= self.max_waiting and not self._displace_for(ticket):
+                self._remember(client, since, now)
+                raise Busy(
+                    f"server busy: the compute queue is full ({self._waiting} waiting, "
+                    f"limit {self.max_waiting})",
+                    reason="queue_full",
+                )
+            self._queues.setdefault(client, deque()).append(ticket)
+            self._waiting += 1
+            self._dispatch()
+        return ticket
+
+    def _displace_for(self, ticket: Ticket) -> bool:
+        """Queue full: give ``ticket`` another client's newest place if the rules allow
+        (module docstring); the longest queue's first, then the youngest request's."""
+        own = len(self._queues.get(ticket.client, ()))
+        best, best_key = None, None
+        for client, queue in self._queues.items():
+            if client == ticket.client:
+                continue
+            newest = queue[-1]
+            longer = len(queue) > own + 1
+            older = len(queue) >= own + 1 and ticket.since + AGE_MARGIN <= newest.since
+            key = (len(queue), newest.since)
+            if (longer or older) and (best_key is None or key > best_key):
+                best, best_key = client, key
+        if best is None:
+            return False
+        queue = self._queues[best]
+        victim = queue.pop()
+        if not queue:
+            del self._queues[best]
+        victim.displaced = True
+        self._waiting -= 1
+        self._remember(best, victim.since, self.clock())  # it keeps its age for its retry
+        self._cond.notify_all()
+        return True
+
+    def _remember(self, client: str, since: float, now: float) -> None:
+        first, _last = self._refused.pop(client, (since, now))
+        self._refused[client] = (min(first, since), now)
+        while len(self._refused) > REMEMBERED:
+            self._refused.popitem(last=False)
+
+    def _dispatch(self) -> None:
+        """Give free slots to the clients' queues in turn (caller holds the lock)."""
+        granted = False
+        while self._free > 0 and self._queues:
+            client, queue = next(iter(self._queues.items()))
+            ticket = queue.popleft()
+            self._waiting -= 1
+            self._free -= 1
+            ticket.granted = True
+            granted = True
+            del self._queues[client]
+            if queue:
+                self._queues[client] = queue  # to the back of the ring
+        if granted:
+            self._cond.notify_all()
+
+    def _leave(self, ticket: Ticket) -> None:
+        with self._cond:
+            if ticket.done:
+                return
+            ticket.done = True
+            if ticket.granted:
+                self._free += 1
+                self._dispatch()
+                self._cond.notify_all()
+            elif not ticket.displaced:
+                queue = self._queues.get(ticket.client)
+                if queue is not None and ticket in queue:
+                    queue.remove(ticket)
+                    self._waiting -= 1
+                    if not queue:
+                        del self._queues[ticket.client]
+                self._cond.notify_all()
+
+    def _status(self, ticket: Ticket) -> QueueStatus:
+        """Round-robin position: tickets of earlier rounds, then this round's earlier clients."""
+        k = self._queues[ticket.client].index(ticket)
+        ahead = 0
+        before = True
+        for client, queue in self._queues.items():
+            if client == ticket.client:
+                before = False
+            ahead += min(len(queue), k) + (1 if before and len(queue) > k else 0)
+        return QueueStatus(ahead + 1, self._waiting)
