@@ -219,6 +219,8 @@ class OutlineStream:
     complete: its pieces are merged into one outline (seamless across bands), simplified
     and filtered as ``heatmap_to_geojson`` does, or dropped, at once. Memory: one band, the
     pieces of the components still open at its last row, and the finished outlines.
+    ``clip`` (a shapely geometry, level-0): outlines are clipped to it; their statistics
+    stay those of the whole outline.
     """
 
     def __init__(
@@ -236,6 +238,7 @@ class OutlineStream:
         min_area: float = 0.0,
         simplify_tolerance: float = 0.0,
         object_type: str = "annotation",
+        clip: Any = None,
     ) -> None:
         for label, v in (
             ("threshold", threshold),
@@ -280,6 +283,7 @@ class OutlineStream:
         self.names: list[str] | None = None
         self.last_labels: np.ndarray | None = None  # the previous band's last row (ids)
         self.done: list[tuple[int, Any, dict[str, float]]] = []  # (root, outline, measurements)
+        self.clip = clip  # outlines are clipped to it (level-0), before simplifying
 
     def _find(self, i: int) -> int:
         parent = self.parent
@@ -386,6 +390,10 @@ class OutlineStream:
         if count * self.cell_area < self.min_area * 0.5:  # cheap early drop
             return
         geom = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+        if self.clip is not None:
+            geom = geom.intersection(self.clip)
+            if geom.is_empty:
+                return
         geom = clean_geometry(geom, self.simplify_tolerance)
         if geom is None or geom.area < max(self.min_area, PRECISION * PRECISION):
             return

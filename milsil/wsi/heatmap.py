@@ -223,12 +223,14 @@ def slide_heatmap(
     anything different starts afresh. ``should_stop`` is polled between tiles.
     """
     from milsil.data import to_tensor
-    from milsil.inference.heatmap import logit_heatmap, output_size
+    from milsil.inference.heatmap import chunk_side, logit_heatmap, output_size
     from milsil.inference.tiling import context_box, context_pixels, mirror_pad
 
     stride, ds, tile = settings.stride, settings.downsample, settings.tile
     tissue_only, bf16 = settings.tissue_only, settings.bf16
     halo = context_pixels(model)
+    # Chunks of the network as a streamed region's (cache-sized on a CPU).
+    chunk = chunk_side(model, stride, device or next(model.parameters()).device)
     timings = timings if timings is not None else Timings()
     work_dir = Path(work_dir)
     rw, rh = slide.region_size(ds)
@@ -277,7 +279,7 @@ def slide_heatmap(
             canvas = mirror_pad(to_tensor(rgb, mean, std), box.left, box.right, box.top, box.bottom)
             t1 = time.perf_counter()
             logits = logit_heatmap(
-                model, canvas, stride=stride, margin=halo, device=device, bf16=bf16
+                model, canvas, stride=stride, margin=halo, tile=chunk, device=device, bf16=bf16
             )
             t2 = time.perf_counter()
             r0, c0 = t.row * ts, t.col * ts
