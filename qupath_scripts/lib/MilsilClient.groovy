@@ -652,7 +652,8 @@ class MilsilClient {
         long deadline = started + (long) (toDouble(timeoutSeconds) * 1e9d)
         int n = 0
         while (true) {
-            double left = Math.max(0.001d, (deadline - System.nanoTime()) / 1e9d)
+            // The first try gets the caller's deadline exactly (a tiny one must still expire).
+            double left = n == 0 ? toDouble(timeoutSeconds) : Math.max(1e-9d, (deadline - System.nanoTime()) / 1e9d)
             Failure f
             try {
                 return attempt.call(left)
