@@ -206,6 +206,16 @@ class MilsilClient:
             "timeout": timeout if timeout is not None else self.timeout,
         }
 
+    def _all_pages(self, method, request_for: Callable[[str], Any], field: str) -> list[Any]:
+        """Every item of a paged List RPC: follow ``next_page_token`` until it is empty."""
+        items, token = [], ""
+        while True:
+            page = self._unary(method, request_for(token))
+            items.extend(getattr(page, field))
+            token = page.next_page_token
+            if not token:
+                return items
+
     def _unary(self, method, request: Any, timeout: float | None = None) -> Any:
         """One answer (``request`` may make a request stream); waits while the server is busy."""
         return self.retry.unary(method, request, self.metadata, self._kw(timeout)["timeout"])
@@ -233,16 +243,13 @@ class MilsilClient:
     # ------------------------------------------------------------------ models
 
     def list_models(self, page_size: int = 0) -> list[model_service_pb2.Model]:
-        models, token = [], ""
-        while True:
-            page = self._unary(
-                self.models.ListModels,
-                model_service_pb2.ListModelsRequest(page_size=page_size, page_token=token),
-            )
-            models.extend(page.models)
-            token = page.next_page_token
-            if not token:
-                return models
+        return self._all_pages(
+            self.models.ListModels,
+            lambda token: model_service_pb2.ListModelsRequest(
+                page_size=page_size, page_token=token
+            ),
+            "models",
+        )
 
     def get_model(self, name: str) -> model_service_pb2.Model:
         return self._unary(self.models.GetModel, model_service_pb2.GetModelRequest(name=name))
@@ -688,16 +695,11 @@ class MilsilClient:
 
     def list_jobs(self, state: str = "") -> list[training_service_pb2.Job]:
         value = training_service_pb2.Job.State.Value(state.upper()) if state else 0
-        jobs, token = [], ""
-        while True:
-            page = self._unary(
-                self.training.ListJobs,
-                training_service_pb2.ListJobsRequest(page_token=token, state=value),
-            )
-            jobs.extend(page.jobs)
-            token = page.next_page_token
-            if not token:
-                return jobs
+        return self._all_pages(
+            self.training.ListJobs,
+            lambda token: training_service_pb2.ListJobsRequest(page_token=token, state=value),
+            "jobs",
+        )
 
     def cancel_job(self, name: str) -> training_service_pb2.Job:
         return self._unary(
