@@ -200,7 +200,7 @@ def test_a_client_waits_on_busy_only_until_its_deadline(tmp_path):
             elapsed = time.monotonic() - started
             release.set()
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and is_busy(info.value)
-        assert 1.0 < elapsed < 4.0, elapsed
+        assert 1.8 < elapsed < 4.0, elapsed  # retried until (nearly) the deadline
         assert waits and all("server busy" in line and "retrying in" in line for line in waits)
         client.close()
 

@@ -50,6 +50,10 @@ def is_busy(error: BaseException) -> bool:
     return (error.details() or "").strip() == GRPC_CONCURRENCY_LIMIT
 
 
+LAST_TRY_SECONDS = 0.1
+"""Time kept for the final try of a busy call: waits end this long before the deadline."""
+
+
 class Retrier:
     """Backoff policy of one client: ``enabled``, delays, and ``on_wait`` for waiting lines."""
 
@@ -78,8 +82,13 @@ class Retrier:
         if not (self.enabled and is_busy(error)):
             raise error
         delay = self._delay(attempt)
-        if deadline is not None and time.monotonic() + delay >= deadline:
-            raise error  # still busy at the deadline: the busy answer is the result
+        if deadline is not None:
+            # The last try still runs before the deadline: a wait that would pass it is
+            # shortened; with too little time left for a try the busy answer is the result.
+            left = deadline - time.monotonic()
+            if left <= LAST_TRY_SECONDS:
+                raise error
+            delay = min(delay, left - LAST_TRY_SECONDS)
         detail = (error.details() or "").strip()
         if not detail.startswith("server busy"):
             detail = f"server busy ({detail})"

@@ -84,6 +84,8 @@ class MilsilClient {
     /** Backoff: a uniform delay up to min(MAX, FIRST * 2^attempt) seconds ("full jitter"). */
     static final double FIRST_DELAY_SECONDS = 0.2d
     static final double MAX_DELAY_SECONDS = 5.0d
+    /** Time kept for the final try of a busy call: waits end this long before the deadline. */
+    static final double LAST_TRY_SECONDS = 0.1d
 
     /** A failure already rendered as the one line a user sees. */
     static class Failure extends RuntimeException {
@@ -665,11 +667,15 @@ class MilsilClient {
             }
             double delay = random.nextDouble() * Math.min(MAX_DELAY_SECONDS, FIRST_DELAY_SECONDS * Math.pow(2.0d, n))
             n++
-            if (System.nanoTime() + (long) (delay * 1e9d) >= deadline) {
+            // The last try still runs before the deadline: a wait that would pass it is
+            // shortened; with too little time left for a try the busy answer is the result.
+            double remaining = (deadline - System.nanoTime()) / 1e9d
+            if (remaining <= LAST_TRY_SECONDS) {
                 long waited = Math.round((System.nanoTime() - started) / 1e9d)
                 throw new Failure(f.code, f.detail + ' (still busy after waiting ' + waited +
                     ' s; raise the timeout in the settings to wait longer)', true)
             }
+            delay = Math.min(delay, remaining - LAST_TRY_SECONDS)
             String why = f.detail.startsWith('server busy') ? f.detail : 'server busy (' + f.detail + ')'
             waitLine(what + ': ' + why + '; retrying in ' + String.format(Locale.ROOT, '%.1f', delay) + ' s')
             Thread.sleep(Math.max(1L, (long) (delay * 1000d)))
