@@ -39,6 +39,7 @@ class Limits:
     max_bag_tiles: int = 4096
     max_bag_pixels: int = 1 << 26
     max_stride: int = 64
+    max_objects: int = 1_000_000  # per MeasureObjects call
 
 
 def default_device() -> torch.device:

@@ -20,12 +20,13 @@ from typing import Any
 import torch
 
 from milsil.errors import MilsilError
+from milsil.inference.objects import ObjectAccumulator
 from milsil.models import target_class_index
 from milsil.v1 import inference_service_pb2, inference_service_pb2_grpc
 from milsil.wsi.heatmap import SlideProgress, Timings
 from milsil.wsi.reader import open_slide
 from milsil.wsi.tiff import write_probability_tiff
-from milsil_server import convert, inference, regions, runner, slide_jobs
+from milsil_server import convert, inference, objects, regions, runner, slide_jobs
 from milsil_server.errors import Cancelled, ResourceExhausted
 from milsil_server.inference import ComputeSlots, Limits, ModelCache
 from milsil_server.paths import SlidePaths
@@ -45,6 +46,9 @@ class _Region:
     halo: int
     first: Any
     rest: Iterator[Any]
+
+    def tiles(self) -> Iterator[Any]:
+        return convert.region_tiles(self.first.tiles, self.rest)
 
     @property
     def samples(self) -> tuple[int, int]:
@@ -138,10 +142,9 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             self.max_tiles,
         )
 
-    def _events(self, region: _Region, stream: regions.RegionStream) -> Iterator[Any]:
+    def _events(self, tiles: Iterator[Any], stream: regions.RegionStream) -> Iterator[Any]:
         """The stream's events (tiles placed, bands computed), its window reserved for the
         first tile before anything is answered (so a busy budget is refused up front)."""
-        tiles = convert.region_tiles(region.first.tiles, region.rest)
         first = next(tiles, None)
         if first is not None:
             side = self.limits.max_tile_side
@@ -159,7 +162,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             with self.memory.reservation() as reservation:
                 stream = self._stream(region, reservation, context)
                 try:
-                    events = self._events(region, stream)
+                    events = self._events(region.tiles(), stream)
                     yield Response(
                         header=convert.heatmap_header(
                             region.model_id,
@@ -206,7 +209,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         ):
             stream = self._stream(region, reservation, context)
             try:
-                for event in self._events(region, stream):
+                for event in self._events(region.tiles(), stream):
                     if isinstance(event, regions.Computed):
                         probs, logits = regions.class_maps(event.logits, settings.class_index)
                         values = probs if settings.probability else logits
@@ -217,6 +220,67 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             raise Cancelled("request cancelled or deadline exceeded")
         collection, objects = outlines.finish()
         return convert.annotate_response(collection, objects, region.model_id, settings.class_name)
+
+    # ------------------------------------------------------------------ objects (cells)
+
+    def MeasureObjects(self, request_iterator, context):
+        iterator = iter(request_iterator)
+        first = next(iterator, None)
+        if first is None or not first.HasField("config"):
+            raise MilsilError("config is required in the first MeasureObjectsRequest")
+        config = first.config
+        if not config.HasField("region"):
+            raise MilsilError("config.region is required (level-0 x, y, width, height, downsample)")
+        reg = config.region
+        spec = regions.RegionSpec.parse(
+            reg.x, reg.y, reg.width, reg.height, reg.downsample, self.limits
+        )
+        ident, model = self._model(config.model, "config.model")
+        halo = inference.halo_for(model)
+        slide = None
+        if config.slide_path:
+            slide, _ = self.paths.resolve_slide(config.slide_path, "config.slide_path")
+            open_slide(slide).close()  # corrupt or unsupported: one line, before queueing
+        Response = inference_service_pb2.MeasureObjectsResponse
+        with self.memory.reservation() as reservation:
+            received = objects.read_objects(first, iterator, reservation, self.limits)
+            if slide is not None and received.first_tiles:
+                raise MilsilError("tiles were sent with config.slide_path: send one or the other")
+            accumulator = ObjectAccumulator(
+                received.geometries,
+                spec.height,
+                spec.width,
+                int(model.config.num_classes),
+                received.ids,
+                origin=(spec.x, spec.y),
+                downsample=spec.downsample,
+            )
+            received.geometries = []
+            with self.slots.queued(context.is_active, context.peer()) as ticket:
+                for status in ticket.waiting():
+                    yield Response(queue=_queue_status(status))
+                stream = regions.RegionStream(
+                    spec, model, halo, 1, self.limits, reservation, context.is_active,
+                    self.cache.device, self.max_tiles,
+                )  # fmt: skip
+                tiles = (
+                    received.tiles() if slide is None else objects.slide_tiles(slide, spec, halo)
+                )
+                try:
+                    for event in self._events(tiles, stream):
+                        if isinstance(event, regions.Computed):
+                            accumulator.add_band(event.row0, event.logits)
+                finally:
+                    stream.close()
+                if slide is not None:
+                    for _ in received.tiles():  # a tile sent anyway after the objects
+                        raise MilsilError(
+                            "tiles were sent with config.slide_path: send one or the other"
+                        )
+            result = accumulator.result()
+        yield Response(header=objects.header(ident, model.class_names, len(result.ids), halo))
+        for batch in objects.measurement_batches(result):
+            yield Response(measurements=batch)
 
     # ------------------------------------------------------------------ whole slides
 

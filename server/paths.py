@@ -84,7 +84,7 @@ class SlidePaths:
         self.slide_roots = [Path(r).expanduser().resolve() for r in slide_roots]
         self.output_root = Path(output_root).expanduser().resolve()
 
-    def resolve_slide(self, path: str) -> tuple[Path, Path]:
+    def resolve_slide(self, path: str, field: str = "config.path") -> tuple[Path, Path]:
         """The slide file inside a slide root, and its path relative to that root."""
         if not self.slide_roots:
             raise FailedPrecondition(
@@ -92,28 +92,28 @@ class SlidePaths:
                 "(repeatable) to allow AnnotateSlide and SlideHeatmap"
             )
         if not path:
-            raise MilsilError("config.path is required: a slide file under the server's slide root")
-        check_path_text(path, "config.path")
+            raise MilsilError(f"{field} is required: a slide file under the server's slide root")
+        check_path_text(path, field)
         missing: NotFoundError | None = None
         for root in self.slide_roots:
             try:
                 found = resolve_under_root(root, path)
                 if found.is_dir():
-                    raise MilsilError(f"config.path {_shown(path)} is a folder; give a slide file")
+                    raise MilsilError(f"{field} {_shown(path)} is a folder; give a slide file")
             except NotFoundError as exc:
                 missing = missing or exc
                 continue
             except OSError as exc:  # too long, a file used as a folder, no permission, ...
-                raise path_error("config.path", path, exc) from None
+                raise path_error(field, path, exc) from None
             except MilsilError as exc:
                 if "is a folder" in str(exc):
                     raise
                 continue  # outside this root; maybe inside another
             return found, found.relative_to(root)
         if missing is not None:
-            raise NotFoundError(f"config.path: {missing}")
+            raise NotFoundError(f"{field}: {missing}")
         raise MilsilError(
-            f"config.path {_shown(path)} is outside the server's slide root ('..' and symbolic "
+            f"{field} {_shown(path)} is outside the server's slide root ('..' and symbolic "
             "links included); give a path relative to the slide root"
         )
 

@@ -30,8 +30,8 @@ import torch
 from milsil.errors import MilsilError
 from milsil.inference.heatmap import (
     TILE_ACTIVATION_BUDGET,
+    band_logits,
     chunk_side,
-    iter_logit_bands,
     stream_band_rows,
 )
 from milsil.inference.tiling import Band, BandCanvas, UncoveredError
@@ -347,24 +347,20 @@ class RegionStream:
             ) from None
 
     def _compute(self, band: Band) -> Computed:
-        row0 = band.row0 // self.stride
-        rows = -(-(band.row1 - band.row0) // self.stride)
-        bands = iter_logit_bands(
+        logits = band_logits(
             self.model,
-            band.pixels,
-            stride=self.stride,
-            margin=self.halo,
+            band,
+            self.halo,
+            self.stride,
             tile=self._chunk_side,
             device=self.device,
             target_seconds=BAND_TARGET_SECONDS,
             should_stop=lambda: not self.is_active(),
         )
-        done, result = 0, None
-        for step in bands:
-            done, result = step
-        if result is None or done < rows:
+        if logits is None:
             raise Cancelled("request cancelled or deadline exceeded; heatmap computation stopped")
-        return Computed(row0, row0 + rows, result)
+        row0 = band.row0 // self.stride
+        return Computed(row0, row0 + logits.shape[1], logits)
 
 
 class TileReplies:

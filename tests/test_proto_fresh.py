@@ -53,6 +53,7 @@ def test_descriptor_set_describes_every_service() -> None:
         "Annotate",
         "AnnotateSlide",
         "SlideHeatmap",
+        "MeasureObjects",
     ]
     assert services["milsil.v1.TrainingService"] == [
         "UploadDataset",

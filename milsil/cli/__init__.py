@@ -23,10 +23,12 @@ COMMAND_MODULES = (
     "milsil.cli.train",
     "milsil.cli.evaluate",
     "milsil.cli.heatmap",
+    "milsil.cli.objects",
     "milsil.cli.slides",
     "milsil.cli.reproduce",
     "milsil.cli.demo",
     "milsil.client.cli",
+    "milsil.cli.qupath",
     "milsil_server.cli",
 )
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from milsil import __version__
 from milsil.atomic import atomic_write, write_json_atomic
+from milsil.engine.config import resolve_device
 from milsil.errors import MilsilError
 from milsil.inference.heatmap import cam, gradcam, logit_heatmap
 from milsil.inference.render import comparison_figure, overlay
@@ -60,11 +61,7 @@ def render_image(
 def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = (
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else args.device.replace("auto", "cpu")
-    )
+    device = resolve_device(args.device)
     print(f"loading model {args.model} on {device}")
     model = load_checkpoint(args.model, map_location=device)
     cls = target_class_index(model.class_names, args.class_name)

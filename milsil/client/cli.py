@@ -14,7 +14,7 @@ from milsil.errors import MilsilError
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "client",
-        help="talk to a milsil server (classify, heatmap, annotate, annotate-slide, upload, train, jobs, watch, models)",
+        help="talk to a milsil server (classify, heatmap, annotate, annotate-slide, measure-objects, upload, train, jobs, watch, models)",
         description="Reference client of the milsil gRPC server. Exits non-zero with the gRPC status on errors.",
     )
     p.add_argument(
@@ -106,6 +106,29 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="server also writes a probability TIFF (optionally at REL_PATH under its output root)",
     )
     a.set_defaults(client_func=_annotate_slide)
+
+    o = sub.add_parser(
+        "measure-objects",
+        help="per-cell mean/max logit and probability (QuPath GeoJSON in and out)",
+        description=(
+            "Measure every object of a QuPath GeoJSON file (cells: their nucleus by default) "
+            "on the server (MeasureObjects): the pixels of IMAGE are streamed, or with --slide "
+            "the server reads a slide under its --slide-root. Writes the same features with "
+            "'milsil mean logit(c)', 'milsil max logit(c)', 'milsil p(c)' and 'milsil pixels' "
+            "added to properties.measurements."
+        ),
+    )
+    o.add_argument("model", help="models/{id}")
+    o.add_argument("image", type=Path, nargs="?", help="image file to stream (or --slide)")
+    o.add_argument("--slide", default="", help="slide path under the server's --slide-root")
+    o.add_argument("--objects", type=Path, required=True, help="QuPath GeoJSON, level-0 pixels")
+    o.add_argument("-o", "--out", type=Path, required=True, help=".geojson file to write")
+    o.add_argument("--x", type=float, default=0.0, help="level-0 x of the image's top-left")
+    o.add_argument("--y", type=float, default=0.0, help="level-0 y of the image's top-left")
+    o.add_argument("--downsample", type=float, default=1.0, help="level-0 pixels per pixel")
+    o.add_argument("--roi", choices=("nucleus", "cell"), default="nucleus", help="for cells")
+    o.add_argument("--tile-size", type=int, default=512)
+    o.set_defaults(client_func=_measure_objects)
 
     u = sub.add_parser("upload", help="upload a dataset (manifest CSV or class folders)")
     u.add_argument("data", type=Path)
@@ -243,6 +266,30 @@ def _annotate(client, args) -> int:
     )
     args.out.write_text(json.dumps(collection))
     print(f"wrote {args.out}: {len(collection['features'])} {response.class_name} annotations")
+    return 0
+
+
+def _measure_objects(client, args) -> int:
+    from milsil.atomic import write_json_atomic
+    from milsil.client.objects import add_measurements, object_geometry, read_features
+
+    if (args.image is None) == (not args.slide):
+        raise MilsilError("give IMAGE (pixels to stream) or --slide PATH (read by the server)")
+    doc, features = read_features(args.objects)
+    objects = [(str(k), object_geometry(f, k, args.roi)) for k, f in enumerate(features)]
+    result = client.measure_objects(
+        args.model,
+        objects,
+        _load_image(args.image) if args.image is not None else None,
+        x=args.x,
+        y=args.y,
+        downsample=args.downsample,
+        slide_path=args.slide,
+        tile_size=args.tile_size,
+    )
+    add_measurements(features, result.measurements())
+    write_json_atomic(args.out, doc)
+    print(f"wrote {args.out}: {len(features):,} objects measured ({', '.join(result.class_names)})")
     return 0
 
 

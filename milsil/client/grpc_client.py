@@ -25,19 +25,26 @@ compute, position 2 of 5", "server busy ...; retrying in 1.3 s") go to ``on_wait
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from milsil.client.retry import Retrier, queue_line
+from milsil.client.messages import (
+    VALUE_TYPES,
+    HeatmapResult,
+    assemble_heatmap,
+    encode_tile,
+    image_tiles,
+    interior_region,
+)
+from milsil.client.objects import ObjectResult, assemble_objects, geometry_bounds, object_messages
+from milsil.client.retry import Retrier, method_name, queue_line
 from milsil.errors import MilsilError
 from milsil.v1 import (
     common_pb2,
@@ -49,77 +56,13 @@ from milsil.v1 import (
     training_service_pb2_grpc,
 )
 
-ENCODINGS = {
-    "raw": common_pb2.Tile.RAW_RGB8,
-    "png": common_pb2.Tile.PNG,
-    "jpeg": common_pb2.Tile.JPEG,
-}
-# Read from the contract, not copied: ValueType names the numpy dtype ("VALUE_TYPE_FLOAT16"
-# -> "float16"; the arrays are little-endian), and every Job.State numbered above RUNNING is
-# final (both documented in the .proto files).
-VALUE_TYPES = {
-    name.removeprefix("VALUE_TYPE_").lower(): number
-    for name, number in common_pb2.ValueType.items()
-    if number != common_pb2.VALUE_TYPE_UNSPECIFIED
-}
-_NUMPY_TYPES = {number: np.dtype(name).newbyteorder("<") for name, number in VALUE_TYPES.items()}
+# Read from the contract, not copied: every Job.State numbered above RUNNING is final
+# (documented in training_service.proto).
 FINAL_JOB_STATES = tuple(
     name
     for name, number in training_service_pb2.Job.State.items()
     if number > training_service_pb2.Job.RUNNING
 )
-
-
-def encode_tile(
-    pixels: np.ndarray,
-    encoding: str = "raw",
-    x: float = 0.0,
-    y: float = 0.0,
-    downsample: float = 1.0,
-) -> common_pb2.Tile:
-    """A Tile message from uint8 ``h x w x 3`` pixels at level-0 ``(x, y)``."""
-    pixels = np.ascontiguousarray(pixels)
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise MilsilError(
-            f"tiles must be uint8 h x w x 3 arrays, got {pixels.dtype} {pixels.shape}"
-        )
-    if encoding not in ENCODINGS:
-        raise MilsilError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
-    h, w = pixels.shape[:2]
-    if encoding == "raw":
-        data = pixels.tobytes()
-    else:
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG" if encoding == "png" else "JPEG", quality=95)
-        data = buf.getvalue()
-    return common_pb2.Tile(
-        encoding=ENCODINGS[encoding], data=data, width=w, height=h, x=x, y=y, downsample=downsample
-    )
-
-
-def image_tiles(
-    image: np.ndarray,
-    tile_size: int,
-    encoding: str = "raw",
-    x: float = 0.0,
-    y: float = 0.0,
-    downsample: float = 1.0,
-) -> Iterator[common_pb2.Tile]:
-    """Cut an image whose top-left is level-0 ``(x, y)`` into a grid of tiles (edges smaller)."""
-    if tile_size < 1:
-        raise MilsilError(f"tile_size must be >= 1, got {tile_size}")
-    h, w = image.shape[:2]
-    for ty in range(0, h, tile_size):
-        for tx in range(0, w, tile_size):
-            yield encode_tile(
-                image[ty : ty + tile_size, tx : tx + tile_size],
-                encoding,
-                x + tx * downsample,
-                y + ty * downsample,
-                downsample,
-            )
 
 
 def bags_from_dataset(path: str | Path, patch_size: int) -> Iterator[tuple[np.ndarray, str, str]]:
@@ -129,19 +72,6 @@ def bags_from_dataset(path: str | Path, patch_size: int) -> Iterator[tuple[np.nd
     records, classes = load_dataset(path)
     for record in records:
         yield load_bag(record, patch_size), classes[record.label], record.patient
-
-
-@dataclass
-class HeatmapResult:
-    """A heatmap put back together from the streamed tiles."""
-
-    header: inference_service_pb2.HeatmapHeader
-    logits: np.ndarray  # float32 [C, rows, cols]
-    probabilities: np.ndarray | None  # float32 [C, rows, cols] when requested
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.header.class_names)
 
 
 class MilsilClient:
@@ -224,6 +154,18 @@ class MilsilClient:
         """Streamed answers; waits while the server is busy, before the first result."""
         timeout = self._kw(timeout)["timeout"]
         return self.retry.streaming(method, request, self.metadata, timeout, is_result)
+
+    def _queued_stream(self, method, requests, timeout: float | None) -> Iterator[Any]:
+        """The answers of a call that reports its place in the compute queue (``queue``
+        messages, said through ``on_wait`` and left out)."""
+        what = method_name(method)
+        for response in self._stream(
+            method, requests, timeout, is_result=lambda r: not r.HasField("queue")
+        ):
+            if response.HasField("queue"):
+                self._say_queue(what, response.queue)
+            else:
+                yield response
 
     def _say_queue(self, what: str, queue: Any) -> None:
         self.retry.say(queue_line(what, queue.position, queue.waiting))
@@ -381,7 +323,7 @@ class MilsilClient:
             )
         config = inference_service_pb2.HeatmapConfig(
             model=model,
-            region=_interior_region(image, x, y, downsample, margin),
+            region=interior_region(image, x, y, downsample, margin),
             stride=stride,
             value_type=VALUE_TYPES[value_type],
             include_probabilities=probabilities,
@@ -400,19 +342,61 @@ class MilsilClient:
                 inference_service_pb2.HeatmapRequest,
             )
 
-        def answers() -> Iterator[inference_service_pb2.HeatmapResponse]:
-            for response in self._stream(
-                self.inference.Heatmap,
-                requests,
-                timeout,
-                is_result=lambda r: not r.HasField("queue"),
-            ):
-                if response.HasField("queue"):
-                    self._say_queue("Heatmap", response.queue)
-                else:
-                    yield response
+        return assemble_heatmap(self._queued_stream(self.inference.Heatmap, requests, timeout))
 
-        return assemble_heatmap(answers())
+    def measure_objects(
+        self,
+        model: str,
+        objects: Sequence[tuple[str, Mapping]],
+        image: np.ndarray | None = None,
+        x: float = 0.0,
+        y: float = 0.0,
+        downsample: float = 1.0,
+        margin: int = 0,
+        slide_path: str = "",
+        region: tuple[float, float, float, float] | None = None,
+        tile_size: int = 512,
+        encoding: str = "raw",
+        objects_per_message: int = 1000,
+        timeout: float | None = None,
+    ) -> ObjectResult:
+        """Per-object mean/max logits and probabilities (MeasureObjects) of ``objects``,
+        ``(id, GeoJSON geometry)`` pairs in level-0 pixels.
+
+        Pixels: ``image`` (its interior at level-0 ``(x, y)``, ``margin`` pixels of context
+        on each side, as :meth:`heatmap`), or ``slide_path``, a slide the server reads
+        under its ``--slide-root``, with ``region`` level-0 ``(x, y, width, height)``
+        (default: the objects' bounding box, one pixel wider) read at ``downsample``.
+        """
+        objects = list(objects)
+        if (image is None) == (not slide_path):
+            raise MilsilError("give either image (pixels to stream) or slide_path (server-side)")
+        if image is not None:
+            box = interior_region(image, x, y, downsample, margin)
+        else:
+            if region is None:
+                x0, y0, x1, y1 = _around(geometry_bounds([g for _, g in objects]))
+                region = (x0, y0, x1 - x0, y1 - y0)
+            box = common_pb2.Region(
+                x=region[0], y=region[1], width=region[2], height=region[3], downsample=downsample
+            )
+        config = inference_service_pb2.MeasureObjectsConfig(
+            model=model, region=box, slide_path=slide_path
+        )
+        Request = inference_service_pb2.MeasureObjectsRequest
+
+        def requests() -> Iterator[Any]:
+            yield Request(config=config)
+            for batch in object_messages(objects, objects_per_message):
+                yield Request(objects=batch)
+            if image is not None:
+                yield from self._region_requests(
+                    {}, image, x, y, downsample, margin, tile_size, encoding, Request
+                )
+
+        return assemble_objects(
+            self._queued_stream(self.inference.MeasureObjects, requests, timeout)
+        )
 
     def annotate(
         self,
@@ -444,7 +428,7 @@ class MilsilClient:
         config = inference_service_pb2.AnnotateConfig(
             heatmap=inference_service_pb2.HeatmapConfig(
                 model=model,
-                region=_interior_region(image, x, y, downsample, margin),
+                region=interior_region(image, x, y, downsample, margin),
                 stride=stride,
             ),
             class_name=class_name,
@@ -736,44 +720,16 @@ def _upload(
     )
 
 
-def assemble_heatmap(responses: Iterable[inference_service_pb2.HeatmapResponse]) -> HeatmapResult:
-    """Put streamed HeatmapResponse tiles back into whole ``[C, rows, cols]`` arrays."""
-    header = None
-    logits = probs = None
-    for response in responses:
-        if "queue" in response.DESCRIPTOR.fields_by_name and response.HasField("queue"):
-            continue  # waiting for compute (HeatmapResponse.queue)
-        if response.HasField("header"):
-            header = response.header
-            c = len(header.class_names)
-            logits = np.full((c, header.rows, header.cols), np.nan, dtype=np.float32)
-            continue
-        if header is None:
-            raise MilsilError("the server sent heatmap tiles before the header")
-        t = response.tile
-        dtype = _NUMPY_TYPES[header.value_type or common_pb2.VALUE_TYPE_FLOAT32]
-        shape = (t.num_classes, t.rows, t.cols)
-        logits[:, t.row : t.row + t.rows, t.col : t.col + t.cols] = np.frombuffer(
-            t.logits, dtype
-        ).reshape(shape)
-        if t.probabilities:
-            if probs is None:
-                probs = np.full_like(logits, np.nan)
-            probs[:, t.row : t.row + t.rows, t.col : t.col + t.cols] = np.frombuffer(
-                t.probabilities, dtype
-            ).reshape(shape)
-    if header is None:
-        raise MilsilError("the server sent no heatmap header")
-    return HeatmapResult(header, logits, probs)
+def _around(bounds: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """Whole level-0 pixels around ``bounds``, one wider on each side (never below 0)."""
+    import math
 
-
-def _interior_region(
-    image: np.ndarray, x: float, y: float, downsample: float, margin: int
-) -> common_pb2.Region:
-    """The level-0 region of ``image`` without its ``margin`` context pixels on each side."""
-    h, w = image.shape[0] - 2 * margin, image.shape[1] - 2 * margin
-    return common_pb2.Region(
-        x=x, y=y, width=w * downsample, height=h * downsample, downsample=downsample
+    x0, y0, x1, y1 = bounds
+    return (
+        max(0.0, math.floor(x0) - 1),
+        max(0.0, math.floor(y0) - 1),
+        math.ceil(x1) + 1,
+        math.ceil(y1) + 1,
     )
 
 

@@ -26,7 +26,7 @@ neighbours (this is how tiles and slide regions are stitched without seams).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,8 @@ from torch import nn
 
 from milsil.errors import MilsilError
 from milsil.inference.tiling import (
+    Band,
+    BandCanvas,
     band_height,
     context_pixels,
     iter_chunks,
@@ -408,6 +410,79 @@ def iter_logit_bands(
         result[:, r0:r1, c0:c1] = logits.float().cpu()
         if c1 == out_w:
             yield r1, result
+
+
+def band_logits(
+    model: ConfiguredModel,
+    band: Band,
+    margin: int,
+    stride: int = 1,
+    tile: int | None = None,
+    device: torch.device | str | None = None,
+    target_seconds: float | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> torch.Tensor | None:
+    """The map rows of one band of a streamed region (:class:`milsil.inference.tiling.
+    BandCanvas`): ``[C, ceil((row1 - row0) / stride), cols]``, or ``None`` when
+    ``should_stop`` ended the computation early. ``margin``: the canvas's context."""
+    rows = output_size(band.row1 - band.row0, stride)
+    done, result = 0, None
+    steps = iter_logit_bands(
+        model,
+        band.pixels,
+        stride=stride,
+        margin=margin,
+        tile=tile,
+        device=device,
+        target_seconds=target_seconds,
+        should_stop=should_stop,
+    )
+    for step in steps:
+        done, result = step
+    if result is None or done < rows:
+        return None
+    return result
+
+
+def iter_region_bands(
+    model: ConfiguredModel,
+    width: int,
+    height: int,
+    pieces: Iterable[tuple[int, int, np.ndarray]],
+    stride: int = 1,
+    device: torch.device | str | None = None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The map of a ``width x height`` region given as pixel pieces in row order, band by
+    band: yields ``(first map row, logits [C, rows, cols])``.
+
+    ``pieces``: ``(x, y, uint8 [h, w, 3])`` with ``(x, y)`` the region pixel of the piece's
+    top-left (negative in the context), in non-decreasing order of ``y``; context that no
+    piece supplies is mirrored (:class:`milsil.inference.tiling.BandCanvas`). Memory is
+    bounded by the region's width, not its area.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    context = context_pixels(_bagnet_of(model))
+    band_rows = stream_band_rows(model, width, stride, device)
+    canvas = BandCanvas(width, height, context, band_rows)
+
+    def compute(band: Band) -> tuple[int, torch.Tensor]:
+        logits = band_logits(model, band, context, stride, device=device)
+        assert logits is not None  # nothing asks it to stop
+        return band.row0 // stride, logits
+
+    try:
+        for x, y, pixels in pieces:
+            box = canvas.clip(x, y, pixels.shape[1], pixels.shape[0])
+            if box is None:
+                continue
+            for band in canvas.make_room(box):
+                yield compute(band)
+            canvas.place(pixels, x, y)
+        for band in canvas.finish():
+            yield compute(band)
+    finally:
+        canvas.close()
 
 
 def default_tile(

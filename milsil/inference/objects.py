@@ -110,6 +110,20 @@ def _rings(obj: Any) -> list[np.ndarray]:
     return out
 
 
+def object_bounds(objects: Any) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)``: the bounding box of polygon-likes (see :class:`ObjectAccumulator`)."""
+    if isinstance(objects, Mapping) and objects.get("type") == "FeatureCollection":
+        objects = objects.get("features", [])
+    lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
+    for obj in objects:
+        for ring in _rings(obj):
+            lo = np.minimum(lo, ring.min(axis=0))
+            hi = np.maximum(hi, ring.max(axis=0))
+    if not np.all(np.isfinite(lo)):
+        raise MilsilError("no objects to measure")
+    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+
+
 def _centroid(rings: list[np.ndarray]) -> tuple[float, float]:
     """Area centroid ``(x, y)`` under the even-odd rule (holes subtract); the vertex mean when
     the area is zero (points, lines, degenerate rings)."""
@@ -156,7 +170,9 @@ class ObjectAccumulator:
     ``objects``: an integer numpy label image ``H x W`` (object ``k`` = label ``k``; ``ids`` picks
     labels, default every non-zero label) or a sequence of polygon-likes (``ids`` default:
     the features' ``id`` when every one has one, else ``0..N-1``). ``origin`` ``(x0, y0)``:
-    polygon coordinates of the heatmap's pixel ``(0, 0)``'s corner (for regions of a slide).
+    polygon coordinates of the heatmap's pixel ``(0, 0)``'s corner (for regions of a slide);
+    ``downsample``: polygon units per heatmap pixel (level-0 polygons on a map computed at
+    downsample ``d``: polygon point ``(x, y)`` is map point ``((x - x0) / d, (y - y0) / d)``).
     """
 
     def __init__(
@@ -167,7 +183,10 @@ class ObjectAccumulator:
         num_classes: int,
         ids: Sequence[Any] | None = None,
         origin: tuple[float, float] = (0.0, 0.0),
+        downsample: float = 1.0,
     ) -> None:
+        if not (np.isfinite(downsample) and downsample > 0):
+            raise MilsilError(f"downsample must be a positive number, got {downsample}")
         if height < 1 or width < 1 or num_classes < 1:
             raise MilsilError(f"bad heatmap size {num_classes}x{height}x{width}")
         self.height, self.width, self.num_classes = int(height), int(width), int(num_classes)
@@ -179,7 +198,7 @@ class ObjectAccumulator:
         ):
             self._init_labels(objects, ids)
         else:
-            self._init_polygons(objects, ids, origin)
+            self._init_polygons(objects, ids, origin, float(downsample))
         n = len(self.ids)
         self._sum = np.zeros((n, self.num_classes))
         self._max = np.full((n, self.num_classes), -np.inf)
@@ -203,7 +222,7 @@ class ObjectAccumulator:
         self._centroid_pixel = np.full((len(self.ids), 2), -1, dtype=np.int64)
 
     def _init_polygons(
-        self, objects: Any, ids: Sequence[Any] | None, origin: tuple[float, float]
+        self, objects: Any, ids: Sequence[Any] | None, origin: tuple[float, float], scale: float
     ) -> None:
         if isinstance(objects, Mapping) and objects.get("type") == "FeatureCollection":
             objects = objects.get("features", [])
@@ -217,7 +236,7 @@ class ObjectAccumulator:
         x0, y0 = float(origin[0]), float(origin[1])
         edges, owners, centroids = [], [], []
         for k, obj in enumerate(objects):
-            rings = [r - (x0, y0) for r in _rings(obj)]
+            rings = [(r - (x0, y0)) / scale for r in _rings(obj)]
             centroids.append(_centroid(rings))
             for ring in rings:
                 a = ring
@@ -346,11 +365,14 @@ def measure_objects(
     objects: Any,
     ids: Sequence[Any] | None = None,
     origin: tuple[float, float] = (0.0, 0.0),
+    downsample: float = 1.0,
 ) -> ObjectMeasurements:
     """Mean / max logit, softmax of the mean and pixel count of every object over a whole
     stride-1 heatmap ``[C, H, W]`` (or one map ``[H, W]``): see the module docstring."""
     arr = _as_array(heatmap)
-    acc = ObjectAccumulator(objects, arr.shape[1], arr.shape[2], arr.shape[0], ids, origin)
+    acc = ObjectAccumulator(
+        objects, arr.shape[1], arr.shape[2], arr.shape[0], ids, origin, downsample
+    )
     acc.add_band(0, arr)
     return acc.result()
 
@@ -361,6 +383,7 @@ def measure_image_objects(
     objects: Any,
     ids: Sequence[Any] | None = None,
     origin: tuple[float, float] = (0.0, 0.0),
+    downsample: float = 1.0,
     margin: int = 0,
     tile: int | None = None,
     device: Any = None,
@@ -369,7 +392,8 @@ def measure_image_objects(
     from the tiled engine (:func:`milsil.inference.heatmap.iter_logit_bands`): each pixel's
     logits are computed once, whatever the objects. ``margin``: real context pixels around
     the region (as for :func:`~milsil.inference.heatmap.logit_heatmap`); ``origin``: object
-    coordinates of the region's pixel ``(0, 0)`` corner."""
+    coordinates of the region's pixel ``(0, 0)`` corner; ``downsample``: object units per
+    image pixel."""
     from milsil.inference.heatmap import iter_logit_bands
 
     acc: ObjectAccumulator | None = None
@@ -379,7 +403,7 @@ def measure_image_objects(
     ):
         if acc is None:
             acc = ObjectAccumulator(
-                objects, result.shape[1], result.shape[2], result.shape[0], ids, origin
+                objects, result.shape[1], result.shape[2], result.shape[0], ids, origin, downsample
             )
         acc.add_band(done, result[:, done:rows_done])
         done = rows_done

@@ -320,3 +320,73 @@ class SlideHeatmapResponse(_message.Message):
     tile: HeatmapTile
     result: SlideSummary
     def __init__(self, progress: _Optional[_Union[SlideProgress, _Mapping]] = ..., header: _Optional[_Union[HeatmapHeader, _Mapping]] = ..., tile: _Optional[_Union[HeatmapTile, _Mapping]] = ..., result: _Optional[_Union[SlideSummary, _Mapping]] = ...) -> None: ...
+
+class MeasureObjectsConfig(_message.Message):
+    __slots__ = ("model", "region", "slide_path")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    SLIDE_PATH_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    region: _common_pb2.Region
+    slide_path: str
+    def __init__(self, model: _Optional[str] = ..., region: _Optional[_Union[_common_pb2.Region, _Mapping]] = ..., slide_path: _Optional[str] = ...) -> None: ...
+
+class MeasureObject(_message.Message):
+    __slots__ = ("id", "geometry")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    GEOMETRY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    geometry: str
+    def __init__(self, id: _Optional[str] = ..., geometry: _Optional[str] = ...) -> None: ...
+
+class MeasureObjectsRequest(_message.Message):
+    __slots__ = ("config", "objects", "tiles")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    TILES_FIELD_NUMBER: _ClassVar[int]
+    config: MeasureObjectsConfig
+    objects: _containers.RepeatedCompositeFieldContainer[MeasureObject]
+    tiles: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tile]
+    def __init__(self, config: _Optional[_Union[MeasureObjectsConfig, _Mapping]] = ..., objects: _Optional[_Iterable[_Union[MeasureObject, _Mapping]]] = ..., tiles: _Optional[_Iterable[_Union[_common_pb2.Tile, _Mapping]]] = ...) -> None: ...
+
+class ObjectMeasurement(_message.Message):
+    __slots__ = ("id", "mean_logits", "max_logits", "probabilities", "pixels")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LOGITS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    PIXELS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    mean_logits: _containers.RepeatedScalarFieldContainer[float]
+    max_logits: _containers.RepeatedScalarFieldContainer[float]
+    probabilities: _containers.RepeatedScalarFieldContainer[float]
+    pixels: int
+    def __init__(self, id: _Optional[str] = ..., mean_logits: _Optional[_Iterable[float]] = ..., max_logits: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ..., pixels: _Optional[int] = ...) -> None: ...
+
+class MeasureObjectsHeader(_message.Message):
+    __slots__ = ("model", "class_names", "object_count", "context_pixels")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    object_count: int
+    context_pixels: int
+    def __init__(self, model: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., object_count: _Optional[int] = ..., context_pixels: _Optional[int] = ...) -> None: ...
+
+class ObjectMeasurements(_message.Message):
+    __slots__ = ("objects",)
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectMeasurement]
+    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectMeasurement, _Mapping]]] = ...) -> None: ...
+
+class MeasureObjectsResponse(_message.Message):
+    __slots__ = ("queue", "header", "measurements")
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    MEASUREMENTS_FIELD_NUMBER: _ClassVar[int]
+    queue: QueueStatus
+    header: MeasureObjectsHeader
+    measurements: ObjectMeasurements
+    def __init__(self, queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., header: _Optional[_Union[MeasureObjectsHeader, _Mapping]] = ..., measurements: _Optional[_Union[ObjectMeasurements, _Mapping]] = ...) -> None: ...

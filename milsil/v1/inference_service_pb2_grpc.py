@@ -81,6 +81,11 @@ class InferenceServiceStub:
                 request_serializer=milsil_dot_v1_dot_inference__service__pb2.SlideHeatmapRequest.SerializeToString,
                 response_deserializer=milsil_dot_v1_dot_inference__service__pb2.SlideHeatmapResponse.FromString,
                 _registered_method=True)
+        self.MeasureObjects = channel.stream_stream(
+                '/milsil.v1.InferenceService/MeasureObjects',
+                request_serializer=milsil_dot_v1_dot_inference__service__pb2.MeasureObjectsRequest.SerializeToString,
+                response_deserializer=milsil_dot_v1_dot_inference__service__pb2.MeasureObjectsResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -184,6 +189,32 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MeasureObjects(self, request_iterator, context):
+        """Measures objects (cells, nuclei, any polygons) on the stride-1 logit heatmap of a
+        region: per object and class, the mean and max logit over the pixels whose centres
+        lie inside it (holes excluded; an object holding no pixel centre is measured at the
+        pixel holding its centroid), and the softmax of the mean logits. Because the
+        classifier is linear, an object's mean logit is exactly the MIL logit of the bag of
+        the windows centred in it: evidence about that object alone (its receptive field is
+        the model's, e.g. 9 x 9 pixels around each pixel for BagNet-9).
+
+        The first request carries `config`; then the objects (in any number of requests,
+        all before the first tile); then, unless `config.slide_path` names a slide the
+        server reads itself, the tiles covering the region in row order with their
+        context, exactly as for Heatmap (same limits, memory bound and status codes). The
+        region must cover the objects: pixels outside it are not measured (an object wholly
+        outside gets NaN). The objects are charged to the server's memory budget as they
+        arrive (about 160 bytes per vertex), before the call queues for compute; at most
+        1,000,000 objects per call (RESOURCE_EXHAUSTED, `milsil-retry: never`, beyond).
+
+        While the call waits for compute it receives `queue`; then, once the whole region
+        is computed, a `header` and the measurements in batches, in the order the objects
+        came.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +242,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.SlideHeatmap,
                     request_deserializer=milsil_dot_v1_dot_inference__service__pb2.SlideHeatmapRequest.FromString,
                     response_serializer=milsil_dot_v1_dot_inference__service__pb2.SlideHeatmapResponse.SerializeToString,
+            ),
+            'MeasureObjects': grpc.stream_stream_rpc_method_handler(
+                    servicer.MeasureObjects,
+                    request_deserializer=milsil_dot_v1_dot_inference__service__pb2.MeasureObjectsRequest.FromString,
+                    response_serializer=milsil_dot_v1_dot_inference__service__pb2.MeasureObjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -370,6 +406,33 @@ class InferenceService:
             '/milsil.v1.InferenceService/SlideHeatmap',
             milsil_dot_v1_dot_inference__service__pb2.SlideHeatmapRequest.SerializeToString,
             milsil_dot_v1_dot_inference__service__pb2.SlideHeatmapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeasureObjects(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/milsil.v1.InferenceService/MeasureObjects',
+            milsil_dot_v1_dot_inference__service__pb2.MeasureObjectsRequest.SerializeToString,
+            milsil_dot_v1_dot_inference__service__pb2.MeasureObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

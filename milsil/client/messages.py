@@ -1,0 +1,134 @@
+"""Client-side messages: pixels -> Tile messages, streamed heatmap tiles -> arrays.
+
+Torch-free, like all of :mod:`milsil.client`; the value types are read from the contract
+(``ValueType`` names the numpy dtype: ``VALUE_TYPE_FLOAT16`` -> ``float16``, little-endian).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from milsil.errors import MilsilError
+from milsil.v1 import common_pb2, inference_service_pb2
+
+ENCODINGS = {
+    "raw": common_pb2.Tile.RAW_RGB8,
+    "png": common_pb2.Tile.PNG,
+    "jpeg": common_pb2.Tile.JPEG,
+}
+VALUE_TYPES = {
+    name.removeprefix("VALUE_TYPE_").lower(): number
+    for name, number in common_pb2.ValueType.items()
+    if number != common_pb2.VALUE_TYPE_UNSPECIFIED
+}
+_NUMPY_TYPES = {number: np.dtype(name).newbyteorder("<") for name, number in VALUE_TYPES.items()}
+
+
+def encode_tile(
+    pixels: np.ndarray,
+    encoding: str = "raw",
+    x: float = 0.0,
+    y: float = 0.0,
+    downsample: float = 1.0,
+) -> common_pb2.Tile:
+    """A Tile message from uint8 ``h x w x 3`` pixels at level-0 ``(x, y)``."""
+    pixels = np.ascontiguousarray(pixels)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise MilsilError(
+            f"tiles must be uint8 h x w x 3 arrays, got {pixels.dtype} {pixels.shape}"
+        )
+    if encoding not in ENCODINGS:
+        raise MilsilError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    h, w = pixels.shape[:2]
+    if encoding == "raw":
+        data = pixels.tobytes()
+    else:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG" if encoding == "png" else "JPEG", quality=95)
+        data = buf.getvalue()
+    return common_pb2.Tile(
+        encoding=ENCODINGS[encoding], data=data, width=w, height=h, x=x, y=y, downsample=downsample
+    )
+
+
+def image_tiles(
+    image: np.ndarray,
+    tile_size: int,
+    encoding: str = "raw",
+    x: float = 0.0,
+    y: float = 0.0,
+    downsample: float = 1.0,
+) -> Iterator[common_pb2.Tile]:
+    """Cut an image whose top-left is level-0 ``(x, y)`` into a grid of tiles (edges smaller)."""
+    if tile_size < 1:
+        raise MilsilError(f"tile_size must be >= 1, got {tile_size}")
+    h, w = image.shape[:2]
+    for ty in range(0, h, tile_size):
+        for tx in range(0, w, tile_size):
+            yield encode_tile(
+                image[ty : ty + tile_size, tx : tx + tile_size],
+                encoding,
+                x + tx * downsample,
+                y + ty * downsample,
+                downsample,
+            )
+
+
+@dataclass
+class HeatmapResult:
+    """A heatmap put back together from the streamed tiles."""
+
+    header: inference_service_pb2.HeatmapHeader
+    logits: np.ndarray  # float32 [C, rows, cols]
+    probabilities: np.ndarray | None  # float32 [C, rows, cols] when requested
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.header.class_names)
+
+
+def assemble_heatmap(responses: Iterable[inference_service_pb2.HeatmapResponse]) -> HeatmapResult:
+    """Put streamed HeatmapResponse tiles back into whole ``[C, rows, cols]`` arrays."""
+    header = None
+    logits = probs = None
+    for response in responses:
+        if "queue" in response.DESCRIPTOR.fields_by_name and response.HasField("queue"):
+            continue  # waiting for compute (HeatmapResponse.queue)
+        if response.HasField("header"):
+            header = response.header
+            c = len(header.class_names)
+            logits = np.full((c, header.rows, header.cols), np.nan, dtype=np.float32)
+            continue
+        if header is None:
+            raise MilsilError("the server sent heatmap tiles before the header")
+        t = response.tile
+        dtype = _NUMPY_TYPES[header.value_type or common_pb2.VALUE_TYPE_FLOAT32]
+        shape = (t.num_classes, t.rows, t.cols)
+        logits[:, t.row : t.row + t.rows, t.col : t.col + t.cols] = np.frombuffer(
+            t.logits, dtype
+        ).reshape(shape)
+        if t.probabilities:
+            if probs is None:
+                probs = np.full_like(logits, np.nan)
+            probs[:, t.row : t.row + t.rows, t.col : t.col + t.cols] = np.frombuffer(
+                t.probabilities, dtype
+            ).reshape(shape)
+    if header is None:
+        raise MilsilError("the server sent no heatmap header")
+    return HeatmapResult(header, logits, probs)
+
+
+def interior_region(
+    image: np.ndarray, x: float, y: float, downsample: float, margin: int
+) -> common_pb2.Region:
+    """The level-0 region of ``image`` without its ``margin`` context pixels on each side."""
+    h, w = image.shape[0] - 2 * margin, image.shape[1] - 2 * margin
+    return common_pb2.Region(
+        x=x, y=y, width=w * downsample, height=h * downsample, downsample=downsample
+    )

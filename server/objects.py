@@ -1,0 +1,179 @@
+"""MeasureObjects: objects in, per-object measurements out (messages <-> library).
+
+The objects of a call (GeoJSON geometries with ids, all before the first tile) are read,
+checked and charged to the call's memory reservation as they arrive; the region's pixels
+come as streamed tiles or, for a slide under ``--slide-root``, are read by the server in
+row order (:func:`slide_tiles`), and either way are computed band by band by
+:class:`milsil_server.regions.RegionStream`, each band feeding the library's
+:class:`milsil.inference.objects.ObjectAccumulator`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from milsil.errors import MilsilError
+from milsil.inference.objects import ObjectMeasurements
+from milsil.v1 import inference_service_pb2
+from milsil.wsi.objects import PixelRegion, region_pieces
+from milsil.wsi.reader import open_slide
+from milsil_server.convert import region_tiles
+from milsil_server.errors import ResourceExhausted
+from milsil_server.inference import Limits
+from milsil_server.regions import RegionSpec, Reservation, TileData
+
+# What one object costs the server while its call runs: the parsed geometry and the
+# accumulator's edge table per vertex, ids and sums per object (generous: Python objects).
+BYTES_PER_VERTEX = 160
+BYTES_PER_OBJECT = 600
+BATCH = 2048  # measurements per response message (about 100 bytes each for 2 classes)
+
+
+@dataclass
+class ReceivedObjects:
+    """The objects of a call, and the stream positioned at its first tile."""
+
+    ids: list[str] = field(default_factory=list)
+    geometries: list[dict] = field(default_factory=list)
+    first_tiles: list[Any] = field(default_factory=list)
+    rest: Iterator[Any] = field(default_factory=lambda: iter(()))
+
+    def tiles(self) -> Iterator[TileData]:
+        """The call's tiles (later messages may carry tiles only)."""
+        return region_tiles(self.first_tiles, _tiles_only(self.rest))
+
+
+def _tiles_only(messages: Iterable[Any]) -> Iterator[Any]:
+    for message in messages:
+        if message.objects:
+            raise MilsilError(
+                "objects must all come before the first tile (a message after a tile carried "
+                f"{len(message.objects)} objects)"
+            )
+        yield message
+
+
+def _vertices(geometry: Any, where: str) -> int:
+    """Vertices of a Polygon/MultiPolygon mapping; refuses anything else by name."""
+    kind = geometry.get("type") if isinstance(geometry, dict) else None
+    if kind not in ("Polygon", "MultiPolygon"):
+        raise MilsilError(
+            f"{where}.geometry must be a GeoJSON Polygon or MultiPolygon, got {kind!r}"
+        )
+    polygons = geometry.get("coordinates")
+    polygons = [polygons] if kind == "Polygon" else polygons
+    try:
+        count = 0
+        for polygon in polygons:
+            for ring in polygon:
+                for point in ring:
+                    if len(point) < 2 or not all(math.isfinite(float(v)) for v in point[:2]):
+                        raise ValueError
+                    count += 1
+    except (TypeError, ValueError):
+        raise MilsilError(
+            f"{where}.geometry coordinates must be rings of finite [x, y] numbers"
+        ) from None
+    if count == 0:
+        raise MilsilError(f"{where}.geometry has no coordinates")
+    return count
+
+
+def read_objects(
+    first: Any, rest: Iterator[Any], reservation: Reservation, limits: Limits
+) -> ReceivedObjects:
+    """Read every object up to the first tile, checking each and charging its memory."""
+    got = ReceivedObjects()
+    seen: set[str] = set()
+    held = 0
+    message = first
+    while message is not None:
+        if message is not first and message.HasField("config"):
+            raise MilsilError("config may only be sent in the first message")
+        for obj in message.objects:
+            n = len(got.ids)
+            where = f"objects[{n}]"
+            if n >= limits.max_objects:
+                raise ResourceExhausted(
+                    f"at most {limits.max_objects:,} objects per call; send the objects "
+                    "of smaller regions in separate calls",
+                    reason="too_large",
+                )
+            if not obj.id:
+                raise MilsilError(f"{where}.id is required (unique within the call)")
+            if obj.id in seen:
+                raise MilsilError(f"{where}.id {obj.id[:80]!r} was already used in this call")
+            try:
+                geometry = json.loads(obj.geometry)
+            except (json.JSONDecodeError, RecursionError):
+                raise MilsilError(
+                    f"{where}.geometry is not JSON text (id {obj.id[:80]!r})"
+                ) from None
+            held += BYTES_PER_OBJECT + BYTES_PER_VERTEX * _vertices(geometry, where)
+            reservation.ensure(held, "these objects")
+            seen.add(obj.id)
+            got.ids.append(obj.id)
+            got.geometries.append(geometry)
+        if message.tiles:
+            got.first_tiles = list(message.tiles)
+            break
+        message = next(rest, None)
+    if not got.ids:
+        raise MilsilError("no objects were sent; send at least one in `objects`")
+    got.rest = rest
+    return got
+
+
+def slide_tiles(path: Path, spec: RegionSpec, context: int) -> Iterator[TileData]:
+    """The region and its context read from a slide, as raw tiles in row order."""
+    region = PixelRegion(spec.x, spec.y, spec.width, spec.height, spec.downsample)
+    with open_slide(path) as slide:
+        for x, y, pixels in region_pieces(slide, region, context):
+            h, w = pixels.shape[:2]
+            yield TileData(
+                "RAW_RGB8",
+                pixels.tobytes(),
+                w,
+                h,
+                spec.x + x * spec.downsample,
+                spec.y + y * spec.downsample,
+                spec.downsample,
+            )
+
+
+def header(
+    model_id: str, class_names: list[str], count: int, context: int
+) -> inference_service_pb2.MeasureObjectsHeader:
+    return inference_service_pb2.MeasureObjectsHeader(
+        model=f"models/{model_id}",
+        class_names=list(class_names),
+        object_count=count,
+        context_pixels=context,
+    )
+
+
+def measurement_batches(
+    result: ObjectMeasurements, batch: int = BATCH
+) -> Iterator[inference_service_pb2.ObjectMeasurements]:
+    """The measurements in messages of ``batch`` objects, in the order the objects came."""
+    p = result.p
+    Measurement = inference_service_pb2.ObjectMeasurement
+    for start in range(0, len(result.ids), batch):
+        stop = min(start + batch, len(result.ids))
+        yield inference_service_pb2.ObjectMeasurements(
+            objects=[
+                Measurement(
+                    id=result.ids[k],
+                    mean_logits=result.mean_logit[k].tolist(),
+                    max_logits=result.max_logit[k].tolist(),
+                    probabilities=p[k].tolist(),
+                    pixels=int(result.pixels[k]),
+                )
+                for k in range(start, stop)
+            ]
+        )
