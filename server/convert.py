@@ -135,6 +135,7 @@ def model_message(row: dict[str, Any]) -> model_service_pb2.Model:
         class_names=row["class_names"],
         receptive_field=row.get("receptive_field", 0),
         context_pixels=context_pixels(row.get("receptive_field", 0)),
+        target_class=row["class_names"][target_class_index(row["class_names"], None)],
         patch_size=row.get("patch_size", 0),
         source_job=row.get("source_job", ""),
         metrics=row.get("metrics", {}),

@@ -49,7 +49,8 @@ ALLOWED = {
         "milsil.engine",
         "milsil.wsi",
     },
-    "milsil.client": {"milsil.errors", "milsil.v1", "milsil.data"},
+    # qupath_setup (`milsil qupath install`) writes jars and scripts through milsil.atomic.
+    "milsil.client": {"milsil.errors", "milsil.atomic", "milsil.v1", "milsil.data"},
     "milsil.v1": set(),
     "milsil.cli": {"milsil", "milsil_server"},
     "milsil_server": {

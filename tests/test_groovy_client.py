@@ -3,7 +3,7 @@
 One JVM per Groovy runtime runs qupath_scripts/tests/client_check.groovy, which calls every
 RPC shape through grpc-java + DynamicMessage with a bearer token: unary (Health, ListModels,
 GetModel), client streaming (ClassifyBag, Annotate), server streaming (ExportModel) and
-bidirectional streaming (Heatmap); plus deadlines, TLS, and the one-line errors. The numbers
+bidirectional streaming (Heatmap, MeasureObjects); plus deadlines, TLS, and the one-line errors. The numbers
 it got are checked against the Python side. (UploadDataset -> StartTraining -> WatchJob run
 through train_from_project.groovy in test_qupath_scripts.py.)
 
@@ -27,6 +27,7 @@ from server_support import register_tiny_model, running_server, self_signed
 from milsil.client import MilsilClient
 from milsil.client.grpc_client import FINAL_JOB_STATES
 from milsil.inference.heatmap import logit_heatmap, probabilities
+from milsil.inference.objects import measure_objects
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location(
@@ -133,6 +134,41 @@ def test_groovy_client_every_rpc_shape(servers, runtime):
     for f in geo["features"]:
         assert f["properties"]["classification"] == {"name": "Tumor", "color": [200, 0, 0]}
 
+    # Bidirectional streaming: MeasureObjects from Groovy (objects in messages of 3, then the
+    # same 4 tiles) equals the Python client's call and the library's numbers on the heatmap
+    # of the whole region (level-0 geometries: the region's origin is (100, 200)).
+    shapes = json.loads(c["object_shapes"])
+    measured = ok["measure_objects"]
+    assert measured["header"] == {
+        "model": "models/tiny",
+        "classes": ["benign", "malignant"],
+        "count": 4,
+        "context": 4,
+    }
+    assert measured["starts"] == 1
+    assert [m["id"] for m in measured["objects"]] == list(shapes)
+    with MilsilClient(f"127.0.0.1:{plain.port}", token=TOKEN) as py:
+        py_objects = py.measure_objects("models/tiny", list(shapes.items()), rgb, x=100, y=200)
+    heat = logit_heatmap(servers["model"], rgb, stride=1)
+    library = measure_objects(heat, list(shapes.values()), origin=(100, 200))
+    got_mean = np.array([m["mean"] for m in measured["objects"]])
+    got_max = np.array([m["max"] for m in measured["objects"]])
+    got_p = np.array([m["p"] for m in measured["objects"]])
+    got_pixels = [m["pixels"] for m in measured["objects"]]
+    np.testing.assert_allclose(got_mean, py_objects.mean_logits, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got_max, py_objects.max_logits, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(got_p, py_objects.probabilities, rtol=1e-6, atol=1e-7)
+    assert got_pixels == py_objects.pixels.tolist() == library.pixels.tolist()
+    np.testing.assert_allclose(got_mean, library.mean_logit, rtol=1e-3, atol=HEATMAP_ATOL)
+    np.testing.assert_allclose(got_max, library.max_logit, rtol=1e-3, atol=HEATMAP_ATOL)
+    np.testing.assert_allclose(got_p, library.p, rtol=1e-3, atol=HEATMAP_ATOL)
+    assert got_pixels[3] == 0 and min(got_pixels[:3]) > 0  # the speck: its centroid's pixel
+    # With a callback every measurement goes there, after the header, and none is kept.
+    assert ok["measure_objects_callback"] == {
+        "ids": [f"models/tiny {i}" for i in shapes],
+        "kept": 0,
+    }
+
     # Server streaming: the exported bytes are the registered checkpoint.
     assert ok["export_model"]["sha256"] == ok["get_model"]["sha256"]
     assert ok["export_model"]["bytes"] == ok["get_model"]["size"]
@@ -140,6 +176,7 @@ def test_groovy_client_every_rpc_shape(servers, runtime):
     # Deadlines, auth, a dead server, a missing descriptor, TLS: one line each.
     for name, code in [
         ("unknown_model", "NOT_FOUND"),
+        ("measure_objects_unknown_model", "NOT_FOUND"),
         ("deadline", "DEADLINE_EXCEEDED"),
         ("wrong_token", "UNAUTHENTICATED"),
         ("wrong_token_stream", "UNAUTHENTICATED"),
@@ -161,6 +198,7 @@ def test_groovy_client_every_rpc_shape(servers, runtime):
     assert errors["tls_plaintext_refused"].startswith("milsil: UNAVAILABLE: ")
     assert not set(errors) - {
         "unknown_model",
+        "measure_objects_unknown_model",
         "deadline",
         "wrong_token",
         "wrong_token_stream",

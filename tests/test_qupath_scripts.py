@@ -15,11 +15,9 @@ Groovy, jars or javac: skip locally, FAIL when CI is set.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,19 @@ import pytest
 import shapely
 import torch
 from PIL import Image
+from qupath_support import (
+    ONE_LINE,
+    RUNTIMES,
+    SCRIPTS,
+    groovy_env,
+    runner_results,
+    start_runner,
+    stop_runners,
+)
+from qupath_support import find as _find
+from qupath_support import free_port as _free_port
+from qupath_support import image_state as _image_state
+from qupath_support import polygon as _polygon
 from server_support import register_tiny_model, running_server
 from shapely.geometry import Polygon, shape
 
@@ -34,17 +45,11 @@ from milsil.client import MilsilClient
 from milsil.data.synth import synth_image
 from milsil.wsi.geojson import cell_edges
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ROOT / "qupath_scripts"
-_spec = importlib.util.spec_from_file_location("groovy_env", SCRIPTS / "tools" / "groovy_env.py")
-groovy_env = importlib.util.module_from_spec(_spec)
-sys.modules.setdefault("groovy_env", groovy_env)
-_spec.loader.exec_module(groovy_env)
-
 TOKEN = "qupath-s3cret"
-ONE_LINE = re.compile(r"^milsil: [A-Z_]+: \S.*$")
 ROI1 = [[20, 20], [150, 30], [170, 160], [40, 140]]  # a polygon annotation (class Region*)
 ROI2 = [100, 100, 60, 60]  # a rectangle annotation, unclassified
+# What every outline of the streaming Annotate mode carries (qupath_scripts/README.md).
+FIVE_MEASUREMENTS = ("area", "mean_probability", "max_probability", "mean_logit", "max_logit")
 CORES = {  # name: (x, y, w, h, missing, user class)
     "A-1": (20, 20, 100, 100, False, None),
     "A-2": (136, 20, 100, 100, False, "benign"),
@@ -343,17 +348,6 @@ def _lib_elsewhere() -> bool:
     return any(h and (Path(h) / "lib" / "MilsilBootstrap.groovy").is_file() for h in homes)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-RUNTIMES = ("groovy2.4", "groovy4")
-
-
 @pytest.fixture(scope="module")
 def launched(world):
     """Both runtimes' JVMs, started at once (they overlap the slow training job)."""
@@ -372,19 +366,9 @@ def launched(world):
         # The big annotation (two 34-MP heatmaps) runs under QuPath's Groovy 4 only, when
         # it is there: the other runtime covers the same script code on small regions.
         spec = _spec_for(world, out, train_job=name == trainer, big=name == trainer)
-        (out / "spec.json").write_text(json.dumps(spec))
-        proc = runtime.start(
-            SCRIPTS / "tests" / "run_qupath.groovy",
-            [str(out / "spec.json")],
-            out / "runner.log",
-            extra_cp=[world["stubs"]],
-        )
-        procs[name] = (proc, out, spec)
+        procs[name] = (start_runner(runtime, spec, out, world["stubs"]), out, spec)
     yield procs
-    for entry in procs.values():
-        if not isinstance(entry, str) and entry[0].poll() is None:
-            entry[0].kill()
-            entry[0].wait()
+    stop_runners(procs)
 
 
 @pytest.fixture(scope="module", params=RUNTIMES)
@@ -394,42 +378,8 @@ def ran(request, launched):
     if isinstance(entry, str):
         groovy_env.missing(entry)
     proc, out, spec = entry
-    try:
-        proc.wait(timeout=400)
-    except Exception:
-        proc.kill()
-        raise
-    output = (out / "runner.log").read_text()
-    assert proc.returncode == 0 and "DONE" in output, output[-8000:]
-    logs = {r["id"]: (out / f"{r['id']}.log").read_text() for r in spec["runs"]}
-    states = {
-        r["id"]: json.loads((out / f"{r['id']}.state.json").read_text()) for r in spec["runs"]
-    }
-    states["initial"] = json.loads((out / "initial.state.json").read_text())
-    return {"logs": logs, "states": states, "out": out, "runtime": request.param, "spec": spec}
-
-
-def _image_state(state: list, name: str) -> dict:
-    return next(s for s in state if s["image"] == name)
-
-
-def _find(objects: list, name: str) -> dict:
-    for o in objects:
-        if o.get("name") == name:
-            return o
-        found = _find(o["children"], name) if o["children"] else None
-        if found:
-            return found
-    return None
-
-
-def _polygon(obj: dict) -> shapely.Geometry:
-    """The object's ROI from its rings (outer and holes, even-odd), as a shapely geometry."""
-    geom = None
-    for ring in obj["rings"]:
-        p = Polygon(ring).buffer(0)
-        geom = p if geom is None else geom.symmetric_difference(p)
-    return geom
+    results = runner_results(proc, out, spec, timeout=400)
+    return {**results, "out": out, "runtime": request.param, "spec": spec}
 
 
 def test_failures_print_one_line_and_change_nothing(ran):
@@ -511,11 +461,15 @@ def test_heatmap_annotations_are_children_with_class_and_measurements(ran, world
         for child in parent["children"]:
             assert child["type"] == "annotation" and child["class"] == "malignant"
             assert child["color"] is not None
-            assert {"area", "mean_probability", "max_probability"} <= set(child["measurements"])
+            # All five, also on outlines clipped to the polygon roi1 (QuPath's setROI clears
+            # an object's measurements: the script puts them back after clipping).
+            assert set(FIVE_MEASUREMENTS) <= set(child["measurements"]), child["measurements"]
             geom = _polygon(child)
             assert geom.is_valid and geom.area > 0
             # Clipped to the parent (QuPath's children lie inside their parent).
             assert geom.difference(parent_geom).area < 1e-6 * parent_geom.area
+            if parent is roi1:  # `area` is the clipped outline's
+                assert child["measurements"]["area"] == pytest.approx(child["area"])
             assert child["measurements"]["mean_probability"] >= world["threshold"] - 1e-6
             total += geom.area
         if parent is roi2:
@@ -617,6 +571,7 @@ def test_tma_batch_classifies_cores_and_appends_csv(ran, world):
                 shapely.Point(x + w / 2, y + h / 2).buffer(1, 256), w / 2, h / 2
             )
             assert _polygon(child).difference(ellipse).area < 0.02 * ellipse.area
+            assert set(FIVE_MEASUREMENTS) <= set(child["measurements"]), child["measurements"]
     assert (
         _find(tma1["objects"], "B-1")["missing"]
         and not _find(tma1["objects"], "B-1")["measurements"]

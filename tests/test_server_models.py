@@ -37,6 +37,7 @@ def test_list_and_get(env):
     assert model.context_pixels == model.receptive_field // 2 == 4
     assert models[0].context_pixels == models[0].receptive_field // 2
     assert list(model.class_names) == ["benign", "malignant"] and model.patch_size == 32
+    assert model.target_class == "malignant"
     assert len(model.sha256) == 64 and model.size_bytes > 0 and model.create_time.seconds > 0
     assert client.get_model("tiny").name == "models/tiny"  # bare ids accepted
 
@@ -109,3 +110,10 @@ def test_bad_imports_and_names(env, tmp_path):
         "failed imports must leave no files"
     )
     assert client.health() == "SERVING"
+
+
+def test_target_class_is_malignant_else_the_last(tmp_path):
+    with running_server(tmp_path) as server:
+        register_tiny_model(server, "three", classes=("normal", "tumour", "stroma"))
+        with MilsilClient(f"127.0.0.1:{server.port}") as client:
+            assert client.get_model("models/three").target_class == "stroma"

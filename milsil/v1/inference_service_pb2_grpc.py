@@ -204,7 +204,7 @@ class InferenceServiceServicer:
         context, exactly as for Heatmap (same limits, memory bound and status codes). The
         region must cover the objects: pixels outside it are not measured (an object wholly
         outside gets NaN). The objects are charged to the server's memory budget as they
-        arrive (about 160 bytes per vertex), before the call queues for compute; at most
+        arrive (about 100 bytes per vertex), before the call queues for compute; at most
         1,000,000 objects per call (RESOURCE_EXHAUSTED, `milsil-retry: never`, beyond).
 
         While the call waits for compute it receives `queue`; then, once the whole region

@@ -8,6 +8,9 @@
  * and gets [home, Client (the MilsilClient class), QuPath (the MilsilQuPath class),
  * settings (the script's settings with `home` and the `milsil.<key>` system-property
  * overrides applied), error (null, or the one "milsil: SETUP: ..." line to print)].
+ * A script that needs more of lib/ names it: load(home, settings, ['MilsilCells']) also
+ * compiles lib/MilsilCells.groovy and returns its class under the key 'MilsilCells' (only
+ * the scripts that use a part pay for compiling it).
  *
  * This file imports nothing beyond the JDK and Groovy, so it always compiles; a missing
  * grpc-java/protobuf jar shows up when MilsilClient.groovy is compiled, and becomes that one
@@ -17,7 +20,7 @@
 class MilsilBootstrap {
 
     /** The library classes and the effective settings, or [error: line] when they cannot be loaded. */
-    static Map load(Object home, Map settings) {
+    static Map load(Object home, Map settings, List<String> parts = []) {
         String dir = home.toString()
         try {
             GroovyClassLoader loader = new GroovyClassLoader(MilsilBootstrap.class.getClassLoader())
@@ -26,7 +29,11 @@ class MilsilBootstrap {
             Map options = new LinkedHashMap(settings == null ? [:] : settings)
             options.put('home', dir)
             Map effective = (Map) client.withOverrides(options)
-            return [home: dir, Client: client, QuPath: quPath, settings: effective, error: null]
+            Map loaded = [home: dir, Client: client, QuPath: quPath, settings: effective, error: null]
+            for (String part : parts) {
+                loaded.put(part, loader.parseClass(new File(dir, 'lib/' + part + '.groovy')))
+            }
+            return loaded
         } catch (Throwable e) {
             return [error: setupLine(e)]
         }

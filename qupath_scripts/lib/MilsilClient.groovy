@@ -797,6 +797,66 @@ class MilsilClient {
     }
 
     /**
+     * MeasureObjects (bidirectional): per-object measurements on the stride-1 logit heatmap
+     * of a region. `config` is a MeasureObjectsConfig map (model, region, slide_path);
+     * `objects` a list of [id: String, geometry: GeoJSON geometry JSON text] maps, sent
+     * `perMessage` to a message before any tile; `tileProducer(sendTile)` sends the region's
+     * tiles (with context, row order, as for heatmap()), or is null when `config.slide_path`
+     * names a slide the server reads itself. Each measurement goes to
+     * onMeasurement(header, m) with m = [id, mean_logits, max_logits, probabilities: double[]
+     * in header.class_names order, pixels: long]; without `onMeasurement` they are returned.
+     * Returns [header: Map, measurements: List<Map>] (measurements empty with onMeasurement).
+     * A call retried after "busy" sends everything again: `onStart()` (optional) hears of
+     * each attempt, so a caller can drop what an earlier attempt delivered.
+     */
+    Map measureObjects(Map config, List<Map> objects, Closure tileProducer, Closure onMeasurement = null,
+                       Closure onStart = null, int perMessage = 256) {
+        Map header = null
+        List<Map> measurements = []
+        int batch = Math.max(1, perMessage)
+        bidiStream('InferenceService', 'MeasureObjects', settings.get('streamTimeoutSeconds'), { Closure send ->
+            header = null
+            measurements.clear()
+            if (onStart != null) {
+                onStart.call()
+            }
+            send.call([config: config])
+            for (int i = 0; i < objects.size(); i += batch) {
+                send.call([objects: objects.subList(i, Math.min(objects.size(), i + batch))])
+            }
+            if (tileProducer != null) {
+                tileProducer.call({ Map tile -> send.call([tiles: [tile]]) })
+            }
+        }, { Map r ->
+            if (r.get('queue') != null) {
+                Map q = (Map) r.get('queue')
+                waitLine('MeasureObjects: queued for compute, position ' + q.get('position') + ' of ' +
+                    q.get('waiting'))
+            } else if (r.get('header') != null) {
+                header = (Map) r.get('header')
+            } else if (r.get('measurements') != null) {
+                for (Object o : (List) ((Map) r.get('measurements')).get('objects')) {
+                    Map m = (Map) o
+                    Map plain = [id           : m.get('id'),
+                                 mean_logits  : doubles((List) m.get('mean_logits')),
+                                 max_logits   : doubles((List) m.get('max_logits')),
+                                 probabilities: doubles((List) m.get('probabilities')),
+                                 pixels       : ((Number) m.get('pixels')).longValue()]
+                    if (onMeasurement != null) {
+                        onMeasurement.call(header, plain)
+                    } else {
+                        measurements.add(plain)
+                    }
+                }
+            }
+        })
+        if (header == null) {
+            throw new Failure('INTERNAL', 'MeasureObjects ended without a header')
+        }
+        return [header: header, measurements: measurements]
+    }
+
+    /**
      * AnnotateSlide (server streaming): a slide the server reads itself. `request` is an
      * AnnotateSlideRequest map; onProgress(Map) gets every SlideProgress. Returns the
      * AnnotateSlideResult map (geojson, object_count, summary).
@@ -906,6 +966,15 @@ class MilsilClient {
         }
         float[] out = new float[(int) (bytes.length / 4)]
         ByteBuffer.wrap(bytes).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(out)
+        return out
+    }
+
+    /** A repeated double field (a list of Doubles) as double[]. */
+    static double[] doubles(List values) {
+        double[] out = new double[values == null ? 0 : values.size()]
+        for (int i = 0; i < out.length; i++) {
+            out[i] = ((Number) values.get(i)).doubleValue()
+        }
         return out
     }
 

@@ -9,7 +9,8 @@
  *
  * QuPath API used (stable from v0.4 to v0.7): RegionRequest.createInstance(path, downsample,
  * x, y, w, h), ImageServer.readRegion/getPath/getWidth/getHeight, ROI.getBounds*,
- * ROI.contains, ROI.getArea, RoiTools.intersection, PathIO.readObjectsFromGeoJSON,
+ * ROI.contains, ROI.getArea, RoiTools.intersection, PathROIObject.setROI (clears the
+ * measurements), MeasurementList.asMap/put, PathIO.readObjectsFromGeoJSON,
  * PathObjects.createTileObject, ROIs.createRectangleROI, PathClass.fromString,
  * ProjectImageEntry.getImageName/getMetadataValue/readImageData, ImageServer.getURIs and
  * GsonTools.getInstance().toJson(roi) (a ROI as a GeoJSON geometry) for slides the server
@@ -263,7 +264,13 @@ class MilsilQuPath {
         return PathIO.readObjectsFromGeoJSON(new ByteArrayInputStream(geojson.getBytes(StandardCharsets.UTF_8)))
     }
 
-    /** The objects clipped to `roi` (a rectangle clips nothing: the region is its bounds). */
+    /**
+     * The objects clipped to `roi` (a rectangle clips nothing: the region is its bounds), with
+     * all their measurements; `area` becomes the clipped outline's. QuPath's
+     * PathROIObject.setROI clears the measurement list whenever the ROI object changes
+     * (v0.4 to v0.7; RoiTools.intersection always returns a new ROI), so the server's
+     * measurements are copied first and put back after the new ROI.
+     */
     static List<PathObject> clipped(List<PathObject> objects, ROI roi) {
         List<PathObject> kept = []
         boolean clip = roi != null && roi.getRoiName() != 'Rectangle'
@@ -273,8 +280,13 @@ class MilsilQuPath {
                 if (inside == null || inside.isEmpty() || inside.getArea() <= 0) {
                     continue
                 }
+                Map<String, Number> measurements = new LinkedHashMap<String, Number>(o.getMeasurementList().asMap())
                 o.setROI(inside)
-                o.getMeasurementList().put('area', inside.getArea())
+                def list = o.getMeasurementList()
+                for (Map.Entry<String, Number> m : measurements.entrySet()) {
+                    list.put(m.getKey(), m.getValue().doubleValue())
+                }
+                list.put('area', inside.getArea())
             }
             kept.add(o)
         }
@@ -415,6 +427,11 @@ class MilsilQuPath {
         }
     }
 
+    /** A Progress for scripts and library files that see this class only as a value. */
+    static Progress progress(String label, Object everySeconds, Closure log) {
+        return new Progress(label, everySeconds, log)
+    }
+
     /**
      * Progress lines of one long region, at most every `everySeconds` and only when the
      * percentage moved: "milsil: slide.svs: Tumor 1: 38% (412/1,080 tiles), eta 2 min".
@@ -440,8 +457,9 @@ class MilsilQuPath {
             percent = -1
         }
 
-        /** `eta` < 0: estimated from the rate so far. */
-        void update(long done, long total, double eta) {
+        /** `eta` < 0: estimated from the rate so far; `counted`: what `done` counts, and
+         * anything to add ("cells, 12/30 regions"). */
+        void update(long done, long total, double eta, String counted = 'tiles') {
             if (total <= 0 || done <= 0 || done >= total) {
                 return
             }
@@ -454,7 +472,7 @@ class MilsilQuPath {
             last = now
             double left = eta >= 0 ? eta : (now - started) / 1e9d / done * (total - done)
             MilsilQuPath.say(log, 'milsil: ' + label + ': ' + p + '% (' + thousands(done) + '/' + thousands(total) +
-                ' tiles), eta ' + duration(left))
+                ' ' + counted + '), eta ' + duration(left))
         }
 
         static String thousands(long n) {

@@ -116,6 +116,43 @@ attempt('annotate') {
     [geojson: r.get('geojson'), objects: r.get('objects').size(), class_name: r.get('class_name')]
 }
 
+// ---- bidi streaming: MeasureObjects of four objects (a hole, two parts, one holding no
+// pixel centre) over the same region and tiles, 3 objects per message (Python recomputes)
+Map<String, Map> shapes = [
+    square: [type: 'Polygon', coordinates: [[[104.2, 203.7], [120.5, 203.7], [120.5, 215.25], [104.2, 215.25],
+                                             [104.2, 203.7]]]],
+    donut : [type: 'Polygon', coordinates: [[[125, 205], [145, 205], [145, 230], [125, 230], [125, 205]],
+                                            [[130, 210], [138, 210], [138, 222], [130, 222], [130, 210]]]],
+    pair  : [type: 'MultiPolygon', coordinates: [[[[101, 225], [112, 225], [101, 238], [101, 225]]],
+                                                 [[[140.5, 232], [147.5, 232], [147.5, 239.5], [140.5, 232]]]]],
+    speck : [type: 'Polygon', coordinates: [[[110.1, 230.1], [110.3, 230.1], [110.3, 230.3], [110.1, 230.1]]]],
+]
+report('object_shapes', gson.toJson(shapes))   // a string, like region_pixels
+List<Map> objects = shapes.collect { String id, Map g -> [id: id, geometry: gson.toJson(g)] }
+Map objectRegion = [x: 100, y: 200, width: 48, height: 40, downsample: 1]
+attempt('measure_objects') {
+    int starts = 0
+    Map r = client.measureObjects([model: MilsilClient.modelName(model), region: objectRegion], objects, quarters,
+        null, { -> starts++ }, 3)
+    Map h = (Map) r.get('header')
+    [header: [model: h.get('model'), classes: h.get('class_names'), count: h.get('object_count'),
+              context: h.get('context_pixels')],
+     starts: starts,
+     objects: r.get('measurements').collect { Map m ->
+         [id: m.get('id'), mean: m.get('mean_logits') as List, max: m.get('max_logits') as List,
+          p: m.get('probabilities') as List, pixels: m.get('pixels')]
+     }]
+}
+attempt('measure_objects_callback') {
+    List<String> ids = []
+    Map r = client.measureObjects([model: MilsilClient.modelName(model), region: objectRegion], objects, quarters,
+        { Map header, Map m -> ids.add((String) header.get('model') + ' ' + m.get('id')) })
+    [ids: ids, kept: r.get('measurements').size()]
+}
+attempt('measure_objects_unknown_model') {
+    client.measureObjects([model: 'models/no-such-model', region: objectRegion], objects, quarters)
+}
+
 // ---- server streaming: ExportModel (bytes must hash to the registered sha256)
 attempt('export_model') {
     ByteArrayOutputStream out = new ByteArrayOutputStream()

@@ -20,6 +20,7 @@ import milsilstub.SimpleTMAGrid
 import milsilstub.StubProject
 import milsilstub.World
 import qupath.lib.images.ImageData
+import qupath.lib.io.PathIO
 import qupath.lib.objects.PathObject
 import qupath.lib.objects.PathObjects
 import qupath.lib.objects.TMACoreObject
@@ -38,6 +39,10 @@ World.geojsonDir = new File(out, 'geojson').toPath()
 
 def makeObject = { Map o ->
     String kind = (String) o.get('kind')
+    if (kind == 'geojson') {  // one GeoJSON feature, imported as QuPath imports a file of them
+        byte[] text = ((String) o.get('feature')).getBytes('UTF-8')
+        return PathIO.readObjectsFromGeoJSON(new ByteArrayInputStream(text))[0]
+    }
     List c = (List) o.get('coords')
     def plane = ImagePlane.getDefaultPlane()
     if (kind == 'tma') {
@@ -45,17 +50,23 @@ def makeObject = { Map o ->
             (double) c[0], (double) c[1], (double) c[2], (double) c[3], (Boolean) o.get('missing') ?: false)
         return core
     }
+    def polygonRoi = { List ring ->
+        ROIs.createPolygonROI(ring.collect { List p -> (double) p[0] } as double[],
+            ring.collect { List p -> (double) p[1] } as double[], plane)
+    }
+    PathClass pc = o.get('class') ? PathClass.fromString((String) o.get('class')) : null
+    if (kind == 'cell') {  // coords: the cell's polygon; nucleus: the nucleus polygon (or none)
+        return PathObjects.createCellObject(polygonRoi(c), o.get('nucleus') ? polygonRoi((List) o.get('nucleus')) : null,
+            pc, null)
+    }
     def roi
     if (o.get('shape') == 'polygon') {
-        double[] xs = c.collect { List p -> (double) p[0] } as double[]
-        double[] ys = c.collect { List p -> (double) p[1] } as double[]
-        roi = ROIs.createPolygonROI(xs, ys, plane)
+        roi = polygonRoi(c)
     } else if (o.get('shape') == 'ellipse') {
         roi = ROIs.createEllipseROI((double) c[0], (double) c[1], (double) c[2], (double) c[3], plane)
     } else {
         roi = ROIs.createRectangleROI((double) c[0], (double) c[1], (double) c[2], (double) c[3], plane)
     }
-    PathClass pc = o.get('class') ? PathClass.fromString((String) o.get('class')) : null
     return kind == 'detection' ? PathObjects.createDetectionObject(roi, pc) : PathObjects.createAnnotationObject(roi, pc)
 }
 

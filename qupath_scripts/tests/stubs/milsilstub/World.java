@@ -11,6 +11,7 @@ import com.google.gson.JsonArray;
 import com.google.gson.JsonObject;
 
 import qupath.lib.images.ImageData;
+import qupath.lib.objects.PathCellObject;
 import qupath.lib.objects.PathObject;
 import qupath.lib.objects.TMACoreObject;
 import qupath.lib.objects.hierarchy.PathObjectHierarchy;
@@ -41,7 +42,7 @@ public final class World {
         }
     }
 
-    /** The hierarchy as JSON: every object with type, class, colour, name, ROI rings, measurements, children. */
+    /** The hierarchy as JSON: every object with type, id, class, colour, name, ROI type and rings (and a cell's nucleus rings), measurements, children. */
     public static JsonObject dump(PathObjectHierarchy hierarchy) {
         JsonObject out = new JsonObject();
         out.add("objects", children(hierarchy.getRootObject()));
@@ -53,7 +54,9 @@ public final class World {
         JsonArray list = new JsonArray();
         for (PathObject o : parent.getChildObjects()) {
             JsonObject j = new JsonObject();
-            j.addProperty("type", o.isTMACore() ? "tmaCore" : o.isTile() ? "tile" : o.isDetection() ? "detection" : "annotation");
+            j.addProperty("type", o.isTMACore() ? "tmaCore" : o.isTile() ? "tile" : o.isCell() ? "cell"
+                : o.isDetection() ? "detection" : "annotation");
+            j.addProperty("id", o.getID().toString());
             j.addProperty("name", o.getName());
             if (o.getPathClass() != null) {
                 j.addProperty("class", o.getPathClass().getName());
@@ -64,22 +67,15 @@ public final class World {
             }
             if (o.getROI() instanceof ShapeROI) {
                 ShapeROI roi = (ShapeROI) o.getROI();
+                j.addProperty("roi", roi.getRoiName());
                 j.addProperty("area", roi.getArea());
-                JsonArray rings = new JsonArray();
-                for (double[][] ring : roi.rings()) {
-                    JsonArray r = new JsonArray();
-                    for (double[] p : ring) {
-                        JsonArray xy = new JsonArray();
-                        xy.add(p[0]);
-                        xy.add(p[1]);
-                        r.add(xy);
-                    }
-                    rings.add(r);
-                }
-                j.add("rings", rings);
+                j.add("rings", rings(roi));
+            }
+            if (o instanceof PathCellObject && ((PathCellObject) o).getNucleusROI() instanceof ShapeROI) {
+                j.add("nucleus_rings", rings((ShapeROI) ((PathCellObject) o).getNucleusROI()));
             }
             JsonObject m = new JsonObject();
-            for (Map.Entry<String, Double> e : ((SimpleMeasurementList) o.getMeasurementList()).asMap().entrySet()) {
+            for (Map.Entry<String, Number> e : o.getMeasurementList().asMap().entrySet()) {
                 m.addProperty(e.getKey(), e.getValue());
             }
             j.add("measurements", m);
@@ -87,5 +83,20 @@ public final class World {
             list.add(j);
         }
         return list;
+    }
+
+    private static JsonArray rings(ShapeROI roi) {
+        JsonArray rings = new JsonArray();
+        for (double[][] ring : roi.rings()) {
+            JsonArray r = new JsonArray();
+            for (double[] p : ring) {
+                JsonArray xy = new JsonArray();
+                xy.add(p[0]);
+                xy.add(p[1]);
+                r.add(xy);
+            }
+            rings.add(r);
+        }
+        return rings;
     }
 }

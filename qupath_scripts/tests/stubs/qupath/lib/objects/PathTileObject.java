@@ -1,15 +1,17 @@
 package qupath.lib.objects;
 
+import qupath.lib.measurements.MeasurementList;
+import qupath.lib.objects.classes.PathClass;
 import qupath.lib.roi.interfaces.ROI;
 
-/** Stand-in for qupath.lib.objects.PathTileObject (QuPath v0.5/v0.6); made by PathObjects. */
-public class PathTileObject extends PathROIObject {
-    PathTileObject(ROI roi) {
-        super(roi);
-    }
-
-    @Override
-    public boolean isTile() {
-        return true;
+/**
+ * Stand-in for qupath.lib.objects.PathTileObject (QuPath v0.6.0,
+ * qupath-core/src/main/java/qupath/lib/objects/PathTileObject.java): a detection subclass
+ * (isTile() and isDetection() both true; float-valued measurements); made by
+ * PathObjects.createTileObject.
+ */
+public class PathTileObject extends PathDetectionObject {
+    PathTileObject(ROI roi, PathClass pathClass, MeasurementList measurements) {
+        super(roi, pathClass, measurements);
     }
 }

@@ -2,12 +2,16 @@ package qupath.lib.objects;
 
 import qupath.lib.roi.interfaces.ROI;
 
-/** Stand-in for qupath.lib.objects.TMACoreObject (QuPath v0.5/v0.6): a TMA core, maybe missing. */
+/**
+ * Stand-in for qupath.lib.objects.TMACoreObject (QuPath v0.6.0,
+ * qupath-core/src/main/java/qupath/lib/objects/TMACoreObject.java): a TMA core (an ellipse
+ * ROI), maybe missing; made by PathObjects.createTMACoreObject.
+ */
 public class TMACoreObject extends PathROIObject {
     private boolean missing;
 
     TMACoreObject(ROI roi, boolean missing) {
-        super(roi);
+        super(roi, null, null);
         this.missing = missing;
     }
 
@@ -19,10 +23,5 @@ public class TMACoreObject extends PathROIObject {
     /** QuPath: public void setMissing(boolean missing). */
     public void setMissing(boolean missing) {
         this.missing = missing;
-    }
-
-    @Override
-    public boolean isTMACore() {
-        return true;
     }
 }

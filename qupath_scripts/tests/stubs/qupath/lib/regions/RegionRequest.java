@@ -21,10 +21,15 @@ public class RegionRequest extends ImageRegion {
         return new RegionRequest(path, downsample, x, y, width, height);
     }
 
-    /** QuPath: public static RegionRequest createInstance(String path, double downsample, ROI roi). */
+    /**
+     * QuPath: public static RegionRequest createInstance(String path, double downsample, ROI roi):
+     * the ROI's bounds as ImageRegion.createInstance(ROI) takes them (QuPath v0.6.0,
+     * qupath-core/src/main/java/qupath/lib/regions/ImageRegion.java): x and y cast to int
+     * (towards zero, not floor), the far edges rounded up.
+     */
     public static RegionRequest createInstance(String path, double downsample, ROI roi) {
-        int x = (int) Math.floor(roi.getBoundsX());
-        int y = (int) Math.floor(roi.getBoundsY());
+        int x = (int) roi.getBoundsX();
+        int y = (int) roi.getBoundsY();
         int x2 = (int) Math.ceil(roi.getBoundsX() + roi.getBoundsWidth());
         int y2 = (int) Math.ceil(roi.getBoundsY() + roi.getBoundsHeight());
         return new RegionRequest(path, downsample, x, y, x2 - x, y2 - y);

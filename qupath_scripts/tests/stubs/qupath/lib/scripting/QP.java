@@ -18,7 +18,8 @@ import qupath.lib.projects.Project;
 import qupath.lib.projects.ProjectImageEntry;
 
 /**
- * Stand-in for qupath.lib.scripting.QP (QuPath v0.5/v0.6), the static script API QuPath
+ * Stand-in for qupath.lib.scripting.QP (QuPath v0.6.0,
+ * qupath-core-processing/src/main/java/qupath/lib/scripting/QP.java), the static script API QuPath
  * imports into every script. "Current" image and project come from milsilstub.World, as
  * QuPath's come from the open viewer or the "Run for project" loop.
  */
@@ -64,16 +65,40 @@ public class QP {
         return World.imageData == null ? null : new File(World.imageData.getServerPath()).getName();
     }
 
-    /** QuPath: public static Collection&lt;PathObject&gt; getSelectedObjects(). */
+    /** QuPath: public static Collection&lt;PathObject&gt; getSelectedObjects() (null without an image, as in QuPath v0.6.0). */
     public static Collection<PathObject> getSelectedObjects() {
         PathObjectHierarchy h = getCurrentHierarchy();
-        return h == null ? Collections.<PathObject>emptyList() : new ArrayList<>(h.getSelectionModel().getSelectedObjects());
+        return h == null ? null : h.getSelectionModel().getSelectedObjects();
     }
 
     /** QuPath: public static Collection&lt;PathObject&gt; getAnnotationObjects(). */
     public static Collection<PathObject> getAnnotationObjects() {
         PathObjectHierarchy h = getCurrentHierarchy();
         return h == null ? Collections.<PathObject>emptyList() : h.getAnnotationObjects();
+    }
+
+    /** QuPath: public static Collection&lt;PathObject&gt; getDetectionObjects() (cells and tiles included). */
+    public static Collection<PathObject> getDetectionObjects() {
+        PathObjectHierarchy h = getCurrentHierarchy();
+        return h == null ? Collections.<PathObject>emptyList() : h.getDetectionObjects();
+    }
+
+    /** QuPath: public static Collection&lt;PathObject&gt; getCellObjects(). */
+    public static Collection<PathObject> getCellObjects() {
+        PathObjectHierarchy h = getCurrentHierarchy();
+        return h == null ? Collections.<PathObject>emptyList() : h.getCellObjects();
+    }
+
+    /** QuPath: public static Collection&lt;PathObject&gt; getTileObjects(). */
+    public static Collection<PathObject> getTileObjects() {
+        PathObjectHierarchy h = getCurrentHierarchy();
+        return h == null ? Collections.<PathObject>emptyList() : h.getTileObjects();
+    }
+
+    /** QuPath: public static Collection&lt;PathObject&gt; getAllObjects(boolean includeRootObject). */
+    public static Collection<PathObject> getAllObjects(boolean includeRootObject) {
+        PathObjectHierarchy h = getCurrentHierarchy();
+        return h == null ? Collections.<PathObject>emptyList() : new ArrayList<>(h.getAllObjects(includeRootObject));
     }
 
     /** QuPath: public static List&lt;TMACoreObject&gt; getTMACoreList(). */
@@ -107,9 +132,14 @@ public class QP {
         }
     }
 
-    /** QuPath: public static PathClass getPathClass(final String name). */
+    /** QuPath: public static PathClass getPathClass(final String name) (PathClass.fromString: null gives NULL_CLASS). */
     public static PathClass getPathClass(final String name) {
         return PathClass.fromString(name);
+    }
+
+    /** QuPath: public static PathClass getPathClass(final String name, final Integer rgb) (the colour only for a new class). */
+    public static PathClass getPathClass(final String name, final Integer rgb) {
+        return PathClass.fromString(name, rgb);
     }
 
     /** QuPath: public static String buildFilePath(String first, String... more) (PROJECT_BASE_DIR resolved). */

@@ -1,0 +1,144 @@
+/*
+ * milsil: classify_cells.groovy
+ *
+ * Measures every cell (detection) with the milsil model and, optionally, classifies it.
+ * For each cell -- its nucleus by default (`useCellRoi = true`: the whole cell; a detection
+ * that is not a cell: its ROI) -- the server takes the model's per-pixel logit heatmap over
+ * the pixels whose centres lie inside it and returns, per class c, "milsil mean logit(c)",
+ * "milsil max logit(c)", "milsil p(c)" (softmax of the mean logits) and "milsil pixels".
+ * With `classify = true`, a cell gets class `className` where p(className) >= `threshold`
+ * and `negativeClass` otherwise ('' = Unclassified), like QuPath's single-measurement
+ * classifier: every measured cell is (re)classified, so running again with another
+ * threshold gives what running once with it would.
+ *
+ * Which cells: those inside the selected annotations (QuPath's rule: the cell's centroid
+ * inside) and any selected detections; with nothing selected, every detection of the
+ * image; with `annotationClass` set (for "Run for project"), those inside every annotation
+ * of that class. Tiles are not measured.
+ *
+ * The cells are grouped into regions (squares of `regionSize` pixels at `downsample`, a
+ * cell going to the square holding its centroid); each region, the bounding box of its
+ * cells, is streamed in tiles with the model's context (row order, one tile in memory at a
+ * time) together with its cells' outlines, so cells crossing a square's border are
+ * measured whole, and a slide of 200,000 cells runs in bounded memory. With
+ * `serverSlides = true` the server reads the slide itself (`slidePathMap` says where it
+ * sees this machine's files) and only the outlines are sent; if it cannot, the script says
+ * why and streams pixels.
+ *
+ * Works on the current image ("Run") and on every image ("Run for project"). Nothing
+ * changes in the image unless every region succeeded: on any problem it prints one line
+ * ("milsil: <CODE>: <message>") and changes nothing.
+ * Set-up (jars, server, token): see qupath_scripts/README.md.
+ */
+
+import static qupath.lib.scripting.QP.*
+
+// ============================== settings ==============================
+def settings = [
+    server       : 'localhost:50051', // host:port of `milsil serve`
+    token        : '',                // bearer token; '' = the MILSIL_TOKEN environment variable
+    trustCert    : '',                // CA certificate (PEM) of a TLS server; '' = plaintext
+    model        : '',                // e.g. 'models/crc-bagnet9'; '' = the newest model on the server
+    useCellRoi   : false,             // false: measure each cell's nucleus; true: the whole cell
+    downsample   : 1.0,               // read pixels at this downsample (match the training data)
+    regionSize   : 2048,              // cells are sent in regions of about this many pixels (at downsample) a side
+    tileSize     : 512,               // pixels per streamed tile side
+    classify     : false,             // true: also set each measured cell's class (see className, threshold)
+    className    : '',                // class whose p decides; '' = the model's malignant class, else its last
+    threshold    : 0.5,               // p(className) at or above which a cell gets class className
+    negativeClass: '',                // class of the other measured cells; '' = Unclassified
+    annotationClass: '',              // e.g. 'Tumor': cells inside all annotations of this class, not the selection
+    wholeImageIfNoSelection: true,    // nothing selected: every cell of the image (false: stop)
+    serverSlides : false,             // true: the server reads the slide itself (no pixels sent), when it can see it
+    slidePathMap : [:],               // where the server sees this machine's slides: local folder -> path under
+                                      // its --slide-root, e.g. ['/Volumes/slides': 'cohort1']
+    progressEverySeconds: 30,         // progress lines, at most this often
+    timeoutSeconds: 60,               // deadline of quick calls
+    streamTimeoutSeconds: 86400,      // deadline of one region's call
+    milsilHome   : '',                // folder holding lib/ (the milsil scripts folder); '' = beside this script
+]
+// ======================================================================
+
+// ---- load the shared library (lib/MilsilBootstrap.groovy): lib/ beside this script, or milsilHome ----
+def scriptFile = binding.getVariables().get('qupath.script.file')
+def milsilHome = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+                  scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
+                  new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
+    h && new File(h.toString(), 'lib/MilsilBootstrap.groovy').isFile()
+}
+def milsil = milsilHome == null ? [error: 'milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings'] :
+    new GroovyClassLoader(this.getClass().getClassLoader()).parseClass(
+        new File(milsilHome.toString(), 'lib/MilsilBootstrap.groovy')).load(milsilHome, settings, ['MilsilCells'])
+if (milsil.error) {
+    println(milsil.error)
+    return
+}
+
+// ---- the work: everything is computed first, the image is changed only at the end ----
+def client = null
+try {
+    def s = milsil.settings
+    def Q = milsil.QuPath
+    def C = milsil.MilsilCells
+    def imageData = getCurrentImageData()
+    if (imageData == null) {
+        println('milsil: NO_IMAGE: open an image first; nothing was changed')
+        return
+    }
+    def server = imageData.getServer()
+    def hierarchy = imageData.getHierarchy()
+    def name = Q.imageName(getProjectEntry(), imageData)
+    // The selection (area annotations: the cells inside; detections: themselves), or (for
+    // "Run for project", where nothing is selected) every annotation of `annotationClass`.
+    def selected = getSelectedObjects()
+    def parents = (s.annotationClass ? getAnnotationObjects().findAll { o ->
+        o.getPathClass() != null && o.getPathClass().toString() == s.annotationClass.toString()
+    } : selected).findAll { o -> o.isAnnotation() && o.getROI() != null && o.getROI().isArea() }
+    def picked = s.annotationClass ? [] : selected.findAll { o -> o.isDetection() }
+    if (s.annotationClass && parents.isEmpty()) {
+        println('milsil: NOTHING_SELECTED: ' + name + ': no area annotation of class "' + s.annotationClass +
+            '"; nothing was changed')
+        return
+    }
+    if (parents.isEmpty() && picked.isEmpty()) {
+        if (!selected.isEmpty() || !Q.flag(s.wholeImageIfNoSelection)) {
+            println('milsil: NOTHING_SELECTED: ' + name + ': select area annotations or cells' +
+                (Q.flag(s.wholeImageIfNoSelection) ? ' (or clear the selection to use the whole image)' :
+                    ' (or set wholeImageIfNoSelection = true)') + '; nothing was changed')
+            return
+        }
+        parents = [null]   // the whole image
+    }
+    def found = C.detections(hierarchy, parents, picked, Q.flag(s.useCellRoi))
+    def cells = found.cells
+    if (cells.isEmpty()) {
+        println('milsil: NOTHING_TO_DO: ' + name + ': no cells (area detections) ' +
+            (parents == [null] ? 'in the image' : 'inside the selection') + '; nothing was changed')
+        return
+    }
+    client = milsil.Client.connect(s)
+    client.onWait = { line -> println(line) }   // busy server: print a waiting line and keep waiting
+    def model = Q.resolveModel(client, s.model)
+    if (!model.receptive_field) {
+        throw Q.failure(client, 'FAILED_PRECONDITION', model.name + ' (' + model.arch +
+            ') has no bounded receptive field; cell measurements need a BagNet model')
+    }
+    def classify = Q.flag(s.classify)
+    def target = classify ? C.targetClass(client, Q, model, s.className) : null
+    def r = C.measure(client, Q, s, server, model, cells, name, { line -> println(line) })
+    // ---- every region succeeded: now change the image ----
+    int positives = C.apply(cells, r.values, r.classes, target, classify ? target : '',
+        Q.num(s.threshold), (s.negativeClass ?: '').toString().trim())
+    fireHierarchyUpdate()
+    println('milsil: ' + name + ': ' + String.format(Locale.US, '%,d', cells.size()) + ' cell(s) measured in ' +
+        r.regions + ' region(s) with ' + model.name +
+        (classify ? '; ' + String.format(Locale.US, '%,d', positives) + ' classified ' + target +
+            ' (p >= ' + Q.num(s.threshold) + ')' : '') +
+        (found.skipped ? '; ' + found.skipped + ' detection(s) skipped (tiles or not areas)' : ''))
+} catch (Throwable e) {
+    println(milsil.Client.describe(e))
+} finally {
+    if (client != null) {
+        client.close()
+    }
+}
