@@ -24,10 +24,20 @@
    (``MeasureObjects``, 512 px RAW tiles streamed), against the same-run stride-1
    ``Heatmap`` of the same pixels (the baseline: the ratio is the cost of the objects),
    and in process (``measure_image_objects`` vs ``logit_heatmap``).
+3. **QuPath on a slide** (``--qupath-cells 200000``, off by default): classify_cells.groovy
+   end to end on one image of that many cells (the throughput grid, each nucleus inside a
+   cell 1.6x its size), nothing selected, progress lines every 10 s, against a server
+   process: the script's wall time and cells/s, its progress lines, the runner JVM's heap
+   and resident memory during the run, the server's peak RSS growth; every cell must get
+   its 7 measurements and 200 sampled cells the p(malignant) of MeasureObjects (1e-5).
+   The stand-in image server holds the whole PNG in the heap (4 bytes a pixel), and the
+   runner holds the spec's objects and dumps every cell's state after the run: the
+   heap growth over the run, not the process's peak, is the script's memory.
 
 Usage: ``python bench/cells_bench.py [--out bench_out/cells] [--seeds 0,1,2]
-[--cells 10000,100000] [--picture docs/cells.png] [--no-groovy]``. Writes
-``OUT/cells.json`` and prints the tables (about 10 minutes on 2 cores).
+[--cells 10000,100000] [--picture docs/cells.png] [--no-groovy] [--qupath-cells N]``.
+Writes ``OUT/cells.json`` (and ``OUT/qupath_cells_N.log``, what the script printed) and
+prints the tables (about 10 minutes on 2 cores, without --qupath-cells).
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -192,14 +204,9 @@ def _shells(geometry: dict) -> list[list]:
     return [poly[0] for poly in polys]
 
 
-def qupath_probabilities(
-    address: str, model_name: str, images: list, target: str, out: Path
-) -> list[np.ndarray]:
-    """``p(target)`` of every nucleus as classify_cells.groovy sets it, run the way QuPath
-    runs it (tests/qupath_support.py: the QuPath stand-ins, Debian's Groovy 4 or 2.4),
-    each nucleus imported from GeoJSON as a detection."""
-    from PIL import Image
-    from qupath_support import groovy_env, image_state, runner_results, start_runner
+def groovy_runtime():
+    """Debian's Groovy 4 (QuPath 0.6's) or 2.4, for run_qupath.groovy; exits if neither."""
+    from qupath_support import groovy_env
 
     runtime = next(
         (
@@ -210,7 +217,20 @@ def qupath_probabilities(
         None,
     )
     if runtime is None:
-        raise SystemExit("no Groovy runtime here: run with --no-groovy")
+        raise SystemExit("no Groovy runtime here: run with --no-groovy (and no --qupath-cells)")
+    return runtime
+
+
+def qupath_probabilities(
+    address: str, model_name: str, images: list, target: str, out: Path
+) -> list[np.ndarray]:
+    """``p(target)`` of every nucleus as classify_cells.groovy sets it, run the way QuPath
+    runs it (tests/qupath_support.py: the QuPath stand-ins, Debian's Groovy 4 or 2.4),
+    each nucleus imported from GeoJSON as a detection."""
+    from PIL import Image
+    from qupath_support import groovy_env, image_state, runner_results, start_runner
+
+    runtime = groovy_runtime()
     out.mkdir(parents=True, exist_ok=True)
     spec_images, runs = [], []
     for k, (stem, image, _labels, ids, polygons) in enumerate(images):
@@ -331,6 +351,194 @@ def throughput(counts: list[int], width: int, log) -> list[dict[str, Any]]:
     return rows
 
 
+# --------------------------------------------------------------------------- QuPath, a slide
+
+PROGRESS_LINE = re.compile(r"^milsil: .+: cells: \d+% \(")
+
+
+def _status(pid: int, field: str) -> int | None:
+    try:
+        return rss_bytes(pid, field)
+    except (OSError, KeyError):  # gone, or a zombie (no memory fields)
+        return None
+
+
+def qupath_cells(
+    count: int,
+    width: int,
+    out: Path,
+    log,
+    progress_seconds: float = 10,
+    region_size: int | None = None,
+    sample: int = 200,
+    timeout: float = 6 * 3600,
+) -> dict[str, Any]:
+    """classify_cells.groovy end to end on one slide-sized image of ``count`` cells (nothing
+    selected: the whole image), run the way QuPath runs it against a server process.
+
+    The image: ``slide_like`` pixels, side the grid of ``count`` cells at 10 px spacing,
+    a PNG for the stand-in PngImageServer (which decodes the whole PNG into the heap: 4 bytes
+    a pixel, held for the whole run). The cells: ``random_cells``' 12-gons as nuclei, each
+    cell the 12-gon scaled 1.6x about its centre (run_qupath 'cell' objects). Measured: the
+    script's wall time (the runner's MEMORY line: from the script's start to its end, before
+    the runner dumps the image's state), its progress lines, the runner JVM's heap (in use
+    after a full GC before and after the run, the heap pools' peaks summed during it) and
+    resident memory (VmHWM reset at the run's start, read at its end; and the whole
+    process's peak, sampled every 0.2 s), the server's peak RSS growth; checked: every cell
+    has the 7 measurements, and ``sample`` random cells' ``milsil p(malignant)`` equals the
+    server's MeasureObjects through the Python client (each cell alone, on a crop of the
+    image with the model's context plus 8 px around it, or the image's edge).
+    """
+    from PIL import Image
+    from qupath_support import SCRIPTS, groovy_env, image_state, start_runner
+
+    from milsil.client import MilsilClient
+    from milsil.models import save_checkpoint
+
+    runtime = groovy_runtime()
+    work = Path(tempfile.mkdtemp(prefix="cells-qupath-"))
+    side = (math.isqrt(count - 1) + 2) * 10  # as throughput(): a grid of at least `count`
+    image = slide_like(side, seed=1)
+    Image.fromarray(image).save(work / "slide.png", compress_level=1)
+    nuclei = [g["coordinates"][0][:-1] for _, g in random_cells(side)[:count]]  # open rings
+    objects = []
+    for k, ring in enumerate(nuclei):
+        r = np.asarray(ring)
+        centre = r.mean(0)  # a regular 12-gon's centre
+        cell = (centre + 1.6 * (r - centre)).round(2).tolist()
+        objects.append({"kind": "cell", "name": f"c{k}", "coords": cell, "nucleus": ring})
+    log(f"qupath cells: {count:,} cells on a {side:,} px square image")
+    save_checkpoint(small_model(width), work / "small.pt")
+    stubs = groovy_env.compile_stubs(work / "stubs")
+    proc, address = serve_process(work / "server")
+    try:
+        client = MilsilClient(address, timeout=3600)
+        model = client.import_model(work / "small.pt", model_id="small").name
+        client.heatmap(model, slide_like(256), stride=1)  # warm up
+        properties = {
+            "milsil.server": address,
+            "milsil.model": model,
+            "milsil.progressEverySeconds": str(progress_seconds),
+        }
+        if region_size:
+            properties["milsil.regionSize"] = str(region_size)
+        spec = {
+            "out": str(work),
+            "project_dir": "",
+            "memory": True,  # run_qupath.groovy's MEMORY line
+            "images": [{"name": "slide.png", "path": str(work / "slide.png"), "objects": objects}],
+            "runs": [
+                {
+                    "id": "cells",
+                    "script": str(SCRIPTS / "classify_cells.groovy"),
+                    "properties": properties,
+                    "image": 0,
+                    "select": [],
+                }
+            ],
+        }
+        base = rss_bytes(proc.pid)
+        reset_peak_rss(proc.pid)
+        started = time.perf_counter()
+        runner = start_runner(runtime, spec, work, stubs)
+        del objects, spec
+        jvm_peak = 0
+        try:
+            while runner.poll() is None:
+                jvm_peak = max(jvm_peak, _status(runner.pid, "VmHWM") or 0)
+                if time.perf_counter() - started > timeout:
+                    raise TimeoutError(f"the runner took over {timeout:.0f} s")
+                time.sleep(0.2)
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+                runner.wait()
+        runner_s = time.perf_counter() - started
+        server_growth = (rss_bytes(proc.pid, "VmHWM") - base) / MB
+        text = (work / "runner.log").read_text()
+        if runner.returncode != 0 or "DONE" not in text:
+            raise RuntimeError(f"run_qupath.groovy failed:\n{text[-4000:]}")
+        lines = (work / "cells.log").read_text().splitlines()
+        log(f"qupath cells: {lines[-1] if lines else 'no output'}")
+        memory = json.loads(re.search(r"^MEMORY cells (.*)$", text, re.M).group(1))
+        run_ms = int(re.search(r"^RUN cells (\d+) ms", text, re.M).group(1))
+        regions = re.search(r"cell\(s\) measured in (\d+) region", lines[-1] if lines else "")
+        if regions is None:
+            raise RuntimeError("classify_cells.groovy did not finish:\n" + "\n".join(lines[-20:]))
+
+        t0 = time.perf_counter()
+        state_mb = (work / "cells.state.json").stat().st_size / MB
+        state = json.loads((work / "cells.state.json").read_text())
+        measured = {
+            o["name"]: o["measurements"]
+            for o in image_state(state, "slide.png")["objects"]
+            if o["type"] == "cell"
+        }
+        del state
+        parse_s = time.perf_counter() - t0
+        classes = ["benign", "malignant"]
+        keys = [f"milsil {v}({c})" for v in ("mean logit", "max logit", "p") for c in classes]
+        keys.append("milsil pixels")
+        complete = sum(
+            all(isinstance(m.get(k), (int, float)) and math.isfinite(m[k]) for k in keys)
+            for m in (measured.get(f"c{k}", {}) for k in range(count))
+        )
+
+        # A sample against MeasureObjects through the Python client, one cell at a time.
+        t0 = time.perf_counter()
+        context = client.get_model(model).context_pixels + 8
+        rng = np.random.default_rng(0)
+        differences, pixels_equal = [], 0
+        for k in rng.choice(count, min(sample, count), replace=False):
+            ring = np.asarray(nuclei[k])
+            x0, y0 = (np.floor(ring.min(0)).astype(int) - context).clip(0)
+            x1, y1 = (np.ceil(ring.max(0)).astype(int) + context + 1).clip(0, side)
+            geometry = {"type": "Polygon", "coordinates": [nuclei[k] + nuclei[k][:1]]}
+            served = client.measure_objects(
+                model, [(f"c{k}", geometry)], image[y0:y1, x0:x1], x=float(x0), y=float(y0)
+            )
+            got = measured[f"c{k}"]
+            differences.append(abs(float(served.probabilities[0, 1]) - got["milsil p(malignant)"]))
+            pixels_equal += int(served.pixels[0]) == int(got["milsil pixels"])
+        sample_s = time.perf_counter() - t0
+        client.close()
+    finally:
+        stop_process(proc)
+    (out / f"qupath_cells_{count}.log").write_text("\n".join(lines) + "\n")
+    options = [*runtime.prefix, *runtime.env.get("JAVA_OPTS", "").split()]
+    script_s = memory["script_ms"] / 1000
+    row = {
+        "cells": count, "side": side, "megapixels": side * side / 1e6, "runtime": runtime.name,
+        "regions": int(regions.group(1)), "progress_every_s": progress_seconds,
+        "progress_lines": sum(bool(PROGRESS_LINE.match(line)) for line in lines),
+        "script_s": script_s, "cells_per_s": count / script_s,
+        "run_s_with_state_dump": run_ms / 1000, "runner_s": runner_s,
+        "jvm_options": [o for o in options if o.startswith("-X")],
+        "jvm_xmx": next((o for o in options if o.startswith("-Xmx")), None),
+        "jvm_max_heap_mb": memory["heap_max"] / MB,
+        "jvm_heap_before_mb": memory["heap_before"] / MB,
+        "jvm_heap_after_mb": memory["heap_after"] / MB,
+        "jvm_heap_peak_mb": memory["heap_peak"] / MB,
+        "jvm_rss_before_mb": memory["rss_before"] / MB,
+        "jvm_rss_peak_run_mb": memory["rss_peak"] / MB,
+        "jvm_rss_peak_process_mb": jvm_peak / MB,
+        "png_image_in_heap_mb": side * side * 4 / MB,
+        "server_peak_growth_mb": server_growth,
+        "cells_with_7_measurements": complete,
+        "sampled": len(differences), "sample_max_p_difference": max(differences),
+        "sample_pixels_equal": pixels_equal, "sample_check_s": sample_s,
+        "state_json_mb": state_mb, "state_parse_s": parse_s,
+    }  # fmt: skip
+    log(json.dumps(row))
+    shutil.rmtree(work, ignore_errors=True)
+    if complete != count or max(differences) > 1e-5:
+        raise RuntimeError(
+            f"{count - complete} cells lack measurements, or a sampled p differs by "
+            f"{max(differences):.1e} (> 1e-5) from MeasureObjects"
+        )
+    return row
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -343,6 +551,12 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=8, help="BagNet-9 width of the speed runs")
     parser.add_argument("--picture", type=Path, default=None)
     parser.add_argument("--no-groovy", action="store_true")
+    parser.add_argument(
+        "--qupath-cells",
+        type=int,
+        default=0,
+        help="also run classify_cells.groovy on one image of this many cells (0: off)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -392,6 +606,8 @@ def main() -> int:
         picture(examples, args.picture)
         log(f"wrote {args.picture}")
     report["throughput"] = throughput([int(c) for c in args.cells.split(",") if c], args.width, log)
+    if args.qupath_cells > 0:
+        report["qupath_cells"] = qupath_cells(args.qupath_cells, args.width, args.out, log)
     (args.out / "cells.json").write_text(json.dumps(report, indent=1))
 
     print(f"\n# cells_bench: {report['machine']}\n")
@@ -417,6 +633,26 @@ def main() -> int:
             f"| {r['cells']:,} | {r['side']:,}² ({r['megapixels']:.1f} MP) | {r['server_cells_s']:.1f} s | "
             f"{r['server_cells_per_s']:,.0f} | {r['server_mp_per_s']:.2f} | {r['server_ratio_to_heatmap']:.2f} | "
             f"+{r['server_peak_growth_mb']:.0f} MB | {r['library_cells_per_s']:,.0f} | {r['library_ratio_to_heatmap']:.2f} |"
+        )
+    q = report.get("qupath_cells")
+    if q:
+        print(
+            "\n| cells | image | script (with state dump) | cells/s | regions | progress lines "
+            "(every 10 s) | JVM heap after GC, before -> after run | JVM heap peak (max) | "
+            "JVM RSS run start -> peak (process peak) | server peak RSS growth | cells with 7 "
+            "measurements | sample max abs p difference to MeasureObjects |"
+        )
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print(
+            f"| {q['cells']:,} | {q['side']:,}² ({q['megapixels']:.1f} MP) | "
+            f"{q['script_s']:.1f} s ({q['run_s_with_state_dump']:.1f} s) | {q['cells_per_s']:,.0f} | "
+            f"{q['regions']} | {q['progress_lines']} | {q['jvm_heap_before_mb']:.0f} -> "
+            f"{q['jvm_heap_after_mb']:.0f} MB | {q['jvm_heap_peak_mb']:.0f} MB "
+            f"({q['jvm_max_heap_mb']:.0f} MB, -Xmx {q['jvm_xmx'] or 'unset'}) | "
+            f"{q['jvm_rss_before_mb']:.0f} -> {q['jvm_rss_peak_run_mb']:.0f} MB "
+            f"({q['jvm_rss_peak_process_mb']:.0f} MB) | +{q['server_peak_growth_mb']:.0f} MB | "
+            f"{q['cells_with_7_measurements']:,} | {q['sample_max_p_difference']:.1e} "
+            f"(n = {q['sampled']}) |"
         )
     return 0
 

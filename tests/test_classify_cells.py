@@ -506,6 +506,11 @@ def test_at_a_downsample_the_regions_do_not_change_the_numbers(ran, world):
         "milsil: cells.png: 252 cell(s) measured in 1 region(s) with models/tiny"
     )
     assert re.search(r"measured in (\d+) region", _lines(ran["logs"]["ds2_regions"])[-1])
+    # One region of several tiles still reports progress, counted from the tiles sent.
+    within = re.compile(
+        r"milsil: cells\.png: cells: \d{1,2}% \([\d,]+/252 cells, 1/1 regions\), eta \d+ s"
+    )
+    assert sum(bool(within.fullmatch(line)) for line in _lines(ran["logs"]["ds2_one"])) >= 2
     rings = [o.get("nucleus") or o["coords"] for o in world["objects"]]
     grid = np.zeros((2, HEIGHT // 2, WIDTH // 2))
     pixels = measure_objects(grid, [_geometry(r) for r in rings], downsample=2).pixels

@@ -201,8 +201,10 @@ class MilsilCells {
                                    downsample: ds]]
             Map area = Q.rect(server, ROIs.createRectangleROI((double) r.get('x'), (double) r.get('y'),
                 (double) r.get('width'), (double) r.get('height'), ImagePlane.getDefaultPlane()), context * ds)
+            String counted = 'cells, ' + (regionIndex + 1) + '/' + regions.size() + ' regions'
             Closure tiles = { Closure sendTile ->
-                Q.streamTiles(client, server, area, ds, Q.integer(s.get('tileSize')), sendTile)
+                Q.streamTiles(client, server, area, ds, Q.integer(s.get('tileSize')), sendTile,
+                    new WithinRegion(progress, done, members.length, cells.size(), counted))
             }
             BitSet got = new BitSet(cells.size())
             Closure store = { Map header, Map m ->
@@ -234,6 +236,33 @@ class MilsilCells {
             progress.update(done, cells.size(), -1, 'cells, ' + regionIndex + '/' + regions.size() + ' regions')
         }
         return [values: values, classes: classes, regions: regions.size(), serverRead: serverRead]
+    }
+
+    /**
+     * Progress inside one region, from the tiles sent (the server computes each band as its
+     * tiles arrive): the region's cells counted in proportion, so a long region (a
+     * full-width model on a CPU) still prints progress lines.
+     */
+    static class WithinRegion {
+        final Object progress
+        final long before
+        final long members
+        final long total
+        final String counted
+
+        WithinRegion(Object progress, long before, long members, long total, String counted) {
+            this.progress = progress
+            this.before = before
+            this.members = members
+            this.total = total
+            this.counted = counted
+        }
+
+        void update(long sent, long tiles, double eta) {
+            if (tiles > 0) {
+                progress.update(before + (long) (members * sent / (double) tiles), total, -1.0d, counted)
+            }
+        }
     }
 
     /** The server path of this image under slidePathMap, or null after one line saying why not. */

@@ -138,10 +138,11 @@ class MilsilQuPath {
      * Reads `area` (level-0 rect) at `downsample` in tiles of `tileSize` output pixels, in row
      * order, and calls sendTile(tile map) for each, reading each tile only when it is sent.
      * Tiles overlap by one output pixel so that rounding never leaves a gap. `progress`
-     * (optional) hears of every tile sent.
+     * (optional; anything with `update(long sent, long total, double eta)`, e.g. a
+     * Progress) hears of every tile sent.
      */
     static int streamTiles(Object client, Object server, Map area, double downsample, int tileSize, Closure sendTile,
-                           Progress progress = null) {
+                           Object progress = null) {
         int step = Math.max(1, (int) Math.floor(tileSize * downsample))
         int overlap = (int) Math.ceil(downsample)
         int count = 0

@@ -29,6 +29,9 @@ import qupath.lib.objects.hierarchy.PathObjectHierarchy
 import qupath.lib.regions.ImagePlane
 import qupath.lib.roi.ROIs
 
+import java.lang.management.ManagementFactory
+import java.lang.management.MemoryPoolMXBean
+import java.lang.management.MemoryType
 import java.nio.file.Paths
 
 Gson gson = new GsonBuilder().disableHtmlEscaping().setPrettyPrinting().create()
@@ -68,6 +71,14 @@ def makeObject = { Map o ->
         roi = ROIs.createRectangleROI((double) c[0], (double) c[1], (double) c[2], (double) c[3], plane)
     }
     return kind == 'detection' ? PathObjects.createDetectionObject(roi, pc) : PathObjects.createAnnotationObject(roi, pc)
+}
+
+// spec "memory": true (bench/cells_bench.py): a MEMORY line per run, the heap in use after a
+// full GC before and after it, peaks during it (heap pools summed; resident memory), in bytes.
+def usedHeap = { -> System.gc(); Runtime r = Runtime.getRuntime(); return r.totalMemory() - r.freeMemory() }
+def vm = { String field ->
+    String line = new File('/proc/self/status').readLines().find { String l -> l.startsWith(field + ':') }
+    return line == null ? -1L : Long.parseLong(line.split(/\s+/)[1]) * 1024L
 }
 
 StubProject project = spec.get('project_dir') ?
@@ -131,6 +142,12 @@ for (Map run : (List<Map>) spec.get('runs')) {
     List<Integer> order = run.get('mode') == 'project' ? (0..<images.size()).findAll { int i -> !images.get(i).get('standalone') } :
         [((Number) (run.get('image') ?: 0)).intValue()]
     StringWriter log = new StringWriter()
+    Map memory = spec.get('memory') ? [heap_before: usedHeap()] : null
+    if (memory != null) {  // peaks from here: the heap pools' and (Linux) the process's VmHWM
+        ManagementFactory.getMemoryPoolMXBeans().each { MemoryPoolMXBean p -> p.resetPeakUsage() }
+        new File('/proc/self/clear_refs').setText('5')
+        memory.rss_before = vm('VmRSS')
+    }
     long started = System.currentTimeMillis()
     order.eachWithIndex { Integer index, int batchIndex ->
         Map img = images.get(index)
@@ -168,6 +185,12 @@ for (Map run : (List<Map>) spec.get('runs')) {
             t.printStackTrace(new PrintWriter(sw))
             System.err.println(sw)
         }
+    }
+    if (memory != null) {  // before the states are dumped
+        memory.putAll(script_ms: System.currentTimeMillis() - started, rss_peak: vm('VmHWM'),
+            heap_peak: ManagementFactory.getMemoryPoolMXBeans().findAll { MemoryPoolMXBean p -> p.getType() == MemoryType.HEAP }
+                .sum { MemoryPoolMXBean p -> p.getPeakUsage().getUsed() }, heap_after: usedHeap(), heap_max: Runtime.getRuntime().maxMemory())
+        println('MEMORY ' + id + ' ' + new Gson().toJson(memory))
     }
     new File(out, id + '.log').setText(log.toString(), 'UTF-8')
     new File(out, id + '.state.json').setText(gson.toJson(dumpAll()), 'UTF-8')
