@@ -29,7 +29,7 @@
    cell 1.6x its size), nothing selected, progress lines every 10 s, against a server
    process: the script's wall time and cells/s, its progress lines, the runner JVM's heap
    and resident memory during the run, the server's peak RSS growth; every cell must get
-   its 7 measurements and 200 sampled cells the p(malignant) of MeasureObjects (1e-5).
+   its 7 measurements, and every cell's p(malignant) and pixels against the library's.
    The stand-in image server holds the whole PNG in the heap (4 bytes a pixel), and the
    runner holds the spec's objects and dumps every cell's state after the run: the
    heap growth over the run, not the process's peak, is the script's memory.
@@ -370,7 +370,6 @@ def qupath_cells(
     log,
     progress_seconds: float = 10,
     region_size: int | None = None,
-    sample: int = 200,
     timeout: float = 6 * 3600,
 ) -> dict[str, Any]:
     """classify_cells.groovy end to end on one slide-sized image of ``count`` cells (nothing
@@ -385,14 +384,14 @@ def qupath_cells(
     after a full GC before and after the run, the heap pools' peaks summed during it) and
     resident memory (VmHWM reset at the run's start, read at its end; and the whole
     process's peak, sampled every 0.2 s), the server's peak RSS growth; checked: every cell
-    has the 7 measurements, and ``sample`` random cells' ``milsil p(malignant)`` equals the
-    server's MeasureObjects through the Python client (each cell alone, on a crop of the
-    image with the model's context plus 8 px around it, or the image's edge).
+    has the 7 measurements, and every cell's ``milsil p(malignant)`` and pixel count against
+    the library's ``measure_image_objects`` on the whole image, in process.
     """
     from PIL import Image
     from qupath_support import SCRIPTS, groovy_env, image_state, start_runner
 
     from milsil.client import MilsilClient
+    from milsil.inference.objects import measure_image_objects
     from milsil.models import save_checkpoint
 
     runtime = groovy_runtime()
@@ -484,22 +483,23 @@ def qupath_cells(
             for m in (measured.get(f"c{k}", {}) for k in range(count))
         )
 
-        # A sample against MeasureObjects through the Python client, one cell at a time.
+        # Every cell against the library on the whole image (its own heatmap, in process).
         t0 = time.perf_counter()
-        context = client.get_model(model).context_pixels + 8
-        rng = np.random.default_rng(0)
-        differences, pixels_equal = [], 0
-        for k in rng.choice(count, min(sample, count), replace=False):
-            ring = np.asarray(nuclei[k])
-            x0, y0 = (np.floor(ring.min(0)).astype(int) - context).clip(0)
-            x1, y1 = (np.ceil(ring.max(0)).astype(int) + context + 1).clip(0, side)
-            geometry = {"type": "Polygon", "coordinates": [nuclei[k] + nuclei[k][:1]]}
-            served = client.measure_objects(
-                model, [(f"c{k}", geometry)], image[y0:y1, x0:x1], x=float(x0), y=float(y0)
+        reference = measure_image_objects(
+            small_model(width),
+            image,
+            [{"type": "Polygon", "coordinates": [ring + ring[:1]]} for ring in nuclei],
+        )
+        p_ref = reference.p[:, 1]
+        got_p = np.array([measured[f"c{k}"]["milsil p(malignant)"] for k in range(count)])
+        got_pixels = np.array([measured[f"c{k}"]["milsil pixels"] for k in range(count)])
+        differences = np.abs(got_p - p_ref)
+        pixel_mismatch = np.flatnonzero(got_pixels != reference.pixels)
+        for k in pixel_mismatch[:5]:
+            log(
+                f"qupath cells: c{k}: {got_pixels[k]} pixels in the script, {reference.pixels[k]} "
+                f"in the library; nucleus {nuclei[k]}"
             )
-            got = measured[f"c{k}"]
-            differences.append(abs(float(served.probabilities[0, 1]) - got["milsil p(malignant)"]))
-            pixels_equal += int(served.pixels[0]) == int(got["milsil pixels"])
         sample_s = time.perf_counter() - t0
         client.close()
     finally:
@@ -525,17 +525,15 @@ def qupath_cells(
         "png_image_in_heap_mb": side * side * 4 / MB,
         "server_peak_growth_mb": server_growth,
         "cells_with_7_measurements": complete,
-        "sampled": len(differences), "sample_max_p_difference": max(differences),
-        "sample_pixels_equal": pixels_equal, "sample_check_s": sample_s,
+        "compared": count, "max_p_difference": float(differences.max()),
+        "p_differences_over_1e-5": int((differences > 1e-5).sum()),
+        "pixel_count_mismatches": int(len(pixel_mismatch)), "library_check_s": sample_s,
         "state_json_mb": state_mb, "state_parse_s": parse_s,
     }  # fmt: skip
     log(json.dumps(row))
     shutil.rmtree(work, ignore_errors=True)
-    if complete != count or max(differences) > 1e-5:
-        raise RuntimeError(
-            f"{count - complete} cells lack measurements, or a sampled p differs by "
-            f"{max(differences):.1e} (> 1e-5) from MeasureObjects"
-        )
+    if complete != count:
+        raise RuntimeError(f"{count - complete} cells lack measurements")
     return row
 
 
@@ -640,7 +638,8 @@ def main() -> int:
             "\n| cells | image | script (with state dump) | cells/s | regions | progress lines "
             "(every 10 s) | JVM heap after GC, before -> after run | JVM heap peak (max) | "
             "JVM RSS run start -> peak (process peak) | server peak RSS growth | cells with 7 "
-            "measurements | sample max abs p difference to MeasureObjects |"
+            "measurements | vs the library: max abs p difference, cells over 1e-5, pixel-count "
+            "mismatches |"
         )
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         print(
@@ -651,8 +650,8 @@ def main() -> int:
             f"({q['jvm_max_heap_mb']:.0f} MB, -Xmx {q['jvm_xmx'] or 'unset'}) | "
             f"{q['jvm_rss_before_mb']:.0f} -> {q['jvm_rss_peak_run_mb']:.0f} MB "
             f"({q['jvm_rss_peak_process_mb']:.0f} MB) | +{q['server_peak_growth_mb']:.0f} MB | "
-            f"{q['cells_with_7_measurements']:,} | {q['sample_max_p_difference']:.1e} "
-            f"(n = {q['sampled']}) |"
+            f"{q['cells_with_7_measurements']:,} | {q['max_p_difference']:.1e}, "
+            f"{q['p_differences_over_1e-5']}, {q['pixel_count_mismatches']} |"
         )
     return 0
 

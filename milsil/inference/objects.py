@@ -12,7 +12,8 @@ The semantics (exact, so every client agrees):
   heatmap's pixel coordinates, holes excluded. Pixel ``(i, j)`` belongs to a polygon when the
   point ``(x, y) = (j + 0.5, i + 0.5)`` lies inside (even-odd rule over all rings; a centre
   exactly on an edge counts when the edge is on its left or above it, so two polygons that
-  share an edge never share a pixel).
+  share an edge never share a pixel; "exactly" within :data:`ON_EDGE`, so that rounding
+  never decides it and an object holds the same pixels in any region).
 * An object holding no pixel centre is measured at the pixel holding its centroid
   (``pixels`` is then 0); one whose centroid lies outside the heatmap as well gets NaN.
 * Per class ``c``: the mean and the max of the logits over its pixels, ``p`` = softmax over
@@ -285,6 +286,11 @@ class ObjectAccumulator:
         nxt = np.arange(len(pts)) + 1
         nxt[starts + sizes - 1] = starts
         e = np.concatenate([pts, pts[nxt]], axis=1)
+        # Each edge from its upper end (smaller y) down: a crossing is then computed the same
+        # way whichever way the ring runs, so a pixel centre lying exactly on an edge is
+        # decided the same for a ring and its reverse (clients may reorient rings).
+        up = e[:, 1] > e[:, 3]
+        e[up] = e[up][:, [2, 3, 0, 1]]
         own = np.repeat(ring_owner, sizes)
         centroids = _centroids(pts, nxt, sizes, ring_owner, len(objects), rings, (x0, y0), scale)
         keep = e[:, 1] != e[:, 3]  # horizontal edges never cross a row's centre line
@@ -293,7 +299,7 @@ class ObjectAccumulator:
         # rows i whose centre line y = i + 0.5 the edge crosses, half-open: ylo <= y < yhi
         self._edges = e
         self._edge_owner = own
-        self._edge_rows = (np.ceil(ylo - 0.5).astype(np.int64), np.ceil(yhi - 0.5).astype(np.int64))
+        self._edge_rows = (_first_centre(ylo), _first_centre(yhi))
         c = centroids
         self._centroid_pixel = np.stack([np.floor(c[:, 1]), np.floor(c[:, 0])], 1).astype(np.int64)
 
@@ -333,8 +339,8 @@ class ObjectAccumulator:
         left = np.flatnonzero(parity % 2 == 0)
         left = left[left + 1 < len(obj)]
         left = left[(obj[left + 1] == obj[left]) & (row[left + 1] == row[left])]
-        j0 = np.clip(np.ceil(x[left] - 0.5), 0, self.width).astype(np.int64)
-        j1 = np.clip(np.ceil(x[left + 1] - 0.5), 0, self.width).astype(np.int64)
+        j0 = np.clip(_first_centre(x[left]), 0, self.width)
+        j1 = np.clip(_first_centre(x[left + 1]), 0, self.width)
         span = np.maximum(j1 - j0, 0)
         n = int(span.sum())
         offsets = np.arange(n) - np.repeat(np.cumsum(span) - span, span)
@@ -387,6 +393,19 @@ class ObjectAccumulator:
         mean[~held] = self._at_centroid[~held]
         peak[~held] = self._at_centroid[~held]
         return ObjectMeasurements(list(self.ids), mean, peak, count.copy())
+
+
+ON_EDGE = 1e-7
+"""Pixels: a crossing this close to a pixel centre is taken as exactly on it. QuPath keeps
+coordinates to 0.01 px, so a pixel centre lying exactly on an edge is common; rounding in
+the arithmetic (shifting to a region's origin, dividing by a downsample) must not decide
+which side it falls, or the same object would hold different pixels in different regions."""
+
+
+def _first_centre(t: np.ndarray) -> np.ndarray:
+    """Index of the first pixel whose centre ``k + 0.5`` is at or after ``t`` (half-open
+    spans ``[first(a), first(b))``: a centre on a span's start is in, on its end out)."""
+    return np.ceil(np.asarray(t) - 0.5 - ON_EDGE).astype(np.int64)
 
 
 def _as_array(heatmap: Any, num_classes: int | None = None) -> np.ndarray:
