@@ -135,3 +135,24 @@ def test_bad_objects_are_named(tmp_path, checkpoint, capsys):
     (tmp_path / "in.geojson").write_text(json.dumps(far))
     assert main(argv) == 2
     assert "lie outside the image (150x120" in capsys.readouterr().err
+
+
+def test_an_object_outside_the_image_gets_no_measurements(tmp_path, checkpoint, capsys):
+    """GeoJSON has no NaN: an object beyond the image keeps its feature, without milsil
+    measurements, and the file stays strict JSON (QuPath's reader refuses NaN)."""
+    _, ckpt = checkpoint
+    Image.fromarray(_image()).save(tmp_path / "image.png")
+    doc = _features([Point(60.3, 45.7).buffer(5), Point(900.5, 45.2).buffer(4)])
+    (tmp_path / "in.geojson").write_text(json.dumps(doc))
+    argv = ["measure-objects", str(tmp_path / "image.png"), "--model", str(ckpt)]
+    argv += ["--objects", str(tmp_path / "in.geojson"), "-o", str(tmp_path / "out.geojson")]
+    assert main(argv) == 0
+    assert "1 outside the image: not measured" in capsys.readouterr().out
+
+    def refuse(name):
+        raise AssertionError(f"{name} in the GeoJSON")
+
+    out = json.loads((tmp_path / "out.geojson").read_text(), parse_constant=refuse)
+    inside, outside = (f["properties"]["measurements"] for f in out["features"])
+    assert inside["milsil pixels"] > 0 and len(inside) == 8  # area + the 7
+    assert list(outside) == ["area"]

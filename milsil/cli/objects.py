@@ -48,12 +48,14 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
         )
     seconds = time.perf_counter() - started
-    add_measurements(features, result.measurements(model.class_names))
+    outside = add_measurements(features, result.measurements(model.class_names))
     write_json_atomic(args.output, doc)
     held = int((result.pixels > 0).sum())
     print(
         f"wrote {args.output}: {len(features):,} objects ({held:,} holding pixel centres, "
-        f"{len(features) - held:,} measured at their centroid) in {seconds:.1f} s"
+        f"{len(features) - held - outside:,} measured at their centroid"
+        + (f", {outside:,} outside the image: not measured" if outside else "")
+        + f") in {seconds:.1f} s"
     )
     return 0
 

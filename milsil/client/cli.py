@@ -287,9 +287,12 @@ def _measure_objects(client, args) -> int:
         slide_path=args.slide,
         tile_size=args.tile_size,
     )
-    add_measurements(features, result.measurements())
+    outside = add_measurements(features, result.measurements())
     write_json_atomic(args.out, doc)
-    print(f"wrote {args.out}: {len(features):,} objects measured ({', '.join(result.class_names)})")
+    print(
+        f"wrote {args.out}: {len(features):,} objects measured ({', '.join(result.class_names)})"
+        + (f"; {outside:,} outside the region: not measured" if outside else "")
+    )
     return 0
 
 

@@ -10,6 +10,7 @@ nucleus is its ``nucleusGeometry``), and writing measurements back into
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,12 @@ def object_geometry(feature: Mapping, index: int, roi: str = "nucleus") -> Mappi
     return geometry
 
 
-def add_measurements(features: Sequence[dict], rows: Sequence[Mapping[str, float]]) -> None:
+def add_measurements(features: Sequence[dict], rows: Sequence[Mapping[str, float]]) -> int:
     """Add each row of measurements to its feature's ``properties.measurements`` (a name ->
-    number map, as QuPath writes it; other measurements are kept)."""
+    number map, as QuPath writes it; other measurements are kept). An object with values
+    that are not finite (outside the image or region) gets none of them: GeoJSON has no
+    NaN. Returns how many features got no measurements for that reason."""
+    unmeasured = 0
     for feature, values in zip(features, rows, strict=True):
         props = feature.setdefault("properties", {})
         if not isinstance(props, dict):
@@ -77,8 +81,12 @@ def add_measurements(features: Sequence[dict], rows: Sequence[Mapping[str, float
         measurements = props.get("measurements")
         if not isinstance(measurements, dict):
             measurements = {}
-        measurements.update(values)
+        if all(math.isfinite(v) for v in values.values()):
+            measurements.update(values)
+        else:
+            unmeasured += 1
         props["measurements"] = measurements
+    return unmeasured
 
 
 def geometry_bounds(geometries: Sequence[Mapping]) -> tuple[float, float, float, float]:
