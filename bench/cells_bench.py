@@ -78,6 +78,7 @@ def sample_stats(values: list[float]) -> str:
 def nucleus_polygons(labels: np.ndarray, ids: list[int]) -> list[dict]:
     """Each nucleus as a GeoJSON geometry traced along its pixels' edges (so the pixel
     centres inside are exactly the label's pixels)."""
+    from shapely import affinity
     from shapely.geometry import mapping
 
     from milsil.wsi.geojson import component_polygon
@@ -87,8 +88,6 @@ def nucleus_polygons(labels: np.ndarray, ids: list[int]) -> list[dict]:
         rows, cols = np.nonzero(labels == k)
         r0, c0 = rows.min(), cols.min()
         crop = labels[r0 : rows.max() + 1, c0 : cols.max() + 1] == k
-        from shapely import affinity
-
         out.append(mapping(affinity.translate(component_polygon(crop), c0, r0)))
     return out
 

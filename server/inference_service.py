@@ -129,18 +129,25 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         halo = inference.halo_for(model)
         return _Region(config, request, ident, model, halo, first, iterator)
 
-    def _stream(self, region: _Region, reservation, context) -> regions.RegionStream:
+    def _stream(
+        self, spec: regions.RegionSpec, model, halo: int, stride: int, reservation, context
+    ) -> regions.RegionStream:
+        """A streamed region computed under this server's limits, device and tile cap."""
         return regions.RegionStream(
-            region.request.spec,
-            region.model,
-            region.halo,
-            region.request.stride,
+            spec,
+            model,
+            halo,
+            stride,
             self.limits,
             reservation,
             context.is_active,
             self.cache.device,
             self.max_tiles,
         )
+
+    def _region_stream(self, region: _Region, reservation, context) -> regions.RegionStream:
+        r = region.request
+        return self._stream(r.spec, region.model, region.halo, r.stride, reservation, context)
 
     def _events(self, tiles: Iterator[Any], stream: regions.RegionStream) -> Iterator[Any]:
         """The stream's events (tiles placed, bands computed), its window reserved for the
@@ -160,7 +167,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             for status in ticket.waiting():
                 yield Response(queue=_queue_status(status))
             with self.memory.reservation() as reservation:
-                stream = self._stream(region, reservation, context)
+                stream = self._region_stream(region, reservation, context)
                 try:
                     events = self._events(region.tiles(), stream)
                     yield Response(
@@ -207,7 +214,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             self.slots.acquire(context.is_active, context.peer()),
             self.memory.reservation() as reservation,
         ):
-            stream = self._stream(region, reservation, context)
+            stream = self._region_stream(region, reservation, context)
             try:
                 for event in self._events(region.tiles(), stream):
                     if isinstance(event, regions.Computed):
@@ -259,10 +266,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             with self.slots.queued(context.is_active, context.peer()) as ticket:
                 for status in ticket.waiting():
                     yield Response(queue=_queue_status(status))
-                stream = regions.RegionStream(
-                    spec, model, halo, 1, self.limits, reservation, context.is_active,
-                    self.cache.device, self.max_tiles,
-                )  # fmt: skip
+                stream = self._stream(spec, model, halo, 1, reservation, context)
                 tiles = (
                     received.tiles() if slide is None else objects.slide_tiles(slide, spec, halo)
                 )

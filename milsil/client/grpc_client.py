@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -722,8 +723,6 @@ def _upload(
 
 def _around(bounds: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
     """Whole level-0 pixels around ``bounds``, one wider on each side (never below 0)."""
-    import math
-
     x0, y0, x1, y1 = bounds
     return (
         max(0.0, math.floor(x0) - 1),

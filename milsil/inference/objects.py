@@ -111,10 +111,16 @@ def _rings(obj: Any) -> list[np.ndarray]:
     return out
 
 
-def object_bounds(objects: Any) -> tuple[float, float, float, float]:
-    """``(x0, y0, x1, y1)``: the bounding box of polygon-likes (see :class:`ObjectAccumulator`)."""
+def object_list(objects: Any) -> list[Any]:
+    """Polygon-likes as a list: a FeatureCollection's features, or the objects given."""
     if isinstance(objects, Mapping) and objects.get("type") == "FeatureCollection":
         objects = objects.get("features", [])
+    return list(objects)
+
+
+def object_bounds(objects: Any) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)``: the bounding box of polygon-likes (see :class:`ObjectAccumulator`)."""
+    objects = object_list(objects)
     lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
     for obj in objects:
         for ring in _rings(obj):
@@ -126,14 +132,7 @@ def object_bounds(objects: Any) -> tuple[float, float, float, float]:
 
 
 def _centroids(
-    pts: np.ndarray,
-    nxt: np.ndarray,
-    sizes: np.ndarray,
-    ring_owner: np.ndarray,
-    n: int,
-    rings: list[list[np.ndarray]],
-    origin: tuple[float, float],
-    scale: float,
+    pts: np.ndarray, nxt: np.ndarray, sizes: np.ndarray, ring_owner: np.ndarray, n: int
 ) -> np.ndarray:
     """``[n, 2]`` area centroids of all objects at once (vertices ``pts`` with successors
     ``nxt``, ring sizes, each ring's object): :func:`_centroid` vectorized over the rings of
@@ -160,8 +159,10 @@ def _centroids(
     first_ring = np.cumsum(rings_per_object) - rings_per_object
     out[single, 0] = cx[first_ring[single]]
     out[single, 1] = cy[first_ring[single]]
+    starts = np.cumsum(sizes) - sizes
     for k in np.flatnonzero(rings_per_object != 1):
-        out[k] = _centroid([(r - origin) / scale for r in rings[k]]) if rings[k] else np.nan
+        ring_ids = range(first_ring[k], first_ring[k] + rings_per_object[k])
+        out[k] = _centroid([pts[starts[r] : starts[r] + sizes[r]] for r in ring_ids])
     return out
 
 
@@ -265,9 +266,7 @@ class ObjectAccumulator:
     def _init_polygons(
         self, objects: Any, ids: Sequence[Any] | None, origin: tuple[float, float], scale: float
     ) -> None:
-        if isinstance(objects, Mapping) and objects.get("type") == "FeatureCollection":
-            objects = objects.get("features", [])
-        objects = list(objects)
+        objects = object_list(objects)
         if ids is None:
             feature_ids = [o.get("id") if isinstance(o, Mapping) else None for o in objects]
             ids = feature_ids if all(i is not None for i in feature_ids) else range(len(objects))
@@ -286,13 +285,8 @@ class ObjectAccumulator:
         nxt = np.arange(len(pts)) + 1
         nxt[starts + sizes - 1] = starts
         e = np.concatenate([pts, pts[nxt]], axis=1)
-        # Each edge from its upper end (smaller y) down: a crossing is then computed the same
-        # way whichever way the ring runs, so a pixel centre lying exactly on an edge is
-        # decided the same for a ring and its reverse (clients may reorient rings).
-        up = e[:, 1] > e[:, 3]
-        e[up] = e[up][:, [2, 3, 0, 1]]
         own = np.repeat(ring_owner, sizes)
-        centroids = _centroids(pts, nxt, sizes, ring_owner, len(objects), rings, (x0, y0), scale)
+        centroids = _centroids(pts, nxt, sizes, ring_owner, len(objects))
         keep = e[:, 1] != e[:, 3]  # horizontal edges never cross a row's centre line
         e, own = e[keep], own[keep]
         ylo, yhi = np.minimum(e[:, 1], e[:, 3]), np.maximum(e[:, 1], e[:, 3])

@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 
 from milsil.errors import MilsilError
-from milsil.inference.objects import ObjectAccumulator, ObjectMeasurements, object_bounds
+from milsil.inference.objects import (
+    ObjectAccumulator,
+    ObjectMeasurements,
+    object_bounds,
+    object_list,
+)
 from milsil.inference.tiling import context_pixels
 from milsil.wsi.reader import SLIDE_SUFFIXES, Slide, open_slide
 from milsil.wsi.settings import check_downsample
@@ -147,9 +152,7 @@ def measure_image_file_objects(
     ``progress(rows_done, rows)`` is called after each band."""
     from milsil.inference.heatmap import iter_region_bands
 
-    if isinstance(objects, dict) and objects.get("type") == "FeatureCollection":
-        objects = objects.get("features", [])
-    objects = list(objects)
+    objects = object_list(objects)
     region = PixelRegion.covering(object_bounds(objects), downsample, image.dimensions)
     acc = ObjectAccumulator(
         objects,
