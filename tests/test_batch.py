@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import randomize_batchnorm
 
-from milsil.engine.distributed import DistContext, _rank_batches, shard
+from milsil.distributed import DistContext, _rank_batches, shard
 from milsil.models import create_model, save_checkpoint
 from milsil.wsi.geojson import qupath_problems
 from milsil.wsi.synthetic import synthetic_slide

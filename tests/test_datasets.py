@@ -18,9 +18,9 @@ from PIL import Image
 from scipy.io import loadmat, savemat
 
 from milsil.data import load_bag, load_mask, patient_kfold
-from milsil.data import public as datasets
 from milsil.data.dataset import instance_labels
 from milsil.errors import MilsilError
+from milsil.experiments import public as datasets
 
 # ------------------------------------------------------------------ CRC HistoPhenotypes
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from milsil.data import public as datasets
+from milsil.experiments import public as datasets
 from milsil.experiments.paper import PAPER_NOTE, format_tables
 
 

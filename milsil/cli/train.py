@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from milsil.distributed import finish, init_distributed
 from milsil.engine.config import TrainConfig, resolve_device
-from milsil.engine.distributed import finish, init_distributed
 from milsil.engine.loop import TrainProgress, train_model
 from milsil.engine.provenance import data_summary
 from milsil.engine.recipe import RECIPES

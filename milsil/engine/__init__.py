@@ -9,8 +9,9 @@
 * :mod:`~milsil.engine.metrics` -- accuracy, AUROC, localization scores;
 * :mod:`~milsil.engine.seeding`, :mod:`~milsil.engine.provenance` -- RNG states, and what a
   run records about itself (versions, data summary, JSON files, the epoch log);
-* :mod:`~milsil.engine.group`, :mod:`~milsil.engine.distributed` -- the process group the
-  loop sees, and joining/sharding/gathering under ``torchrun``.
+* :mod:`~milsil.engine.group` -- the process group the loop sees; joining, sharding and
+  gathering under ``torchrun`` live in :mod:`milsil.distributed`, beside the engine, because
+  folder batches (:mod:`milsil.wsi.batch`) shard slides with the same helpers.
 
 The engine imports models and data, never the experiments or the command line.
 """

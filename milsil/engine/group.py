@@ -1,7 +1,7 @@
 """The process group a training run sees: one process, or a ``torchrun`` group.
 
 :func:`milsil.engine.loop.train_model` asks only what :class:`ProcessGroup` lists, which
-:class:`milsil.engine.distributed.DistContext` provides; a run without ``torchrun`` uses
+:class:`milsil.distributed.DistContext` provides; a run without ``torchrun`` uses
 :class:`OneProcess`, where every collective is trivial.
 """
 
@@ -13,7 +13,7 @@ import torch
 
 
 class ProcessGroup(Protocol):
-    """What the loop needs of a process group (:class:`milsil.engine.distributed.DistContext`)."""
+    """What the loop needs of a process group (:class:`milsil.distributed.DistContext`)."""
 
     device: torch.device
     world_size: int

@@ -16,7 +16,7 @@ experiments and the gRPC server call:
   loss); without validation data it is simply the last epoch;
 * ``log.jsonl`` gets one line per epoch, ``run.json`` the config, versions and data summary;
 * data-parallel training (``torchrun``) is the same loop given a process group
-  (``distributed=``, a :class:`milsil.engine.distributed.DistContext`): each rank takes its
+  (``distributed=``, a :class:`milsil.distributed.DistContext`): each rank takes its
   share of every epoch's batches, DDP averages the gradients, the epoch's training metrics
   are gathered from all ranks, and rank 0 validates and writes every file.
 """
@@ -140,7 +140,7 @@ def train_model(
     run stopped before finishing its first epoch.
 
     ``distributed``: this process's place in a ``torchrun`` group
-    (:func:`milsil.engine.distributed.init_distributed`); every rank calls ``train_model``
+    (:func:`milsil.distributed.init_distributed`); every rank calls ``train_model``
     with the same arguments and trains on the group's device. Training metrics of an epoch
     are gathered from all ranks; rank 0 validates, writes the files and ``run.json`` records
     the world size and backend. ``progress`` is called on every rank that passes one

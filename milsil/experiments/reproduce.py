@@ -109,7 +109,7 @@ def _synthetic_centres(records: list, root: Path) -> Callable[[Any], np.ndarray]
 def load_data(args: ReproduceSettings, log: Callable[[str], None]) -> dict[str, Any]:
     """Records, class names, instance size, nucleus bags (or None) and the data readings."""
     from milsil.data import read_manifest
-    from milsil.data.public import nucleus_bags
+    from milsil.experiments.public import nucleus_bags
 
     root, out = Path(args.root), Path(args.out)
     if args.dataset == "synthetic":
@@ -146,7 +146,7 @@ def load_data(args: ReproduceSettings, log: Callable[[str], None]) -> dict[str, 
             "notes": notes,
         }
     if args.dataset == "crc":
-        from milsil.data.public import crc_nuclei_bags, crc_records
+        from milsil.experiments.public import crc_nuclei_bags, crc_records
 
         records, names, note = crc_records(
             root,
@@ -172,7 +172,7 @@ def load_data(args: ReproduceSettings, log: Callable[[str], None]) -> dict[str, 
             "notes": notes,
         }
     if args.dataset == "camelyon16":
-        from milsil.data.public import camelyon16_records
+        from milsil.experiments.public import camelyon16_records
 
         records, names, summary = camelyon16_records(
             root,

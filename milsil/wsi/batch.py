@@ -97,7 +97,7 @@ def run_batch(
     torchrun each rank takes its own GPU).
     Returns 1 when a slide failed, else 0.
     """
-    from milsil.engine.distributed import finish, gather, init_distributed, shard
+    from milsil.distributed import finish, gather, init_distributed, shard
     from milsil.models import load_checkpoint, read_checkpoint
 
     settings = settings if settings is not None else SlideSettings()

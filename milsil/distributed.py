@@ -17,6 +17,9 @@ Data-parallel training is the one training loop given a :class:`DistContext`
 (``train_model(..., distributed=ctx)`` in :mod:`milsil.engine.loop`): it takes this rank's
 batches (:meth:`DistContext.rank_batches`), wraps the model (:meth:`DistContext.wrap`),
 gathers the epoch's metrics (:meth:`DistContext.gather`) and lets rank 0 write the files.
+Folder batches (:mod:`milsil.wsi.batch`) :func:`shard` slides across ranks and
+:func:`gather` their results. Both use this module, so it sits at the top of the package
+beside :mod:`milsil.errors` (its only milsil import) rather than inside either of them.
 
 Without ``torchrun`` (``WORLD_SIZE`` unset) everything runs as one process.
 """
