@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from milsil.errors import MilsilError
-from milsil.inference.heatmap import cam, gradcam, logit_heatmap, naive_logit_heatmap, probabilities
+from milsil.inference.cam import cam, gradcam
+from milsil.inference.heatmap import logit_heatmap, naive_logit_heatmap, probabilities
 from milsil.models import create_model
 
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from milsil.errors import MilsilError
 from milsil.inference.heatmap import iter_logit_bands, logit_heatmap
 from milsil.inference.tiling import (
     BandCanvas,
-    ContextCanvas,
     context_box,
     context_pixels,
     iter_chunks,
@@ -43,31 +41,6 @@ def test_mirror_pad_reflects_without_repeating_the_edge():
     assert out[0, 0].tolist() == [2.0, 1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 3.0]
     with pytest.raises(MilsilError, match="cannot be mirrored"):
         mirror_pad(row, 5, 0, 0, 0)
-
-
-def test_canvas_without_context_equals_mirroring_the_region():
-    rng = torch.Generator().manual_seed(0)
-    region = torch.randn(3, 12, 17, generator=rng)
-    canvas = ContextCanvas(width=17, height=12, context=4)
-    # Two pieces that together cover the region exactly.
-    assert canvas.place(region[:, :, :9], 0, 0) == (0, 0, 9, 12)
-    assert canvas.place(region[:, :, 9:], 9, 0) == (9, 0, 17, 12)
-    assert canvas.covered.all()
-    canvas.mirror_missing_context()
-    expected = F.pad(region[None], (4, 4, 4, 4), mode="reflect")[0]
-    assert torch.equal(canvas.canvas, expected)
-
-
-def test_canvas_keeps_real_context_where_it_was_supplied():
-    rng = torch.Generator().manual_seed(1)
-    image = torch.randn(3, 30, 30, generator=rng)
-    canvas = ContextCanvas(width=10, height=10, context=4)
-    # The region is image[10:20, 10:20]; send it with all its real context at once.
-    canvas.place(image[:, 6:24, 6:24], -4, -4)
-    canvas.mirror_missing_context()
-    assert torch.equal(canvas.canvas, image[:, 6:24, 6:24])
-    # A piece wholly beyond the context lands nowhere.
-    assert canvas.clip(40, 40, 5, 5) is None
 
 
 def test_chunks_cover_the_map_once_in_row_order():

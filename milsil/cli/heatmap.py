@@ -15,7 +15,8 @@ from milsil import __version__
 from milsil.atomic import atomic_write, write_json_atomic
 from milsil.engine.config import resolve_device
 from milsil.errors import MilsilError
-from milsil.inference.heatmap import cam, gradcam, logit_heatmap
+from milsil.inference.cam import cam, gradcam
+from milsil.inference.heatmap import logit_heatmap
 from milsil.inference.render import comparison_figure, overlay
 from milsil.models import load_checkpoint, target_class_index
 

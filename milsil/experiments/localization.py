@@ -62,7 +62,8 @@ def image_maps(
     model: ConfiguredModel, image: np.ndarray, target: int, maps: Sequence[str] = tuple(MAP_NAMES)
 ) -> dict[str, np.ndarray]:
     """The requested maps of one uint8 image, each ``H x W`` float (see module docstring)."""
-    from milsil.inference.heatmap import cam, gradcam, logit_heatmap
+    from milsil.inference.cam import cam, gradcam
+    from milsil.inference.heatmap import logit_heatmap
 
     out: dict[str, np.ndarray] = {}
     for name in maps:

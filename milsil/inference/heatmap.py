@@ -1,4 +1,5 @@
-"""Per-pixel class-logit heatmaps (the paper's visualisation), CAM and Grad-CAM.
+"""Per-pixel class-logit heatmaps (the paper's visualisation); CAM and Grad-CAM, the
+maps the paper compares them with, are in :mod:`milsil.inference.cam`.
 
 The paper defines the logit heatmap window by window: for every pixel, crop the
 receptive-field window centred on it, run the network with the MIL branch off, and put the
@@ -558,71 +559,3 @@ def naive_logit_heatmap(
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the class axis (axis 0) of a logit heatmap."""
     return torch.softmax(logits, dim=0)
-
-
-# ------------------------------------------------------------------ CAM and Grad-CAM
-
-
-def _feature_model(model: ConfiguredModel) -> MilSilNet:
-    if not isinstance(model, MilSilNet):
-        raise MilsilError(
-            f"CAM and Grad-CAM need a model with a convolutional feature map and a linear "
-            f"classifier; {model.config.arch} has none"
-        )
-    return model
-
-
-def cam(model: ConfiguredModel, image: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Class activation maps (Zhou et al. 2016): ``[C, H, W]``, upsampled bilinearly.
-
-    The classifier applied to each position of the last feature map, the way CAM is usually
-    shown: coarse, and smeared by the upsampling (the paper's Fig. 1 contrast).
-    """
-    net = _feature_model(model).eval()
-    x = prepare_image(model, image)
-    device = next(net.parameters()).device
-    with torch.inference_mode():
-        fmap = net.feature_map(x.unsqueeze(0).to(device))
-        maps = F.conv2d(fmap, net.fc.weight[:, :, None, None], net.fc.bias)
-        return _upsample(net, maps, x.shape[1:])
-
-
-def gradcam(
-    model: ConfiguredModel, image: torch.Tensor | np.ndarray, class_index: int
-) -> torch.Tensor:
-    """Grad-CAM (Selvaraju et al. 2017) of one class on the last feature map: ``[H, W]``."""
-    net = _feature_model(model).eval()
-    if not 0 <= class_index < net.config.num_classes:
-        raise MilsilError(
-            f"class_index must be in 0..{net.config.num_classes - 1}, got {class_index}"
-        )
-    x = prepare_image(model, image)
-    device = next(net.parameters()).device
-    with torch.enable_grad():
-        fmap = net.feature_map(x.unsqueeze(0).to(device)).detach().requires_grad_(True)
-        score = net.fc(fmap.mean(dim=(2, 3)))[0, class_index]
-        (grad,) = torch.autograd.grad(score, fmap)
-    weights = grad.mean(dim=(2, 3), keepdim=True)
-    heat = torch.relu((weights * fmap.detach()).sum(dim=1, keepdim=True))
-    return _upsample(net, heat, x.shape[1:])[0]
-
-
-def _upsample(net: MilSilNet, maps: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    """Bilinear upsampling of a last-layer map to the image, each value at its window.
-
-    For padded networks (ResNet, DenseNet) the map is stretched over the image, as CAM is
-    usually drawn. A BagNet's map is unpadded: value ``i`` belongs to the window starting at
-    pixel ``8 i``, so the map is enlarged 8x and shifted to the window centres instead of
-    stretched (stretching would drift by up to a window's width across the image).
-    """
-    maps = maps.float()
-    bagnet = getattr(net, "backbone", None)
-    if not isinstance(bagnet, BagNet):
-        return F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)[0].cpu()
-    s = bagnet.output_stride
-    up = F.interpolate(maps, scale_factor=s, mode="bilinear", align_corners=False)
-    shift = context_pixels(bagnet) - s // 2  # cell centre 8i+4 -> window centre
-    h, w = size
-    pad = (shift, max(0, w - up.shape[-1] - shift), shift, max(0, h - up.shape[-2] - shift))
-    up = F.pad(up, pad, mode="replicate")
-    return up[0, :, :h, :w].cpu()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -98,17 +98,23 @@ def context_box(
     )
 
 
-def mirror_pad(image: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
-    """Reflect ``[3, H, W]`` outwards (without repeating the edge pixel) by the given widths."""
-    if left == right == top == bottom == 0:
-        return image
-    height, width = image.shape[-2:]
+def _check_mirror(width: int, height: int, left: int, right: int, top: int, bottom: int) -> None:
+    """Refuse a reflection wider than the image it reflects (the edge is not repeated, so
+    ``n`` pixels of context need more than ``n`` pixels of image on that axis)."""
     if max(top, bottom) >= height or max(left, right) >= width:
         raise MilsilError(
             f"an image of {width}x{height} pixels cannot be mirrored by "
             f"{max(left, right)}x{max(top, bottom)} pixels of context; it must be larger than "
             "the context on each axis: send a larger region or real context around it"
         )
+
+
+def mirror_pad(image: torch.Tensor, left: int, right: int, top: int, bottom: int) -> torch.Tensor:
+    """Reflect ``[3, H, W]`` outwards (without repeating the edge pixel) by the given widths."""
+    if left == right == top == bottom == 0:
+        return image
+    height, width = image.shape[-2:]
+    _check_mirror(width, height, left, right, top, bottom)
     return F.pad(image.unsqueeze(0), (left, right, top, bottom), mode="reflect")[0]
 
 
@@ -120,102 +126,8 @@ def mirror_pad_pixels(
     if left == right == top == bottom == 0:
         return pixels
     height, width = pixels.shape[:2]
-    if max(top, bottom) >= height or max(left, right) >= width:
-        raise MilsilError(
-            f"an image of {width}x{height} pixels cannot be mirrored by "
-            f"{max(left, right)}x{max(top, bottom)} pixels of context; it must be larger than "
-            "the context on each axis: send a larger region or real context around it"
-        )
+    _check_mirror(width, height, left, right, top, bottom)
     return np.pad(pixels, ((top, bottom), (left, right), (0, 0)), mode="reflect")
-
-
-@dataclass
-class ContextCanvas:
-    """A normalized ``[3, height + 2c, width + 2c]`` region with ``c`` pixels of context,
-    filled piece by piece (:meth:`place`), then completed by :meth:`mirror_missing_context`.
-
-    Context nobody supplied is the mirror image, so a region sent without context gives
-    exactly ``logit_heatmap(region)``, and one sent with context the numbers the whole
-    image would give.
-    """
-
-    width: int
-    height: int
-    context: int
-    canvas: torch.Tensor = field(init=False)
-    covered: np.ndarray = field(init=False)  # region pixels supplied
-    supplied: np.ndarray = field(init=False)  # canvas pixels supplied (region and context)
-
-    def __post_init__(self) -> None:
-        h, w, c = self.height, self.width, self.context
-        self.canvas = torch.zeros(3, h + 2 * c, w + 2 * c, dtype=torch.float32)
-        self.covered = np.zeros((h, w), dtype=bool)
-        self.supplied = np.zeros((h + 2 * c, w + 2 * c), dtype=bool)
-
-    def clip(self, x: int, y: int, width: int, height: int) -> tuple[int, int, int, int] | None:
-        """The part of a piece at region pixel ``(x, y)`` that lands on the canvas, as
-        region-pixel ``(x0, y0, x1, y1)``; ``None`` when it lies wholly beyond the context."""
-        c = self.context
-        x0, y0 = max(x, -c), max(y, -c)
-        x1, y1 = min(x + width, self.width + c), min(y + height, self.height + c)
-        if x0 >= x1 or y0 >= y1:
-            return None
-        return x0, y0, x1, y1
-
-    def place(self, pixels: torch.Tensor, x: int, y: int) -> tuple[int, int, int, int]:
-        """Put normalized ``[3, h, w]`` pixels whose top-left is region pixel ``(x, y)``
-        (negative: in the context). Returns the interior part covered, ``(x0, y0, x1, y1)``
-        in region pixels (empty when the piece is context only)."""
-        c = self.context
-        h, w = pixels.shape[-2:]
-        box = self.clip(x, y, w, h)
-        if box is None:
-            return 0, 0, 0, 0
-        x0, y0, x1, y1 = box
-        sub = pixels[:, y0 - y : y1 - y, x0 - x : x1 - x]
-        self.canvas[:, y0 + c : y1 + c, x0 + c : x1 + c] = sub
-        self.supplied[y0 + c : y1 + c, x0 + c : x1 + c] = True
-        ix0, iy0 = max(x0, 0), max(y0, 0)
-        ix1, iy1 = min(x1, self.width), min(y1, self.height)
-        if ix0 < ix1 and iy0 < iy1:
-            self.covered[iy0:iy1, ix0:ix1] = True
-        return ix0, iy0, max(ix0, ix1), max(iy0, iy1)
-
-    def mirror_missing_context(self) -> None:
-        """Fill each side's context that was not supplied with the mirror image.
-
-        On each side, the context rows/columns supplied all along the region count as real;
-        beyond them the image (region plus real context) is reflected, exactly as
-        ``logit_heatmap`` pads an image it is given without margin. A side with context but
-        a corner without: everything is mirrored from the region alone.
-        """
-        c, h, w = self.context, self.height, self.width
-        s = self.supplied
-
-        def depth(lines: Iterator[np.ndarray]) -> int:
-            d = 0
-            for line in lines:
-                if not line.all():
-                    break
-                d += 1
-            return d
-
-        top = depth(s[c - 1 - k, c : c + w] for k in range(c))
-        bottom = depth(s[c + h + k, c : c + w] for k in range(c))
-        left = depth(s[c : c + h, c - 1 - k] for k in range(c))
-        right = depth(s[c : c + h, c + w + k] for k in range(c))
-        if not s[c - top : c + h + bottom, c - left : c + w + right].all():
-            top = bottom = left = right = 0
-        if min(top, bottom, left, right) == c:
-            return
-        core = self.canvas[:, c - top : c + h + bottom, c - left : c + w + right]
-        if min(core.shape[1:]) <= c:
-            raise MilsilError(
-                f"the region is {w}x{h} px with {min(top, bottom, left, right)} px of context on "
-                f"its narrowest side; a heatmap needs at least {2 * c + 1}x{2 * c + 1} pixels "
-                "(the receptive field): send a larger region or context around it"
-            )
-        self.canvas = mirror_pad(core, c - left, c - right, c - top, c - bottom).contiguous()
 
 
 # --------------------------------------------------------------------------- bands
@@ -307,9 +219,10 @@ def _reflect(index: np.ndarray, lo: int, hi: int) -> np.ndarray:
 class BandCanvas:
     """A region streamed in row order and computed band by band, with bounded memory.
 
-    The streaming counterpart of :class:`ContextCanvas` (same context and mirroring rules,
-    same results): pieces of uint8 RGB (``H x W x 3``) arrive with their region-pixel
-    top-left (negative in the context) and land in a window of rows; the region is handed
+    Streamed regions (the server's region RPCs,
+    :func:`milsil.inference.heatmap.iter_logit_bands`) fill it; the context and mirroring
+    rules above make its bands give what ``logit_heatmap`` gives for the whole region.
+    Pieces of uint8 RGB (``H x W x 3``) arrive with their region-pixel top-left (negative in the context) and land in a window of rows; the region is handed
     out in bands of ``band`` rows (:class:`Band`), each with its context, and a band's rows
     leave the window once no later band needs them. The window holds at most ``band + 2c``
     rows plus the tallest piece, so memory is bounded by the region's width, not its area.
