@@ -115,7 +115,8 @@ def print_epoch(p: TrainProgress, label: str = "") -> None:
         )
     print(
         f"{label}epoch {p.epoch}/{p.epochs}  loss {p.loss:.4f}  MIL acc {p.mil_accuracy:.3f}"
-        f"  SIL acc {p.sil_accuracy:.3f}{val}  ({p.elapsed_seconds:.0f}s, eta {p.eta_seconds:.0f}s)",
+        f"  SIL acc {p.sil_accuracy:.3f}{val}  ({p.bags_per_second:.1f} bags/s,"
+        f" {p.elapsed_seconds:.0f}s, eta {p.eta_seconds:.0f}s)",
         flush=True,
     )
 

@@ -126,9 +126,10 @@ class BagDataset(Dataset):
 
     With ``augment`` each patch gets its own random flip/90-degree rotation, and with
     ``color_jitter > 0`` the bag's stains are jittered together (see :mod:`.augment`).
-    Random draws depend on ``(seed, epoch, index, visit)``: reproducible, different every
-    epoch; call :meth:`set_epoch` each epoch when DataLoader workers are used (they get a
-    fresh copy of the visit counters each epoch).
+    Random draws depend on ``(seed, epoch, index, visit)`` (visits counted within the
+    epoch): reproducible, different every epoch. Call :meth:`set_epoch` each epoch, or index
+    with ``(epoch, index)`` pairs, which is what lets persistent DataLoader workers (whose
+    copies never see ``set_epoch``) draw the same as the main process would.
     Bag sizes are read from file headers at construction, so an unreadable or too small
     image fails before training starts.
     """
@@ -168,8 +169,11 @@ class BagDataset(Dataset):
         return [r.label for r in self.records]
 
     def set_epoch(self, epoch: int) -> None:
-        """Make augmentation differ per epoch even when workers re-copy the dataset."""
-        self.epoch = int(epoch)
+        """Make augmentation differ per epoch; visits count from zero in each epoch, so
+        epoch ``e`` draws the same whether or not earlier epochs ran in this process."""
+        if int(epoch) != self.epoch:
+            self.epoch = int(epoch)
+            self._visits = [0] * len(self.records)
 
     def load_pixels(self, index: int) -> np.ndarray:
         """The bag as ``uint8 [N, p, p, 3]``, augmented if the dataset augments."""
@@ -183,7 +187,10 @@ class BagDataset(Dataset):
                 bag = hed_jitter(bag, rng, self.color_jitter)
         return bag
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        if isinstance(index, tuple):
+            epoch, index = index
+            self.set_epoch(epoch)
         if not 0 <= index < len(self.records):
             raise IndexError(index)
         return to_tensor(self.load_pixels(index), self.mean, self.std), self.records[index].label

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -57,57 +59,125 @@ class EpochStats:
         return self.sil_correct / self.patches if self.patches else math.nan
 
 
-def epoch_loader(
-    records: Sequence[Any],
-    config: TrainConfig,
-    mean: Sequence[float],
-    std: Sequence[float],
-    epoch: int,
-    skip: int = 0,
-    group: ProcessGroup | OneProcess | None = None,
-) -> tuple[torch.utils.data.DataLoader, int]:
-    """This process's training batches of ``epoch`` (0-based) from batch ``skip`` on, and
-    how many batches it has in the epoch.
+class EpochClock:
+    """Where an epoch's wall time went: waiting for batches (``data``; they are assembled
+    in the background, so this is only what the step did not hide), optimisation steps
+    (``step``, which ends by reading the loss, so device work is inside it), ``validation``,
+    and ``checkpoint``: waiting for the previous epoch's background writes and copying the
+    weights to write; and how many bags were trained on. The per-epoch log row carries it,
+    so a slow run says which of them to fix."""
+
+    PARTS = ("data", "step", "validation", "checkpoint")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+        self.bags = 0
+
+    @contextmanager
+    def timing(self, part: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[part] += time.perf_counter() - start
+
+    def row(self, epoch_seconds: float) -> dict[str, float]:
+        """``bags_per_second`` over the whole epoch and the seconds of each part, rounded
+        to the millisecond; ``other`` is what the parts do not account for."""
+        parts = {k: round(v, 3) for k, v in self.seconds.items()}
+        parts["other"] = round(max(epoch_seconds - sum(self.seconds.values()), 0.0), 3)
+        rate = self.bags / epoch_seconds if epoch_seconds > 0 else math.nan
+        return {"bags_per_second": round(rate, 2), "seconds": parts}
+
+
+class _EpochBatches:
+    """A ``batch_sampler`` that one DataLoader keeps for the whole run: each epoch it is
+    given that epoch's batches, and it yields ``(epoch, index)`` pairs so persistent
+    workers augment for the right epoch (:class:`milsil.data.BagDataset`)."""
+
+    def __init__(self) -> None:
+        self.epoch, self.batches = 0, []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for batch in self.batches:
+            yield [(self.epoch, i) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class TrainBatches:
+    """A run's training batches, epoch by epoch, from one dataset and one DataLoader.
 
     Bags in a batch have equal size. Batch order comes from the epoch's seed and
-    augmentation from ``(seed, epoch, bag)`` on a fresh dataset, so epoch ``e`` is the same
-    whether or not the run was interrupted before it (a resumed epoch skips the batches it
-    had done). In a process group each rank takes its share of the epoch's batches. Workers
-    (if any) are started with forkserver/spawn: forking a process that runs a gRPC server
-    is unsafe.
+    augmentation from ``(seed, epoch, bag)``, so epoch ``e`` is the same whether or not the
+    run was interrupted before it (a resumed epoch skips the batches it had done). In a
+    process group each rank takes its share of the epoch's batches.
+
+    What used to be paid every epoch is paid once: bag sizes are read from the files' headers
+    when the run starts, and workers (``num_workers > 0``) persist across epochs. They are
+    started with forkserver/spawn: forking a process that runs a gRPC server is unsafe.
+    Without workers the next batches are assembled on a background thread while the
+    current step runs (:class:`Prefetch`), in the same order, so the result is identical.
     """
-    from milsil.data import BagDataset, bucket_batches, collate_bags
 
-    dataset = BagDataset(
-        records,
-        config.patch_size,
-        mean,
-        std,
-        augment=config.augment,
-        color_jitter=config.color_jitter,
-        seed=config.seed,
-    )
-    dataset.set_epoch(epoch)
-    batches = bucket_batches(
-        dataset.bag_sizes, config.batch_size, True, epoch_seed(config.seed, epoch)
-    )
-    if group is not None:
-        batches = group.rank_batches(batches)
-    kwargs: dict[str, Any] = {}
-    if config.num_workers > 0:
-        import multiprocessing as mp
+    def __init__(
+        self,
+        records: Sequence[Any],
+        config: TrainConfig,
+        mean: Sequence[float],
+        std: Sequence[float],
+        group: ProcessGroup | OneProcess | None = None,
+    ) -> None:
+        from milsil.data import BagDataset, collate_bags
 
-        methods = mp.get_all_start_methods()
-        kwargs["multiprocessing_context"] = "forkserver" if "forkserver" in methods else "spawn"
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=batches[skip:],
-        collate_fn=collate_bags,
-        num_workers=config.num_workers,
-        generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch)),
-        **kwargs,
-    )
-    return loader, len(batches)
+        self.config, self.group = config, group
+        self.dataset = BagDataset(
+            records,
+            config.patch_size,
+            mean,
+            std,
+            augment=config.augment,
+            color_jitter=config.color_jitter,
+            seed=config.seed,
+        )
+        self.sampler = _EpochBatches()
+        kwargs: dict[str, Any] = {}
+        if config.num_workers > 0:
+            import multiprocessing as mp
+
+            methods = mp.get_all_start_methods()
+            kwargs["multiprocessing_context"] = "forkserver" if "forkserver" in methods else "spawn"
+            kwargs["persistent_workers"] = True
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            collate_fn=collate_bags,
+            num_workers=config.num_workers,
+            generator=torch.Generator().manual_seed(config.seed),
+            **kwargs,
+        )
+
+    def epoch(self, epoch: int, skip: int = 0) -> tuple[Iterator[Any], int]:
+        """This process's batches of ``epoch`` (0-based) from batch ``skip`` on, and how
+        many batches it has in the whole epoch. Close the iterator (or run it to its end)
+        before asking for the next epoch."""
+        from milsil.data import bucket_batches
+
+        batches = bucket_batches(
+            self.dataset.bag_sizes,
+            self.config.batch_size,
+            True,
+            epoch_seed(self.config.seed, epoch),
+        )
+        if self.group is not None:
+            batches = self.group.rank_batches(batches)
+        self.sampler.epoch, self.sampler.batches = epoch, batches[skip:]
+        if self.config.num_workers > 0:
+            return iter(self.loader), len(batches)
+        from milsil.engine.background import Prefetch
+
+        return Prefetch(iter(self.loader)), len(batches)
 
 
 def is_better(metrics: dict[str, Any], best: dict[str, Any] | None) -> bool:

@@ -33,8 +33,9 @@ from typing import Any
 
 import torch
 
+from milsil.engine.background import CheckpointWriter
 from milsil.engine.config import TrainConfig, config_differences, resolve_device
-from milsil.engine.epoch import EpochStats, epoch_loader, is_better
+from milsil.engine.epoch import EpochClock, EpochStats, TrainBatches, is_better
 from milsil.engine.group import OneProcess, ProcessGroup
 from milsil.engine.losses import bag_loss
 from milsil.engine.provenance import (
@@ -49,10 +50,10 @@ from milsil.engine.seeding import rng_state, seed_everything, set_rng_state
 from milsil.engine.validation import evaluate_model
 from milsil.errors import CheckpointError, MilsilError
 from milsil.models import (
+    checkpoint_payload,
     create_model,
     load_pretrained_backbone,
     read_checkpoint,
-    save_checkpoint,
 )
 from milsil.models.bagnet import BagNet, ResNet50, reference_init
 
@@ -83,6 +84,7 @@ class TrainProgress:
     eta_seconds: float = math.nan
     elapsed_seconds: float = 0.0
     event: str = "step"
+    bags_per_second: float = math.nan  # the epoch's, on ``epoch`` events
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -265,6 +267,7 @@ class _Run:
         self.group_info: dict[str, Any] = {}  # world size and backend of a torchrun group
         self.session_start = 0.0
         self.session_steps = 0
+        self.writer = CheckpointWriter()
 
     # ------------------------------------------------------------------ start and resume
 
@@ -370,9 +373,18 @@ class _Run:
             "elapsed_seconds": elapsed,
         }
         last = self.history[-1] if self.history else None
-        save_checkpoint(self.model, self.last_path, self.provenance(epoch, last), training_state)
+        self.save(self.last_path, self.provenance(epoch, last), training_state)
+
+    def save(
+        self, path: Path, provenance: dict[str, Any], training_state: dict[str, Any] | None = None
+    ) -> None:
+        """Hand a checkpoint (copied now) to the background writer; the previous epoch's
+        writes must have finished, so at most one epoch's copies are held."""
+        payload = checkpoint_payload(self.model, provenance, training_state, copy=True)
+        self.writer.submit(path, payload)
 
     def finish(self, stopped: bool, elapsed: float) -> TrainResult:
+        self.writer.close()  # every checkpoint on disk before the run says it ended
         history = self.history
         best_epoch = (
             int(self.best["epoch"]) if self.best else (history[-1]["epoch"] if history else 0)
@@ -423,6 +435,9 @@ class _Run:
     def train(self, should_stop: Callable[[], bool] | None) -> TrainResult:
         """Train from where the run stands to ``config.epochs`` (or until stopped)."""
         self.net = self.group.wrap(self.model)
+        self.batches = TrainBatches(
+            self.train_records, self.config, self.mean, self.std, self.group
+        )
         self.use_bar = sys.stderr.isatty() and self.writes
         self.session_start = time.monotonic()
         self.session_steps = 0
@@ -430,6 +445,7 @@ class _Run:
         for epoch in range(self.start_epoch, self.config.epochs):
             epoch_start = time.monotonic()
             skip = self.start_step if epoch == self.start_epoch else 0
+            self.clock = EpochClock()
             stats, steps, stopped = self.train_epoch(epoch, skip, should_stop)
             if stopped is not None:
                 return self.finish(True, stopped)
@@ -443,9 +459,7 @@ class _Run:
         number of steps, and (when ``should_stop`` said so) the elapsed time at the stop,
         the state having been saved in ``last.pt``."""
         config, device = self.config, self.device
-        loader, steps = epoch_loader(
-            self.train_records, config, self.mean, self.std, epoch, skip, self.group
-        )
+        batches, steps = self.batches.epoch(epoch, skip)
         stats = EpochStats(self.partial if skip else None)
         bar = None
         if self.use_bar:
@@ -454,23 +468,30 @@ class _Run:
             bar = tqdm(
                 total=steps, initial=skip, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False
             )
-        for step, (bags, labels) in enumerate(loader, start=skip):
+        for step in range(skip, steps):
+            with self.clock.timing("data"):
+                bags, labels = next(batches)
             if should_stop is not None and should_stop():
+                getattr(batches, "close", lambda: None)()
                 elapsed = self.elapsed()
                 self.save_last(epoch, step, stats, elapsed)
                 if bar is not None:
                     bar.close()
                 return stats, steps, elapsed
-            bags = bags.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=self.use_amp):
-                output = self.net(bags)
-            loss, _ = bag_loss(output, labels, self.head)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            stats.update(float(loss.detach()), output, labels)
+            with self.clock.timing("step"):
+                bags = bags.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                with torch.autocast(
+                    device_type=device.type, dtype=torch.float16, enabled=self.use_amp
+                ):
+                    output = self.net(bags)
+                loss, _ = bag_loss(output, labels, self.head)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                stats.update(float(loss.detach()), output, labels)  # waits for the device
+            self.clock.bags += int(labels.shape[0])
             self.session_steps += 1
             elapsed = self.elapsed()
             if bar is not None:
@@ -515,9 +536,10 @@ class _Run:
             "train_mil_accuracy": stats.mil_accuracy,
         }
         if self.val_records and self.writes:
-            val = evaluate_model(
-                self.model, self.val_records, config.patch_size, self.device, config.batch_size
-            )
+            with self.clock.timing("validation"):
+                val = evaluate_model(
+                    self.model, self.val_records, config.patch_size, self.device, config.batch_size
+                )
             self.net.train()
             row.update({f"val_{k}": v for k, v in val.items() if k in _VAL_KEYS})
         row["epoch_seconds"] = time.monotonic() - epoch_start
@@ -534,15 +556,17 @@ class _Run:
                 "val_mil_accuracy": row.get("val_mil_accuracy"),
                 "val_loss": row.get("val_loss"),
             }
-        if self.writes:
-            append_log(self.log_path, row)
-            # best.pt before last.pt: last.pt records which epoch is best, so a crash between
-            # the two writes must never leave it pointing at a best.pt not yet written.
-            if is_best:
-                save_checkpoint(
-                    self.model, self.best_path, self.provenance(epoch + 1, self.history[-1])
-                )
+        with self.clock.timing("checkpoint"):
+            # The previous epoch's files are on disk before this epoch's go out, and
+            # best.pt goes before last.pt: last.pt records which epoch is best, so a crash
+            # between the two writes must never leave it pointing at a best.pt not yet written.
+            self.writer.wait()
+            if is_best and self.writes:
+                self.save(self.best_path, self.provenance(epoch + 1, self.history[-1]))
+        self.history[-1]["timing"] = self.clock.row(time.monotonic() - epoch_start)
         self.save_last(epoch + 1, 0, None, elapsed)
+        if self.writes:
+            append_log(self.log_path, self.history[-1])
         if self.progress is not None:
             per_step = (time.monotonic() - self.session_start) / max(self.session_steps, 1)
             self.progress(
@@ -559,5 +583,6 @@ class _Run:
                     eta_seconds=per_step * (config.epochs - epoch - 1) * steps,
                     elapsed_seconds=elapsed,
                     event="epoch",
+                    bags_per_second=_nan(self.history[-1]["timing"]["bags_per_second"]),
                 )
             )

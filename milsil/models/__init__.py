@@ -4,7 +4,13 @@
 """
 
 from milsil.models.bagnet import BagNet, Bottleneck, ResNet50
-from milsil.models.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from milsil.models.checkpoint import (
+    atomic_torch_save,
+    checkpoint_payload,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from milsil.models.mil import (
     HEADS,
     AttentionMIL,
@@ -33,5 +39,7 @@ __all__ = [
     "make_config",
     "read_checkpoint",
     "save_checkpoint",
+    "checkpoint_payload",
+    "atomic_torch_save",
     "target_class_index",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +32,29 @@ def save_checkpoint(
     ``provenance``: plain values (strings, numbers, lists, dicts) describing how the model
     was made. ``training_state``: optimizer/scheduler state for resuming, plain tensors only.
     """
+    atomic_torch_save(checkpoint_payload(model, provenance, training_state), path)
+    return Path(path)
+
+
+def checkpoint_payload(
+    model: ConfiguredModel,
+    provenance: dict[str, Any] | None = None,
+    training_state: dict[str, Any] | None = None,
+    copy: bool = False,
+) -> dict[str, Any]:
+    """What :func:`save_checkpoint` writes. With ``copy`` every tensor is a copy of its own
+    (weights on the CPU), so the payload can be written while training goes on changing
+    the model and optimizer in place."""
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
         "config": model.config.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().to("cpu", copy=copy) for k, v in model.state_dict().items()},
         "provenance": provenance or {},
     }
     if training_state is not None:
-        payload["training_state"] = training_state
-    atomic_torch_save(payload, path)
-    return Path(path)
+        payload["training_state"] = deepcopy(training_state) if copy else training_state
+    return payload
 
 
 def read_checkpoint(path: str | Path, label: str | None = None) -> dict[str, Any]:
