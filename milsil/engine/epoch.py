@@ -87,7 +87,7 @@ class EpochClock:
         parts = {k: round(v, 3) for k, v in self.seconds.items()}
         parts["other"] = round(max(epoch_seconds - sum(self.seconds.values()), 0.0), 3)
         rate = self.bags / epoch_seconds if epoch_seconds > 0 else math.nan
-        return {"bags_per_second": round(rate, 2), "seconds": parts}
+        return {"bags": self.bags, "bags_per_second": round(rate, 2), "seconds": parts}
 
 
 class _EpochBatches:
