@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from milsil.errors import MilsilError
+from milsil.inference.precision import check_precision, fp32_precision
 from milsil.inference.tiling import (
     Band,
     BandCanvas,
@@ -310,6 +311,7 @@ def logit_heatmap(
     tile: int | None = None,
     device: torch.device | str | None = None,
     bf16: bool = False,
+    precision: str = "exact",
 ) -> torch.Tensor:
     """Class-logit heatmap: ``[C, ceil(H'/stride), ceil(W'/stride)]`` float32 on the CPU.
 
@@ -318,10 +320,18 @@ def logit_heatmap(
     docstring for the border policy). ``tile`` is the output side of one tile (default:
     chosen to keep activations within :data:`TILE_ACTIVATION_BUDGET`); the result does not
     depend on it. ``bf16`` runs under bfloat16 autocast (about 2x faster on CPUs with
-    AVX-512 BF16, logits within about 1e-2).
+    AVX-512 BF16, logits within about 1e-2). ``precision`` is the float32 mode on CUDA
+    (:mod:`milsil.inference.precision`): ``exact`` by default, ``tf32`` the fast mode.
     """
     bands = iter_logit_bands(
-        model, image, stride=stride, margin=margin, tile=tile, device=device, bf16=bf16
+        model,
+        image,
+        stride=stride,
+        margin=margin,
+        tile=tile,
+        device=device,
+        bf16=bf16,
+        precision=precision,
     )
     *_, (_, result) = bands
     return result
@@ -337,16 +347,20 @@ def iter_logit_bands(
     bf16: bool = False,
     target_seconds: float | None = None,
     should_stop: Callable[[], bool] | None = None,
+    precision: str = "exact",
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """:func:`logit_heatmap` band by band: yields ``(rows_done, result)`` after each band.
 
     ``result`` is the whole ``[C, rows, cols]`` map, filled up to ``rows_done``. The chunks
     come from :func:`milsil.inference.tiling.iter_chunks` (``target_seconds``: adapt their
     side to the device); ``should_stop`` is polled before each chunk, and a stop ends the
-    iteration early (``rows_done`` then stays below ``rows``).
+    iteration early (``rows_done`` then stays below ``rows``). Each chunk's pass runs under
+    :func:`~milsil.inference.precision.fp32_precision` (``precision``), so the caller's TF32
+    settings hold again between bands.
     """
     model.eval()
     stride = _check_stride(stride)
+    check_precision(precision)
     bagnet = _bagnet_of(model)
     # uint8 pixels are normalized chunk by chunk (a float copy of a large image would
     # take 4x its size); anything else is checked and normalized at once.
@@ -407,7 +421,8 @@ def iter_logit_bands(
             crop = to_tensor(x[y0:y1, x0:x1], mean, std).unsqueeze(0).to(device)
         else:
             crop = x[:, y0:y1, x0:x1].unsqueeze(0).to(device)
-        logits = net(crop)[0, :, ::step, ::step][:, : r1 - r0, : c1 - c0]
+        with fp32_precision(precision):
+            logits = net(crop)[0, :, ::step, ::step][:, : r1 - r0, : c1 - c0]
         result[:, r0:r1, c0:c1] = logits.float().cpu()
         if c1 == out_w:
             yield r1, result
@@ -422,6 +437,7 @@ def band_logits(
     device: torch.device | str | None = None,
     target_seconds: float | None = None,
     should_stop: Callable[[], bool] | None = None,
+    precision: str = "exact",
 ) -> torch.Tensor | None:
     """The map rows of one band of a streamed region (:class:`milsil.inference.tiling.
     BandCanvas`): ``[C, ceil((row1 - row0) / stride), cols]``, or ``None`` when
@@ -437,6 +453,7 @@ def band_logits(
         device=device,
         target_seconds=target_seconds,
         should_stop=should_stop,
+        precision=precision,
     )
     for step in steps:
         done, result = step
