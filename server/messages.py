@@ -69,26 +69,33 @@ def page_token(offset: int, limit: int, more: bool) -> str:
 # ------------------------------------------------------------------ tiles
 
 
-def decode(tile: common_pb2.Tile, where: str, limits: Limits) -> np.ndarray:
-    """A ``Tile`` as uint8 ``H x W x 3``."""
+def _encoding(tile: common_pb2.Tile, where: str) -> str:
+    """The tile's encoding by name (RAW_RGB8, PNG, JPEG); an unknown number is refused."""
     try:
-        encoding = common_pb2.Tile.Encoding.Name(tile.encoding)
+        return common_pb2.Tile.Encoding.Name(tile.encoding)
     except ValueError:
         raise MilsilError(
             f"{where}.encoding {tile.encoding} is unknown; allowed: RAW_RGB8, PNG, JPEG"
         ) from None
+
+
+def decode(tile: common_pb2.Tile, where: str, limits: Limits) -> np.ndarray:
+    """A ``Tile`` as uint8 ``H x W x 3``."""
+    encoding = _encoding(tile, where)
     return decode_tile(encoding, tile.data, tile.width, tile.height, where, limits)
 
 
 def tile_data(tile: common_pb2.Tile, where: str) -> TileData:
     """A region's ``Tile`` as plain values (not decoded: its header is checked first)."""
-    try:
-        encoding = common_pb2.Tile.Encoding.Name(tile.encoding)
-    except ValueError:
-        raise MilsilError(
-            f"{where}.encoding {tile.encoding} is unknown; allowed: RAW_RGB8, PNG, JPEG"
-        ) from None
-    return TileData(encoding, tile.data, tile.width, tile.height, tile.x, tile.y, tile.downsample)
+    return TileData(
+        _encoding(tile, where),
+        tile.data,
+        tile.width,
+        tile.height,
+        tile.x,
+        tile.y,
+        tile.downsample,
+    )
 
 
 def region_tiles(
@@ -140,3 +147,27 @@ def heatmap_header(
         receptive_field=int(model.receptive_field),
         context_pixels=context_pixels(model.receptive_field),
     )
+
+
+def heatmap_tile(
+    index: int,
+    row: int,
+    col: int,
+    logits: np.ndarray,
+    dtype: np.dtype,
+    probabilities: np.ndarray | None,
+) -> inference_service_pb2.HeatmapTile:
+    """Map samples ``[C, rows, cols]`` whose top-left is ``(row, col)``, as ``dtype``
+    (Heatmap: one per request tile; SlideHeatmap: one per block)."""
+    tile = inference_service_pb2.HeatmapTile(
+        tile_index=index,
+        row=row,
+        col=col,
+        rows=logits.shape[1],
+        cols=logits.shape[2],
+        num_classes=logits.shape[0],
+        logits=logits.astype(dtype).tobytes(),
+    )
+    if probabilities is not None:
+        tile.probabilities = probabilities.astype(dtype).tobytes()
+    return tile

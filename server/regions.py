@@ -26,7 +26,7 @@ from milsil.v1 import inference_service_pb2
 from milsil.wsi.geojson import OutlineStream
 
 from .errors import Cancelled
-from .messages import heatmap_header, queue_status, region_tiles, value_type
+from .messages import heatmap_header, heatmap_tile, queue_status, region_tiles, value_type
 from .region_stream import Computed, RegionSpec, TileReplies, class_maps, open_stream
 from .resources import Limits, Resources, halo_for
 
@@ -248,19 +248,9 @@ def region_tile(
 ) -> inference_service_pb2.HeatmapTile:
     """The logits ``[C, rows, cols]`` of the samples ``(row0, row1, col0, col1)`` of one
     request tile."""
-    r0, r1, c0, c1 = samples
-    tile = inference_service_pb2.HeatmapTile(
-        tile_index=index,
-        row=r0,
-        col=c0,
-        rows=r1 - r0,
-        cols=c1 - c0,
-        num_classes=block.shape[0],
-        logits=block.numpy().astype(dtype).tobytes(),
-    )
-    if probabilities:
-        tile.probabilities = torch.softmax(block, dim=0).numpy().astype(dtype).tobytes()
-    return tile
+    r0, _, c0, _ = samples
+    probs = torch.softmax(block, dim=0).numpy() if probabilities else None
+    return heatmap_tile(index, r0, c0, block.numpy(), dtype, probs)
 
 
 def annotate_response(

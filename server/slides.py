@@ -5,8 +5,9 @@ Read top to bottom: the two RPCs; :func:`slide_job` turns a ``SlideConfig`` into
 defaults and rules of every setting; only this server's own limits are checked here),
 the slide inside a slide root, the TIFF target and the resumable work folder, whose
 name is a digest of everything that changes the map (so a retry with the same settings
-resumes, and anything different starts afresh). :func:`annotate` and :func:`heatmap`
-call the library; progress, tiles and the summary become messages at the end.
+resumes, and anything different starts afresh). :meth:`SlideJob.outlines` and
+:meth:`SlideJob.logit_map` call the library in the background (:mod:`.runner`); progress,
+map blocks and the summary become messages at the end.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from milsil.wsi.tiff import write_probability_tiff
 
 from . import runner
 from .errors import Cancelled, ResourceExhausted
-from .messages import heatmap_header, queue_status, value_type
+from .messages import heatmap_header, heatmap_tile, queue_status, value_type
 from .resources import Limits, Resources, halo_for
 from .slots import QueueStatus
 
@@ -407,21 +408,13 @@ def slide_tiles(
             if not heat.valid(r0, r1, c0, c1).any():
                 continue
             logits = heat.block(r0, r1, c0, c1)
-            tile = inference_service_pb2.HeatmapTile(
-                tile_index=n,
-                row=r0,
-                col=c0,
-                rows=r1 - r0,
-                cols=c1 - c0,
-                num_classes=logits.shape[0],
-                logits=logits.astype(dtype).tobytes(),
-            )
+            probs = None
             if probabilities:
                 lg = logits.astype(np.float64)
                 with np.errstate(invalid="ignore"):
                     e = np.exp(lg - lg.max(axis=0, keepdims=True))
-                    tile.probabilities = (e / e.sum(axis=0)).astype(dtype).tobytes()
-            yield tile
+                    probs = e / e.sum(axis=0)
+            yield heatmap_tile(n, r0, c0, logits, dtype, probs)
             n += 1
 
 
