@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             client.heatmap("models/w8", image[:256, :256], stride=64)  # warm-up
 
             def intake() -> None:
+                from milsil.client.regions import region_requests
                 from milsil.v1 import common_pb2, inference_service_pb2
 
                 config = inference_service_pb2.HeatmapConfig(
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                     region=common_pb2.Region(width=side, height=side, downsample=1),
                     stride=64,
                 )
-                reqs = client._region_requests(  # noqa: SLF001 - the client's own tiling
+                reqs = region_requests(
                     {"config": config},
                     image,
                     0,

@@ -40,11 +40,13 @@ from milsil_server.errors import (
     rejection,
     status_for,
 )
-from milsil_server.inference import ComputeSlots, Limits, ModelCache, default_device
 from milsil_server.inference_service import InferenceServicer
 from milsil_server.jobs import JobManager
+from milsil_server.memory import MemoryBudget, default_max_memory
 from milsil_server.model_service import ModelServicer
-from milsil_server.regions import MemoryBudget, default_max_memory
+from milsil_server.paths import SlidePaths
+from milsil_server.resources import Limits, ModelCache, Resources, default_device
+from milsil_server.slots import ComputeSlots
 from milsil_server.store import Store
 from milsil_server.training_service import TrainingServicer
 
@@ -445,7 +447,8 @@ class MilsilServer:
         self.state.hide(self.store.root, "<data-dir>")
         for root in config.slide_roots:
             self.state.hide(root, "<slide-root>")
-        self.state.hide(config.output_root or self.store.root / "outputs", "<output-root>")
+        output_root = config.output_root or self.store.root / "outputs"
+        self.state.hide(output_root, "<output-root>")
         max_bytes = config.max_message_mb * 2**20
         options = [
             ("grpc.max_receive_message_length", max_bytes),
@@ -465,14 +468,15 @@ class MilsilServer:
         )
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
             InferenceServicer(
-                self.store,
-                self.cache,
-                self.slots,
-                limits,
-                slide_roots=config.slide_roots,
-                output_root=config.output_root,
-                max_message_bytes=max_bytes,
-                memory=self.memory,
+                Resources(
+                    self.store,
+                    self.cache,
+                    self.slots,
+                    limits,
+                    self.memory,
+                    SlidePaths(config.slide_roots, output_root),
+                    max_message_bytes=max_bytes,
+                )
             ),
             self.server,
         )

@@ -126,7 +126,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from milsil_server.app import ServerConfig, build_server
-    from milsil_server.inference import Limits
+    from milsil_server.resources import Limits
 
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"

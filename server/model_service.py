@@ -2,7 +2,7 @@
 
 Servicers never call ``context.abort``: they raise (MilsilError, NotFoundError,
 :mod:`milsil_server.errors`), and the interceptor in :mod:`milsil_server.app` turns that
-into a status.
+into a status. A model row becomes a ``Model`` message here (:func:`model_message`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from typing import Any
 from google.protobuf import empty_pb2
 
 from milsil.errors import MilsilError
+from milsil.models import target_class_index
 from milsil.v1 import model_service_pb2, model_service_pb2_grpc
-from milsil_server import convert
-from milsil_server.errors import Cancelled, ResourceExhausted
-from milsil_server.inference import ModelCache
-from milsil_server.store import Store, new_id, parse_name, parse_page
+
+from .errors import Cancelled, ResourceExhausted
+from .messages import context_pixels, page_token, timestamp
+from .resources import ModelCache
+from .store import Store, new_id, parse_name, parse_page
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
@@ -34,12 +36,12 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         limit, offset = parse_page(request.page_size, request.page_token)
         rows, more = self.store.list_models(limit, offset)
         return model_service_pb2.ListModelsResponse(
-            models=[convert.model_message(r) for r in rows],
-            next_page_token=convert.page_token(offset, limit, more),
+            models=[model_message(r) for r in rows],
+            next_page_token=page_token(offset, limit, more),
         )
 
     def GetModel(self, request, context):
-        return convert.model_message(self.store.get_model(parse_name(request.name, "models")))
+        return model_message(self.store.get_model(parse_name(request.name, "models")))
 
     def DeleteModel(self, request, context):
         ident = parse_name(request.name, "models")
@@ -49,8 +51,8 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     def ExportModel(self, request, context):
         ident = parse_name(request.name, "models")
-        size = convert.export_chunk_size(request.chunk_size, self.max_message_bytes)
-        model = convert.model_message(self.store.get_model(ident))
+        size = export_chunk_size(request.chunk_size, self.max_message_bytes)
+        model = model_message(self.store.get_model(ident))
         for n, (offset, chunk) in enumerate(self.store.iter_model_file(ident, size)):
             if not context.is_active():
                 raise Cancelled("export cancelled by the client")
@@ -74,7 +76,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 move=True,
                 label="the uploaded checkpoint (chunk_data)",
             )
-            return convert.model_message(row)
+            return model_message(row)
         finally:
             Path(tmp).unlink(missing_ok=True)
 
@@ -93,3 +95,33 @@ def _receive(requests: Iterable[Any], fh: Any, max_bytes: int) -> Any:
     fh.flush()
     os.fsync(fh.fileno())  # on disk before the store points at it
     return first if total else None
+
+
+def model_message(row: dict[str, Any]) -> model_service_pb2.Model:
+    return model_service_pb2.Model(
+        name=f"models/{row['id']}",
+        model_id=row["id"],
+        display_name=row.get("display_name", ""),
+        arch=row["arch"],
+        head=row["head"],
+        width=row["width"],
+        class_names=row["class_names"],
+        receptive_field=row.get("receptive_field", 0),
+        context_pixels=context_pixels(row.get("receptive_field", 0)),
+        target_class=row["class_names"][target_class_index(row["class_names"], None)],
+        patch_size=row.get("patch_size", 0),
+        source_job=row.get("source_job", ""),
+        metrics=row.get("metrics", {}),
+        size_bytes=row.get("size_bytes", 0),
+        sha256=row.get("sha256", ""),
+        create_time=timestamp(row["create_time"]),
+    )
+
+
+def export_chunk_size(chunk_size: int, max_message_bytes: int) -> int:
+    size = chunk_size or (1 << 20)
+    if not 0 < size <= max_message_bytes - 1024:
+        raise MilsilError(
+            f"chunk_size must be 1-{max_message_bytes - 1024} bytes (0 = 1 MiB), got {size}"
+        )
+    return size

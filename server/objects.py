@@ -1,11 +1,11 @@
-"""MeasureObjects: objects in, per-object measurements out (messages <-> library).
+"""MeasureObjects: objects in, per-object measurements out, all of it.
 
-The objects of a call (GeoJSON geometries with ids, all before the first tile) are read,
-checked and charged to the call's memory reservation as they arrive; the region's pixels
-come as streamed tiles or, for a slide under ``--slide-root``, are read by the server in
-row order (:func:`slide_tiles`), and either way are computed band by band by
-:class:`milsil_server.regions.RegionStream`, each band feeding the library's
-:class:`milsil.inference.objects.ObjectAccumulator`.
+Read top to bottom: the RPC, then its parts. The objects of a call (GeoJSON geometries
+with ids, all before the first tile) are read, checked and charged to the call's memory
+reservation as they arrive; the region's pixels come as streamed tiles or, for a slide
+under ``--slide-root``, are read by the server in row order (:func:`slide_tiles`), and
+either way are computed band by band by :class:`~.region_stream.RegionStream`, each band
+feeding the library's :class:`milsil.inference.objects.ObjectAccumulator`.
 """
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ from typing import Any
 import numpy as np
 
 from milsil.errors import MilsilError
-from milsil.inference.objects import ObjectMeasurements
+from milsil.inference.objects import ObjectAccumulator, ObjectMeasurements
 from milsil.v1 import inference_service_pb2
 from milsil.wsi.objects import PixelRegion, region_pieces
 from milsil.wsi.reader import open_slide
-from milsil_server.convert import region_tiles
-from milsil_server.errors import ResourceExhausted
-from milsil_server.inference import Limits
-from milsil_server.regions import RegionSpec, Reservation, TileData
+
+from .errors import ResourceExhausted
+from .memory import Reservation
+from .messages import queue_status, region_tiles
+from .region_stream import Computed, RegionSpec, open_stream
+from .resources import Limits, Resources, halo_for
+from .tiles import TileData
 
 # What one object costs the server while its call runs: its rings as float arrays and the
 # accumulator's edge table (about 80 bytes) per vertex; the id, the arrays' headers and
@@ -34,6 +37,60 @@ from milsil_server.regions import RegionSpec, Reservation, TileData
 BYTES_PER_VERTEX = 96
 BYTES_PER_OBJECT = 800
 BATCH = 2048  # measurements per response message (about 100 bytes each for 2 classes)
+
+
+def measure_objects_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterator[Any]:
+    """The MeasureObjects RPC: queue places, the header, the measurements in batches."""
+    iterator = iter(requests)
+    first = next(iterator, None)
+    if first is None or not first.HasField("config"):
+        raise MilsilError("config is required in the first MeasureObjectsRequest")
+    config = first.config
+    if not config.HasField("region"):
+        raise MilsilError("config.region is required (level-0 x, y, width, height, downsample)")
+    reg = config.region
+    spec = RegionSpec.parse(reg.x, reg.y, reg.width, reg.height, reg.downsample, res.limits)
+    ident, model = res.model(config.model, "config.model")
+    halo = halo_for(model)
+    slide = None
+    if config.slide_path:
+        slide, _ = res.paths.resolve_slide(config.slide_path, "config.slide_path")
+        open_slide(slide).close()  # corrupt or unsupported: one line, before queueing
+    Response = inference_service_pb2.MeasureObjectsResponse
+    with res.memory.reservation() as reservation:
+        received = read_objects(first, iterator, reservation, res.limits)
+        if slide is not None and received.first_tiles:
+            raise MilsilError("tiles were sent with config.slide_path: send one or the other")
+        accumulator = ObjectAccumulator(
+            received.geometries,
+            spec.height,
+            spec.width,
+            int(model.config.num_classes),
+            received.ids,
+            origin=(spec.x, spec.y),
+            downsample=spec.downsample,
+        )
+        received.geometries = []
+        with res.slots.queued(context.is_active, context.peer()) as ticket:
+            for status in ticket.waiting():
+                yield Response(queue=queue_status(status))
+            stream = open_stream(res, spec, model, halo, 1, reservation, context)
+            tiles = received.tiles() if slide is None else slide_tiles(slide, spec, halo)
+            try:
+                for event in stream.events(tiles):
+                    if isinstance(event, Computed):
+                        accumulator.add_band(event.row0, event.logits)
+            finally:
+                stream.close()
+            if slide is not None:
+                for _ in received.tiles():  # a tile sent anyway after the objects
+                    raise MilsilError(
+                        "tiles were sent with config.slide_path: send one or the other"
+                    )
+        result = accumulator.result()
+    yield Response(header=header(ident, model.class_names, len(result.ids), halo))
+    for batch in measurement_batches(result):
+        yield Response(measurements=batch)
 
 
 @dataclass

@@ -1,457 +1,273 @@
-"""Regions a client streams (Heatmap, Annotate): any size, computed band by band.
+"""Heatmap and Annotate: a region the client streams as tiles, computed band by band.
 
-A region is not assembled: its tiles arrive in row order and land in the tiled engine's
-:class:`milsil.inference.tiling.BandCanvas`, which hands out each band (with its context,
-missing context mirrored) once the band and its context have arrived; the band is
-computed at once and its pixels freed. What a call keeps is bounded by the band height
-times the region's width, never by its area:
-
-* Heatmap keeps the computed rows that tiles still waiting for their answer need;
-* Annotate keeps the outlines and per-component sums (:class:`milsil.wsi.geojson.OutlineStream`).
-
-Every tile's rectangle is checked against the region and its context from its header
-(declared width and height) before its bytes are decoded; tiles wholly outside are
-ignored undecoded. Memory is charged to the server's :class:`MemoryBudget`
-(``--max-memory``) before it is allocated, and returned when the call ends, however it
-ends.
+Read top to bottom: the two RPCs; :func:`open_region` reads the first message's config
+(:func:`region_request`, :func:`annotate_settings`) and the model; the tiles then run
+through a :class:`~.region_stream.RegionStream` under a compute slot and the memory
+budget; Heatmap answers each request tile as soon as its rows are computed
+(:class:`~.region_stream.TileReplies`, :func:`region_tile`), Annotate gathers outlines
+and answers once (:func:`annotate_response`).
 """
 
 from __future__ import annotations
 
+import json
 import math
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from milsil.errors import MilsilError
-from milsil.inference.heatmap import (
-    TILE_ACTIVATION_BUDGET,
-    band_logits,
-    chunk_side,
-    stream_band_rows,
-)
-from milsil.inference.tiling import Band, BandCanvas, UncoveredError
-from milsil_server.errors import Busy, Cancelled, ResourceExhausted
-from milsil_server.inference import BAND_TARGET_SECONDS, Limits, check_tile, decode_tile
+from milsil.inference.heatmap import output_size
+from milsil.models import target_class_index
+from milsil.v1 import inference_service_pb2
+from milsil.wsi.geojson import OutlineStream
 
-MB = 2**20
-DECODE_BYTES_PER_PIXEL = 10  # a PNG/JPEG being decoded: PIL's image, its RGB copy, the array
+from .errors import Cancelled
+from .messages import heatmap_header, heatmap_tile, queue_status, region_tiles, value_type
+from .region_stream import Computed, RegionSpec, TileReplies, class_maps, open_stream
+from .resources import Limits, Resources, halo_for
 
-
-# --------------------------------------------------------------------------- memory
+# ------------------------------------------------------------------ the RPCs
 
 
-class MemoryBudget:
-    """Server-wide bytes that region calls may hold at once (``--max-memory``).
+def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterator[Any]:
+    """The Heatmap RPC: queue places, the header, then one tile per request tile."""
+    region = open_region(res, requests, "Heatmap")
+    req, r = region.request, region.request.spec
+    Response = inference_service_pb2.HeatmapResponse
+    with res.slots.queued(context.is_active, context.peer()) as ticket:
+        for status in ticket.waiting():
+            yield Response(queue=queue_status(status))
+        with res.memory.reservation() as reservation:
+            stream = open_stream(
+                res, r, region.model, region.halo, req.stride, reservation, context
+            )
+            try:
+                events = stream.events(region.tiles())
+                yield Response(
+                    header=heatmap_header(
+                        region.model_id,
+                        region.model,
+                        *region.samples,
+                        req.stride,
+                        r.downsample,
+                        (r.x, r.y),
+                        req.value_type,
+                    )
+                )
+                stream.answered = True
+                replies = TileReplies(stream)
+                for event in events:
+                    for index, samples, block in replies.handle(event):
+                        tile = region_tile(
+                            index, samples, block, req.dtype, req.include_probabilities
+                        )
+                        yield Response(tile=tile)
+            finally:
+                stream.close()
 
-    A call reserves what it will allocate *before* allocating it; a reservation that can
-    never fit (more than the whole budget) is RESOURCE_EXHAUSTED and final, one that does
-    not fit now because other calls hold memory is busy (the client retries later).
-    """
 
-    def __init__(self, limit_bytes: int) -> None:
-        self.limit = int(limit_bytes)
-        self.in_use = 0
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def reservation(self) -> Iterator[Reservation]:
-        """A reservation returned to the budget when the block ends (done, error, cancel)."""
-        held = Reservation(self)
+def annotate_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Any:
+    """The Annotate RPC: the region's outlines of one class, answered once."""
+    region = open_region(res, requests, "Annotate")
+    settings = annotate_settings(region.config, region.model.class_names)
+    r, stride = region.request.spec, region.request.stride
+    outlines = OutlineStream(
+        *region.samples,
+        settings.threshold,
+        origin=(r.x, r.y),
+        downsample=r.downsample,
+        stride=stride,
+        region_size=(r.width * r.downsample, r.height * r.downsample),
+        classification=settings.classification,
+        color=settings.color,
+        min_area=settings.min_area,
+        simplify_tolerance=settings.simplify_tolerance,
+    )
+    with (
+        res.slots.acquire(context.is_active, context.peer()),
+        res.memory.reservation() as reservation,
+    ):
+        stream = open_stream(res, r, region.model, region.halo, stride, reservation, context)
         try:
-            yield held
+            for event in stream.events(region.tiles()):
+                if isinstance(event, Computed):
+                    probs, logits = class_maps(event.logits, settings.class_index)
+                    values = probs if settings.probability else logits
+                    outlines.add(values, {"probability": probs, "logit": logits})
         finally:
-            held.release()
-
-    def _take(self, nbytes: int, what: str) -> None:
-        with self._lock:
-            if nbytes > self.limit:
-                raise ResourceExhausted(
-                    f"{what} needs {nbytes / MB:,.0f} MB of server memory; this server allows "
-                    f"{self.limit / MB:,.0f} MB for all calls (--max-memory): send a narrower "
-                    "region, a larger downsample or smaller tiles",
-                    reason="memory",
-                )
-            if self.in_use + nbytes > self.limit:
-                raise Busy(
-                    f"server busy: {what} needs {nbytes / MB:,.0f} MB and other calls hold "
-                    f"{self.in_use / MB:,.0f} of {self.limit / MB:,.0f} MB; retry later",
-                    reason="memory_busy",
-                )
-            self.in_use += nbytes
-
-    def _give(self, nbytes: int) -> None:
-        with self._lock:
-            self.in_use -= nbytes
+            stream.close()
+    if not context.is_active():
+        raise Cancelled("request cancelled or deadline exceeded")
+    collection, objects = outlines.finish()
+    return annotate_response(collection, objects, region.model_id, settings.class_name)
 
 
-class Reservation:
-    """One call's share of a :class:`MemoryBudget`; only ever grows until released."""
-
-    def __init__(self, budget: MemoryBudget) -> None:
-        self.budget, self.held = budget, 0
-
-    def ensure(self, nbytes: int, what: str = "this region") -> None:
-        """Hold at least ``nbytes`` in all (raises when the budget cannot give it)."""
-        extra = int(nbytes) - self.held
-        if extra > 0:
-            self.budget._take(extra, what)  # noqa: SLF001 - the budget's own accounting
-            self.held += extra
-
-    def release(self) -> None:
-        if self.held:
-            self.budget._give(self.held)  # noqa: SLF001
-            self.held = 0
-
-
-# --------------------------------------------------------------------------- requests
+# ------------------------------------------------------------------ the stream's first message
 
 
 @dataclass
-class RegionSpec:
-    """A validated region: level-0 origin, downsample, and its size in region pixels."""
+class Region:
+    """A Heatmap/Annotate stream once its config is read: the request, the model, and the
+    messages still to come (the first one's tiles included)."""
 
-    x: float
-    y: float
-    downsample: float
-    width: int
-    height: int
-
-    @classmethod
-    def parse(
-        cls, x: float, y: float, width: float, height: float, downsample: float, limits: Limits
-    ) -> RegionSpec:
-        values = {
-            "region.x": x,
-            "region.y": y,
-            "region.width": width,
-            "region.height": height,
-            "region.downsample": downsample,
-        }
-        for name, value in values.items():
-            if not math.isfinite(value):
-                raise MilsilError(f"{name} must be a finite number, got {value}")
-        if x < 0 or y < 0:
-            raise MilsilError(
-                f"region.x and region.y must be >= 0 (level-0 pixels), got ({x}, {y})"
-            )
-        ds = downsample or 1.0
-        if not 0 < ds <= 4096:
-            raise MilsilError(f"region.downsample must be in (0, 4096] (0 = 1), got {downsample}")
-        if width <= 0 or height <= 0:
-            raise MilsilError(f"region.width and region.height must be > 0, got {width}x{height}")
-        w, h = round(width / ds), round(height / ds)
-        if w < 1 or h < 1:
-            raise MilsilError(
-                f"region is {w}x{h} pixels at downsample {ds}; it must be at least 1x1"
-            )
-        if w * h > limits.max_region_pixels:
-            raise ResourceExhausted(
-                f"region is {w}x{h} = {w * h:,} pixels at downsample {ds}; this server takes "
-                f"images of at most {limits.max_region_pixels:,} pixels (--max-region-pixels)",
-                reason="too_large",
-            )
-        return cls(float(x), float(y), float(ds), int(w), int(h))
-
-    def level0(self, x: int, y: int) -> str:
-        """Region pixel ``(x, y)`` as level-0 coordinates, for messages."""
-        return f"({self.x + x * self.downsample:g}, {self.y + y * self.downsample:g})"
-
-
-@dataclass(frozen=True)
-class TileData:
-    """One streamed tile as plain values (``encoding`` by name: RAW_RGB8, PNG, JPEG)."""
-
-    encoding: str
-    data: bytes
-    width: int
-    height: int
-    x: float
-    y: float
-    downsample: float
-
-
-@dataclass(frozen=True)
-class Placed:
-    """Tile ``index`` arrived; ``box`` is its part of the region (region pixels, may be empty)."""
-
-    index: int
-    box: tuple[int, int, int, int]
-
-
-@dataclass(frozen=True)
-class Computed:
-    """Map rows ``[row0, row1)`` (samples) are done: ``logits`` is ``[C, row1 - row0, cols]``."""
-
-    row0: int
-    row1: int
-    logits: torch.Tensor
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-@dataclass
-class RegionStream:
-    """One streamed region: tiles in (:meth:`feed`, then :meth:`finish`), events out.
-
-    ``reservation`` is charged before the window, a band or a tile's pixels are
-    allocated (:meth:`nbytes` says how much in all); ``is_active`` is polled between
-    tiles and between chunks of a band.
-    """
-
-    spec: RegionSpec
+    config: Any
+    request: RegionRequest
+    model_id: str
     model: torch.nn.Module
     halo: int
+    first: Any
+    rest: Iterator[Any]
+
+    def tiles(self) -> Iterator[Any]:
+        return region_tiles(self.first.tiles, self.rest)
+
+    @property
+    def samples(self) -> tuple[int, int]:
+        """Heatmap rows and columns."""
+        r, stride = self.request.spec, self.request.stride
+        return output_size(r.height, stride), output_size(r.width, stride)
+
+
+def open_region(res: Resources, requests: Iterable[Any], kind: str) -> Region:
+    """A Heatmap/Annotate stream's config and model; no pixel is read yet."""
+    iterator = iter(requests)
+    first = next(iterator, None)
+    if first is None or not first.HasField("config"):
+        raise MilsilError(f"config is required in the first {kind}Request")
+    config = first.config
+    if kind == "Heatmap":
+        request = region_request(config, "config", res.limits)
+    else:
+        request = region_request(config.heatmap, "config.heatmap", res.limits)
+    ident, model = res.model(request.model, request.model_field)
+    return Region(config, request, ident, model, halo_for(model), first, iterator)
+
+
+# ------------------------------------------------------------------ messages <-> values
+
+
+@dataclass(frozen=True)
+class RegionRequest:
+    """A validated ``HeatmapConfig`` (the model is not loaded yet)."""
+
+    model: str  # the model's name as sent
+    model_field: str  # e.g. "config.model", for messages
+    spec: RegionSpec
     stride: int
-    limits: Limits
-    reservation: Reservation
-    is_active: Callable[[], bool]
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    max_tiles: int = 1_000_000
-    tiles: int = field(init=False, default=0)
-    answered: bool = field(init=False, default=False)  # a reply went out (Heatmap's header)
-    canvas: BandCanvas = field(init=False)
-    band: int = field(init=False)
+    value_type: int
+    dtype: np.dtype
+    include_probabilities: bool
 
-    def __post_init__(self) -> None:
-        self.band = stream_band_rows(self.model, self.spec.width, self.stride, self.device)
-        self._chunk_side = chunk_side(self.model, self.stride, self.device)
-        self.canvas = BandCanvas(
-            self.spec.width, self.spec.height, self.halo, self.band, reserve=self._reserve
+
+def region_request(
+    config: inference_service_pb2.HeatmapConfig, prefix: str, limits: Limits
+) -> RegionRequest:
+    stride = config.stride or 1
+    if not 1 <= stride <= limits.max_stride:
+        raise MilsilError(
+            f"{prefix}.stride must be 1-{limits.max_stride} (0 = 1), got {config.stride}"
         )
-        self.rows = -(-self.spec.height // self.stride)
-        self.cols = -(-self.spec.width // self.stride)
-        self._canvas_bytes = 0
-        self._tile_pixels = 0
-
-    # ------------------------------------------------------------------ memory
-
-    def nbytes(self) -> int:
-        """What this call holds at most, given the window and the largest tile so far."""
-        c = self.halo
-        chunk = (self.band + 2 * c) * (self._chunk_side * self.stride + 2 * c)
-        chunk_input = chunk * 12 * 2  # one chunk normalized (float32), its channels-last copy
-        classes = int(self.model.config.num_classes)
-        out = (self.canvas.capacity // self.stride + 2 * self.band // self.stride + 2) * self.cols
-        outputs = out * classes * 4 * 3  # logits, probabilities, a class's maps
-        activations = 4 * TILE_ACTIVATION_BUDGET["cpu"] if self.device.type == "cpu" else 0
-        decode = self._tile_pixels * DECODE_BYTES_PER_PIXEL
-        return self._canvas_bytes + chunk_input + outputs + activations + decode
-
-    def _reserve(self, canvas_bytes: int) -> None:
-        self._canvas_bytes = canvas_bytes
-        self._ensure()
-
-    def _ensure(self) -> None:
-        """Reserve :meth:`nbytes`. Once the caller has answered something (``answered``),
-        "busy" can no longer be retried transparently: it becomes final."""
-        try:
-            self.reservation.ensure(self.nbytes())
-        except Busy as exc:
-            if not self.answered:
-                raise
-            raise ResourceExhausted(
-                f"{exc} (this call's tiles grew taller than its first one; send tiles of one "
-                "height to have the memory reserved before the first answer)",
-                reason="memory",
-            ) from None
-
-    def reserve_for(self, tile_height: int, tile_width: int) -> None:
-        """Reserve the window for tiles of this size up front (before any reply is sent)."""
-        c = self.halo
-        rows = min(self.spec.height + 2 * c, self.band + 2 * c + max(1, tile_height))
-        self._tile_pixels = max(self._tile_pixels, tile_height * tile_width)
-        self._reserve(self.canvas.nbytes(rows))
-
-    # ------------------------------------------------------------------ tiles
-
-    def _box(self, tile: TileData, where: str) -> tuple[int, int, tuple | None]:
-        """The tile's region-pixel position and its clipped box, from its header only."""
-        r = self.spec
-        for name, value in (("x", tile.x), ("y", tile.y), ("downsample", tile.downsample)):
-            if not math.isfinite(value):
-                raise MilsilError(f"{where}.{name} must be a finite number, got {value}")
-        if tile.x < 0 or tile.y < 0:
-            raise MilsilError(
-                f"{where}.x and .y must be >= 0 (level-0 pixels), got ({tile.x}, {tile.y})"
-            )
-        ds = tile.downsample or 1.0
-        if abs(ds - r.downsample) > 1e-6 * r.downsample:
-            raise MilsilError(
-                f"{where}.downsample is {ds}; it must equal region.downsample {r.downsample}"
-            )
-        check_tile(tile.encoding, tile.data, tile.width, tile.height, where, self.limits)
-        px, py = round((tile.x - r.x) / ds), round((tile.y - r.y) / ds)  # region pixels
-        return px, py, self.canvas.clip(px, py, tile.width, tile.height)
-
-    def feed(self, tiles: Iterable[TileData]) -> Iterator[Placed | Computed]:
-        """Take tiles; yields each tile's :class:`Placed` and every band computed meanwhile."""
-        for tile in tiles:
-            if not self.is_active():
-                raise Cancelled("request cancelled or deadline exceeded")
-            n = self.tiles
-            if n >= self.max_tiles:
-                raise ResourceExhausted(
-                    f"at most {self.max_tiles:,} tiles per request", reason="too_large"
-                )
-            self.tiles += 1
-            where = f"tiles[{n}]"
-            px, py, box = self._box(tile, where)
-            if box is None:
-                # Context beyond what the receptive field needs (a client may send a wider
-                # margin): ignored before decoding. The coverage check still catches gaps.
-                yield Placed(n, (0, 0, 0, 0))
-                continue
-            with self._uncovered():
-                for band in self.canvas.make_room(box):
-                    yield self._compute(band)
-            if tile.width * tile.height > self._tile_pixels:
-                self._tile_pixels = tile.width * tile.height
-                self._ensure()
-            pixels = decode_tile(
-                tile.encoding, tile.data, tile.width, tile.height, where, self.limits
-            )
-            yield Placed(n, self.canvas.place(pixels, px, py))
-
-    def finish(self) -> Iterator[Computed]:
-        """The bands left once the client has sent everything."""
-        with self._uncovered():
-            for band in self.canvas.finish():
-                yield self._compute(band)
-
-    def close(self) -> None:
-        """Free the window and hand the freed memory back to the system."""
-        self.canvas.close()
-        trim_memory()
-
-    @contextmanager
-    def _uncovered(self) -> Iterator[None]:
-        try:
-            yield
-        except UncoveredError as exc:
-            where = self.spec.level0(exc.x, exc.y)
-            if exc.early:
-                raise MilsilError(
-                    f"the tiles do not cover the region: level-0 {where} had not arrived when "
-                    "tiles below it needed the room; tiles must cover every pixel of the region "
-                    "and come in row order (sorted by their top edge)"
-                ) from None
-            raise MilsilError(
-                f"the tiles do not cover the region: level-0 {where} is missing; tiles must "
-                "cover every pixel of the region"
-            ) from None
-
-    def _compute(self, band: Band) -> Computed:
-        logits = band_logits(
-            self.model,
-            band,
-            self.halo,
-            self.stride,
-            tile=self._chunk_side,
-            device=self.device,
-            target_seconds=BAND_TARGET_SECONDS,
-            should_stop=lambda: not self.is_active(),
-        )
-        if logits is None:
-            raise Cancelled("request cancelled or deadline exceeded; heatmap computation stopped")
-        row0 = band.row0 // self.stride
-        return Computed(row0, row0 + logits.shape[1], logits)
+    chosen, dtype = value_type(config.value_type, f"{prefix}.value_type")
+    if not config.HasField("region"):
+        raise MilsilError(f"{prefix}.region is required (level-0 x, y, width, height, downsample)")
+    reg = config.region
+    spec = RegionSpec.parse(reg.x, reg.y, reg.width, reg.height, reg.downsample, limits)
+    return RegionRequest(
+        config.model, f"{prefix}.model", spec, stride, chosen, dtype, config.include_probabilities
+    )
 
 
-class TileReplies:
-    """Heatmap's answer, one reply per request tile: the samples inside it, sent as soon as
-    every band they lie in is computed. Keeps only the computed rows that waiting tiles
-    (or tiles still to come, in row order) need."""
+@dataclass(frozen=True)
+class AnnotateSettings:
+    """A validated ``AnnotateConfig`` for a model's classes."""
 
-    def __init__(self, stream: RegionStream) -> None:
-        self.stream = stream
-        self.stride = stream.stride
-        self.pending: list[tuple[int, tuple[int, int, int, int]]] = []  # (index, samples)
-        self.blocks: list[Computed] = []
-        self.done = 0  # map rows computed
-
-    def samples(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
-        """Sample rows/cols ``(row0, row1, col0, col1)`` whose pixels lie in a tile's box."""
-        x0, y0, x1, y1 = box
-        s = self.stride
-        return -(-y0 // s), -(-y1 // s), -(-x0 // s), -(-x1 // s)
-
-    def handle(
-        self, event: Placed | Computed
-    ) -> Iterator[tuple[int, tuple[int, int, int, int], torch.Tensor]]:
-        """``(tile index, samples, logits [C, rows, cols])`` of every tile now complete."""
-        if isinstance(event, Placed):
-            samples = self.samples(event.box)
-            r0, r1, c0, c1 = samples
-            if r1 <= r0 or c1 <= c0:  # context only: an empty reply at once
-                yield event.index, (r0, r0, c0, c0), self._rows((r0, r0, c0, c0))
-            elif r1 <= self.done:
-                yield event.index, samples, self._rows(samples)
-            else:
-                self.pending.append((event.index, samples))
-            return
-        self.blocks.append(event)
-        self.done = event.row1
-        ready = [p for p in self.pending if p[1][1] <= self.done]
-        self.pending = [p for p in self.pending if p[1][1] > self.done]
-        for index, samples in sorted(ready, key=lambda p: (p[1][1], p[0])):
-            yield index, samples, self._rows(samples)
-        # Rows no waiting tile needs, and no later tile can (they start below `sealed`).
-        keep = -(-max(self.stream.canvas.sealed, 0) // self.stride)
-        keep = min([keep] + [p[1][0] for p in self.pending])
-        self.blocks = [b for b in self.blocks if b.row1 > keep]
-
-    def _rows(self, samples: tuple[int, int, int, int]) -> torch.Tensor:
-        r0, r1, c0, c1 = samples
-        parts = [
-            b.logits[:, max(r0, b.row0) - b.row0 : min(r1, b.row1) - b.row0, c0:c1]
-            for b in self.blocks
-            if b.row1 > r0 and b.row0 < r1
-        ]
-        if not parts:
-            classes = int(self.stream.model.config.num_classes)
-            return torch.zeros(classes, 0, max(c1 - c0, 0))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    class_index: int
+    class_name: str
+    probability: bool  # threshold the probability (else the logit)
+    threshold: float
+    color: list[int] | None
+    classification: str
+    min_area: float
+    simplify_tolerance: float
 
 
-def class_maps(logits: torch.Tensor, class_index: int) -> tuple[np.ndarray, np.ndarray]:
-    """One class's probability and logit maps (float64) from a band's ``[C, rows, cols]``."""
-    probs = torch.softmax(logits, dim=0)[class_index].double().numpy()
-    return probs, logits[class_index].double().numpy()
-
-
-def trim_memory() -> None:
-    """Return freed heap memory to the system (glibc's ``malloc_trim``; elsewhere nothing).
-
-    Each gRPC thread allocates from its own malloc arena, which keeps what a call freed:
-    without this, calls served by different threads would add up in the resident memory
-    instead of reusing it."""
-    global _TRIM
-    if _TRIM is None:
-        try:
-            import ctypes
-
-            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM = None
-
-
-def default_max_memory() -> int:
-    """A quarter of the machine's memory (at least 1 GiB): ``--max-memory``'s default."""
-    import os
-
+def annotate_settings(
+    config: inference_service_pb2.AnnotateConfig, classes: list[str]
+) -> AnnotateSettings:
     try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        total = 8 * 2**30
-    return max(2**30, total // 4)
+        class_name = classes[target_class_index(classes, config.class_name)]
+    except MilsilError:
+        raise MilsilError(
+            f"config.class_name {config.class_name!r} is not a class of the model; allowed: {', '.join(classes)}"
+        ) from None
+    Config = inference_service_pb2.AnnotateConfig
+    on = config.threshold_on or Config.PROBABILITY
+    if on not in (Config.PROBABILITY, Config.LOGIT):
+        raise MilsilError(f"config.threshold_on {on} is unknown; allowed: PROBABILITY, LOGIT")
+    probability = on == Config.PROBABILITY
+    threshold = config.threshold if config.HasField("threshold") else (0.5 if probability else 0.0)
+    if not math.isfinite(threshold):
+        raise MilsilError(f"config.threshold must be a finite number, got {threshold}")
+    if probability and not 0.0 <= threshold <= 1.0:
+        raise MilsilError(f"config.threshold must be in [0, 1] for PROBABILITY, got {threshold}")
+    _non_negative(config, ("min_area", "simplify_tolerance"), "config.")
+    color = list(config.color)
+    if color and (len(color) != 3 or not all(0 <= c <= 255 for c in color)):
+        raise MilsilError(f"config.color must be empty or [r, g, b] with 0-255, got {color}")
+    return AnnotateSettings(
+        class_index=classes.index(class_name),
+        class_name=class_name,
+        probability=probability,
+        threshold=float(threshold),
+        color=color or None,
+        classification=config.classification or class_name,
+        min_area=config.min_area,
+        simplify_tolerance=config.simplify_tolerance,
+    )
+
+
+def _non_negative(message: Any, names: tuple[str, ...], prefix: str) -> None:
+    for name in names:
+        value = getattr(message, name)
+        if not math.isfinite(value) or value < 0:
+            raise MilsilError(
+                f"{prefix}{name} must be a finite number >= 0 (level-0 pixels), got {value}"
+            )
+
+
+def region_tile(
+    index: int,
+    samples: tuple[int, int, int, int],
+    block: torch.Tensor,
+    dtype: np.dtype,
+    probabilities: bool,
+) -> inference_service_pb2.HeatmapTile:
+    """The logits ``[C, rows, cols]`` of the samples ``(row0, row1, col0, col1)`` of one
+    request tile."""
+    r0, _, c0, _ = samples
+    probs = torch.softmax(block, dim=0).numpy() if probabilities else None
+    return heatmap_tile(index, r0, c0, block.numpy(), dtype, probs)
+
+
+def annotate_response(
+    collection: dict[str, Any], objects: list[dict[str, Any]], model_id: str, class_name: str
+) -> inference_service_pb2.AnnotateResponse:
+    return inference_service_pb2.AnnotateResponse(
+        geojson=json.dumps(collection),
+        objects=[
+            inference_service_pb2.AnnotationObject(
+                id=o["id"],
+                area=o["area"],
+                mean_probability=o["mean_probability"],
+                max_probability=o["max_probability"],
+                mean_logit=o["mean_logit"],
+            )
+            for o in objects
+        ],
+        model=f"models/{model_id}",
+        class_name=class_name,
+    )

@@ -32,7 +32,7 @@ from milsil.client.retry import RETRY_KEY, is_busy
 from milsil.inference.heatmap import logit_heatmap
 from milsil.v1 import common_pb2, inference_service_pb2
 from milsil_server.errors import Busy
-from milsil_server.inference import Limits
+from milsil_server.resources import Limits
 from milsil_server.slots import ComputeSlots
 
 ROOT = Path(__file__).resolve().parent.parent

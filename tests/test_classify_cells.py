@@ -39,7 +39,7 @@ from milsil.data.synth import synth_image
 from milsil.inference.heatmap import logit_heatmap
 from milsil.inference.objects import measure_objects
 from milsil.models import save_checkpoint
-from milsil_server.inference import Limits
+from milsil_server.resources import Limits
 
 TOKEN = "cells-s3cret"
 WIDTH, HEIGHT = 288, 224

@@ -25,7 +25,7 @@ import torch
 from server_support import register_tiny_model, running_server, self_signed
 
 from milsil.client import MilsilClient
-from milsil.client.grpc_client import FINAL_JOB_STATES
+from milsil.client.training import FINAL_JOB_STATES
 from milsil.inference.heatmap import logit_heatmap, probabilities
 from milsil.inference.objects import measure_objects
 

@@ -18,7 +18,7 @@ from milsil.inference.heatmap import logit_heatmap
 from milsil.inference.tiling import context_pixels
 from milsil.v1 import common_pb2, inference_service_pb2
 from milsil.wsi.tiff import write_pyramidal_tiff
-from milsil_server.inference import Limits
+from milsil_server.resources import Limits
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

@@ -4,14 +4,9 @@ This is the only place in :mod:`milsil` that speaks gRPC. Importing it never imp
 torch: a workstation that only talks to a GPU server needs grpcio, protobuf and numpy.
 """
 
-from milsil.client.grpc_client import (
-    HeatmapResult,
-    MilsilClient,
-    assemble_heatmap,
-    bags_from_dataset,
-    encode_tile,
-    image_tiles,
-)
+from milsil.client.grpc_client import MilsilClient
+from milsil.client.messages import HeatmapResult, assemble_heatmap, encode_tile, image_tiles
+from milsil.client.training import bags_from_dataset
 
 __all__ = [
     "HeatmapResult",

@@ -14,176 +14,42 @@
         fc, result = client.annotate_slide(job.model, "case1.svs")  # read by the server
 
 Images are uint8 ``H x W x 3`` numpy arrays; they are cut into tiles, streamed, and the
-streamed heatmap tiles are put back together here.
-
-Busy is not failure: every call that the server refuses as busy (``milsil-retry: busy``,
-see :mod:`milsil.client.retry`) is retried after a jittered exponential backoff until the
-call's deadline (``timeout``; none: until it is served); waiting lines ("queued for
-compute, position 2 of 5", "server busy ...; retrying in 1.3 s") go to ``on_wait``
-(default: the ``milsil.client`` logger at INFO). Too large is final and raised at once.
+streamed heatmap tiles are put back together here. The channel and the waiting while the
+server is busy are :class:`~milsil.client.connection.Connection`'s; each family's messages
+are built in the module named after it (:mod:`~milsil.client.regions`,
+:mod:`~milsil.client.objects`, :mod:`~milsil.client.slides`,
+:mod:`~milsil.client.training`), as on the server.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 
-from milsil.client.messages import (
-    VALUE_TYPES,
-    HeatmapResult,
-    assemble_heatmap,
-    encode_tile,
-    image_tiles,
-    interior_region,
-)
-from milsil.client.objects import ObjectResult, assemble_objects, geometry_bounds, object_messages
-from milsil.client.retry import Retrier, method_name, queue_line
+from milsil.client import messages, regions
+from milsil.client.connection import Connection
+from milsil.client.messages import HeatmapResult, assemble_heatmap, encode_tile
+from milsil.client.objects import ObjectResult, assemble_objects, object_messages, region_around
+from milsil.client.regions import interior_region, region_requests
+from milsil.client.slides import slide_config
+from milsil.client.training import upload_requests
 from milsil.errors import MilsilError
 from milsil.v1 import (
     common_pb2,
     inference_service_pb2,
-    inference_service_pb2_grpc,
     model_service_pb2,
-    model_service_pb2_grpc,
     training_service_pb2,
-    training_service_pb2_grpc,
-)
-
-# Read from the contract, not copied: every Job.State numbered above RUNNING is final
-# (documented in training_service.proto).
-FINAL_JOB_STATES = tuple(
-    name
-    for name, number in training_service_pb2.Job.State.items()
-    if number > training_service_pb2.Job.RUNNING
 )
 
 
-def bags_from_dataset(path: str | Path, patch_size: int) -> Iterator[tuple[np.ndarray, str, str]]:
-    """``(tiles, label, patient)`` for every bag of a local dataset (manifest CSV or folder)."""
-    from milsil.data import load_bag, load_dataset
-
-    records, classes = load_dataset(path)
-    for record in records:
-        yield load_bag(record, patch_size), classes[record.label], record.patient
-
-
-class MilsilClient:
-    """Connection to a milsil server; every call raises ``grpc.RpcError`` on a non-OK status."""
-
-    def __init__(
-        self,
-        target: str = "127.0.0.1:50051",
-        token: str | None = None,
-        root_certificates: bytes | str | Path | None = None,
-        client_cert: bytes | str | Path | None = None,
-        client_key: bytes | str | Path | None = None,
-        max_message_mb: int = 64,
-        timeout: float | None = None,
-        server_name: str | None = None,
-        tls: bool | None = None,
-        retry_busy: bool = True,
-        on_wait: Callable[[str], None] | None = None,
-    ) -> None:
-        options = [
-            ("grpc.max_receive_message_length", max_message_mb * 2**20),
-            ("grpc.max_send_message_length", max_message_mb * 2**20),
-            # A connection of its own: the server queues work fairly per connection.
-            ("grpc.use_local_subchannel_pool", 1),
-        ]
-        if server_name:
-            options.append(("grpc.ssl_target_name_override", server_name))
-        use_tls = (
-            tls if tls is not None else root_certificates is not None or client_cert is not None
-        )
-        if use_tls:
-            creds = grpc.ssl_channel_credentials(
-                root_certificates=_pem(root_certificates),
-                private_key=_pem(client_key),
-                certificate_chain=_pem(client_cert),
-            )
-            self.channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            self.channel = grpc.insecure_channel(target, options=options)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.timeout = timeout
-        self.retry = Retrier(
-            enabled=retry_busy,
-            on_wait=on_wait if on_wait is not None else logging.getLogger("milsil.client").info,
-        )
-        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
-        self.inference = inference_service_pb2_grpc.InferenceServiceStub(self.channel)
-        self.training = training_service_pb2_grpc.TrainingServiceStub(self.channel)
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def __enter__(self) -> MilsilClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _kw(self, timeout: float | None = None) -> dict[str, Any]:
-        return {
-            "metadata": self.metadata,
-            "timeout": timeout if timeout is not None else self.timeout,
-        }
-
-    def _all_pages(self, method, request_for: Callable[[str], Any], field: str) -> list[Any]:
-        """Every item of a paged List RPC: follow ``next_page_token`` until it is empty."""
-        items, token = [], ""
-        while True:
-            page = self._unary(method, request_for(token))
-            items.extend(getattr(page, field))
-            token = page.next_page_token
-            if not token:
-                return items
-
-    def _unary(self, method, request: Any, timeout: float | None = None) -> Any:
-        """One answer (``request`` may make a request stream); waits while the server is busy."""
-        return self.retry.unary(method, request, self.metadata, self._kw(timeout)["timeout"])
-
-    def _stream(self, method, request: Any, timeout: float | None = None, is_result=None):
-        """Streamed answers; waits while the server is busy, before the first result."""
-        timeout = self._kw(timeout)["timeout"]
-        return self.retry.streaming(method, request, self.metadata, timeout, is_result)
-
-    def _queued_stream(self, method, requests, timeout: float | None) -> Iterator[Any]:
-        """The answers of a call that reports its place in the compute queue (``queue``
-        messages, said through ``on_wait`` and left out)."""
-        what = method_name(method)
-        for response in self._stream(
-            method, requests, timeout, is_result=lambda r: not r.HasField("queue")
-        ):
-            if response.HasField("queue"):
-                self._say_queue(what, response.queue)
-            else:
-                yield response
-
-    def _say_queue(self, what: str, queue: Any) -> None:
-        self.retry.say(queue_line(what, queue.position, queue.waiting))
-
-    def health(self, service: str = "", timeout: float | None = 5.0) -> str:
-        """Health status name ("SERVING", "NOT_SERVING", ...) of the server or one service."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        stub = health_pb2_grpc.HealthStub(self.channel)
-        response = self.retry.call(
-            "Health",
-            lambda left: stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=left),
-            timeout,
-        )
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-
-    # ------------------------------------------------------------------ models
+class MilsilClient(Connection):
+    """The typed API of a milsil server: one method per RPC, numpy arrays and GeoJSON dicts
+    in and out; every call raises ``grpc.RpcError`` on a non-OK status."""
 
     def list_models(self, page_size: int = 0) -> list[model_service_pb2.Model]:
         return self._all_pages(
@@ -267,34 +133,6 @@ class MilsilClient:
 
         return self._unary(self.inference.ClassifyBag, requests, timeout)
 
-    def _region_requests(
-        self,
-        first_config: dict[str, Any],
-        image: np.ndarray,
-        x: float,
-        y: float,
-        downsample: float,
-        margin: int,
-        tile_size: int,
-        encoding: str,
-        request_cls: type,
-        tiles_per_message: int = 4,
-    ) -> Iterator[Any]:
-        ox, oy = x - margin * downsample, y - margin * downsample
-        if ox < 0 or oy < 0:
-            raise MilsilError(
-                "margin reaches left of/above level-0 (0, 0): lower margin or move the region"
-            )
-        batch: list[common_pb2.Tile] = []
-        first = True
-        for tile in image_tiles(image, tile_size, encoding, ox, oy, downsample):
-            batch.append(tile)
-            if len(batch) == tiles_per_message:
-                yield request_cls(**(first_config if first else {}), tiles=batch)
-                batch, first = [], False
-        if batch or first:
-            yield request_cls(**(first_config if first else {}), tiles=batch)
-
     def heatmap(
         self,
         model: str,
@@ -318,20 +156,16 @@ class MilsilClient:
         Returns ``[C, ceil(H'/stride), ceil(W'/stride)]`` arrays, as
         ``milsil.inference.heatmap.logit_heatmap``.
         """
-        if value_type not in VALUE_TYPES:
-            raise MilsilError(
-                f"value_type must be one of {', '.join(VALUE_TYPES)}, got {value_type!r}"
-            )
         config = inference_service_pb2.HeatmapConfig(
             model=model,
             region=interior_region(image, x, y, downsample, margin),
             stride=stride,
-            value_type=VALUE_TYPES[value_type],
+            value_type=messages.value_type(value_type),
             include_probabilities=probabilities,
         )
 
         def requests() -> Iterator[inference_service_pb2.HeatmapRequest]:
-            return self._region_requests(
+            return region_requests(
                 {"config": config},
                 image,
                 x,
@@ -376,8 +210,7 @@ class MilsilClient:
             box = interior_region(image, x, y, downsample, margin)
         else:
             if region is None:
-                x0, y0, x1, y1 = _around(geometry_bounds([g for _, g in objects]))
-                region = (x0, y0, x1 - x0, y1 - y0)
+                region = region_around([g for _, g in objects])
             box = common_pb2.Region(
                 x=region[0], y=region[1], width=region[2], height=region[3], downsample=downsample
             )
@@ -391,7 +224,7 @@ class MilsilClient:
             for batch in object_messages(objects, objects_per_message):
                 yield Request(objects=batch)
             if image is not None:
-                yield from self._region_requests(
+                yield from region_requests(
                     {}, image, x, y, downsample, margin, tile_size, encoding, Request
                 )
 
@@ -418,14 +251,6 @@ class MilsilClient:
         timeout: float | None = None,
     ) -> tuple[dict[str, Any], inference_service_pb2.AnnotateResponse]:
         """QuPath GeoJSON FeatureCollection (as a dict) of ``class_name`` regions, and the response."""
-        ons = {
-            "probability": inference_service_pb2.AnnotateConfig.PROBABILITY,
-            "logit": inference_service_pb2.AnnotateConfig.LOGIT,
-        }
-        if threshold_on not in ons:
-            raise MilsilError(
-                f"threshold_on must be 'probability' or 'logit', got {threshold_on!r}"
-            )
         config = inference_service_pb2.AnnotateConfig(
             heatmap=inference_service_pb2.HeatmapConfig(
                 model=model,
@@ -433,7 +258,7 @@ class MilsilClient:
                 stride=stride,
             ),
             class_name=class_name,
-            threshold_on=ons[threshold_on],
+            threshold_on=regions.threshold_on(threshold_on),
             min_area=min_area,
             simplify_tolerance=simplify_tolerance,
         )
@@ -441,7 +266,7 @@ class MilsilClient:
             config.threshold = threshold
 
         def requests() -> Iterator[inference_service_pb2.AnnotateRequest]:
-            return self._region_requests(
+            return region_requests(
                 {"config": config},
                 image,
                 x,
@@ -457,30 +282,6 @@ class MilsilClient:
         return json.loads(response.geojson), response
 
     # ------------------------------------------------------------------ whole slides
-
-    @staticmethod
-    def _slide_config(
-        model: str,
-        path: str,
-        stride: int,
-        downsample: float,
-        tissue_only: bool,
-        tile_size: int,
-        class_name: str,
-        write_tiff: bool,
-        tiff_path: str,
-    ) -> inference_service_pb2.SlideConfig:
-        return inference_service_pb2.SlideConfig(
-            model=model,
-            path=str(path),
-            stride=stride,
-            downsample=downsample,
-            tissue_only=tissue_only,
-            tile_size=tile_size,
-            class_name=class_name,
-            write_tiff=write_tiff,
-            tiff_path=tiff_path,
-        )
 
     def annotate_slide(
         self,
@@ -508,7 +309,7 @@ class MilsilClient:
         intersect it are computed and the outlines are clipped to it.
         """
         request = inference_service_pb2.AnnotateSlideRequest(
-            config=self._slide_config(
+            config=slide_config(
                 model,
                 path,
                 stride,
@@ -518,14 +319,13 @@ class MilsilClient:
                 class_name,
                 write_tiff,
                 tiff_path,
+                roi,
             ),
             min_area=min_area,
             simplify_tolerance=simplify_tolerance,
         )
         if threshold is not None:
             request.threshold = threshold
-        if roi:
-            request.config.roi = roi if isinstance(roi, str) else json.dumps(roi)
         result = None
         for response in self._stream(
             self.inference.AnnotateSlide,
@@ -534,10 +334,7 @@ class MilsilClient:
             is_result=lambda r: r.HasField("result"),
         ):
             if response.HasField("progress"):
-                if response.progress.HasField("queue"):
-                    self._say_queue("AnnotateSlide", response.progress.queue)
-                if progress is not None:
-                    progress(response.progress)
+                self._progress("AnnotateSlide", response.progress, progress)
             else:
                 result = response.result
         if result is None:
@@ -568,12 +365,8 @@ class MilsilClient:
         With ``values=False`` only the header and the summary come back (e.g. with
         ``write_tiff``); the arrays are then all NaN.
         """
-        if value_type not in VALUE_TYPES:
-            raise MilsilError(
-                f"value_type must be one of {', '.join(VALUE_TYPES)}, got {value_type!r}"
-            )
         request = inference_service_pb2.SlideHeatmapRequest(
-            config=self._slide_config(
+            config=slide_config(
                 model,
                 path,
                 stride,
@@ -583,14 +376,13 @@ class MilsilClient:
                 class_name,
                 write_tiff,
                 tiff_path,
+                roi,
             ),
-            value_type=VALUE_TYPES[value_type],
+            value_type=messages.value_type(value_type),
             include_probabilities=probabilities,
             omit_values=not values,
             block_size=block_size,
         )
-        if roi:  # only tiles that intersect this GeoJSON geometry (level-0 px)
-            request.config.roi = roi if isinstance(roi, str) else json.dumps(roi)
         summary: list[inference_service_pb2.SlideSummary] = []
 
         def map_messages() -> Iterator[Any]:
@@ -602,10 +394,7 @@ class MilsilClient:
             ):
                 kind = response.WhichOneof("response")
                 if kind == "progress":
-                    if response.progress.HasField("queue"):
-                        self._say_queue("SlideHeatmap", response.progress.queue)
-                    if progress is not None:
-                        progress(response.progress)
+                    self._progress("SlideHeatmap", response.progress, progress)
                 elif kind == "result":
                     summary.append(response.result)
                 else:
@@ -617,6 +406,18 @@ class MilsilClient:
         if probabilities and heat.probabilities is None:
             heat.probabilities = np.full_like(heat.logits, np.nan)
         return heat, summary[0]
+
+    def _progress(
+        self,
+        what: str,
+        message: inference_service_pb2.SlideProgress,
+        progress: Callable[[inference_service_pb2.SlideProgress], None] | None,
+    ) -> None:
+        """A slide's progress: its queue place said through ``on_wait``, then ``progress``."""
+        if message.HasField("queue"):
+            self._say_queue(what, message.queue)
+        if progress is not None:
+            progress(message)
 
     # ------------------------------------------------------------------ training
 
@@ -635,22 +436,7 @@ class MilsilClient:
         """
 
         def requests() -> Iterator[training_service_pb2.UploadDatasetRequest]:
-            first = True
-            for n, (tiles, label, patient) in enumerate(bags):
-                # Split big bags across messages under one bag_id.
-                chunk: list[common_pb2.Tile] = []
-                size = 0
-                for tile in tiles:
-                    msg = encode_tile(np.asarray(tile), encoding)
-                    if chunk and size + len(msg.data) > max_message_bytes:
-                        yield _upload(first, display_name, n, label, patient, chunk)
-                        first, chunk, size = False, [], 0
-                    chunk.append(msg)
-                    size += len(msg.data)
-                yield _upload(first, display_name, n, label, patient, chunk)
-                first = False
-            if first:
-                yield training_service_pb2.UploadDatasetRequest(display_name=display_name)
+            return upload_requests(bags, display_name, encoding, max_message_bytes)
 
         if iter(bags) is bags:  # one pass only: no retry
             return self.training.UploadDataset(requests(), **self._kw(timeout))
@@ -706,37 +492,3 @@ class MilsilClient:
         for job in self.watch_job(name, timeout):
             last = job
         return last if last is not None else self.get_job(name)
-
-
-def _upload(
-    first, display_name, n, label, patient, tiles
-) -> training_service_pb2.UploadDatasetRequest:
-    return training_service_pb2.UploadDatasetRequest(
-        display_name=display_name if first else "",
-        bags=[
-            training_service_pb2.Bag(
-                bag_id=f"bag-{n}", label=label, patient_id=patient, tiles=tiles
-            )
-        ],
-    )
-
-
-def _around(bounds: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-    """Whole level-0 pixels around ``bounds``, one wider on each side (never below 0)."""
-    x0, y0, x1, y1 = bounds
-    return (
-        max(0.0, math.floor(x0) - 1),
-        max(0.0, math.floor(y0) - 1),
-        math.ceil(x1) + 1,
-        math.ceil(y1) + 1,
-    )
-
-
-def _pem(value: bytes | str | Path | None) -> bytes | None:
-    if value is None or isinstance(value, bytes):
-        return value
-    path = Path(value).expanduser()
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise MilsilError(f"cannot read PEM file {path}: {exc.strerror or exc}") from None

@@ -1,4 +1,9 @@
-"""Client-side messages: pixels -> Tile messages, streamed heatmap tiles -> arrays.
+"""The message codec every client call shares (the client's half of ``milsil_server.messages``):
+pixels -> Tile messages, value types, streamed heatmap tiles -> arrays.
+
+Each family's own messages live in the module named after it, as on the server:
+:mod:`~milsil.client.regions`, :mod:`~milsil.client.objects`,
+:mod:`~milsil.client.slides`, :mod:`~milsil.client.training`.
 
 Torch-free, like all of :mod:`milsil.client`; the value types are read from the contract
 (``ValueType`` names the numpy dtype: ``VALUE_TYPE_FLOAT16`` -> ``float16``, little-endian).
@@ -26,6 +31,13 @@ VALUE_TYPES = {
     if number != common_pb2.VALUE_TYPE_UNSPECIFIED
 }
 _NUMPY_TYPES = {number: np.dtype(name).newbyteorder("<") for name, number in VALUE_TYPES.items()}
+
+
+def value_type(name: str) -> int:
+    """The ``ValueType`` of ``"float32"``, ``"float16"``, ...; refuses others by name."""
+    if name not in VALUE_TYPES:
+        raise MilsilError(f"value_type must be one of {', '.join(VALUE_TYPES)}, got {name!r}")
+    return VALUE_TYPES[name]
 
 
 def encode_tile(
@@ -122,13 +134,3 @@ def assemble_heatmap(responses: Iterable[inference_service_pb2.HeatmapResponse])
     if header is None:
         raise MilsilError("the server sent no heatmap header")
     return HeatmapResult(header, logits, probs)
-
-
-def interior_region(
-    image: np.ndarray, x: float, y: float, downsample: float, margin: int
-) -> common_pb2.Region:
-    """The level-0 region of ``image`` without its ``margin`` context pixels on each side."""
-    h, w = image.shape[0] - 2 * margin, image.shape[1] - 2 * margin
-    return common_pb2.Region(
-        x=x, y=y, width=w * downsample, height=h * downsample, downsample=downsample
-    )

@@ -102,6 +102,14 @@ def geometry_bounds(geometries: Sequence[Mapping]) -> tuple[float, float, float,
     return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
 
+def region_around(geometries: Sequence[Mapping]) -> tuple[float, float, float, float]:
+    """Level-0 ``(x, y, width, height)`` in whole pixels around the geometries, one pixel
+    wider on each side (never below 0): MeasureObjects' default region."""
+    x0, y0, x1, y1 = geometry_bounds(geometries)
+    left, top = max(0.0, math.floor(x0) - 1), max(0.0, math.floor(y0) - 1)
+    return left, top, math.ceil(x1) + 1 - left, math.ceil(y1) + 1 - top
+
+
 @dataclass
 class ObjectResult:
     """The measurements of MeasureObjects, rows in the order the objects were sent."""

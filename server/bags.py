@@ -1,0 +1,121 @@
+"""ClassifyBag: a bag of tiles in, per-tile (SIL) and bag (MIL) probabilities out.
+
+The stream's tiles are decoded under the bag limits (:func:`bag_request`), the model
+runs under a compute slot (:func:`classify_tiles`, checking ``is_active`` between chunks so
+a cancelled call stops within about a second), and the result becomes the response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from milsil.data.images import to_tensor
+from milsil.errors import MilsilError
+from milsil.v1 import inference_service_pb2
+
+from .errors import Cancelled, ResourceExhausted
+from .messages import decode
+from .resources import Limits, Resources
+
+
+def classify_bag_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Any:
+    """The ClassifyBag RPC."""
+    model_name, tiles = bag_request(requests, res.limits)
+    ident, model = res.model(model_name, "model")
+    with res.slots.acquire(context.is_active, context.peer()):
+        result = classify_tiles(model, tiles, context.is_active)
+    return classify_bag_response(ident, model.class_names, result)
+
+
+def bag_request(requests: Iterable[Any], limits: Limits) -> tuple[str, list[np.ndarray]]:
+    """ClassifyBagRequest messages -> (model name, decoded tiles)."""
+    model_name = None
+    tiles: list[np.ndarray] = []
+    pixels = 0
+    for n, request in enumerate(requests):
+        if n == 0:
+            model_name = request.model
+        elif request.model and request.model != model_name:
+            raise MilsilError("model may only be set in the first message (or repeated unchanged)")
+        for tile in request.tiles:
+            where = f"tiles[{len(tiles)}]"
+            if len(tiles) >= limits.max_bag_tiles:
+                raise ResourceExhausted(f"a bag may have at most {limits.max_bag_tiles} tiles")
+            pixels += max(tile.width, 0) * max(tile.height, 0)
+            if pixels > limits.max_bag_pixels:
+                raise ResourceExhausted(f"a bag may hold at most {limits.max_bag_pixels} pixels")
+            tiles.append(decode(tile, where, limits))
+    if model_name is None:
+        raise MilsilError("empty stream: the first ClassifyBagRequest must name the model")
+    return model_name, tiles
+
+
+def classify_bag_response(
+    model_id: str, classes: list[str], result: dict[str, Any]
+) -> inference_service_pb2.ClassifyBagResponse:
+    response = inference_service_pb2.ClassifyBagResponse(
+        model=f"models/{model_id}",
+        class_names=classes,
+        bag_logits=result["mil_logits"],
+        bag_probabilities=result["mil_probabilities"],
+        attention=result["attention"],
+        predicted_class=classes[int(np.argmax(result["mil_probabilities"]))],
+    )
+    if result["sil_logits"] is not None:
+        for i, (lg, pr) in enumerate(
+            zip(result["sil_logits"], result["sil_probabilities"], strict=True)
+        ):
+            response.tiles.add(index=i, logits=lg, probabilities=pr)
+    return response
+
+
+def classify_tiles(
+    model: torch.nn.Module, tiles: list[np.ndarray], is_active: Callable[[], bool], chunk: int = 64
+) -> dict[str, object]:
+    """SIL (per tile) and MIL (bag) logits/probabilities of one bag of equally sized tiles."""
+    if not tiles:
+        raise MilsilError("no tiles were sent; a bag needs at least one tile")
+    h, w = tiles[0].shape[:2]
+    for i, t in enumerate(tiles):
+        if t.shape[:2] != (h, w):
+            raise MilsilError(
+                f"tiles[{i}] is {t.shape[1]}x{t.shape[0]} but tiles[0] is {w}x{h}: all tiles of a bag "
+                "must have the same size"
+            )
+    rf = getattr(model, "receptive_field", None)
+    if rf and (h < rf or w < rf):
+        raise MilsilError(
+            f"tiles are {w}x{h}; {model.config.arch} needs tiles of at least {rf}x{rf}"
+        )
+    device = next(model.parameters()).device
+    mean, std = model.normalization
+    result: dict[str, object] = {"attention": []}
+    with torch.inference_mode():
+        if hasattr(model, "patch_features") and hasattr(model, "fc"):
+            feats = []
+            for k in range(0, len(tiles), chunk):
+                if not is_active():
+                    raise Cancelled(
+                        "request cancelled or deadline exceeded; classification stopped"
+                    )
+                x = to_tensor(np.stack(tiles[k : k + chunk]), mean, std).to(device)
+                feats.append(model.patch_features(x).float())
+            f = torch.cat(feats)
+            sil = model.fc(f).float().cpu()
+            mil = model.fc(f.mean(dim=0, keepdim=True))[0].float().cpu()
+        else:
+            x = to_tensor(np.stack(tiles), mean, std).to(device)
+            out = model(x.unsqueeze(0))
+            sil = None if out.sil_logits is None else out.sil_logits[0].float().cpu()
+            mil = out.mil_logits[0].float().cpu()
+            if out.attention is not None:
+                result["attention"] = out.attention[0].float().cpu().tolist()
+    result["sil_logits"] = None if sil is None else sil.tolist()
+    result["sil_probabilities"] = None if sil is None else torch.softmax(sil, dim=1).tolist()
+    result["mil_logits"] = mil.tolist()
+    result["mil_probabilities"] = torch.softmax(mil, dim=0).tolist()
+    return result

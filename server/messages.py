@@ -1,0 +1,173 @@
+"""The message codec every RPC family shares (the server's half of ``milsil.client.messages``).
+
+``Tile`` messages become :class:`~.tiles.TileData` or decoded pixels; value types,
+timestamps, page tokens, queue places and the heatmap header become messages. Contract
+facts are read from the contract (value types from ``ValueType``). Each family's own
+messages live beside its RPCs (:mod:`.bags`, :mod:`.regions`, :mod:`.objects`,
+:mod:`.slides`, :mod:`.model_service`, :mod:`.training_service`); a bad field raises
+:class:`MilsilError` (INVALID_ARGUMENT) naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+from google.protobuf import timestamp_pb2
+
+from milsil.errors import MilsilError
+from milsil.inference.tiling import context_for_receptive_field
+from milsil.v1 import common_pb2, inference_service_pb2
+
+from .resources import Limits
+from .slots import QueueStatus
+from .tiles import TileData, decode_tile
+
+# ------------------------------------------------------------------ contract facts
+
+_VALUE_PREFIX = "VALUE_TYPE_"
+VALUE_TYPES_ALLOWED = ", ".join(
+    sorted(
+        name.removeprefix(_VALUE_PREFIX)
+        for name in common_pb2.ValueType.keys()
+        if common_pb2.ValueType.Value(name) != common_pb2.VALUE_TYPE_UNSPECIFIED
+    )
+)
+
+
+def value_type(value: int, field: str) -> tuple[int, np.dtype]:
+    """A ``ValueType`` (unspecified: FLOAT32, as the contract says) and its numpy dtype.
+
+    The dtype is read from the enum name (``VALUE_TYPE_FLOAT16`` -> little-endian float16).
+    """
+    chosen = value or common_pb2.VALUE_TYPE_FLOAT32
+    try:
+        name = common_pb2.ValueType.Name(chosen)
+    except ValueError:
+        raise MilsilError(f"{field} {value} is unknown; allowed: {VALUE_TYPES_ALLOWED}") from None
+    return chosen, np.dtype(name.removeprefix(_VALUE_PREFIX).lower()).newbyteorder("<")
+
+
+def context_pixels(receptive_field: int | None) -> int:
+    """``Model.context_pixels``: the tiled engine's context, 0 without a receptive field."""
+    return context_for_receptive_field(receptive_field) if receptive_field else 0
+
+
+def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def page_token(offset: int, limit: int, more: bool) -> str:
+    return str(offset + limit) if more else ""
+
+
+# ------------------------------------------------------------------ tiles
+
+
+def _encoding(tile: common_pb2.Tile, where: str) -> str:
+    """The tile's encoding by name (RAW_RGB8, PNG, JPEG); an unknown number is refused."""
+    try:
+        return common_pb2.Tile.Encoding.Name(tile.encoding)
+    except ValueError:
+        raise MilsilError(
+            f"{where}.encoding {tile.encoding} is unknown; allowed: RAW_RGB8, PNG, JPEG"
+        ) from None
+
+
+def decode(tile: common_pb2.Tile, where: str, limits: Limits) -> np.ndarray:
+    """A ``Tile`` as uint8 ``H x W x 3``."""
+    encoding = _encoding(tile, where)
+    return decode_tile(encoding, tile.data, tile.width, tile.height, where, limits)
+
+
+def tile_data(tile: common_pb2.Tile, where: str) -> TileData:
+    """A region's ``Tile`` as plain values (not decoded: its header is checked first)."""
+    return TileData(
+        _encoding(tile, where),
+        tile.data,
+        tile.width,
+        tile.height,
+        tile.x,
+        tile.y,
+        tile.downsample,
+    )
+
+
+def region_tiles(
+    first: Iterable[common_pb2.Tile], messages: Iterable[Any], start: int = 0
+) -> Iterator[TileData]:
+    """The tiles of a Heatmap/Annotate stream: the first message's, then every later
+    message's (which must not repeat the config)."""
+    n = start
+    for tile in first:
+        yield tile_data(tile, f"tiles[{n}]")
+        n += 1
+    for message in messages:
+        if message.HasField("config"):
+            raise MilsilError("config may only be sent in the first message")
+        for tile in message.tiles:
+            yield tile_data(tile, f"tiles[{n}]")
+            n += 1
+
+
+# ------------------------------------------------------------------ shared responses
+
+
+def queue_status(status: QueueStatus) -> inference_service_pb2.QueueStatus:
+    """The request's place in the compute queue."""
+    return inference_service_pb2.QueueStatus(position=status.position, waiting=status.waiting)
+
+
+def heatmap_header(
+    model_id: str,
+    model: Any,
+    rows: int,
+    cols: int,
+    stride: int,
+    downsample: float,
+    origin: tuple[float, float],
+    value_type: int,
+) -> inference_service_pb2.HeatmapHeader:
+    """``origin``: level-0 (x, y) of the region's top-left corner."""
+    return inference_service_pb2.HeatmapHeader(
+        model=f"models/{model_id}",
+        class_names=model.class_names,
+        rows=rows,
+        cols=cols,
+        stride=stride,
+        step=stride * downsample,
+        origin_x=origin[0] + 0.5 * downsample,
+        origin_y=origin[1] + 0.5 * downsample,
+        value_type=value_type,
+        receptive_field=int(model.receptive_field),
+        context_pixels=context_pixels(model.receptive_field),
+    )
+
+
+def heatmap_tile(
+    index: int,
+    row: int,
+    col: int,
+    logits: np.ndarray,
+    dtype: np.dtype,
+    probabilities: np.ndarray | None,
+) -> inference_service_pb2.HeatmapTile:
+    """Map samples ``[C, rows, cols]`` whose top-left is ``(row, col)``, as ``dtype``
+    (Heatmap: one per request tile; SlideHeatmap: one per block)."""
+    tile = inference_service_pb2.HeatmapTile(
+        tile_index=index,
+        row=row,
+        col=col,
+        rows=logits.shape[1],
+        cols=logits.shape[2],
+        num_classes=logits.shape[0],
+        logits=logits.astype(dtype).tobytes(),
+    )
+    if probabilities is not None:
+        tile.probabilities = probabilities.astype(dtype).tobytes()
+    return tile

@@ -1,0 +1,388 @@
+"""The region stream: a region of any size, its tiles in, computed band by band.
+
+Heatmap and Annotate (:mod:`.regions`) and MeasureObjects (:mod:`.objects`) all run one.
+
+A region is not assembled: its tiles arrive in row order and land in the tiled engine's
+:class:`milsil.inference.tiling.BandCanvas`, which hands out each band (with its context,
+missing context mirrored) once the band and its context have arrived; the band is
+computed at once and its pixels freed. What a call keeps is bounded by the band height
+times the region's width, never by its area:
+
+* Heatmap keeps the computed rows that tiles still waiting for their answer need;
+* Annotate keeps the outlines and per-component sums (:class:`milsil.wsi.geojson.OutlineStream`).
+
+Every tile's rectangle is checked against the region and its context from its header
+(declared width and height) before its bytes are decoded; tiles wholly outside are
+ignored undecoded. Memory is charged to the server's :class:`MemoryBudget`
+(:mod:`.memory`, ``--max-memory``) before it is allocated, and returned when the call ends, however it
+ends.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from milsil.errors import MilsilError
+from milsil.inference.heatmap import (
+    TILE_ACTIVATION_BUDGET,
+    band_logits,
+    chunk_side,
+    output_size,
+    stream_band_rows,
+)
+from milsil.inference.tiling import Band, BandCanvas, UncoveredError
+
+from .errors import Busy, Cancelled, ResourceExhausted
+from .memory import Reservation, trim_memory
+from .resources import Limits, Resources
+from .tiles import TileData, check_tile, decode_tile
+
+DECODE_BYTES_PER_PIXEL = 10  # a PNG/JPEG being decoded: PIL's image, its RGB copy, the array
+BAND_TARGET_SECONDS = 1.0  # most compute between two cancellation checks
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@dataclass
+class RegionSpec:
+    """A validated region: level-0 origin, downsample, and its size in region pixels."""
+
+    x: float
+    y: float
+    downsample: float
+    width: int
+    height: int
+
+    @classmethod
+    def parse(
+        cls, x: float, y: float, width: float, height: float, downsample: float, limits: Limits
+    ) -> RegionSpec:
+        values = {
+            "region.x": x,
+            "region.y": y,
+            "region.width": width,
+            "region.height": height,
+            "region.downsample": downsample,
+        }
+        for name, value in values.items():
+            if not math.isfinite(value):
+                raise MilsilError(f"{name} must be a finite number, got {value}")
+        if x < 0 or y < 0:
+            raise MilsilError(
+                f"region.x and region.y must be >= 0 (level-0 pixels), got ({x}, {y})"
+            )
+        ds = downsample or 1.0
+        if not 0 < ds <= 4096:
+            raise MilsilError(f"region.downsample must be in (0, 4096] (0 = 1), got {downsample}")
+        if width <= 0 or height <= 0:
+            raise MilsilError(f"region.width and region.height must be > 0, got {width}x{height}")
+        w, h = round(width / ds), round(height / ds)
+        if w < 1 or h < 1:
+            raise MilsilError(
+                f"region is {w}x{h} pixels at downsample {ds}; it must be at least 1x1"
+            )
+        if w * h > limits.max_region_pixels:
+            raise ResourceExhausted(
+                f"region is {w}x{h} = {w * h:,} pixels at downsample {ds}; this server takes "
+                f"images of at most {limits.max_region_pixels:,} pixels (--max-region-pixels)",
+                reason="too_large",
+            )
+        return cls(float(x), float(y), float(ds), int(w), int(h))
+
+    def level0(self, x: int, y: int) -> str:
+        """Region pixel ``(x, y)`` as level-0 coordinates, for messages."""
+        return f"({self.x + x * self.downsample:g}, {self.y + y * self.downsample:g})"
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Tile ``index`` arrived; ``box`` is its part of the region (region pixels, may be empty)."""
+
+    index: int
+    box: tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Computed:
+    """Map rows ``[row0, row1)`` (samples) are done: ``logits`` is ``[C, row1 - row0, cols]``."""
+
+    row0: int
+    row1: int
+    logits: torch.Tensor
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+@dataclass
+class RegionStream:
+    """One streamed region: tiles in (:meth:`feed`, then :meth:`finish`), events out.
+
+    ``reservation`` is charged before the window, a band or a tile's pixels are
+    allocated (:meth:`nbytes` says how much in all); ``is_active`` is polled between
+    tiles and between chunks of a band.
+    """
+
+    spec: RegionSpec
+    model: torch.nn.Module
+    halo: int
+    stride: int
+    limits: Limits
+    reservation: Reservation
+    is_active: Callable[[], bool]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    max_tiles: int = 1_000_000
+    tiles: int = field(init=False, default=0)
+    answered: bool = field(init=False, default=False)  # a reply went out (Heatmap's header)
+    canvas: BandCanvas = field(init=False)
+    band: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.band = stream_band_rows(self.model, self.spec.width, self.stride, self.device)
+        self._chunk_side = chunk_side(self.model, self.stride, self.device)
+        self.canvas = BandCanvas(
+            self.spec.width, self.spec.height, self.halo, self.band, reserve=self._reserve
+        )
+        self.rows = output_size(self.spec.height, self.stride)
+        self.cols = output_size(self.spec.width, self.stride)
+        self._canvas_bytes = 0
+        self._tile_pixels = 0
+
+    # ------------------------------------------------------------------ memory
+
+    def nbytes(self) -> int:
+        """What this call holds at most, given the window and the largest tile so far."""
+        c = self.halo
+        chunk = (self.band + 2 * c) * (self._chunk_side * self.stride + 2 * c)
+        chunk_input = chunk * 12 * 2  # one chunk normalized (float32), its channels-last copy
+        classes = int(self.model.config.num_classes)
+        out = (self.canvas.capacity // self.stride + 2 * self.band // self.stride + 2) * self.cols
+        outputs = out * classes * 4 * 3  # logits, probabilities, a class's maps
+        activations = 4 * TILE_ACTIVATION_BUDGET["cpu"] if self.device.type == "cpu" else 0
+        decode = self._tile_pixels * DECODE_BYTES_PER_PIXEL
+        return self._canvas_bytes + chunk_input + outputs + activations + decode
+
+    def _reserve(self, canvas_bytes: int) -> None:
+        self._canvas_bytes = canvas_bytes
+        self._ensure()
+
+    def _ensure(self) -> None:
+        """Reserve :meth:`nbytes`. Once the caller has answered something (``answered``),
+        "busy" can no longer be retried transparently: it becomes final."""
+        try:
+            self.reservation.ensure(self.nbytes())
+        except Busy as exc:
+            if not self.answered:
+                raise
+            raise ResourceExhausted(
+                f"{exc} (this call's tiles grew taller than its first one; send tiles of one "
+                "height to have the memory reserved before the first answer)",
+                reason="memory",
+            ) from None
+
+    def reserve_for(self, tile_height: int, tile_width: int) -> None:
+        """Reserve the window for tiles of this size up front (before any reply is sent)."""
+        c = self.halo
+        rows = min(self.spec.height + 2 * c, self.band + 2 * c + max(1, tile_height))
+        self._tile_pixels = max(self._tile_pixels, tile_height * tile_width)
+        self._reserve(self.canvas.nbytes(rows))
+
+    # ------------------------------------------------------------------ tiles
+
+    def _box(self, tile: TileData, where: str) -> tuple[int, int, tuple | None]:
+        """The tile's region-pixel position and its clipped box, from its header only."""
+        r = self.spec
+        for name, value in (("x", tile.x), ("y", tile.y), ("downsample", tile.downsample)):
+            if not math.isfinite(value):
+                raise MilsilError(f"{where}.{name} must be a finite number, got {value}")
+        if tile.x < 0 or tile.y < 0:
+            raise MilsilError(
+                f"{where}.x and .y must be >= 0 (level-0 pixels), got ({tile.x}, {tile.y})"
+            )
+        ds = tile.downsample or 1.0
+        if abs(ds - r.downsample) > 1e-6 * r.downsample:
+            raise MilsilError(
+                f"{where}.downsample is {ds}; it must equal region.downsample {r.downsample}"
+            )
+        check_tile(tile.encoding, tile.data, tile.width, tile.height, where, self.limits)
+        px, py = round((tile.x - r.x) / ds), round((tile.y - r.y) / ds)  # region pixels
+        return px, py, self.canvas.clip(px, py, tile.width, tile.height)
+
+    def feed(self, tiles: Iterable[TileData]) -> Iterator[Placed | Computed]:
+        """Take tiles; yields each tile's :class:`Placed` and every band computed meanwhile."""
+        for tile in tiles:
+            if not self.is_active():
+                raise Cancelled("request cancelled or deadline exceeded")
+            n = self.tiles
+            if n >= self.max_tiles:
+                raise ResourceExhausted(
+                    f"at most {self.max_tiles:,} tiles per request", reason="too_large"
+                )
+            self.tiles += 1
+            where = f"tiles[{n}]"
+            px, py, box = self._box(tile, where)
+            if box is None:
+                # Context beyond what the receptive field needs (a client may send a wider
+                # margin): ignored before decoding. The coverage check still catches gaps.
+                yield Placed(n, (0, 0, 0, 0))
+                continue
+            with self._uncovered():
+                for band in self.canvas.make_room(box):
+                    yield self._compute(band)
+            if tile.width * tile.height > self._tile_pixels:
+                self._tile_pixels = tile.width * tile.height
+                self._ensure()
+            pixels = decode_tile(
+                tile.encoding, tile.data, tile.width, tile.height, where, self.limits
+            )
+            yield Placed(n, self.canvas.place(pixels, px, py))
+
+    def finish(self) -> Iterator[Computed]:
+        """The bands left once the client has sent everything."""
+        with self._uncovered():
+            for band in self.canvas.finish():
+                yield self._compute(band)
+
+    def events(self, tiles: Iterator[TileData]) -> Iterator[Placed | Computed]:
+        """All of the stream's events (tiles placed, bands computed), its window reserved
+        for the first tile before anything is answered (so a busy budget is refused up
+        front)."""
+        first = next(tiles, None)
+        if first is not None:
+            side = self.limits.max_tile_side
+            self.reserve_for(min(first.height, side), min(first.width, side))
+            tiles = itertools.chain([first], tiles)
+        return itertools.chain(self.feed(tiles), self.finish())
+
+    def close(self) -> None:
+        """Free the window and hand the freed memory back to the system."""
+        self.canvas.close()
+        trim_memory()
+
+    @contextmanager
+    def _uncovered(self) -> Iterator[None]:
+        try:
+            yield
+        except UncoveredError as exc:
+            where = self.spec.level0(exc.x, exc.y)
+            if exc.early:
+                raise MilsilError(
+                    f"the tiles do not cover the region: level-0 {where} had not arrived when "
+                    "tiles below it needed the room; tiles must cover every pixel of the region "
+                    "and come in row order (sorted by their top edge)"
+                ) from None
+            raise MilsilError(
+                f"the tiles do not cover the region: level-0 {where} is missing; tiles must "
+                "cover every pixel of the region"
+            ) from None
+
+    def _compute(self, band: Band) -> Computed:
+        logits = band_logits(
+            self.model,
+            band,
+            self.halo,
+            self.stride,
+            tile=self._chunk_side,
+            device=self.device,
+            target_seconds=BAND_TARGET_SECONDS,
+            should_stop=lambda: not self.is_active(),
+        )
+        if logits is None:
+            raise Cancelled("request cancelled or deadline exceeded; heatmap computation stopped")
+        row0 = band.row0 // self.stride
+        return Computed(row0, row0 + logits.shape[1], logits)
+
+
+class TileReplies:
+    """Heatmap's answer, one reply per request tile: the samples inside it, sent as soon as
+    every band they lie in is computed. Keeps only the computed rows that waiting tiles
+    (or tiles still to come, in row order) need."""
+
+    def __init__(self, stream: RegionStream) -> None:
+        self.stream = stream
+        self.stride = stream.stride
+        self.pending: list[tuple[int, tuple[int, int, int, int]]] = []  # (index, samples)
+        self.blocks: list[Computed] = []
+        self.done = 0  # map rows computed
+
+    def samples(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """Sample rows/cols ``(row0, row1, col0, col1)`` whose pixels lie in a tile's box."""
+        x0, y0, x1, y1 = box
+        s = self.stride
+        return -(-y0 // s), -(-y1 // s), -(-x0 // s), -(-x1 // s)
+
+    def handle(
+        self, event: Placed | Computed
+    ) -> Iterator[tuple[int, tuple[int, int, int, int], torch.Tensor]]:
+        """``(tile index, samples, logits [C, rows, cols])`` of every tile now complete."""
+        if isinstance(event, Placed):
+            samples = self.samples(event.box)
+            r0, r1, c0, c1 = samples
+            if r1 <= r0 or c1 <= c0:  # context only: an empty reply at once
+                yield event.index, (r0, r0, c0, c0), self._rows((r0, r0, c0, c0))
+            elif r1 <= self.done:
+                yield event.index, samples, self._rows(samples)
+            else:
+                self.pending.append((event.index, samples))
+            return
+        self.blocks.append(event)
+        self.done = event.row1
+        ready = [p for p in self.pending if p[1][1] <= self.done]
+        self.pending = [p for p in self.pending if p[1][1] > self.done]
+        for index, samples in sorted(ready, key=lambda p: (p[1][1], p[0])):
+            yield index, samples, self._rows(samples)
+        # Rows no waiting tile needs, and no later tile can (they start below `sealed`).
+        keep = -(-max(self.stream.canvas.sealed, 0) // self.stride)
+        keep = min([keep] + [p[1][0] for p in self.pending])
+        self.blocks = [b for b in self.blocks if b.row1 > keep]
+
+    def _rows(self, samples: tuple[int, int, int, int]) -> torch.Tensor:
+        r0, r1, c0, c1 = samples
+        parts = [
+            b.logits[:, max(r0, b.row0) - b.row0 : min(r1, b.row1) - b.row0, c0:c1]
+            for b in self.blocks
+            if b.row1 > r0 and b.row0 < r1
+        ]
+        if not parts:
+            classes = int(self.stream.model.config.num_classes)
+            return torch.zeros(classes, 0, max(c1 - c0, 0))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def class_maps(logits: torch.Tensor, class_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """One class's probability and logit maps (float64) from a band's ``[C, rows, cols]``."""
+    probs = torch.softmax(logits, dim=0)[class_index].double().numpy()
+    return probs, logits[class_index].double().numpy()
+
+
+def open_stream(
+    res: Resources,
+    spec: RegionSpec,
+    model: torch.nn.Module,
+    halo: int,
+    stride: int,
+    reservation: Reservation,
+    context: Any,
+) -> RegionStream:
+    """A region stream computed under this server's limits, device and tile cap, for as
+    long as the call (``context``) is active."""
+    return RegionStream(
+        spec,
+        model,
+        halo,
+        stride,
+        res.limits,
+        reservation,
+        context.is_active,
+        res.device,
+        res.max_tiles,
+    )
