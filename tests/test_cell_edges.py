@@ -8,23 +8,10 @@ grids, ordinary and edge cases, under both Groovy runtimes, and must give the sa
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from qupath_support import ROOT, groovy_env
 
 from milsil.wsi.geojson import cell_edges
-
-ROOT = Path(__file__).resolve().parent.parent
-if "groovy_env" not in sys.modules:  # qupath_scripts/tools is no package: load it by path
-    _spec = importlib.util.spec_from_file_location(
-        "groovy_env", ROOT / "qupath_scripts" / "tools" / "groovy_env.py"
-    )
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules["groovy_env"] = _module
-    _spec.loader.exec_module(_module)
-groovy_env = sys.modules["groovy_env"]
 
 # (count, stride, length in region pixels)
 GRIDS = [

@@ -7,21 +7,8 @@ stops the script with one line naming the setting and the allowed values.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-if "groovy_env" not in sys.modules:  # qupath_scripts/tools is no package: load it by path
-    _spec = importlib.util.spec_from_file_location(
-        "groovy_env", ROOT / "qupath_scripts" / "tools" / "groovy_env.py"
-    )
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules["groovy_env"] = _module
-    _spec.loader.exec_module(_module)
-groovy_env = sys.modules["groovy_env"]
+from qupath_support import ROOT, groovy_env
 
 ALLOWED = "allowed: true, yes, 1, false, no, 0"
 CASES = {
