@@ -4,6 +4,9 @@
  * (each one bag of patches, as the paper crops images exhaustively), and whole images whose
  * project metadata holds a label. Each image is its own patient/group id, so that no image
  * ends up on both sides of a train/validation split. Patches are read by MilsilQuPath.
+ * QuPath API used (v0.4 to v0.7): Project.getImageList, ProjectImageEntry.getID/getImageName/
+ * getMetadataValue/readImageData, PathObjectHierarchy.getAnnotationObjects/getTMAGrid,
+ * TMACoreObject.isMissing, PathObject.getPathClass/getROI/getName, ROI.isArea.
  * Same Groovy subset as the other lib files (Groovy 2.4 and 4; getters called explicitly).
  */
 

@@ -14,8 +14,7 @@
  * ImageServerMetadata.getName, ROI.getBounds*, ROI.contains, ROI.getArea,
  * RoiTools.intersection, PathROIObject.setROI (clears the measurements),
  * MeasurementList.asMap/put, PathIO.readObjectsFromGeoJSON, PathObjects.createTileObject,
- * ROIs.createRectangleROI, PathClass.fromString, ProjectImageEntry.getImageName/
- * getMetadataValue/readImageData, ImageServer.getURIs and GsonTools.getInstance().toJson(roi)
+ * ROIs.createRectangleROI, ProjectImageEntry.getImageName, and GsonTools.getInstance().toJson(roi)
  * (a ROI as a GeoJSON geometry) for slides the server reads itself. Same Groovy subset as
  * MilsilClient (Groovy 2.4 and 4; getters called explicitly).
  *
@@ -28,7 +27,6 @@ import qupath.lib.io.GsonTools
 import qupath.lib.io.PathIO
 import qupath.lib.objects.PathObject
 import qupath.lib.objects.PathObjects
-import qupath.lib.objects.classes.PathClass
 import qupath.lib.regions.ImagePlane
 import qupath.lib.regions.RegionRequest
 import qupath.lib.roi.ROIs
@@ -120,7 +118,7 @@ class MilsilQuPath {
      * order, and calls sendTile(tile map) for each, reading each tile only when it is sent.
      * Tiles overlap by one output pixel so that rounding never leaves a gap. `progress`
      * (optional; anything with `update(long sent, long total, double eta)`, e.g. a
-     * Progress) hears of every tile sent.
+     * MilsilProgress) hears of every tile sent.
      */
     static int streamTiles(Object client, Object server, Map area, double downsample, int tileSize, Closure sendTile,
                            Object progress = null) {
