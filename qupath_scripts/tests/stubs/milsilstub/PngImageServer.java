@@ -70,11 +70,6 @@ public class PngImageServer implements ImageServer<BufferedImage> {
     }
 
     @Override
-    public ImageServerMetadata getMetadata() {
-        return metadata;
-    }
-
-    @Override
     public int getWidth() {
         return image.getWidth();
     }
@@ -108,6 +103,12 @@ public class PngImageServer implements ImageServer<BufferedImage> {
             request.getX() + request.getWidth(), request.getY() + request.getHeight(), null);
         g.dispose();
         return out;
+    }
+
+    /** The image's name (the PNG's file name, or as given) and its path. */
+    @Override
+    public ImageServerMetadata getMetadata() {
+        return metadata;
     }
 
     @Override
