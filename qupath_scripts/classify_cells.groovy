@@ -59,35 +59,28 @@ def settings = [
 ]
 // ======================================================================
 
-// ---- load the shared library (lib/MilsilBootstrap.groovy): lib/ beside this script, or milsilHome ----
-def scriptFile = binding.getVariables().get('qupath.script.file')
-def milsilHome = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
-                  scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
-                  new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
+// ---- lib/ (beside this script, or milsilHome) loads the library and runs the work below ----
+def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+            binding.getVariables().get('qupath.script.file')?.with { f -> new File(f.toString()).getAbsoluteFile().getParent() },
+            new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
     h && new File(h.toString(), 'lib/MilsilBootstrap.groovy').isFile()
 }
-def milsil = milsilHome == null ? [error: 'milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings'] :
-    new GroovyClassLoader(this.getClass().getClassLoader()).parseClass(
-        new File(milsilHome.toString(), 'lib/MilsilBootstrap.groovy')).load(milsilHome, settings, ['MilsilCells'])
-if (milsil.error) {
-    println(milsil.error)
+if (home == null) {
+    println('milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings')
     return
 }
+new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toString(), 'lib/MilsilBootstrap.groovy'))
+    .run(this, home, settings, [image: true, parts: ['MilsilCells']]) { milsil ->
 
-// ---- the work: everything is computed first, the image is changed only at the end ----
-def client = null
-try {
+    // ---- the work: everything is computed first, the image is changed only at the end ----
     def s = milsil.settings
     def Q = milsil.QuPath
+    def S = milsil.Settings
     def C = milsil.MilsilCells
-    def imageData = getCurrentImageData()
-    if (imageData == null) {
-        println('milsil: NO_IMAGE: open an image first; nothing was changed')
-        return
-    }
+    def imageData = milsil.imageData
     def server = imageData.getServer()
     def hierarchy = imageData.getHierarchy()
-    def name = Q.imageName(getProjectEntry(), imageData)
+    def name = milsil.name
     // The selection (area annotations: the cells inside; detections: themselves), or (for
     // "Run for project", where nothing is selected) every annotation of `annotationClass`.
     def selected = getSelectedObjects()
@@ -101,44 +94,37 @@ try {
         return
     }
     if (parents.isEmpty() && picked.isEmpty()) {
-        if (!selected.isEmpty() || !Q.flag(s.wholeImageIfNoSelection)) {
+        if (!selected.isEmpty() || !S.flag(s, 'wholeImageIfNoSelection')) {
             println('milsil: NOTHING_SELECTED: ' + name + ': select area annotations or cells' +
-                (Q.flag(s.wholeImageIfNoSelection) ? ' (or clear the selection to use the whole image)' :
+                (S.flag(s, 'wholeImageIfNoSelection') ? ' (or clear the selection to use the whole image)' :
                     ' (or set wholeImageIfNoSelection = true)') + '; nothing was changed')
             return
         }
         parents = [null]   // the whole image
     }
-    def found = C.detections(hierarchy, parents, picked, Q.flag(s.useCellRoi))
+    def found = C.detections(hierarchy, parents, picked, S.flag(s, 'useCellRoi'))
     def cells = found.cells
     if (cells.isEmpty()) {
         println('milsil: NOTHING_TO_DO: ' + name + ': no cells (area detections) ' +
             (parents == [null] ? 'in the image' : 'inside the selection') + '; nothing was changed')
         return
     }
-    client = milsil.Client.connect(s)
-    client.onWait = { line -> println(line) }   // busy server: print a waiting line and keep waiting
+    def client = milsil.connect()
     def model = Q.resolveModel(client, s.model)
     if (!model.receptive_field) {
-        throw Q.failure(client, 'FAILED_PRECONDITION', model.name + ' (' + model.arch +
+        throw Q.failure('FAILED_PRECONDITION', model.name + ' (' + model.arch +
             ') has no bounded receptive field; cell measurements need a BagNet model')
     }
-    def classify = Q.flag(s.classify)
-    def target = classify ? C.targetClass(client, Q, model, s.className) : null
-    def r = C.measure(client, Q, s, server, model, cells, name, { line -> println(line) })
+    def classify = S.flag(s, 'classify')
+    def target = classify ? C.targetClass(model, s.className) : null
+    def r = C.measure(client, s, server, model, cells, name, { line -> println(line) })
     // ---- every region succeeded: now change the image ----
     int positives = C.apply(cells, r.values, r.classes, target, classify ? target : '',
-        Q.num(s.threshold), (s.negativeClass ?: '').toString().trim())
+        S.num(s.threshold), (s.negativeClass ?: '').toString().trim())
     fireHierarchyUpdate()
     println('milsil: ' + name + ': ' + String.format(Locale.US, '%,d', cells.size()) + ' cell(s) measured in ' +
         r.regions + ' region(s) with ' + model.name +
         (classify ? '; ' + String.format(Locale.US, '%,d', positives) + ' classified ' + target +
-            ' (p >= ' + Q.num(s.threshold) + ')' : '') +
+            ' (p >= ' + S.num(s.threshold) + ')' : '') +
         (found.skipped ? '; ' + found.skipped + ' detection(s) skipped (tiles or not areas)' : ''))
-} catch (Throwable e) {
-    println(milsil.Client.describe(e))
-} finally {
-    if (client != null) {
-        client.close()
-    }
 }

@@ -36,41 +36,37 @@ def settings = [
 ]
 // ======================================================================
 
-// ---- load the shared library (lib/MilsilBootstrap.groovy): lib/ beside this script, or milsilHome ----
-def scriptFile = binding.getVariables().get('qupath.script.file')
-def milsilHome = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
-                  scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
-                  new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
+// ---- lib/ (beside this script, or milsilHome) loads the library and runs the work below ----
+def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+            binding.getVariables().get('qupath.script.file')?.with { f -> new File(f.toString()).getAbsoluteFile().getParent() },
+            new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
     h && new File(h.toString(), 'lib/MilsilBootstrap.groovy').isFile()
 }
-def milsil = milsilHome == null ? [error: 'milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings'] :
-    new GroovyClassLoader(this.getClass().getClassLoader()).parseClass(
-        new File(milsilHome.toString(), 'lib/MilsilBootstrap.groovy')).load(milsilHome, settings)
-if (milsil.error) {
-    println(milsil.error)
+if (home == null) {
+    println('milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings')
     return
 }
+new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toString(), 'lib/MilsilBootstrap.groovy'))
+    .run(this, home, settings, [image: false]) { milsil ->
 
-// ---- the work ----
-def client = null
-try {
+    // ---- the work ----
     def s = milsil.settings
     def Q = milsil.QuPath
-    def imageData = getCurrentImageData()
+    def S = milsil.Settings
+    def imageData = milsil.imageData
     def project = getProject()
     if (imageData == null && project == null) {
         println('milsil: NO_IMAGE: open a project or an image first')
         return
     }
     int batchSize = ((Number) Q.batch(binding, 'qupath.script.batchSize', 1)).intValue()
-    if (batchSize > 1 && !Q.flag(Q.batch(binding, 'qupath.script.batchLast', true))) {
-        println('milsil: ' + Q.imageName(getProjectEntry(), imageData) + ': the project is collected once, on the last image of the batch')
+    if (batchSize > 1 && !S.flag('qupath.script.batchLast', Q.batch(binding, 'qupath.script.batchLast', true))) {
+        println('milsil: ' + milsil.name + ': the project is collected once, on the last image of the batch')
         return
     }
-    client = milsil.Client.connect(s)
-    client.onWait = { line -> println(line) }   // busy server: print a waiting line and keep waiting
+    def client = milsil.connect()
     client.listModels()   // fail fast (server down, wrong token) before reading any pixels
-    def bags = Q.projectBags(client, s, project, getProjectEntry(), imageData, { line -> println('milsil: ' + line) })
+    def bags = milsil.Bags.projectBags(client, s, project, milsil.entry, imageData, { line -> println('milsil: ' + line) })
     if (bags.isEmpty()) {
         println('milsil: NOTHING_TO_DO: no labelled material: classify annotations or TMA cores, or set the ' +
             'project metadata "' + s.metadataKey + '" of whole images; nothing was uploaded')
@@ -78,14 +74,8 @@ try {
     }
     String display = s.datasetName ?: (project != null ? project.getPath().getParent().getFileName().toString() :
         Q.imageName(null, imageData))
-    def dataset = Q.upload(client, display, bags, 32)
+    def dataset = milsil.Bags.upload(client, display, bags, 32)
     println('milsil: ' + (dataset.already_existed ? 'already on the server: ' : 'uploaded ') + dataset.name + ' (' +
         dataset.bag_count + ' bags, ' + dataset.tile_count + ' patches, ' + dataset.patient_count +
         ' images; classes ' + dataset.class_names.join(', ') + ')')
-} catch (Throwable e) {
-    println(milsil.Client.describe(e))
-} finally {
-    if (client != null) {
-        client.close()
-    }
 }

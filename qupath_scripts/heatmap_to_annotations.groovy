@@ -48,33 +48,26 @@ def settings = [
 ]
 // ======================================================================
 
-// ---- load the shared library (lib/MilsilBootstrap.groovy): lib/ beside this script, or milsilHome ----
-def scriptFile = binding.getVariables().get('qupath.script.file')
-def milsilHome = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
-                  scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
-                  new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
+// ---- lib/ (beside this script, or milsilHome) loads the library and runs the work below ----
+def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+            binding.getVariables().get('qupath.script.file')?.with { f -> new File(f.toString()).getAbsoluteFile().getParent() },
+            new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
     h && new File(h.toString(), 'lib/MilsilBootstrap.groovy').isFile()
 }
-def milsil = milsilHome == null ? [error: 'milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings'] :
-    new GroovyClassLoader(this.getClass().getClassLoader()).parseClass(
-        new File(milsilHome.toString(), 'lib/MilsilBootstrap.groovy')).load(milsilHome, settings)
-if (milsil.error) {
-    println(milsil.error)
+if (home == null) {
+    println('milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings')
     return
 }
+new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toString(), 'lib/MilsilBootstrap.groovy'))
+    .run(this, home, settings, [image: true]) { milsil ->
 
-// ---- the work: everything is computed first, the image is changed only at the end ----
-def client = null
-try {
+    // ---- the work: everything is computed first, the image is changed only at the end ----
     def s = milsil.settings
     def Q = milsil.QuPath
-    def imageData = getCurrentImageData()
-    if (imageData == null) {
-        println('milsil: NO_IMAGE: open an image first; nothing was changed')
-        return
-    }
+    def S = milsil.Settings
+    def imageData = milsil.imageData
     def server = imageData.getServer()
-    def name = Q.imageName(getProjectEntry(), imageData)
+    def name = milsil.name
     // The selection, or (for "Run for project", where nothing is selected) every annotation
     // of `annotationClass`.
     def candidates = s.annotationClass ? getAnnotationObjects().findAll { o ->
@@ -89,19 +82,18 @@ try {
         return
     }
     if (targets.isEmpty()) {
-        if (!getSelectedObjects().isEmpty() || !Q.flag(s.wholeImageIfNoSelection)) {
+        if (!getSelectedObjects().isEmpty() || !S.flag(s, 'wholeImageIfNoSelection')) {
             println('milsil: NOTHING_SELECTED: ' + name + ': select one or more area annotations' +
-                (Q.flag(s.wholeImageIfNoSelection) ? ' (or clear the selection to use the whole image)' :
+                (S.flag(s, 'wholeImageIfNoSelection') ? ' (or clear the selection to use the whole image)' :
                     ' (or set wholeImageIfNoSelection = true)') + '; nothing was changed')
             return
         }
         targets = [null]   // the whole image
     }
-    client = milsil.Client.connect(s)
-    client.onWait = { line -> println(line) }   // busy server: print a waiting line and keep waiting
+    def client = milsil.connect()
     def model = Q.resolveModel(client, s.model)
     if (!model.receptive_field) {
-        throw Q.failure(client, 'FAILED_PRECONDITION', model.name + ' (' + model.arch +
+        throw Q.failure('FAILED_PRECONDITION', model.name + ' (' + model.arch +
             ') has no bounded receptive field; heatmaps need a BagNet model')
     }
     def results = []
@@ -109,7 +101,7 @@ try {
         def label = name + ': ' + (parent == null ? 'whole image' : (parent.getName() ?: 'annotation'))
         def say = { line -> println(line) }
         def r = Q.annotate(client, s, server, model, parent, label, say)
-        def tiles = Q.flag(s.addTiles) ? Q.probabilityTiles(client, s, server, model, parent, label, say) : []
+        def tiles = S.flag(s, 'addTiles') ? Q.probabilityTiles(client, s, server, model, parent, label, say) : []
         results.add([parent: parent, objects: r.objects, tiles: tiles, className: r.response.class_name])
     }
     // ---- all calls succeeded: now change the image ----
@@ -125,10 +117,4 @@ try {
             (r.tiles.isEmpty() ? '' : ', ' + r.tiles.size() + ' probability tile(s)') + ' from ' + model.name)
     }
     fireHierarchyUpdate()
-} catch (Throwable e) {
-    println(milsil.Client.describe(e))
-} finally {
-    if (client != null) {
-        client.close()
-    }
 }

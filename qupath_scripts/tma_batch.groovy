@@ -43,33 +43,26 @@ def settings = [
 ]
 // ======================================================================
 
-// ---- load the shared library (lib/MilsilBootstrap.groovy): lib/ beside this script, or milsilHome ----
-def scriptFile = binding.getVariables().get('qupath.script.file')
-def milsilHome = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
-                  scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
-                  new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
+// ---- lib/ (beside this script, or milsilHome) loads the library and runs the work below ----
+def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+            binding.getVariables().get('qupath.script.file')?.with { f -> new File(f.toString()).getAbsoluteFile().getParent() },
+            new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
     h && new File(h.toString(), 'lib/MilsilBootstrap.groovy').isFile()
 }
-def milsil = milsilHome == null ? [error: 'milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings'] :
-    new GroovyClassLoader(this.getClass().getClassLoader()).parseClass(
-        new File(milsilHome.toString(), 'lib/MilsilBootstrap.groovy')).load(milsilHome, settings)
-if (milsil.error) {
-    println(milsil.error)
+if (home == null) {
+    println('milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings')
     return
 }
+new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toString(), 'lib/MilsilBootstrap.groovy'))
+    .run(this, home, settings, [image: true]) { milsil ->
 
-// ---- the work: everything is computed first, the image is changed only at the end ----
-def client = null
-try {
+    // ---- the work: everything is computed first, the image is changed only at the end ----
     def s = milsil.settings
     def Q = milsil.QuPath
-    def imageData = getCurrentImageData()
-    if (imageData == null) {
-        println('milsil: NO_IMAGE: open an image first; nothing was changed')
-        return
-    }
+    def S = milsil.Settings
+    def imageData = milsil.imageData
     def server = imageData.getServer()
-    def name = Q.imageName(getProjectEntry(), imageData)
+    def name = milsil.name
     def cores = getTMACoreList().findAll { c -> !c.isMissing() }
     boolean first = ((Number) Q.batch(binding, 'qupath.script.batchIndex', 0)).intValue() == 0
     String csvPath = s.csvPath ?: (getProject() != null ? buildFilePath(PROJECT_BASE_DIR, 'milsil', 'tma_summary.csv') :
@@ -81,8 +74,7 @@ try {
         println(noCores)
         return
     }
-    client = milsil.Client.connect(s)
-    client.onWait = { line -> println(line) }   // busy server: print a waiting line and keep waiting
+    def client = milsil.connect()
     def model = Q.resolveModel(client, s.model)
     def classes = model.class_names
     def quote = { v -> def t = v == null ? '' : v.toString(); t.contains(',') || t.contains('"') ? '"' + t.replace('"', '""') + '"' : t }
@@ -96,18 +88,18 @@ try {
         println(noCores)
         return
     }
-    int patch = Q.integer(s.patchSize) > 0 ? Q.integer(s.patchSize) :
+    int patch = S.integer(s.patchSize) > 0 ? S.integer(s.patchSize) :
         (model.patch_size ? ((Number) model.patch_size).intValue() : 64)
     def results = []
     def skipped = []
     for (def core : cores) {
-        def tiles = Q.patchTiles(client, server, core.getROI(), Q.num(s.downsample), patch, Q.integer(s.maxPatches))
+        def tiles = Q.patchTiles(client, server, core.getROI(), S.num(s.downsample), patch, S.integer(s.maxPatches))
         if (tiles.isEmpty()) {
             skipped.add(core.getName())
             continue
         }
         def r = client.classifyBag(model.name, tiles)
-        def outlines = Q.flag(s.addHeatmap) ? Q.annotate(client, s, server, model, core,
+        def outlines = S.flag(s, 'addHeatmap') ? Q.annotate(client, s, server, model, core,
             name + ': ' + core.getName(), { line -> println(line) }).objects : []
         results.add([core: core, probabilities: r.bag_probabilities, predicted: r.predicted_class,
                      patches: tiles.size(), outlines: outlines])
@@ -115,7 +107,7 @@ try {
     // ---- all calls succeeded: now change the image, then the CSV ----
     def hierarchy = imageData.getHierarchy()
     for (def r : results) {
-        if (Q.flag(s.setClass)) {
+        if (S.flag(s, 'setClass')) {
             r.core.setPathClass(PathClass.fromString(r.predicted))
         }
         def ml = r.core.getMeasurementList()
@@ -151,10 +143,4 @@ try {
         counts.collect { k, v -> v + ' ' + k }.join(', ') + ')' +
         (skipped.isEmpty() ? '' : '; ' + skipped.size() + ' too small for one ' + patch + ' px patch: ' + skipped.join(', ')) +
         '; summary in ' + csv.getPath())
-} catch (Throwable e) {
-    println(milsil.Client.describe(e))
-} finally {
-    if (client != null) {
-        client.close()
-    }
 }

@@ -48,45 +48,41 @@ def settings = [
 ]
 // ======================================================================
 
-// ---- load the shared library (lib/MilsilBootstrap.groovy): lib/ beside this script, or milsilHome ----
-def scriptFile = binding.getVariables().get('qupath.script.file')
-def milsilHome = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
-                  scriptFile ? new File(scriptFile.toString()).getAbsoluteFile().getParent() : null,
-                  new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
+// ---- lib/ (beside this script, or milsilHome) loads the library and runs the work below ----
+def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+            binding.getVariables().get('qupath.script.file')?.with { f -> new File(f.toString()).getAbsoluteFile().getParent() },
+            new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
     h && new File(h.toString(), 'lib/MilsilBootstrap.groovy').isFile()
 }
-def milsil = milsilHome == null ? [error: 'milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings'] :
-    new GroovyClassLoader(this.getClass().getClassLoader()).parseClass(
-        new File(milsilHome.toString(), 'lib/MilsilBootstrap.groovy')).load(milsilHome, settings)
-if (milsil.error) {
-    println(milsil.error)
+if (home == null) {
+    println('milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings')
     return
 }
+new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toString(), 'lib/MilsilBootstrap.groovy'))
+    .run(this, home, settings, [image: false]) { milsil ->
 
-// ---- the work ----
-def client = null
-try {
+    // ---- the work ----
     def s = milsil.settings
     def Q = milsil.QuPath
-    def imageData = getCurrentImageData()
+    def S = milsil.Settings
+    def imageData = milsil.imageData
     def project = getProject()
     if (imageData == null && project == null && !s.dataset) {
         println('milsil: NO_IMAGE: open a project or an image first')
         return
     }
     int batchSize = ((Number) Q.batch(binding, 'qupath.script.batchSize', 1)).intValue()
-    if (batchSize > 1 && !Q.flag(Q.batch(binding, 'qupath.script.batchLast', true))) {
-        println('milsil: ' + Q.imageName(getProjectEntry(), imageData) + ': the project is collected once, on the last image of the batch')
+    if (batchSize > 1 && !S.flag('qupath.script.batchLast', Q.batch(binding, 'qupath.script.batchLast', true))) {
+        println('milsil: ' + milsil.name + ': the project is collected once, on the last image of the batch')
         return
     }
     String display = s.jobName ?: (project != null ? project.getPath().getParent().getFileName().toString() :
         Q.imageName(null, imageData))
-    client = milsil.Client.connect(s)
-    client.onWait = { line -> println(line) }   // busy server: print a waiting line and keep waiting
+    def client = milsil.connect()
     client.listModels()   // fail fast (server down, wrong token) before reading any pixels
     String datasetName = s.dataset
     if (!datasetName) {
-        def bags = Q.projectBags(client, s, project, getProjectEntry(), imageData, { line -> println('milsil: ' + line) })
+        def bags = milsil.Bags.projectBags(client, s, project, milsil.entry, imageData, { line -> println('milsil: ' + line) })
         if (bags.isEmpty()) {
             println('milsil: NOTHING_TO_DO: no labelled material: classify annotations or TMA cores, or set the ' +
                 'project metadata "' + s.metadataKey + '" of whole images; nothing was uploaded')
@@ -98,20 +94,20 @@ try {
                 labels.join(', ') + '; nothing was uploaded')
             return
         }
-        def dataset = Q.upload(client, display, bags, 32)
+        def dataset = milsil.Bags.upload(client, display, bags, 32)
         datasetName = dataset.name
         println('milsil: ' + (dataset.already_existed ? 'already on the server: ' : 'uploaded ') + dataset.name +
             ' (' + dataset.bag_count + ' bags, ' + dataset.patient_count + ' images; classes ' +
             dataset.class_names.join(', ') + ')')
     }
     def config = [arch: s.arch, head: s.head, recipe: s.recipe ?: '', pretrained: s.pretrained ?: '',
-                  width: Q.integer(s.width), epochs: Q.integer(s.epochs),
-                  learning_rate: Q.num(s.learningRate), batch_size: Q.integer(s.batchSize),
-                  patch_size: Q.integer(s.patchSize), seed: Q.integer(s.seed),
-                  validation_fraction: Q.num(s.validationFraction), no_augment: Q.flag(s.noAugment)]
+                  width: S.integer(s.width), epochs: S.integer(s.epochs),
+                  learning_rate: S.num(s.learningRate), batch_size: S.integer(s.batchSize),
+                  patch_size: S.integer(s.patchSize), seed: S.integer(s.seed),
+                  validation_fraction: S.num(s.validationFraction), no_augment: S.flag(s, 'noAugment')]
     def job = client.startTraining(datasetName, config, display)
     println('milsil: started ' + job.name + ' on ' + datasetName + ' (' + config.arch + ', ' + config.epochs + ' epochs)')
-    long every = (long) (Q.num(s.progressEverySeconds) * 1000)
+    long every = (long) (S.num(s.progressEverySeconds) * 1000)
     def state = [time: 0L, state: '', epoch: -1]
     def last = client.watchJob(job.name, { j ->
         def p = j.progress
@@ -138,11 +134,5 @@ try {
     } else {
         println('milsil: ' + last.state + ': ' + last.name + (last.error ? ': ' + last.error : '') +
             '; resume it with `milsil client train --resume ' + last.name + '`')
-    }
-} catch (Throwable e) {
-    println(milsil.Client.describe(e))
-} finally {
-    if (client != null) {
-        client.close()
     }
 }

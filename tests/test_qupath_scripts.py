@@ -46,6 +46,7 @@ from milsil.data.synth import synth_image
 from milsil.wsi.geojson import cell_edges
 
 TOKEN = "qupath-s3cret"
+NO_FILE_NAME = "Lymph node 3"  # the metadata name of the image with no file
 ROI1 = [[20, 20], [150, 30], [170, 160], [40, 140]]  # a polygon annotation (class Region*)
 ROI2 = [100, 100, 60, 60]  # a rectangle annotation, unclassified
 # What every outline of the streaming Annotate mode carries (qupath_scripts/README.md).
@@ -256,6 +257,19 @@ def _spec_for(world, out: Path, train_job: bool = True, big: bool = True) -> dic
         )
     for i in images:
         i["path"] = str(img / i["name"])
+    # An image with no file behind it (pasted, generated): its server path is a random id, its
+    # name is in its metadata (issue 18: lines name it by that name). Before "big" (the last).
+    images.insert(
+        len(images) - 1 if big else len(images),
+        {
+            "name": NO_FILE_NAME,
+            "server_name": NO_FILE_NAME,
+            "no_file": True,
+            "standalone": True,
+            "path": str(img / "train_b1.png"),
+        },
+    )
+    no_file = len(images) - 2 if big else len(images) - 1
     big_heat = dict(
         good,
         **{
@@ -339,6 +353,16 @@ def _spec_for(world, out: Path, train_job: bool = True, big: bool = True) -> dic
     if big:  # an annotation larger than the old limit, in both modes
         runs.append(run("big_slide", "heatmap_to_annotations", slide_heat, image=len(images) - 1))
         runs.append(run("big_stream", "heatmap_to_annotations", big_heat, image=len(images) - 1))
+    runs += [
+        run(
+            "no_file_nothing",
+            "heatmap_to_annotations",
+            dict(heat, **{"milsil.wholeImageIfNoSelection": "false"}),
+            image=no_file,
+            select=[],
+        ),
+        run("no_file_whole", "heatmap_to_annotations", heat, image=no_file, select=[]),
+    ]
     return {"out": str(out), "project_dir": str(out / "project"), "images": images, "runs": runs}
 
 
@@ -497,7 +521,7 @@ def test_heatmap_annotations_are_children_with_class_and_measurements(ran, world
     union = shapely.union_all(polys)
     assert union.area == pytest.approx(96 * 96, rel=1e-6)
     assert sum(p.area for p in polys) == pytest.approx(96 * 96, rel=1e-6)
-    # Each tile is its sample's cell as milsil/geojson.py cell_edges draws it: sample j is
+    # Each tile is its sample's cell as milsil/wsi/geojson.py cell_edges draws it: sample j is
     # computed at region pixel j * 16, centre j * 16 + 0.5 (the header's origin_x + j * step);
     # the cell runs half a stride either side of it, clipped to the image (downsample 1).
     edges = [float(e) for e in cell_edges(6, 16, 96)]
@@ -682,3 +706,15 @@ def _within(doc: dict, x0: float, x1: float) -> bool:
     return (
         coords[:, 0].max() > 300 and coords[:, 0].min() >= x0 - 1 and coords[:, 0].max() <= x1 + 1
     )
+
+
+def test_an_image_with_no_file_is_named_by_its_name(ran):
+    """Every line names the image as users know it, not by its server path (a random id)."""
+    logs = ran["logs"]
+    assert logs["no_file_nothing"].strip().splitlines() == [
+        f"milsil: NOTHING_SELECTED: {NO_FILE_NAME}: select one or more area annotations "
+        "(or set wholeImageIfNoSelection = true); nothing was changed"
+    ]
+    whole = logs["no_file_whole"].strip().splitlines()
+    assert whole and whole[-1].startswith(f"milsil: {NO_FILE_NAME}: whole image: "), whole
+    assert "UNCAUGHT" not in logs["no_file_whole"]

@@ -1,38 +1,88 @@
 /*
- * MilsilBootstrap.groovy -- loads the shared milsil library for a QuPath script. Every script
- * keeps only the lines that find the milsil folder (the one holding lib/), then calls
+ * MilsilBootstrap.groovy -- loads the shared milsil library for a QuPath script and runs the
+ * script's work with it. Every script keeps only its settings block and the lines that find
+ * the milsil folder (the one holding lib/), then hands its work to run():
  *
- *     def milsil = new GroovyClassLoader(this.getClass().getClassLoader())
- *         .parseClass(new File(home, 'lib/MilsilBootstrap.groovy')).load(home, settings)
+ *     new GroovyClassLoader(getClass().getClassLoader())
+ *         .parseClass(new File(home, 'lib/MilsilBootstrap.groovy'))
+ *         .run(this, home, settings, [image: true]) { milsil -> ...the work... }
  *
- * and gets [home, Client (the MilsilClient class), QuPath (the MilsilQuPath class),
- * settings (the script's settings with `home` and the `milsil.<key>` system-property
- * overrides applied), error (null, or the one "milsil: SETUP: ..." line to print)].
- * A script that needs more of lib/ names it: load(home, settings, ['MilsilCells']) also
- * compiles lib/MilsilCells.groovy and returns its class under the key 'MilsilCells' (only
- * the scripts that use a part pay for compiling it).
+ * run() does what every script did before its own work: load lib/ (one SETUP line when it
+ * cannot), apply the settings overrides, take the current image (one NO_IMAGE line when the
+ * work needs one and none is open) and name it as users know it, and it turns any failure of
+ * the work into its one "milsil: <CODE>: ..." line and closes the clients the work opened.
+ * The work gets a map: settings (the effective settings), home, Client, QuPath, Settings,
+ * Bags (the library classes; options.parts adds more, e.g. ['MilsilCells'] under its own
+ * name), imageData, entry (the project entry or null), name (the image's name, or null
+ * without an image) and connect (a closure: a client whose waiting lines go to the log).
  *
+ * lib/ goes on the class path of the loader, so each lib file compiles the lib files it
+ * names (MilsilClient -> MilsilRpc -> MilsilCodec -> MilsilFailure, ...), each once.
  * This file imports nothing beyond the JDK and Groovy, so it always compiles; a missing
- * grpc-java/protobuf jar shows up when MilsilClient.groovy is compiled, and becomes that one
- * SETUP line here. Same Groovy subset as the other lib files (Groovy 2.4 and 4).
+ * grpc-java/protobuf jar shows up when the library is compiled, and becomes that one SETUP
+ * line here. Same Groovy subset as the other lib files (Groovy 2.4 and 4).
  */
 
 class MilsilBootstrap {
+
+    /** What a script gets besides the parts it names: key -> lib class. */
+    static final Map<String, String> CLASSES = [Client  : 'MilsilClient', QuPath: 'MilsilQuPath',
+                                                Settings: 'MilsilSettings', Bags: 'MilsilBags']
+
+    /**
+     * Runs `work(milsil)` for `script` (the running script: its println writes to QuPath's
+     * log). `options.image`: the work needs an open image; `options.parts`: more lib classes.
+     */
+    static void run(Object script, Object home, Map settings, Map options, Closure work) {
+        Map milsil = load(home, settings, (List<String>) (options.get('parts') ?: []))
+        if (milsil.get('error')) {
+            script.println(milsil.get('error'))
+            return
+        }
+        Class client = (Class) milsil.get('Client')
+        List opened = []
+        try {
+            Class qp = Class.forName('qupath.lib.scripting.QP', true, MilsilBootstrap.class.getClassLoader())
+            Object imageData = qp.getCurrentImageData()
+            Object entry = qp.getProjectEntry()
+            if (imageData == null && options.get('image')) {
+                script.println('milsil: NO_IMAGE: open an image first; nothing was changed')
+                return
+            }
+            milsil.putAll([imageData: imageData, entry: entry,
+                           name     : imageData == null ? null : milsil.get('QuPath').imageName(entry, imageData)])
+            milsil.put('connect', { ->
+                Object c = client.connect((Map) milsil.get('settings'))
+                opened.add(c)
+                c.onWait = { String line -> script.println(line) }   // busy server: say so and keep waiting
+                return c
+            })
+            work.call(milsil)
+        } catch (Throwable e) {
+            script.println(client.describe(e))
+        } finally {
+            for (Object c : opened) {
+                c.close()
+            }
+        }
+    }
 
     /** The library classes and the effective settings, or [error: line] when they cannot be loaded. */
     static Map load(Object home, Map settings, List<String> parts = []) {
         String dir = home.toString()
         try {
             GroovyClassLoader loader = new GroovyClassLoader(MilsilBootstrap.class.getClassLoader())
-            Class client = loader.parseClass(new File(dir, 'lib/MilsilClient.groovy'))
-            Class quPath = loader.parseClass(new File(dir, 'lib/MilsilQuPath.groovy'))
+            loader.addClasspath(new File(dir, 'lib').getAbsolutePath())
+            Map loaded = [home: dir, error: null]
+            for (Map.Entry<String, String> e : CLASSES.entrySet()) {
+                loaded.put(e.getKey(), loader.loadClass(e.getValue()))
+            }
+            for (String part : parts) {
+                loaded.put(part, loader.loadClass(part))
+            }
             Map options = new LinkedHashMap(settings == null ? [:] : settings)
             options.put('home', dir)
-            Map effective = (Map) client.withOverrides(options)
-            Map loaded = [home: dir, Client: client, QuPath: quPath, settings: effective, error: null]
-            for (String part : parts) {
-                loaded.put(part, loader.parseClass(new File(dir, 'lib/' + part + '.groovy')))
-            }
+            loaded.put('settings', loaded.get('Settings').withOverrides(options))
             return loaded
         } catch (Throwable e) {
             return [error: setupLine(e)]

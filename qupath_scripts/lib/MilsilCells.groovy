@@ -3,7 +3,8 @@
  * which detections to measure, the geometry sent for each, grouping them into regions of
  * the image, one MeasureObjects call per region, and applying the values at the end.
  * No model logic (the server measures: milsil.inference.objects says what a measurement
- * is) and no gRPC (MilsilClient's measureObjects()); pixels are read by MilsilQuPath.
+ * is) and no gRPC (MilsilClient's measureObjects()); pixels are read by MilsilQuPath,
+ * settings by MilsilSettings, slide paths by MilsilSlidePaths.
  *
  * Like MilsilQuPath, nothing here changes an image until apply(): `measure` only collects
  * the values (a double[] for all cells, 3 x classes + 1 per cell), so that a failure in any
@@ -171,23 +172,22 @@ class MilsilCells {
      * its tiles with the model's context, read one at a time in row order by MilsilQuPath;
      * or, with `serverSlides`, the slide path and no pixels, falling back to streaming with
      * one line when the server cannot read the slide). Throws on the first failure.
-     * `Q` is the MilsilQuPath class (its pixel reading, settings and slide-path helpers).
      * Returns [values: double[] (width(classes) per cell, in the order of `cells`),
      * classes: List<String>, regions: int, serverRead: boolean].
      */
-    static Map measure(Object client, Object Q, Map s, Object server, Map model, List<PathObject> cells,
+    static Map measure(Object client, Map s, Object server, Map model, List<PathObject> cells,
                        String label, Closure log) {
-        boolean cellRoi = Q.flag(s.get('useCellRoi'))
-        double ds = Q.num(s.get('downsample'))
+        boolean cellRoi = MilsilSettings.flag(s, 'useCellRoi')
+        double ds = MilsilSettings.num(s.get('downsample'))
         List<String> classes = new ArrayList<String>((List<String>) model.get('class_names'))
         int k = width(classes.size())
         double[] values = new double[cells.size() * k]
         Arrays.fill(values, Double.NaN)
-        List<Map> regions = regions(server, cells, cellRoi, ds, Q.integer(s.get('regionSize')))
-        int context = Q.contextPixels(model)
-        String remote = Q.flag(s.get('serverSlides')) ? slidePath(Q, s, server, label, log) : null
+        List<Map> regions = regions(server, cells, cellRoi, ds, MilsilSettings.integer(s.get('regionSize')))
+        int context = MilsilQuPath.contextPixels(model)
+        String remote = MilsilSettings.flag(s, 'serverSlides') ? MilsilSlidePaths.remote(s, server, label, log) : null
         boolean serverRead = remote != null
-        def progress = Q.progress(label + ': cells', s.get('progressEverySeconds'), log)
+        MilsilProgress progress = new MilsilProgress(label + ': cells', s.get('progressEverySeconds'), log)
         long done = 0
         int regionIndex = 0
         for (Map r : regions) {
@@ -199,11 +199,11 @@ class MilsilCells {
             Map config = [model : model.get('name'),
                           region: [x: r.get('x'), y: r.get('y'), width: r.get('width'), height: r.get('height'),
                                    downsample: ds]]
-            Map area = Q.rect(server, ROIs.createRectangleROI((double) r.get('x'), (double) r.get('y'),
+            Map area = MilsilQuPath.rect(server, ROIs.createRectangleROI((double) r.get('x'), (double) r.get('y'),
                 (double) r.get('width'), (double) r.get('height'), ImagePlane.getDefaultPlane()), context * ds)
             String counted = 'cells, ' + (regionIndex + 1) + '/' + regions.size() + ' regions'
             Closure tiles = { Closure sendTile ->
-                Q.streamTiles(client, server, area, ds, Q.integer(s.get('tileSize')), sendTile,
+                MilsilQuPath.streamTiles(client, server, area, ds, MilsilSettings.integer(s.get('tileSize')), sendTile,
                     new WithinRegion(progress, done, members.length, cells.size(), counted))
             }
             BitSet got = new BitSet(cells.size())
@@ -218,11 +218,7 @@ class MilsilCells {
                     answer = client.measureObjects(config + [slide_path: remote], objects, null, store,
                         { -> got.clear() })
                 } catch (Throwable t) {
-                    if (!(t.getClass().getSimpleName() == 'Failure' && Q.cannotSeeSlide((String) t.code, t.getMessage()))) {
-                        throw t
-                    }
-                    Q.say(log, 'milsil: ' + label + ': the server cannot read the slide (' +
-                        t.getMessage().replaceFirst('^milsil: ', '') + '); streaming pixels instead')
+                    MilsilSlidePaths.cannotRead(t, label, log)
                     remote = null
                     serverRead = false
                 }
@@ -230,7 +226,7 @@ class MilsilCells {
             if (answer == null) {
                 answer = client.measureObjects(config, objects, tiles, store, { -> got.clear() })
             }
-            checkAnswer(client, Q, (Map) answer.get('header'), classes, members, got)
+            checkAnswer((Map) answer.get('header'), classes, members, got)
             done += members.length
             regionIndex++
             progress.update(done, cells.size(), -1, 'cells, ' + regionIndex + '/' + regions.size() + ' regions')
@@ -265,17 +261,6 @@ class MilsilCells {
         }
     }
 
-    /** The server path of this image under slidePathMap, or null after one line saying why not. */
-    static String slidePath(Object Q, Map s, Object server, String label, Closure log) {
-        String local = Q.localFile(server)
-        String remote = local == null ? null : Q.serverPath(local, Q.pathMap(s.get('slidePathMap')))
-        if (remote == null) {
-            String why = local == null ? 'the image is not a local file' : 'no slidePathMap entry matches ' + local
-            Q.say(log, 'milsil: ' + label + ': the server cannot read the slide (' + why + '); streaming pixels instead')
-        }
-        return remote
-    }
-
     /** One measurement into values[at ...]: means, maxima, probabilities, pixels. */
     static void copy(double[] values, int at, Map m, int classes) {
         double[] mean = (double[]) m.get('mean_logits')
@@ -290,10 +275,10 @@ class MilsilCells {
     }
 
     /** Every cell of the region answered, with the model's classes. */
-    static void checkAnswer(Object client, Object Q, Map header, List<String> classes, int[] members, BitSet got) {
+    static void checkAnswer(Map header, List<String> classes, int[] members, BitSet got) {
         List<String> answered = new ArrayList<String>((List<String>) header.get('class_names'))
         if (answered != classes) {
-            throw Q.failure(client, 'INTERNAL', 'MeasureObjects answered classes ' + answered +
+            throw MilsilQuPath.failure('INTERNAL', 'MeasureObjects answered classes ' + answered +
                 ', the model has ' + classes)
         }
         int missing = 0
@@ -303,7 +288,7 @@ class MilsilCells {
             }
         }
         if (missing > 0) {
-            throw Q.failure(client, 'INTERNAL', 'MeasureObjects returned no measurement for ' + missing +
+            throw MilsilQuPath.failure('INTERNAL', 'MeasureObjects returned no measurement for ' + missing +
                 ' of ' + members.length + ' cells')
         }
     }
@@ -330,14 +315,14 @@ class MilsilCells {
      * The class a classification is about: `wanted`, or the model's `target_class` (the
      * server's rule for an empty class setting). Throws for a class the model does not have.
      */
-    static String targetClass(Object client, Object Q, Map model, Object wanted) {
+    static String targetClass(Map model, Object wanted) {
         List<String> classes = (List<String>) model.class_names
         String name = wanted == null ? '' : wanted.toString().trim()
         if (!name) {
             return (String) model.target_class
         }
         if (!classes.contains(name)) {
-            throw Q.failure(client, 'INVALID_ARGUMENT', 'unknown class "' + name + '"; this model\'s classes: ' +
+            throw MilsilQuPath.failure('INVALID_ARGUMENT', 'unknown class "' + name + '"; this model\'s classes: ' +
                 classes.join(', '))
         }
         return name

@@ -1,21 +1,22 @@
 /*
- * MilsilQuPath.groovy -- the QuPath side shared by the milsil scripts: reading pixels with
- * ImageServer.readRegion, turning the server's GeoJSON into QuPath objects, collecting
- * labelled bags from a project. No model logic lives here (that is the server's job) and no
+ * MilsilQuPath.groovy -- the QuPath side shared by the milsil scripts: the image's name,
+ * reading pixels with ImageServer.readRegion, turning the server's GeoJSON into QuPath
+ * objects, probability tiles. No model logic lives here (that is the server's job) and no
  * gRPC either (that is MilsilClient's): every method takes the client as an argument.
+ * Its neighbours: MilsilSettings (reading settings), MilsilSlidePaths (where the server
+ * sees a slide), MilsilProgress (progress lines), MilsilBags (labelled bags).
  *
  * Every method only *builds* objects and results; none touches a hierarchy. The scripts add
  * what was built at the very end, so that a failure half-way changes nothing in the image.
  *
  * QuPath API used (stable from v0.4 to v0.7): RegionRequest.createInstance(path, downsample,
- * x, y, w, h), ImageServer.readRegion/getPath/getWidth/getHeight, ROI.getBounds*,
- * ROI.contains, ROI.getArea, RoiTools.intersection, PathROIObject.setROI (clears the
- * measurements), MeasurementList.asMap/put, PathIO.readObjectsFromGeoJSON,
- * PathObjects.createTileObject, ROIs.createRectangleROI, PathClass.fromString,
- * ProjectImageEntry.getImageName/getMetadataValue/readImageData, ImageServer.getURIs and
- * GsonTools.getInstance().toJson(roi) (a ROI as a GeoJSON geometry) for slides the server
- * reads itself. Same Groovy subset as MilsilClient (Groovy 2.4 and 4; getters called
- * explicitly).
+ * x, y, w, h), ImageServer.readRegion/getPath/getWidth/getHeight/getMetadata,
+ * ImageServerMetadata.getName, ROI.getBounds*, ROI.contains, ROI.getArea,
+ * RoiTools.intersection, PathROIObject.setROI (clears the measurements),
+ * MeasurementList.asMap/put, PathIO.readObjectsFromGeoJSON, PathObjects.createTileObject,
+ * ROIs.createRectangleROI, ProjectImageEntry.getImageName, and GsonTools.getInstance().toJson(roi)
+ * (a ROI as a GeoJSON geometry) for slides the server reads itself. Same Groovy subset as
+ * MilsilClient (Groovy 2.4 and 4; getters called explicitly).
  *
  * Regions of any size: tiles are read one at a time, in row order (the order the server's
  * Heatmap/Annotate contract asks for), and sent as they are read, so QuPath never holds a
@@ -26,7 +27,6 @@ import qupath.lib.io.GsonTools
 import qupath.lib.io.PathIO
 import qupath.lib.objects.PathObject
 import qupath.lib.objects.PathObjects
-import qupath.lib.objects.classes.PathClass
 import qupath.lib.regions.ImagePlane
 import qupath.lib.regions.RegionRequest
 import qupath.lib.roi.ROIs
@@ -36,52 +36,31 @@ import qupath.lib.roi.interfaces.ROI
 import java.nio.charset.StandardCharsets
 
 class MilsilQuPath {
+    // ------------------------------------------------------------------ the image and the model
 
-    // ------------------------------------------------------------------ settings
-
-    static double num(Object v) {
-        if (v instanceof Number) {
-            return ((Number) v).doubleValue()
-        }
-        return Double.parseDouble(v.toString().trim())
-    }
-
-    static int integer(Object v) {
-        return (int) Math.round(num(v))
-    }
-
-    static boolean flag(Object v) {
-        if (v instanceof Boolean) {
-            return (Boolean) v
-        }
-        String s = v == null ? '' : v.toString().trim().toLowerCase()
-        return s == 'true' || s == '1' || s == 'yes'
-    }
-
-    /** A list setting: a Groovy list, or a comma-separated string (system-property overrides). */
-    static List<String> list(Object v) {
-        if (v == null) {
-            return []
-        }
-        if (v instanceof Collection) {
-            return ((Collection) v).collect { Object x -> x.toString() }
-        }
-        String s = v.toString().trim()
-        if (s.startsWith('[') && s.endsWith(']')) {
-            s = s.substring(1, s.length() - 1)
-        }
-        return s ? s.split(',').collect { String x -> x.trim() }.findAll { String x -> x } : []
-    }
-
-    /** Name of the image, for logs, CSVs and patient ids. */
+    /**
+     * The image's name as users know it, for every line, CSV row and patient id: the project
+     * entry's name in a project; else the name in the image's metadata (QuPath 0.6:
+     * ImageServer.getMetadata().getName(), qupath-core .../images/servers/ImageServer.java and
+     * ImageServerMetadata.java; the name the viewer shows); only when the image has no name, its
+     * server path's file name, or the path itself (for an image with no file behind it that is
+     * a random id: ImageServerMetadata.Builder.build() sets a UUID when no path is given).
+     */
     static String imageName(Object entry, Object imageData) {
         if (entry != null) {
             return entry.getImageName()
         }
-        String path = imageData.getServer().getPath()
+        Object server = imageData.getServer()
+        Object metadata = server.getMetadata()
+        String named = metadata == null ? null : metadata.getName()
+        if (named != null && named.trim()) {
+            return named.trim()
+        }
+        String path = server.getPath()
         String name = new File(path.replaceAll('[?#].*$', '')).getName()
         return name ?: path
     }
+
 
     /** Model named in the settings, or the newest one on the server; checked before any pixel is read. */
     static Map resolveModel(Object client, Object configured) {
@@ -89,18 +68,18 @@ class MilsilQuPath {
         if (!name) {
             List<Map> models = client.listModels()
             if (models.isEmpty()) {
-                throw failure(client, 'FAILED_PRECONDITION', 'the server has no models; train or import one first')
+                throw failure('FAILED_PRECONDITION', 'the server has no models; train or import one first')
             }
             return models.get(0)
         }
         return client.getModel(name)
     }
 
-    /** A one-line failure from the client library (same format as server errors). */
-    static Throwable failure(Object client, String code, String message) {
-        Class failureClass = client.getClass().getDeclaredClasses().find { Class c -> c.getSimpleName() == 'Failure' }
-        return (Throwable) failureClass.newInstance(code, message)
+    /** A one-line failure (same format as the client's and the server's). */
+    static MilsilFailure failure(String code, String message) {
+        return new MilsilFailure(code, message)
     }
+
 
     /**
      * Pixels (at the region's downsample) of real image the server needs around a region on
@@ -139,7 +118,7 @@ class MilsilQuPath {
      * order, and calls sendTile(tile map) for each, reading each tile only when it is sent.
      * Tiles overlap by one output pixel so that rounding never leaves a gap. `progress`
      * (optional; anything with `update(long sent, long total, double eta)`, e.g. a
-     * Progress) hears of every tile sent.
+     * MilsilProgress) hears of every tile sent.
      */
     static int streamTiles(Object client, Object server, Map area, double downsample, int tileSize, Closure sendTile,
                            Object progress = null) {
@@ -226,36 +205,36 @@ class MilsilQuPath {
      */
     static Map annotate(Object client, Map s, Object server, Map model, PathObject parent, String label = null,
                         Closure log = null) {
-        if (flag(s.get('serverSlides'))) {
+        if (MilsilSettings.flag(s, 'serverSlides')) {
             Map done = annotateOnServer(client, s, server, model, parent, label, log)
             if (done != null) {
                 return done
             }
         }
         ROI roi = parent == null ? null : parent.getROI()
-        double ds = num(s.get('downsample'))
+        double ds = MilsilSettings.num(s.get('downsample'))
         Map region = rect(server, roi, 0)
         if ((int) region.get('width') < 1 || (int) region.get('height') < 1) {
-            throw failure(client, 'INVALID_ARGUMENT', 'the region lies outside the image')
+            throw failure('INVALID_ARGUMENT', 'the region lies outside the image')
         }
         Map area = rect(server, roi, contextPixels(model) * ds)
         Map config = [
             heatmap           : [model : model.get('name'),
                                  region: [x: region.get('x'), y: region.get('y'), width: region.get('width'),
                                           height: region.get('height'), downsample: ds],
-                                 stride: integer(s.get('stride'))],
+                                 stride: MilsilSettings.integer(s.get('stride'))],
             class_name        : (s.get('className') ?: '').toString(),
             threshold_on      : 'PROBABILITY',
-            threshold         : num(s.get('threshold')),
-            min_area          : num(s.get('minArea')),
-            simplify_tolerance: num(s.get('simplify')),
+            threshold         : MilsilSettings.num(s.get('threshold')),
+            min_area          : MilsilSettings.num(s.get('minArea')),
+            simplify_tolerance: MilsilSettings.num(s.get('simplify')),
             classification    : (s.get('classification') ?: '').toString(),
-            color             : list(s.get('color')).collect { String c -> Integer.parseInt(c) },
+            color             : MilsilSettings.list(s.get('color')).collect { String c -> Integer.parseInt(c) },
         ]
-        Progress progress = new Progress(label ?: 'region', s.get('progressEverySeconds'), log)
+        MilsilProgress progress = new MilsilProgress(label ?: 'region', s.get('progressEverySeconds'), log)
         Map response = client.annotate(config, { Closure sendTile ->
             progress.restart()
-            streamTiles(client, server, area, ds, integer(s.get('tileSize')), sendTile, progress)
+            streamTiles(client, server, area, ds, MilsilSettings.integer(s.get('tileSize')), sendTile, progress)
         })
         String geojson = (String) response.get('geojson')
         return [objects: clipped(readGeoJSON(geojson), roi), geojson: geojson, response: response]
@@ -306,221 +285,69 @@ class MilsilQuPath {
     static Map annotateOnServer(Object client, Map s, Object server, Map model, PathObject parent, String label,
                                 Closure log) {
         String name = label ?: 'region'
-        String local = localFile(server)
-        String remote = local == null ? null : serverPath(local, pathMap(s.get('slidePathMap')))
-        String why = local == null ? 'the image is not a local file' :
-            remote == null ? 'no slidePathMap entry matches ' + local : null
-        if (why == null) {
-            ROI roi = parent == null ? null : parent.getROI()
-            Map request = [
-                config            : [model      : model.get('name'), path: remote, stride: integer(s.get('stride')),
-                                     downsample : num(s.get('downsample')), tissue_only: false,
-                                     class_name : (s.get('className') ?: '').toString(),
-                                     roi        : roi == null ? '' : GsonTools.getInstance().toJson(roi)],
-                threshold         : num(s.get('threshold')),
-                min_area          : num(s.get('minArea')),
-                simplify_tolerance: num(s.get('simplify')),
-            ]
-            Progress progress = new Progress(name, s.get('progressEverySeconds'), log)
-            try {
-                Map result = client.annotateSlide(request, { Map p ->
-                    if (p.get('stage') == 'heatmap') {
-                        progress.update(((Number) p.get('tiles_done')).longValue(),
-                            ((Number) p.get('tiles_total')).longValue(), ((Number) p.get('eta_seconds')).doubleValue())
-                    }
-                })
-                String geojson = (String) result.get('geojson')
-                Map summary = (Map) result.get('summary')
-                return [objects: readGeoJSON(geojson), geojson: geojson, response: [class_name: summary.get('class_name')],
-                        serverRead: true]
-            } catch (Throwable t) {
-                if (!(t.getClass().getSimpleName() == 'Failure' && cannotSeeSlide((String) t.code, t.getMessage()))) {
-                    throw t
-                }
-                why = t.getMessage().replaceFirst('^milsil: ', '')
-            }
+        String remote = MilsilSlidePaths.remote(s, server, name, log)
+        if (remote == null) {
+            return null
         }
-        say(log, 'milsil: ' + name + ': the server cannot read the slide (' + why + '); streaming pixels instead')
-        return null
-    }
-
-    /** Failures of AnnotateSlide that mean "this server cannot see that slide". */
-    static boolean cannotSeeSlide(String code, String message) {
-        return code == 'FAILED_PRECONDITION' || code == 'NOT_FOUND' ||
-            (code == 'INVALID_ARGUMENT' && (message =~ /(?i)slide|config\.path/).find())
-    }
-
-    /** The image's file on this machine (its first file: URI), or null. */
-    static String localFile(Object server) {
+        ROI roi = parent == null ? null : parent.getROI()
+        Map request = [
+            config            : [model      : model.get('name'), path: remote, stride: MilsilSettings.integer(s.get('stride')),
+                                 downsample : MilsilSettings.num(s.get('downsample')), tissue_only: false,
+                                 class_name : (s.get('className') ?: '').toString(),
+                                 roi        : roi == null ? '' : GsonTools.getInstance().toJson(roi)],
+            threshold         : MilsilSettings.num(s.get('threshold')),
+            min_area          : MilsilSettings.num(s.get('minArea')),
+            simplify_tolerance: MilsilSettings.num(s.get('simplify')),
+        ]
+        MilsilProgress progress = new MilsilProgress(name, s.get('progressEverySeconds'), log)
         try {
-            for (Object uri : (Collection) server.getURIs()) {
-                if (uri instanceof URI && 'file'.equalsIgnoreCase(((URI) uri).getScheme())) {
-                    return new File((URI) uri).getAbsolutePath()
+            Map result = client.annotateSlide(request, { Map p ->
+                if (p.get('stage') == 'heatmap') {
+                    progress.update(((Number) p.get('tiles_done')).longValue(),
+                        ((Number) p.get('tiles_total')).longValue(), ((Number) p.get('eta_seconds')).doubleValue())
                 }
-            }
-        } catch (Throwable ignored) {
+            })
+            String geojson = (String) result.get('geojson')
+            Map summary = (Map) result.get('summary')
+            return [objects: readGeoJSON(geojson), geojson: geojson, response: [class_name: summary.get('class_name')],
+                    serverRead: true]
+        } catch (Throwable t) {
+            MilsilSlidePaths.cannotRead(t, name, log)
             return null
         }
-        return null
     }
 
-    /** slidePathMap: a Groovy map, or "local=server;local2=server2" (a system-property override). */
-    static Map<String, String> pathMap(Object v) {
-        Map<String, String> out = [:]
-        if (v instanceof Map) {
-            ((Map) v).each { Object k, Object x -> out.put(k.toString(), x == null ? '' : x.toString()) }
-            return out
-        }
-        String text = v == null ? '' : v.toString().trim()
-        if (text.startsWith('[') && text.endsWith(']')) {
-            text = text.substring(1, text.length() - 1)
-        }
-        for (String pair : text.split(';')) {
-            int eq = pair.indexOf('=')
-            if (eq > 0) {
-                out.put(pair.substring(0, eq).trim(), pair.substring(eq + 1).trim())
-            }
-        }
-        return out
-    }
-
-    /**
-     * `local` with the longest matching prefix of `map` replaced by its server-side path
-     * (relative to a --slide-root, or absolute inside one); null when no prefix matches.
-     */
-    static String serverPath(String local, Map<String, String> map) {
-        String path = local.replace('\\', '/')
-        String best = null
-        for (String key : map.keySet()) {
-            String k = key.replace('\\', '/')
-            while (k.length() > 1 && k.endsWith('/')) {
-                k = k.substring(0, k.length() - 1)
-            }
-            if ((path == k || path.startsWith(k + '/')) && (best == null || k.length() > best.length())) {
-                best = k
-            }
-        }
-        if (best == null) {
-            return null
-        }
-        String target = map.get(map.keySet().find { String key ->
-            String k = key.replace('\\', '/')
-            while (k.length() > 1 && k.endsWith('/')) {
-                k = k.substring(0, k.length() - 1)
-            }
-            return k == best
-        }).replace('\\', '/')
-        String rest = path.substring(best.length()).replaceFirst('^/+', '')
-        if (!target) {
-            return rest
-        }
-        return target.endsWith('/') ? target + rest : target + '/' + rest
-    }
-
-    // ------------------------------------------------------------------ progress
-
-    /** One line, to `log` (a script's println) or standard output. */
-    static void say(Closure log, String line) {
-        if (log != null) {
-            log.call(line)
-        } else {
-            System.out.println(line)
-        }
-    }
-
-    /** A Progress for scripts and library files that see this class only as a value. */
-    static Progress progress(String label, Object everySeconds, Closure log) {
-        return new Progress(label, everySeconds, log)
-    }
-
-    /**
-     * Progress lines of one long region, at most every `everySeconds` and only when the
-     * percentage moved: "milsil: slide.svs: Tumor 1: 38% (412/1,080 tiles), eta 2 min".
-     */
-    static class Progress {
-        final String label
-        final double every
-        final Closure log
-        long started = System.nanoTime()
-        long last = System.nanoTime()
-        int percent = -1
-
-        Progress(String label, Object everySeconds, Closure log) {
-            this.label = label
-            this.every = everySeconds == null ? 30.0d : MilsilQuPath.num(everySeconds)
-            this.log = log
-        }
-
-        /** From the start again (a call retried after "busy" re-sends its tiles). */
-        void restart() {
-            started = System.nanoTime()
-            last = started
-            percent = -1
-        }
-
-        /** `eta` < 0: estimated from the rate so far; `counted`: what `done` counts, and
-         * anything to add ("cells, 12/30 regions"). */
-        void update(long done, long total, double eta, String counted = 'tiles') {
-            if (total <= 0 || done <= 0 || done >= total) {
-                return
-            }
-            int p = (int) Math.floor(100.0d * done / total)
-            long now = System.nanoTime()
-            if (p == percent || (now - last) / 1e9d < every) {
-                return
-            }
-            percent = p
-            last = now
-            double left = eta >= 0 ? eta : (now - started) / 1e9d / done * (total - done)
-            MilsilQuPath.say(log, 'milsil: ' + label + ': ' + p + '% (' + thousands(done) + '/' + thousands(total) +
-                ' ' + counted + '), eta ' + duration(left))
-        }
-
-        static String thousands(long n) {
-            return String.format(Locale.US, '%,d', n)
-        }
-
-        static String duration(double seconds) {
-            if (seconds < 90) {
-                return Math.round(seconds) + ' s'
-            }
-            if (seconds < 90 * 60) {
-                return Math.round(seconds / 60.0d) + ' min'
-            }
-            return String.format(Locale.US, '%.1f h', seconds / 3600.0d)
-        }
-    }
 
     /**
      * Per-sample probabilities as tile objects (for QuPath's measurement maps): a Heatmap call
      * with stride `tileStride`; each sample becomes its grid cell, centred on the sample the way
-     * milsil/geojson.py cell_edges draws them (clipped to the region, so the tiles cover it
-     * exactly), with "milsil p(<class>)" measurements.
+     * the server draws its outlines (MilsilGrid.cellEdge; clipped to the region, so the tiles
+     * cover it exactly), with "milsil p(<class>)" measurements.
      */
     static List<PathObject> probabilityTiles(Object client, Map s, Object server, Map model, PathObject parent,
                                              String label = null, Closure log = null) {
         ROI roi = parent == null ? null : parent.getROI()
-        double ds = num(s.get('downsample'))
+        double ds = MilsilSettings.num(s.get('downsample'))
         Map region = rect(server, roi, 0)
         Map area = rect(server, roi, contextPixels(model) * ds)
         Map config = [model : model.get('name'),
                       region: [x: region.get('x'), y: region.get('y'), width: region.get('width'),
                                height: region.get('height'), downsample: ds],
-                      stride: integer(s.get('tileStride')), value_type: 'VALUE_TYPE_FLOAT32',
+                      stride: MilsilSettings.integer(s.get('tileStride')), value_type: 'VALUE_TYPE_FLOAT32',
                       include_probabilities: true]
-        double rx0 = num(region.get('x'))
-        double ry0 = num(region.get('y'))
+        double rx0 = MilsilSettings.num(region.get('x'))
+        double ry0 = MilsilSettings.num(region.get('y'))
         // The region's size in region pixels, as the server rounds it (Python round: half-even).
-        double rw = Math.rint(num(region.get('width')) / ds)
-        double rh = Math.rint(num(region.get('height')) / ds)
+        double rw = Math.rint(MilsilSettings.num(region.get('width')) / ds)
+        double rh = Math.rint(MilsilSettings.num(region.get('height')) / ds)
         List<PathObject> tiles = []
         BitSet seen = new BitSet()   // request tiles overlap: samples may repeat
-        Progress progress = new Progress((label ?: 'region') + ' (probability tiles)', s.get('progressEverySeconds'), log)
+        MilsilProgress progress = new MilsilProgress((label ?: 'region') + ' (probability tiles)', s.get('progressEverySeconds'), log)
         client.heatmap(config, { Closure sendTile ->
             progress.restart()
             tiles.clear()
             seen.clear()
-            streamTiles(client, server, area, ds, integer(s.get('tileSize')), sendTile, progress)
+            streamTiles(client, server, area, ds, MilsilSettings.integer(s.get('tileSize')), sendTile, progress)
         }, { Map header, Map t ->
             // Each reply as it comes (while tiles are still being sent): only the objects stay.
             List<String> classes = (List<String>) header.get('class_names')
@@ -535,14 +362,14 @@ class MilsilQuPath {
                     // Sample (r, c) is computed at region pixel (c * stride, r * stride), whose
                     // centre is level-0 (rx0 + ds * (c * stride + 0.5), ...) (the header's
                     // origin_x + c * step). Its cell runs half a stride either side of that,
-                    // clipped to the region: milsil/geojson.py cell_edges, so the tiles tile
+                    // clipped to the region: MilsilGrid.cellEdge, so the tiles tile
                     // the region without gaps or overlaps, like the server's outlines.
                     int r = (int) t.get('row') + i
                     int c = (int) t.get('col') + j
-                    double x0 = rx0 + ds * cellEdge(c, gridCols, stride, rw)
-                    double x1 = rx0 + ds * cellEdge(c + 1, gridCols, stride, rw)
-                    double y0 = ry0 + ds * cellEdge(r, gridRows, stride, rh)
-                    double y1 = ry0 + ds * cellEdge(r + 1, gridRows, stride, rh)
+                    double x0 = rx0 + ds * MilsilGrid.cellEdge(c, gridCols, stride, rw)
+                    double x1 = rx0 + ds * MilsilGrid.cellEdge(c + 1, gridCols, stride, rw)
+                    double y0 = ry0 + ds * MilsilGrid.cellEdge(r, gridRows, stride, rh)
+                    double y1 = ry0 + ds * MilsilGrid.cellEdge(r + 1, gridRows, stride, rh)
                     double cx = (x0 + x1) / 2
                     double cy = (y0 + y1) / 2
                     int key = r * gridCols + c
@@ -561,137 +388,6 @@ class MilsilQuPath {
             }
         })
         return tiles
-    }
-
-    /**
-     * Edge `k` (0..count) of the `count` cells along an axis of `length` region pixels sampled
-     * every `stride` pixels: milsil/geojson.py cell_edges (the outer edges on the region border,
-     * the inner ones midway between neighbouring samples' pixel centres, clipped to the region).
-     */
-    static double cellEdge(int k, int count, int stride, double length) {
-        if (k <= 0) {
-            return 0.0d
-        }
-        if (k >= count) {
-            return length
-        }
-        return Math.min(length, Math.max(0.0d, k * stride + 0.5d - stride / 2.0d))
-    }
-
-    // ------------------------------------------------------------------ labelled bags
-
-    /**
-     * Labelled bags of one image: classified annotations and classified non-missing TMA
-     * cores (each one bag), and/or the whole image when its project metadata has
-     * `metadataKey`. Returns maps [bag_id, label, patient_id, tiles, source].
-     */
-    static List<Map> imageBags(Object client, Map s, String name, Object imageData, Object entry) {
-        List<String> sources = list(s.get('sources'))
-        List<String> ignore = list(s.get('ignoreClasses'))
-        double ds = num(s.get('downsample'))
-        int patch = integer(s.get('patchSize'))
-        int maxPatches = integer(s.get('maxPatchesPerBag'))
-        Object server = imageData.getServer()
-        def hierarchy = imageData.getHierarchy()
-        List<Map> bags = []
-        List<PathObject> candidates = []
-        if (sources.contains('annotations')) {
-            candidates.addAll(hierarchy.getAnnotationObjects())
-        }
-        if (sources.contains('tma') && hierarchy.getTMAGrid() != null) {
-            for (Object core : hierarchy.getTMAGrid().getTMACoreList()) {
-                if (!core.isMissing()) {
-                    candidates.add((PathObject) core)
-                }
-            }
-        }
-        int index = 0
-        for (PathObject o : candidates) {
-            PathClass pc = o.getPathClass()
-            ROI roi = o.getROI()
-            if (pc == null || roi == null || !roi.isArea() || ignored(pc.toString(), ignore)) {
-                continue
-            }
-            List<Map> tiles = patchTiles(client, server, roi, ds, patch, maxPatches)
-            if (!tiles.isEmpty()) {
-                String kind = o.getClass().getSimpleName().contains('TMA') ? 'core' : 'annotation'
-                bags.add([bag_id: name + '#' + kind + '-' + bagKey(index, o.getName()), label: pc.toString(),
-                          patient_id: name, tiles: tiles, source: kind])
-            }
-            index++
-        }
-        if (sources.contains('metadata') && entry != null) {
-            String label = entry.getMetadataValue((String) s.get('metadataKey'))
-            if (label) {
-                List<Map> tiles = patchTiles(client, server, null, ds, patch, maxPatches)
-                if (!tiles.isEmpty()) {
-                    bags.add([bag_id: name + '#image', label: label.trim(), patient_id: name,
-                              tiles: tiles, source: 'image'])
-                }
-            }
-        }
-        return bags
-    }
-
-    /**
-     * The per-image part of a bag id: always the candidate's index (the server merges
-     * consecutive messages with the same bag_id, so two objects with one name must differ),
-     * plus the object's name when it has one.
-     */
-    static String bagKey(int index, String name) {
-        return 'bag-' + index + (name ? '-' + name : '')
-    }
-
-    static boolean ignored(String name, List<String> patterns) {
-        for (String p : patterns) {
-            if (p.endsWith('*') ? name.startsWith(p.substring(0, p.length() - 1)) : name == p) {
-                return true
-            }
-        }
-        return false
-    }
-
-    /**
-     * Bags of every image of the project (or of the current image when there is no project).
-     * The open image is read from memory (unsaved changes count); the others are opened with
-     * ProjectImageEntry.readImageData and closed again.
-     */
-    static List<Map> projectBags(Object client, Map s, Object project, Object currentEntry, Object currentData, Closure log) {
-        List<Map> bags = []
-        if (project == null) {
-            String name = imageName(null, currentData)
-            bags.addAll(imageBags(client, s, name, currentData, null))
-            return bags
-        }
-        for (Object entry : project.getImageList()) {
-            boolean current = currentEntry != null && entry.getID() == currentEntry.getID()
-            Object data = current ? currentData : entry.readImageData()
-            try {
-                List<Map> found = imageBags(client, s, entry.getImageName(), data, entry)
-                bags.addAll(found)
-                if (!found.isEmpty()) {
-                    log.call(entry.getImageName() + ': ' + found.size() + ' bag(s)')
-                }
-            } finally {
-                if (!current) {
-                    data.getServer().close()
-                }
-            }
-        }
-        return bags
-    }
-
-    /** Streams bags to UploadDataset, `perMessage` tiles per message; returns the Dataset map. */
-    static Map upload(Object client, String displayName, List<Map> bags, int perMessage) {
-        return client.uploadDataset(displayName, { Closure sendBag ->
-            for (Map bag : bags) {
-                List<Map> tiles = (List<Map>) bag.get('tiles')
-                for (int i = 0; i < tiles.size(); i += perMessage) {
-                    sendBag.call([bag_id: bag.get('bag_id'), label: bag.get('label'), patient_id: bag.get('patient_id'),
-                                  tiles: tiles.subList(i, Math.min(tiles.size(), i + perMessage))])
-                }
-            }
-        })
     }
 
     /** Value of a QuPath batch attribute ("qupath.script.batchIndex", ...) or `otherwise`. */

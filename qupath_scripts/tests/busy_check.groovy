@@ -21,8 +21,10 @@ String server = args[1]
 String model = args[2]
 int rounds = Integer.parseInt(args[3])
 
+// lib/ on the class path: MilsilClient.groovy compiles the lib files it names (MilsilRpc, ...).
 def gcl = new GroovyClassLoader(this.class.classLoader)
-def MilsilClient = gcl.parseClass(new File(home, 'lib/MilsilClient.groovy'))
+gcl.addClasspath(new File(home, 'lib').getAbsolutePath())
+def MilsilClient = gcl.loadClass('MilsilClient')
 Gson gson = new GsonBuilder().disableHtmlEscaping().create()
 
 def report = { String name, Object value ->

@@ -22,8 +22,10 @@ String model = args[3]
 String tlsServer = args.length > 4 ? args[4] : ''
 String caPem = args.length > 5 ? args[5] : ''
 
+// lib/ on the class path: MilsilClient.groovy compiles the lib files it names (MilsilRpc, ...).
 def gcl = new GroovyClassLoader(this.class.classLoader)
-def MilsilClient = gcl.parseClass(new File(home, 'lib/MilsilClient.groovy'))
+gcl.addClasspath(new File(home, 'lib').getAbsolutePath())
+def MilsilClient = gcl.loadClass('MilsilClient')
 Gson gson = new GsonBuilder().disableHtmlEscaping().create()
 
 def report = { String name, Object value ->

@@ -86,8 +86,12 @@ StubProject project = spec.get('project_dir') ?
 List<Map> images = []
 for (Map img : (List<Map>) spec.get('images')) {
     PathObjectHierarchy hierarchy = new PathObjectHierarchy()
-    // "slide": the whole-slide file these pixels stand for (what getURIs() names).
-    ImageData data = new ImageData(new PngImageServer((String) img.get('path'), (String) img.get('slide')), hierarchy)
+    // "slide": the whole-slide file these pixels stand for (what getURIs() names); "no_file":
+    // an image with no file behind it (no URIs, a random id as its path) named "server_name".
+    String path = (String) img.get('path')
+    ImageData data = new ImageData(img.get('no_file') ?
+        new PngImageServer(path, null, (String) img.get('server_name'), true) :
+        new PngImageServer(path, (String) img.get('slide')), hierarchy)
     List<PathObject> selected = []
     List<TMACoreObject> cores = []
     for (Map o : (List<Map>) (img.get('objects') ?: [])) {

@@ -12,6 +12,7 @@ import java.util.Collections;
 import javax.imageio.ImageIO;
 
 import qupath.lib.images.servers.ImageServer;
+import qupath.lib.images.servers.ImageServerMetadata;
 import qupath.lib.images.servers.PixelCalibration;
 import qupath.lib.regions.RegionRequest;
 
@@ -25,6 +26,7 @@ import qupath.lib.regions.RegionRequest;
 public class PngImageServer implements ImageServer<BufferedImage> {
     private final String path;
     private final URI uri;
+    private final ImageServerMetadata metadata;
     private final BufferedImage image;
     public int reads;
     public long largestRead;
@@ -34,8 +36,19 @@ public class PngImageServer implements ImageServer<BufferedImage> {
     }
 
     public PngImageServer(String path, String slide) throws IOException {
-        this.path = new File(path).getAbsolutePath();
-        this.uri = new File(slide == null ? path : slide).getAbsoluteFile().toURI();
+        this(path, slide, new File(path).getName(), false);
+    }
+
+    /**
+     * `name`: the metadata's name (QuPath's file-backed servers name the image after its file;
+     * null: none). `noFile`: an image with no file behind it (pasted, generated): no URIs, and
+     * its path is the metadata's random UUID, as QuPath's ImageServerMetadata.Builder.build().
+     */
+    public PngImageServer(String path, String slide, String name, boolean noFile) throws IOException {
+        this.metadata = new ImageServerMetadata.Builder(PngImageServer.class,
+            noFile ? null : new File(path).getAbsolutePath()).name(name).build();
+        this.path = metadata.getPath();
+        this.uri = noFile ? null : new File(slide == null ? path : slide).getAbsoluteFile().toURI();
         BufferedImage raw = ImageIO.read(new File(path));
         if (raw == null) {
             throw new IOException("not an image: " + path);
@@ -53,7 +66,7 @@ public class PngImageServer implements ImageServer<BufferedImage> {
 
     @Override
     public Collection<URI> getURIs() {
-        return Collections.singletonList(uri);
+        return uri == null ? Collections.<URI>emptyList() : Collections.singletonList(uri);
     }
 
     @Override
@@ -90,6 +103,12 @@ public class PngImageServer implements ImageServer<BufferedImage> {
             request.getX() + request.getWidth(), request.getY() + request.getHeight(), null);
         g.dispose();
         return out;
+    }
+
+    /** The image's name (the PNG's file name, or as given) and its path. */
+    @Override
+    public ImageServerMetadata getMetadata() {
+        return metadata;
     }
 
     @Override

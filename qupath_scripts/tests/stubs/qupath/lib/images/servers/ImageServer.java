@@ -20,6 +20,12 @@ public interface ImageServer<T> extends AutoCloseable {
      */
     Collection<URI> getURIs();
 
+    /**
+     * QuPath: public ImageServerMetadata getMetadata() (qupath-core .../images/servers/ImageServer.java,
+     * v0.6.0): the image's metadata, its name included.
+     */
+    ImageServerMetadata getMetadata();
+
     /** QuPath: public int getWidth() (full resolution). */
     int getWidth();
 
