@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from milsil.wsi.outlines import OutlineSettings
 from milsil.wsi.settings import SlideSettings
 
 if TYPE_CHECKING:
@@ -33,9 +34,15 @@ def slide_settings(args: argparse.Namespace) -> SlideSettings:
         class_name=args.class_name,
         tile=args.tile,
         tissue_only=not args.all_tiles,
-        min_area=args.min_area,
-        simplify_tolerance=args.simplify,
         bf16=args.bf16,
+        outline=OutlineSettings(
+            min_area=args.min_area,
+            min_hole_area=args.min_hole_area,
+            smooth_sigma=args.smooth_sigma,
+            merge_distance=args.merge_distance,
+            simplify=args.simplify,
+        ),
+        pixel_size_um=args.pixel_size or None,
     )
 
 
@@ -70,18 +77,7 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tile", type=int, default=d.tile, help=f"pixels read per tile (default {d.tile})"
     )
-    parser.add_argument(
-        "--min-area",
-        type=float,
-        default=d.min_area,
-        help="drop objects smaller than this (level-0 px^2)",
-    )
-    parser.add_argument(
-        "--simplify",
-        type=float,
-        default=d.simplify_tolerance,
-        help="simplify outlines by this tolerance (level-0 px)",
-    )
+    add_outline_arguments(parser)
     parser.add_argument(
         "--all-tiles", action="store_true", help="compute glass too (default: tissue only)"
     )
@@ -90,6 +86,53 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
         "--bf16",
         action="store_true",
         help="bfloat16 autocast (about 2x faster on AVX-512 BF16 CPUs and GPUs)",
+    )
+
+
+def add_outline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The outline clean-up flags (:class:`~milsil.wsi.outlines.OutlineSettings`), whose
+    defaults are the measured ones (README, "Outline clean-up")."""
+    o = _DEFAULTS.outline
+    unit = "µm when the pixel size is known, else level-0 px"
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=o.min_area,
+        help=f"drop objects smaller than this (µm² when the pixel size is known, else level-0 "
+        f"px²; default {o.min_area:g}; 0 = keep all)",
+    )
+    parser.add_argument(
+        "--min-hole-area",
+        type=float,
+        default=o.min_hole_area,
+        help=f"fill holes smaller than this (same units; default {o.min_hole_area:g})",
+    )
+    parser.add_argument(
+        "--smooth-sigma",
+        type=float,
+        default=o.smooth_sigma,
+        help=f"Gaussian sigma on the probability map before thresholding, outlines only "
+        f"({unit}; default {o.smooth_sigma:g}; 0 = none)",
+    )
+    parser.add_argument(
+        "--merge-distance",
+        type=float,
+        default=o.merge_distance,
+        help=f"join objects closer than this ({unit}; default {o.merge_distance:g})",
+    )
+    parser.add_argument(
+        "--simplify",
+        type=float,
+        default=o.simplify,
+        help=f"simplification tolerance as a fraction of one output pixel, in [0, 1) "
+        f"(default {o.simplify:g})",
+    )
+    parser.add_argument(
+        "--pixel-size",
+        type=float,
+        default=0.0,
+        help="level-0 µm per pixel for the outline settings (default: the slide's metadata; "
+        "without it the settings are in pixels)",
     )
 
 
@@ -133,6 +176,16 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         f"polygons {t['polygons']:.1f}s"
         + (f", tiff {t['tiff']:.1f}s -> {res.tiff}" if res.tiff else "")
     )
+    o = res.outline_settings
+    if o:
+        units = (
+            f"µm ({o['pixel_size_um']:g} µm/px)" if o["units"] == "um" else "pixels (no pixel size)"
+        )
+        print(
+            f"outlines: min area {o['min_area']:g}, min hole {o['min_hole_area']:g}, smooth "
+            f"{o['smooth_sigma']:g}, merge {o['merge_distance']:g}, in {units}; simplify "
+            f"{o['simplify']:g} px"
+        )
     return 0
 
 
