@@ -48,8 +48,8 @@ THRESHOLD = 0.5
 BASELINE = (0.0, 0.0, 0.0, 0.0, 0.0)
 GRID = [BASELINE] + [
     (area, hole, sigma, merge, 0.5)
-    for sigma in (0.0, 1.0, 2.0)
-    for area in (25.0, 50.0, 100.0)
+    for sigma in (0.0, 1.0, 2.0, 3.0)
+    for area in (25.0, 50.0, 100.0, 200.0, 400.0)
     for hole in (0.0, 50.0)
     for merge in (0.0, 4.0)
 ]
@@ -168,7 +168,7 @@ def held_out_maps(out: Path, model_path: Path, log) -> list[dict[str, Any]]:
         np.savez(cache, **{f"p{i}": p for i, p in enumerate(probs)})
     out_maps = []
     for image, prob in zip(images, probs, strict=True):
-        labels, table = load_instances(index[image])
+        labels, table = load_instances(index[str((test / image).resolve())])
         ids = [n["id"] for n in table if n["class"] == "malignant"]
         malignant = np.isin(labels, ids)
         out_maps.append(
@@ -223,18 +223,28 @@ def table(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def eligible(row: dict[str, Any], base: dict[str, float]) -> bool:
+    """The issue's bar: >= 10x fewer fragments than the baseline, object recall and nuclei
+    covered within 2 points of it; and no worse Dice (the outlines still fit the regions)."""
+    s = row["scores"]
+    return (
+        s["fragments"] * 10 <= base["fragments"]
+        and s["recall"] >= base["recall"] - 0.02
+        and s["nuclei_covered"] >= base["nuclei_covered"] - 0.02
+        and s["dice"] >= base["dice"]
+    )
+
+
 def choose(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best F1 among settings with >= 10x fewer fragments than the baseline and object
-    recall and nuclei covered within 2 points of it."""
+    """Among the :func:`eligible` settings, the best Dice (then object F1): the outlines
+    that follow the regions best. Not F1 first: fewer, larger objects always raise it
+    (merging bridges speckle into blobs over the stroma, each overlapping some region),
+    while Dice sees the stroma they cover."""
     base = rows[0]["scores"]
-    ok = [
-        r
-        for r in rows[1:]
-        if r["scores"]["fragments"] * 10 <= base["fragments"]
-        and r["scores"]["recall"] >= base["recall"] - 0.02
-        and r["scores"]["nuclei_covered"] >= base["nuclei_covered"] - 0.02
-    ]
-    return max(ok, key=lambda r: (r["scores"]["f1"], r["scores"]["dice"])) if ok else None
+    ok = [r for r in rows[1:] if eligible(r, base)]
+    if not ok:
+        return None
+    return max(ok, key=lambda r: (r["scores"]["dice"], r["scores"]["f1"]))
 
 
 def main() -> int:

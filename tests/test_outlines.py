@@ -205,6 +205,28 @@ def test_zero_means_default_and_negative_means_off():
     assert (s.min_area, s.min_hole_area, s.smooth_sigma) == (d.min_area, 0.0, d.smooth_sigma)
 
 
+def test_slide_flags_build_outline_settings_with_the_measured_defaults():
+    import argparse
+
+    from milsil.cli.slides import add_slide_arguments, slide_settings
+
+    parser = argparse.ArgumentParser()
+    add_slide_arguments(parser)
+    defaults = slide_settings(parser.parse_args(["--model", "m.pt"]))
+    assert defaults.outline == OutlineSettings()
+    assert defaults.pixel_size_um is None
+    given = slide_settings(
+        parser.parse_args(
+            ["--model", "m.pt", "--min-area", "10", "--min-hole-area", "4", "--smooth-sigma"]
+            + ["0.5", "--merge-distance", "1", "--simplify", "0.25", "--pixel-size", "0.5"]
+        )
+    )
+    assert given.outline == OutlineSettings(10, 4, 0.5, 1, 0.25)
+    assert given.pixel_size_um == 0.5
+    with pytest.raises(MilsilError, match=r"simplify must be a number in \[0, 1\)"):
+        slide_settings(parser.parse_args(["--model", "m.pt", "--simplify", "2"]))
+
+
 # ---- the bench's metrics, on label images whose answers are counted by hand ----
 
 
@@ -237,6 +259,32 @@ def test_bench_object_scores_dice_and_nuclei_covered():
     instances[2, 1:3] = 3  # (2,1), (2,2): 2 of 2 in: covered
     assert b.nuclei_covered(pred > 0, instances, [1, 2, 3]) == (2, 3)
     assert b.object_scores(np.zeros((2, 2), int), np.zeros((2, 2), int))["f1"] == 1.0
+
+
+def test_bench_choice_needs_the_bar_then_takes_the_best_dice_then_f1():
+    b = bench()
+
+    def row(fragments, recall, covered, f1, dice_):
+        scores = {"fragments": fragments, "recall": recall, "nuclei_covered": covered}
+        return {"setting": [fragments], "scores": scores | {"f1": f1, "dice": dice_}}
+
+    base = row(100, 0.90, 0.95, 0.10, 0.20)
+    rows = [
+        base,
+        row(11, 0.90, 0.95, 0.90, 0.30),  # only 9.1x fewer fragments
+        row(10, 0.87, 0.95, 0.80, 0.30),  # recall 3 points down
+        row(10, 0.90, 0.92, 0.80, 0.30),  # nuclei covered 3 points down
+        row(5, 0.90, 0.95, 0.70, 0.19),  # Dice below the baseline's
+        row(10, 0.885, 0.935, 0.50, 0.25),  # 1.5 points down on both: eligible
+        row(2, 0.95, 0.96, 0.90, 0.21),  # eligible, best F1, lower Dice
+        row(3, 0.95, 0.96, 0.55, 0.30),  # eligible, best Dice
+        row(3, 0.95, 0.96, 0.56, 0.30),  # the same Dice, better F1
+    ]
+    assert b.choose(rows) is rows[8]
+    assert b.choose(rows[:8]) is rows[7]
+    assert b.choose(rows[:7]) is rows[5]
+    assert b.choose(rows[:6]) is rows[5]
+    assert b.choose(rows[:5]) is None
 
 
 def test_bench_truth_regions_join_close_nuclei_into_clusters():
