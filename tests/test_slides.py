@@ -307,7 +307,9 @@ def test_annotate_slide_writes_geojson_and_tiff(slide_file, tmp_path):
 def test_annotate_slide_cli_on_vendor_files(name, checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "o.geojson"
     argv = ["annotate-slide", str(VENDOR / name), "--model", str(checkpoint), "-o", str(out)]
-    assert run_cli(argv + ["--stride", "4", "--threshold", "0", "--all-tiles"], monkeypatch) == 0
+    # --min-area 0: small.svs is 16 x 16 px (64 µm²), below the default minimum object area
+    flags = ["--stride", "4", "--threshold", "0", "--all-tiles", "--min-area", "0"]
+    assert run_cli(argv + flags, monkeypatch) == 0
     data = json.loads(out.read_text())
     assert qupath_problems(data) == [] and data["features"]
 

@@ -184,7 +184,7 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         print(
             f"outlines: min area {o['min_area']:g}, min hole {o['min_hole_area']:g}, smooth "
             f"{o['smooth_sigma']:g}, merge {o['merge_distance']:g}, in {units}; simplify "
-            f"{o['simplify']:g} px"
+            f"{o['simplify']:g} of an output pixel"
         )
     return 0
 
