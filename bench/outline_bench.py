@@ -55,14 +55,11 @@ GRID = [BASELINE] + [
 ]
 
 
-def disk(radius: int) -> np.ndarray:
-    r = np.arange(-radius, radius + 1)
-    return (r[:, None] ** 2 + r[None, :] ** 2) <= radius * radius
-
-
 def truth_regions(malignant: np.ndarray, radius: int = CLUSTER_RADIUS) -> np.ndarray:
     """Labels (8-connected) of the ground-truth malignant regions: clusters of nuclei."""
     from scipy import ndimage
+
+    from milsil.wsi.outlines import disk
 
     closed = ndimage.binary_closing(np.pad(malignant, radius), disk(radius), border_value=0)[
         radius:-radius, radius:-radius

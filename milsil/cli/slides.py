@@ -35,13 +35,7 @@ def slide_settings(args: argparse.Namespace) -> SlideSettings:
         tile=args.tile,
         tissue_only=not args.all_tiles,
         bf16=args.bf16,
-        outline=OutlineSettings(
-            min_area=args.min_area,
-            min_hole_area=args.min_hole_area,
-            smooth_sigma=args.smooth_sigma,
-            merge_distance=args.merge_distance,
-            simplify=args.simplify,
-        ),
+        outline=outline_settings(args),
         pixel_size_um=args.pixel_size or None,
     )
 
@@ -89,44 +83,29 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# (flag, OutlineSettings field, help); "{d}" is the field's default.
+_UNIT = "µm when the pixel size is known, else level-0 px"
+OUTLINE_FLAGS = (
+    ("--min-area", "min_area", "drop objects smaller than this (µm², else level-0 px²)"),
+    ("--min-hole-area", "min_hole_area", "fill holes smaller than this (µm², else px²)"),
+    (
+        "--smooth-sigma",
+        "smooth_sigma",
+        f"Gaussian sigma on the map before thresholding, outlines only ({_UNIT})",
+    ),
+    ("--merge-distance", "merge_distance", f"join objects closer than this ({_UNIT})"),
+    ("--simplify", "simplify", "simplification tolerance, a fraction of an output pixel, [0, 1)"),
+)
+
+
 def add_outline_arguments(parser: argparse.ArgumentParser) -> None:
     """The outline clean-up flags (:class:`~milsil.wsi.outlines.OutlineSettings`), whose
-    defaults are the measured ones (README, "Outline clean-up")."""
-    o = _DEFAULTS.outline
-    unit = "µm when the pixel size is known, else level-0 px"
-    parser.add_argument(
-        "--min-area",
-        type=float,
-        default=o.min_area,
-        help=f"drop objects smaller than this (µm² when the pixel size is known, else level-0 "
-        f"px²; default {o.min_area:g}; 0 = keep all)",
-    )
-    parser.add_argument(
-        "--min-hole-area",
-        type=float,
-        default=o.min_hole_area,
-        help=f"fill holes smaller than this (same units; default {o.min_hole_area:g})",
-    )
-    parser.add_argument(
-        "--smooth-sigma",
-        type=float,
-        default=o.smooth_sigma,
-        help=f"Gaussian sigma on the probability map before thresholding, outlines only "
-        f"({unit}; default {o.smooth_sigma:g}; 0 = none)",
-    )
-    parser.add_argument(
-        "--merge-distance",
-        type=float,
-        default=o.merge_distance,
-        help=f"join objects closer than this ({unit}; default {o.merge_distance:g})",
-    )
-    parser.add_argument(
-        "--simplify",
-        type=float,
-        default=o.simplify,
-        help=f"simplification tolerance as a fraction of one output pixel, in [0, 1) "
-        f"(default {o.simplify:g})",
-    )
+    defaults are the measured ones (README, "Outline clean-up"); 0 turns a step off."""
+    for flag, name, text in OUTLINE_FLAGS:
+        default = getattr(_DEFAULTS.outline, name)
+        parser.add_argument(
+            flag, dest=name, type=float, default=default, help=f"{text}; default {default:g}"
+        )
     parser.add_argument(
         "--pixel-size",
         type=float,
@@ -134,6 +113,11 @@ def add_outline_arguments(parser: argparse.ArgumentParser) -> None:
         help="level-0 µm per pixel for the outline settings (default: the slide's metadata; "
         "without it the settings are in pixels)",
     )
+
+
+def outline_settings(args: argparse.Namespace) -> OutlineSettings:
+    """The :class:`OutlineSettings` that :func:`add_outline_arguments` parsed (validated)."""
+    return OutlineSettings(**{name: getattr(args, name) for _, name, _ in OUTLINE_FLAGS})
 
 
 def _print_progress(p: SlideProgress) -> None:
