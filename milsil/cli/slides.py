@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from milsil.wsi.heatmap import SlideProgress
 
 _DEFAULTS = SlideSettings()
+_OUTLINE_DEFAULTS = OutlineSettings()  # the measured defaults (SlideSettings' own is raw)
 
 
 def slide_settings(args: argparse.Namespace) -> SlideSettings:
@@ -102,7 +103,7 @@ def add_outline_arguments(parser: argparse.ArgumentParser) -> None:
     """The outline clean-up flags (:class:`~milsil.wsi.outlines.OutlineSettings`), whose
     defaults are the measured ones (README, "Outline clean-up"); 0 turns a step off."""
     for flag, name, text in OUTLINE_FLAGS:
-        default = getattr(_DEFAULTS.outline, name)
+        default = getattr(_OUTLINE_DEFAULTS, name)
         parser.add_argument(
             flag, dest=name, type=float, default=default, help=f"{text}; default {default:g}"
         )
