@@ -298,3 +298,43 @@ def test_bench_truth_regions_join_close_nuclei_into_clusters():
     labels = b.truth_regions(malignant)
     assert labels.max() == 2
     assert labels[6, 6] == labels[6, 12] != labels[23, 23]
+
+
+def test_annotate_slide_takes_microns_from_the_slide_or_the_request(tmp_path):
+    """A 640 x 480 slide at 0.5 µm/px outlined whole (307,200 px² = 76,800 µm²): the
+    minimum area is in µm² with the slide's pixel size, or with the request's instead."""
+    import torch
+    from conftest import randomize_batchnorm
+
+    from milsil.models import create_model
+    from milsil.wsi.annotate import annotate_slide
+    from milsil.wsi.synthetic import synthetic_slide
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(
+        create_model("bagnet9", 2, width=8, class_names=["benign", "malignant"]), 0
+    )
+    slide = tmp_path / "s.tif"
+    synthetic_slide(slide, 640, 480, block=160, malignant_blocks=0.4, seed=3)
+    base = SlideSettings(stride=4, tile=128, threshold=0.5, tissue_only=False)
+
+    def objects(min_area, pixel_size=None):
+        settings = base.replace(
+            outline=OutlineSettings(min_area=min_area, simplify=0.5), pixel_size_um=pixel_size
+        )
+        result = annotate_slide(slide, model, None, settings)
+        return [f["properties"]["measurements"]["area"] for f in result.collection["features"]], (
+            result.outline_settings
+        )
+
+    areas, recorded = objects(76800)
+    assert areas == [307200.0]
+    assert (recorded["units"], recorded["pixel_size_um"], recorded["min_area"]) == (
+        "um",
+        0.5,
+        76800,
+    )
+    assert objects(76801)[0] == []
+    # QuPath's calibration, sent with the request, wins: at 0.25 µm/px it is 19,200 µm²
+    assert objects(19200, pixel_size=0.25)[0] == [307200.0]
+    assert objects(19201, pixel_size=0.25)[0] == []
