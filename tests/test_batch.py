@@ -79,7 +79,8 @@ def test_batch_isolates_failures_and_skips_finished(folder, tmp_path, monkeypatc
     shutil.copy(VENDOR / "unreadable.svs", work / "broken.svs")
     out = tmp_path / "out"
     argv = ["batch", str(work), "--model", str(ckpt), "--out", str(out), "--threshold", "0"]
-    argv += ["--all-tiles", "--stride", "4"]
+    # --min-area 0: small.svs (16 x 16 px, 64 µm²) is below the default minimum object area
+    argv += ["--all-tiles", "--stride", "4", "--min-area", "0"]
     assert run_cli(argv, monkeypatch) == 1
     captured = capsys.readouterr()
     assert "broken.svs" in captured.err and "1 slide(s) failed" in captured.err

@@ -16,12 +16,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from milsil.wsi.outlines import OutlineSettings
 from milsil.wsi.settings import SlideSettings
 
 if TYPE_CHECKING:
     from milsil.wsi.heatmap import SlideProgress
 
 _DEFAULTS = SlideSettings()
+_OUTLINE_DEFAULTS = OutlineSettings()  # the measured defaults (SlideSettings' own is raw)
 
 
 def slide_settings(args: argparse.Namespace) -> SlideSettings:
@@ -33,9 +35,9 @@ def slide_settings(args: argparse.Namespace) -> SlideSettings:
         class_name=args.class_name,
         tile=args.tile,
         tissue_only=not args.all_tiles,
-        min_area=args.min_area,
-        simplify_tolerance=args.simplify,
         bf16=args.bf16,
+        outline=outline_settings(args),
+        pixel_size_um=args.pixel_size or None,
     )
 
 
@@ -70,18 +72,7 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tile", type=int, default=d.tile, help=f"pixels read per tile (default {d.tile})"
     )
-    parser.add_argument(
-        "--min-area",
-        type=float,
-        default=d.min_area,
-        help="drop objects smaller than this (level-0 px^2)",
-    )
-    parser.add_argument(
-        "--simplify",
-        type=float,
-        default=d.simplify_tolerance,
-        help="simplify outlines by this tolerance (level-0 px)",
-    )
+    add_outline_arguments(parser)
     parser.add_argument(
         "--all-tiles", action="store_true", help="compute glass too (default: tissue only)"
     )
@@ -91,6 +82,43 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="bfloat16 autocast (about 2x faster on AVX-512 BF16 CPUs and GPUs)",
     )
+
+
+# (flag, OutlineSettings field, help); "{d}" is the field's default.
+_UNIT = "µm when the pixel size is known, else level-0 px"
+OUTLINE_FLAGS = (
+    ("--min-area", "min_area", "drop objects smaller than this (µm², else level-0 px²)"),
+    ("--min-hole-area", "min_hole_area", "fill holes smaller than this (µm², else px²)"),
+    (
+        "--smooth-sigma",
+        "smooth_sigma",
+        f"Gaussian sigma on the map before thresholding, outlines only ({_UNIT})",
+    ),
+    ("--merge-distance", "merge_distance", f"join objects closer than this ({_UNIT})"),
+    ("--simplify", "simplify", "simplification tolerance, a fraction of an output pixel, [0, 1)"),
+)
+
+
+def add_outline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The outline clean-up flags (:class:`~milsil.wsi.outlines.OutlineSettings`), whose
+    defaults are the measured ones (README, "Outline clean-up"); 0 turns a step off."""
+    for flag, name, text in OUTLINE_FLAGS:
+        default = getattr(_OUTLINE_DEFAULTS, name)
+        parser.add_argument(
+            flag, dest=name, type=float, default=default, help=f"{text}; default {default:g}"
+        )
+    parser.add_argument(
+        "--pixel-size",
+        type=float,
+        default=0.0,
+        help="level-0 µm per pixel for the outline settings (default: the slide's metadata; "
+        "without it the settings are in pixels)",
+    )
+
+
+def outline_settings(args: argparse.Namespace) -> OutlineSettings:
+    """The :class:`OutlineSettings` that :func:`add_outline_arguments` parsed (validated)."""
+    return OutlineSettings(**{name: getattr(args, name) for _, name, _ in OUTLINE_FLAGS})
 
 
 def _print_progress(p: SlideProgress) -> None:
@@ -133,6 +161,16 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         f"polygons {t['polygons']:.1f}s"
         + (f", tiff {t['tiff']:.1f}s -> {res.tiff}" if res.tiff else "")
     )
+    o = res.outline_settings
+    if o:
+        units = (
+            f"µm ({o['pixel_size_um']:g} µm/px)" if o["units"] == "um" else "pixels (no pixel size)"
+        )
+        print(
+            f"outlines: min area {o['min_area']:g}, min hole {o['min_hole_area']:g}, smooth "
+            f"{o['smooth_sigma']:g}, merge {o['merge_distance']:g}, in {units}; simplify "
+            f"{o['simplify']:g} of an output pixel"
+        )
     return 0
 
 

@@ -130,8 +130,22 @@ class HeatmapResponse(_message.Message):
     queue: QueueStatus
     def __init__(self, header: _Optional[_Union[HeatmapHeader, _Mapping]] = ..., tile: _Optional[_Union[HeatmapTile, _Mapping]] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
 
+class OutlineSettings(_message.Message):
+    __slots__ = ("min_area", "min_hole_area", "smooth_sigma", "merge_distance", "simplify")
+    MIN_AREA_FIELD_NUMBER: _ClassVar[int]
+    MIN_HOLE_AREA_FIELD_NUMBER: _ClassVar[int]
+    SMOOTH_SIGMA_FIELD_NUMBER: _ClassVar[int]
+    MERGE_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    SIMPLIFY_FIELD_NUMBER: _ClassVar[int]
+    min_area: float
+    min_hole_area: float
+    smooth_sigma: float
+    merge_distance: float
+    simplify: float
+    def __init__(self, min_area: _Optional[float] = ..., min_hole_area: _Optional[float] = ..., smooth_sigma: _Optional[float] = ..., merge_distance: _Optional[float] = ..., simplify: _Optional[float] = ...) -> None: ...
+
 class AnnotateConfig(_message.Message):
-    __slots__ = ("heatmap", "class_name", "threshold_on", "threshold", "min_area", "simplify_tolerance", "classification", "color")
+    __slots__ = ("heatmap", "class_name", "threshold_on", "threshold", "min_area", "simplify_tolerance", "classification", "color", "outline", "pixel_size_um")
     class ThresholdOn(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         THRESHOLD_ON_UNSPECIFIED: _ClassVar[AnnotateConfig.ThresholdOn]
@@ -148,6 +162,8 @@ class AnnotateConfig(_message.Message):
     SIMPLIFY_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
     COLOR_FIELD_NUMBER: _ClassVar[int]
+    OUTLINE_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_SIZE_UM_FIELD_NUMBER: _ClassVar[int]
     heatmap: HeatmapConfig
     class_name: str
     threshold_on: AnnotateConfig.ThresholdOn
@@ -156,7 +172,9 @@ class AnnotateConfig(_message.Message):
     simplify_tolerance: float
     classification: str
     color: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, heatmap: _Optional[_Union[HeatmapConfig, _Mapping]] = ..., class_name: _Optional[str] = ..., threshold_on: _Optional[_Union[AnnotateConfig.ThresholdOn, str]] = ..., threshold: _Optional[float] = ..., min_area: _Optional[float] = ..., simplify_tolerance: _Optional[float] = ..., classification: _Optional[str] = ..., color: _Optional[_Iterable[int]] = ...) -> None: ...
+    outline: OutlineSettings
+    pixel_size_um: float
+    def __init__(self, heatmap: _Optional[_Union[HeatmapConfig, _Mapping]] = ..., class_name: _Optional[str] = ..., threshold_on: _Optional[_Union[AnnotateConfig.ThresholdOn, str]] = ..., threshold: _Optional[float] = ..., min_area: _Optional[float] = ..., simplify_tolerance: _Optional[float] = ..., classification: _Optional[str] = ..., color: _Optional[_Iterable[int]] = ..., outline: _Optional[_Union[OutlineSettings, _Mapping]] = ..., pixel_size_um: _Optional[float] = ...) -> None: ...
 
 class AnnotateRequest(_message.Message):
     __slots__ = ("config", "tiles")
@@ -193,7 +211,7 @@ class AnnotateResponse(_message.Message):
     def __init__(self, geojson: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[AnnotationObject, _Mapping]]] = ..., model: _Optional[str] = ..., class_name: _Optional[str] = ...) -> None: ...
 
 class SlideConfig(_message.Message):
-    __slots__ = ("model", "path", "stride", "downsample", "tissue_only", "tile_size", "class_name", "write_tiff", "tiff_path", "roi")
+    __slots__ = ("model", "path", "stride", "downsample", "tissue_only", "tile_size", "class_name", "write_tiff", "tiff_path", "roi", "outline", "pixel_size_um")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     STRIDE_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +222,8 @@ class SlideConfig(_message.Message):
     WRITE_TIFF_FIELD_NUMBER: _ClassVar[int]
     TIFF_PATH_FIELD_NUMBER: _ClassVar[int]
     ROI_FIELD_NUMBER: _ClassVar[int]
+    OUTLINE_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_SIZE_UM_FIELD_NUMBER: _ClassVar[int]
     model: str
     path: str
     stride: int
@@ -214,7 +234,9 @@ class SlideConfig(_message.Message):
     write_tiff: bool
     tiff_path: str
     roi: str
-    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., stride: _Optional[int] = ..., downsample: _Optional[float] = ..., tissue_only: _Optional[bool] = ..., tile_size: _Optional[int] = ..., class_name: _Optional[str] = ..., write_tiff: _Optional[bool] = ..., tiff_path: _Optional[str] = ..., roi: _Optional[str] = ...) -> None: ...
+    outline: OutlineSettings
+    pixel_size_um: float
+    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., stride: _Optional[int] = ..., downsample: _Optional[float] = ..., tissue_only: _Optional[bool] = ..., tile_size: _Optional[int] = ..., class_name: _Optional[str] = ..., write_tiff: _Optional[bool] = ..., tiff_path: _Optional[str] = ..., roi: _Optional[str] = ..., outline: _Optional[_Union[OutlineSettings, _Mapping]] = ..., pixel_size_um: _Optional[float] = ...) -> None: ...
 
 class SlideProgress(_message.Message):
     __slots__ = ("tiles_done", "tiles_total", "tissue_megapixels", "elapsed_seconds", "eta_seconds", "stage", "queue")

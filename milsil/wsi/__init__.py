@@ -43,6 +43,7 @@ _EXPORTS = {
     ),
     "heatmap": ("SlideHeatmap", "SlideProgress", "Timings", "slide_heatmap"),
     "polygons": ("heatmap_polygons",),
+    "outlines": ("OutlineSettings", "ResolvedOutline"),
     "tiff": ("write_probability_tiff", "write_pyramidal_tiff"),
     "annotate": ("AnnotateResult", "annotate_slide"),
     "synthetic": ("synthetic_slide",),

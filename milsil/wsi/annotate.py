@@ -42,6 +42,8 @@ class AnnotateResult:
     stopped: bool
     timings: dict[str, float] = field(default_factory=dict)
     collection: dict[str, Any] | None = None
+    # the outline clean-up used: settings as given, their units ("um"/"px"), pixel size
+    outline_settings: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "collection"}
@@ -130,10 +132,13 @@ def annotate_slide(
                 min_area=settings.min_area,
                 simplify_tolerance=settings.simplify_tolerance,
                 roi=roi,
+                outline=settings.outline,
+                pixel_size_um=settings.outline_pixel_size(slide.mpp),
             )
             timings.polygons = time.perf_counter() - t0
             result.collection = collection
             result.objects = len(collection["features"])
+            result.outline_settings = collection["outline_settings"]
             if output is not None:
                 write_json_atomic(Path(output), collection)
                 result.geojson = str(output)

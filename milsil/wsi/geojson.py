@@ -29,6 +29,7 @@ from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.polygon import orient
 
 from milsil.errors import MilsilError
+from milsil.wsi.outlines import MaskBands, OutlineSettings
 
 OBJECT_TYPES = ("annotation", "detection", "tile", "cell", "tmaCore")
 PRECISION = 0.01  # QuPath 0.6 keeps 0.01 px on import
@@ -100,9 +101,12 @@ def _polygonal(geom: shapely.Geometry) -> Polygon | MultiPolygon | None:
 def clean_geometry(
     geom: shapely.Geometry, simplify_tolerance: float = 0.0
 ) -> Polygon | MultiPolygon | None:
-    """Simplify (topology preserved), snap to the 0.01 px grid, repair, orient: QuPath-safe."""
+    """Simplify (topology preserved), snap to the 0.01 px grid, repair, orient: QuPath-safe.
+
+    Rings are normalized first (canonical start vertex): Douglas-Peucker depends on where
+    a ring starts, and an outline joined from bands must simplify as the whole one does."""
     if simplify_tolerance > 0:
-        geom = geom.simplify(simplify_tolerance, preserve_topology=True)
+        geom = shapely.normalize(geom).simplify(simplify_tolerance, preserve_topology=True)
     geom = shapely.set_precision(geom, PRECISION)
     if not geom.is_valid:
         geom = shapely.set_precision(shapely.make_valid(geom), PRECISION)
@@ -167,6 +171,8 @@ def heatmap_to_geojson(
     simplify_tolerance: float = 0.0,
     measurement_maps: Mapping[str, np.ndarray] | None = None,
     object_type: str = "annotation",
+    outline: OutlineSettings | None = None,
+    pixel_size_um: float | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Outline ``values >= threshold`` as QuPath objects in level-0 coordinates.
 
@@ -176,8 +182,10 @@ def heatmap_to_geojson(
     (default: the grid's extent). ``min_area`` (level-0 px^2) drops small objects after
     simplification; ``simplify_tolerance`` is in level-0 px. ``measurement_maps``: named
     ``[rows, cols]`` maps; each object gets ``mean_<name>`` and ``max_<name>`` over its
-    samples, plus ``area``. Returns (FeatureCollection as a dict, per-object measurements
-    with the feature id). The whole map as one band of :class:`OutlineStream`.
+    samples, plus ``area``. ``outline`` / ``pixel_size_um``: the clean-up
+    (:mod:`milsil.wsi.outlines`; None: none). Returns (FeatureCollection as a dict,
+    per-object measurements with the feature id). The whole map as one band of
+    :class:`OutlineStream`.
     """
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.size == 0:
@@ -203,6 +211,8 @@ def heatmap_to_geojson(
         min_area=min_area,
         simplify_tolerance=simplify_tolerance,
         object_type=object_type,
+        outline=outline,
+        pixel_size_um=pixel_size_um,
     )
     stream.add(values, maps)
     return stream.finish()
@@ -220,7 +230,13 @@ class OutlineStream:
     and filtered as ``heatmap_to_geojson`` does, or dropped, at once. Memory: one band, the
     pieces of the components still open at its last row, and the finished outlines.
     ``clip`` (a shapely geometry, level-0): outlines are clipped to it; their statistics
-    stay those of the whole outline.
+    stay those of the whole outline. ``outline`` (None: no clean-up, every thresholded
+    component) smooths, merges, fills holes, drops small objects and simplifies
+    (:mod:`milsil.wsi.outlines`), in µm when ``pixel_size_um`` (level-0) is given; the
+    rows its filters need are held back by :class:`milsil.wsi.outlines.MaskBands`, so the
+    result stays the whole map's. ``min_area`` / ``simplify_tolerance`` (level-0 px², px)
+    apply as well (the larger wins). The collection records the settings used
+    (``outline_settings``: as given, their ``units``, the pixel size).
     """
 
     def __init__(
@@ -239,6 +255,8 @@ class OutlineStream:
         simplify_tolerance: float = 0.0,
         object_type: str = "annotation",
         clip: Any = None,
+        outline: OutlineSettings | None = None,
+        pixel_size_um: float | None = None,
     ) -> None:
         for label, v in (
             ("threshold", threshold),
@@ -272,7 +290,7 @@ class OutlineStream:
         self.x_edges = cell_edges(self.cols, stride, region_size[0] / downsample)
         self.y_edges = cell_edges(self.rows, stride, region_size[1] / downsample)
         self.cell_area = (stride * downsample) ** 2
-        self.row = 0  # rows received so far
+        self.row = 0  # rows of the final mask outlined so far
         # Union-find over component ids (1-based); a root is its component's smallest id,
         # i.e. its first sample in raster order (the order of heatmap_to_geojson's objects).
         self.parent: list[int] = [0]
@@ -284,6 +302,12 @@ class OutlineStream:
         self.last_labels: np.ndarray | None = None  # the previous band's last row (ids)
         self.done: list[tuple[int, Any, dict[str, float]]] = []  # (root, outline, measurements)
         self.clip = clip  # outlines are clipped to it (level-0), before simplifying
+        resolved = (outline or OutlineSettings.raw()).resolve(pixel_size_um)
+        self.outline_settings = resolved.describe()
+        cell = stride * self.downsample
+        self.min_area = max(self.min_area, resolved.min_area)
+        self.simplify_tolerance = max(self.simplify_tolerance, resolved.simplify * cell)
+        self.filter = MaskBands(self.rows, self.cols, self.threshold, resolved, cell)
 
     def _find(self, i: int) -> int:
         parent = self.parent
@@ -310,19 +334,23 @@ class OutlineStream:
     def add(self, values: np.ndarray, maps: Mapping[str, np.ndarray] | None = None) -> None:
         """The next ``[band_rows, cols]`` rows of the map, with the same rows of each
         measurement map (a component gets ``mean_<name>`` and ``max_<name>``)."""
-        from scipy import ndimage
-
         values = np.asarray(values, dtype=np.float64)
         if values.ndim != 2 or values.shape[1] != self.cols or values.shape[0] < 1:
             raise MilsilError(f"a band must be [rows, {self.cols}], got {values.shape}")
-        if self.row + values.shape[0] > self.rows:
+        if self.filter.received + values.shape[0] > self.rows:
             raise MilsilError(f"bands hold more than the map's {self.rows} rows")
         maps = {k: np.asarray(v, dtype=np.float64) for k, v in (maps or {}).items()}
         if self.names is None:
             self.names = list(maps)
         elif sorted(maps) != sorted(self.names):
             raise MilsilError(f"every band needs the measurement maps {sorted(self.names)}")
-        mask = np.nan_to_num(values, nan=-np.inf) >= self.threshold
+        for mask, band_maps in self.filter.push(values, maps):
+            self._add_mask(mask, band_maps)
+
+    def _add_mask(self, mask: np.ndarray, maps: Mapping[str, np.ndarray]) -> None:
+        """The next rows of the final mask (and of the measurement maps): components."""
+        from scipy import ndimage
+
         labels, count = mask_components(mask)
         offset = len(self.parent) - 1
         self.parent.extend(range(offset + 1, offset + count + 1))
@@ -336,7 +364,7 @@ class OutlineStream:
             k: np.asarray(ndimage.maximum(m, labels, index) if count else [], dtype=np.float64)
             for k, m in maps.items()
         }
-        r0, rows = self.row, values.shape[0]
+        r0, rows = self.row, mask.shape[0]
         first, last = self.last_labels is not None, r0 + rows < self.rows
         for k, sl in enumerate(ndimage.find_objects(labels), start=1):
             i = offset + k
@@ -358,7 +386,7 @@ class OutlineStream:
                 zip(above[both].tolist(), (below[both] + offset).tolist(), strict=True)
             ):
                 self._union(a, b)
-        self.row += values.shape[0]
+        self.row += mask.shape[0]
         self.last_labels = np.where(labels[-1] > 0, labels[-1] + offset, 0)
         # Components that do not reach this band's last row are complete.
         open_roots = {self._find(int(i)) for i in np.unique(self.last_labels[self.last_labels > 0])}
@@ -416,7 +444,9 @@ class OutlineStream:
             features.append(feature)
             objects.append({"id": feature["id"], **measurements})
         self.done = []
-        return dict(geojson.FeatureCollection(features)), objects
+        collection = dict(geojson.FeatureCollection(features))
+        collection["outline_settings"] = dict(self.outline_settings)
+        return collection, objects
 
 
 def cell_edges(count: int, stride: int, length: float) -> np.ndarray:

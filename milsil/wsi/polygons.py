@@ -9,6 +9,7 @@ import numpy as np
 
 from milsil.errors import MilsilError
 from milsil.wsi.heatmap import SlideHeatmap
+from milsil.wsi.outlines import OutlineSettings
 from milsil.wsi.settings import check_threshold
 
 
@@ -21,6 +22,8 @@ def heatmap_polygons(
     block: int = 4096,
     classification: str | None = None,
     roi: Any = None,
+    outline: OutlineSettings | None = None,
+    pixel_size_um: float | None = None,
 ) -> dict[str, Any]:
     """QuPath GeoJSON FeatureCollection of ``probability >= threshold`` (level-0 px).
 
@@ -30,7 +33,11 @@ def heatmap_polygons(
     ``heatmap_to_geojson`` of the whole map). Samples never computed (NaN) are outside.
     Each object has ``area`` (level-0 px^2), ``mean_probability`` and ``max_probability``.
     ``roi`` (a shapely geometry, level-0 px): outlines are clipped to it, and rows that miss
-    it are not read; the statistics are those of each whole outline.
+    it are not read; the statistics are those of each whole outline. ``outline``: the
+    clean-up (:mod:`milsil.wsi.outlines`; None: none), in µm when ``pixel_size_um``
+    (level-0) is given, else level-0 px; the collection's ``outline_settings`` says which.
+    Bands hold back the rows its smoothing, merging and hole filling need, so the result
+    still does not depend on ``block``.
     """
     from milsil.wsi import geojson as gj
 
@@ -53,6 +60,8 @@ def heatmap_polygons(
         min_area=min_area,
         simplify_tolerance=simplify_tolerance,
         clip=roi,
+        outline=outline,
+        pixel_size_um=pixel_size_um,
     )
     y_edges = gj.cell_edges(heat.rows, heat.stride, rh) * ds
     band = max(1, min(block, (64 * 2**20) // max(1, heat.cols * 8 * 4)))  # ~64 MB a band
@@ -65,4 +74,8 @@ def heatmap_polygons(
         outlines.add(prob, {"probability": prob})
     collection, _ = outlines.finish()
     # Plain dicts and lists (the geojson package's types do not survive copying).
-    return {"type": "FeatureCollection", "features": json.loads(json.dumps(collection["features"]))}
+    return {
+        "type": "FeatureCollection",
+        "features": json.loads(json.dumps(collection["features"])),
+        "outline_settings": collection["outline_settings"],
+    }

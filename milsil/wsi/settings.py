@@ -9,10 +9,11 @@ so every face of milsil refuses it with the same sentence.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from milsil.errors import MilsilError
+from milsil.wsi.outlines import OutlineSettings, check_pixel_size
 
 # Defaults every caller shares: stride 8 is the paper's preview grid (one sample per
 # BagNet output cell); 1024-pixel tiles bound what is read at once.
@@ -82,6 +83,13 @@ class SlideSettings:
     * ``min_area``: outlines smaller than this (level-0 px^2) are dropped.
     * ``simplify_tolerance``: outlines are simplified by this (level-0 px).
     * ``bf16``: bfloat16 autocast.
+    * ``outline``: the outline clean-up (:class:`milsil.wsi.outlines.OutlineSettings`:
+      minimum object and hole areas, smoothing, merging, simplification), in µm when the
+      pixel size is known, else level-0 px; default none (``OutlineSettings.raw()``), the
+      commands' flags default to the measured ``OutlineSettings()``; ``min_area`` / ``simplify_tolerance`` above
+      still apply in level-0 px (the larger wins).
+    * ``pixel_size_um``: level-0 µm per pixel for the outline settings (QuPath's
+      calibration); None: the slide's metadata, if any.
     """
 
     stride: int = DEFAULT_STRIDE
@@ -93,6 +101,11 @@ class SlideSettings:
     min_area: float = 0.0
     simplify_tolerance: float = 0.0
     bf16: bool = False
+    # Raw (no clean-up) until the server passes its requests' outline settings (the
+    # commands pass the measured defaults, OutlineSettings(), from their flags): the
+    # server's Annotate and AnnotateSlide must not disagree meanwhile.
+    outline: OutlineSettings = field(default_factory=OutlineSettings.raw)
+    pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the values once, here
@@ -112,6 +125,17 @@ class SlideSettings:
         set_(self, "class_name", self.class_name or None)
         set_(self, "tissue_only", bool(self.tissue_only))
         set_(self, "bf16", bool(self.bf16))
+        set_(self, "outline", outline_settings(self.outline))
+        set_(self, "pixel_size_um", check_pixel_size(self.pixel_size_um))
+
+    def outline_pixel_size(self, slide_mpp: Any) -> float | None:
+        """The pixel size the outline settings use: this one, else the slide's (its
+        ``mpp``, ``(x, y)`` µm; their mean), else None (settings in pixels)."""
+        if self.pixel_size_um is not None:
+            return self.pixel_size_um
+        if slide_mpp:
+            return check_pixel_size(sum(slide_mpp) / len(slide_mpp))
+        return None
 
     def replace(self, **changes: Any) -> SlideSettings:
         """A copy with ``changes`` applied (and validated)."""
@@ -130,3 +154,19 @@ class SlideSettings:
                 f"unknown slide setting(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
             )
         return cls(**values)
+
+
+def outline_settings(value: Any) -> OutlineSettings:
+    """:class:`OutlineSettings` from itself or a dict of its fields (unknown keys named)."""
+    if isinstance(value, OutlineSettings):
+        return value
+    if isinstance(value, dict):
+        known = {f.name for f in fields(OutlineSettings)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise MilsilError(
+                f"unknown outline setting(s) {', '.join(unknown)}; allowed: "
+                f"{', '.join(sorted(known))}"
+            )
+        return OutlineSettings(**value)
+    raise MilsilError(f"outline must be outline settings or a dict of them, got {value!r}")
