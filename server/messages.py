@@ -19,6 +19,7 @@ from google.protobuf import timestamp_pb2
 from milsil.errors import MilsilError
 from milsil.inference.tiling import context_for_receptive_field
 from milsil.v1 import common_pb2, inference_service_pb2
+from milsil.wsi.outlines import OutlineSettings, check_pixel_size
 
 from .resources import Limits
 from .slots import QueueStatus
@@ -64,6 +65,30 @@ def timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
 
 def page_token(offset: int, limit: int, more: bool) -> str:
     return str(offset + limit) if more else ""
+
+
+# ------------------------------------------------------------------ outline settings
+
+
+def outline_request(
+    message: inference_service_pb2.OutlineSettings, pixel_size_um: float, prefix: str
+) -> tuple[OutlineSettings, float | None]:
+    """An ``OutlineSettings`` message and a ``pixel_size_um`` field (Annotate's and
+    AnnotateSlide's alike) as the library's settings and pixel size (None: unknown).
+
+    The contract's convention: 0 means the library's default, a negative value "off"
+    (:meth:`OutlineSettings.with_defaults`). A bad value names its request field, e.g.
+    ``config.outline.min_area``.
+    """
+    values = {f.name: getattr(message, f.name) for f in message.DESCRIPTOR.fields}
+    try:
+        outline = OutlineSettings.with_defaults(**values)
+    except MilsilError as exc:
+        raise MilsilError(f"{prefix}.outline.{exc}") from None
+    try:
+        return outline, check_pixel_size(pixel_size_um)
+    except MilsilError as exc:
+        raise MilsilError(f"{prefix}.{exc}") from None
 
 
 # ------------------------------------------------------------------ tiles

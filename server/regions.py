@@ -24,9 +24,17 @@ from milsil.inference.heatmap import output_size
 from milsil.models import target_class_index
 from milsil.v1 import inference_service_pb2
 from milsil.wsi.geojson import OutlineStream
+from milsil.wsi.outlines import OutlineSettings
 
 from .errors import Cancelled
-from .messages import heatmap_header, heatmap_tile, queue_status, region_tiles, value_type
+from .messages import (
+    heatmap_header,
+    heatmap_tile,
+    outline_request,
+    queue_status,
+    region_tiles,
+    value_type,
+)
 from .region_stream import Computed, RegionSpec, TileReplies, class_maps, open_stream
 from .resources import Limits, Resources, halo_for
 
@@ -86,6 +94,8 @@ def annotate_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Any:
         color=settings.color,
         min_area=settings.min_area,
         simplify_tolerance=settings.simplify_tolerance,
+        outline=settings.outline,
+        pixel_size_um=settings.pixel_size_um,
     )
     with (
         res.slots.acquire(context.is_active, context.peer()),
@@ -193,6 +203,8 @@ class AnnotateSettings:
     classification: str
     min_area: float
     simplify_tolerance: float
+    outline: OutlineSettings  # the clean-up (config.outline; 0 = default)
+    pixel_size_um: float | None  # config.pixel_size_um (None: the settings are pixels)
 
 
 def annotate_settings(
@@ -215,6 +227,7 @@ def annotate_settings(
     if probability and not 0.0 <= threshold <= 1.0:
         raise MilsilError(f"config.threshold must be in [0, 1] for PROBABILITY, got {threshold}")
     _non_negative(config, ("min_area", "simplify_tolerance"), "config.")
+    outline, pixel_size_um = outline_request(config.outline, config.pixel_size_um, "config")
     color = list(config.color)
     if color and (len(color) != 3 or not all(0 <= c <= 255 for c in color)):
         raise MilsilError(f"config.color must be empty or [r, g, b] with 0-255, got {color}")
@@ -227,6 +240,8 @@ def annotate_settings(
         classification=config.classification or class_name,
         min_area=config.min_area,
         simplify_tolerance=config.simplify_tolerance,
+        outline=outline,
+        pixel_size_um=pixel_size_um,
     )
 
 

@@ -36,7 +36,7 @@ from milsil.wsi.tiff import write_probability_tiff
 
 from . import runner
 from .errors import Cancelled, ResourceExhausted
-from .messages import heatmap_header, heatmap_tile, queue_status, value_type
+from .messages import heatmap_header, heatmap_tile, outline_request, queue_status, value_type
 from .resources import Limits, Resources, halo_for
 from .slots import QueueStatus
 
@@ -73,7 +73,7 @@ def annotate_slide_rpc(res: Resources, request: Any, context: Any) -> Iterator[A
         if len(geojson) > res.max_message_bytes - 65536:
             raise ResourceExhausted(
                 f"the GeoJSON ({len(geojson)} bytes, {result.objects} objects) exceeds the "
-                "message limit; raise min_area or simplify_tolerance, or the stride (the map "
+                "message limit; raise config.outline.min_area (or min_area), or the stride (the map "
                 "is kept: a new threshold costs no recomputation)"
             )
         shutil.rmtree(job.work_dir, ignore_errors=True)
@@ -301,7 +301,8 @@ def slide_settings(request: Any, limits: Limits, outlines: bool) -> SlideSetting
     default), then the limits of this server.
 
     ``outlines``: also the threshold, ``min_area`` and ``simplify_tolerance`` of an
-    ``AnnotateSlideRequest``.
+    ``AnnotateSlideRequest``, and the config's outline clean-up and pixel size (0: the
+    slide's, which :func:`~milsil.wsi.annotate.annotate_slide` reads).
     """
     config = request.config
     values: dict[str, Any] = {
@@ -318,6 +319,9 @@ def slide_settings(request: Any, limits: Limits, outlines: bool) -> SlideSetting
         values["simplify_tolerance"] = request.simplify_tolerance
         if request.HasField("threshold"):
             values["threshold"] = request.threshold
+        values["outline"], values["pixel_size_um"] = outline_request(
+            config.outline, config.pixel_size_um, "config"
+        )
     try:
         settings = SlideSettings(**values)
     except MilsilError as exc:

@@ -20,7 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from milsil.client.outlines import OUTLINE_FIELDS
 from milsil_server.app import MilsilServer, ServerConfig, build_server
+
+# Every outline clean-up step off (``outline=`` of the client's annotate calls): the
+# outlines as thresholded, for tests of the computation rather than of the clean-up.
+RAW_OUTLINES = dict.fromkeys(OUTLINE_FIELDS, 0.0)
 
 
 def tiny_model(

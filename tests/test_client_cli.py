@@ -83,6 +83,19 @@ def test_serve_and_client_commands(tmp_path, capsys):
         )
         collection = json.loads((tmp_path / "a.geojson").read_text())
         assert qupath_problems(collection) == [] and len(collection["features"]) == 1
+        assert "in pixels (no pixel size: fell back to pixels)" in capsys.readouterr().out
+        # The outline flags reach the server: the one 40 x 40 px object is 400 µm² at
+        # 0.5 µm/px, kept at --min-area 400 and dropped at 401.
+        for min_area, count in (("400", 1), ("401", 0)):
+            argv = [*base, "annotate", "models/tiny", str(tmp_path / "img.png")]
+            argv += ["--out", str(tmp_path / "u.geojson"), "--on", "logit", "--threshold", "-100"]
+            argv += ["--min-area", min_area, "--pixel-size", "0.5"]
+            assert main(argv) == 0
+            collection = json.loads((tmp_path / "u.geojson").read_text())
+            assert len(collection["features"]) == count
+            assert collection["outline_settings"]["min_area"] == float(min_area)
+            assert collection["outline_settings"]["units"] == "um"
+            assert "in µm (0.5 µm/px)" in capsys.readouterr().out
         assert (
             main(
                 [*base, "classify", "models/tiny", str(tmp_path / "img.png"), "--patch-size", "20"]

@@ -166,9 +166,7 @@ def test_microns_reach_the_same_outlines_as_the_equivalent_pixels():
 
 
 def test_slide_settings_pixel_size_comes_from_the_request_then_the_slide():
-    # raw until the server passes its requests' settings; the commands default to the
-    # measured OutlineSettings() (test_slide_flags_build_outline_settings...)
-    assert SlideSettings().outline == OutlineSettings.raw()
+    assert SlideSettings().outline == OutlineSettings()
     assert SlideSettings().outline_pixel_size((0.25, 0.25)) == 0.25
     assert SlideSettings().outline_pixel_size(None) is None
     assert SlideSettings(pixel_size_um=0.5).outline_pixel_size((0.25, 0.25)) == 0.5

@@ -19,6 +19,7 @@ import pytest
 import torch
 from PIL import Image
 from server_support import (
+    RAW_OUTLINES,
     register_tiny_model,
     reset_peak_rss,
     rss_bytes,
@@ -87,7 +88,13 @@ def test_a_region_larger_than_the_old_limit_streams_with_bounded_memory(tmp_path
         k = int(np.argmax(np.diff(near)))
         threshold = float(near[k] + near[k + 1]) / 2
         collection, response = client.annotate(
-            "models/small", image, stride=STRIDE, threshold=threshold, tile_size=512, min_area=1000
+            "models/small",
+            image,
+            stride=STRIDE,
+            threshold=threshold,
+            tile_size=512,
+            min_area=1000,
+            outline=RAW_OUTLINES,  # the legacy level-0 min_area alone, as heatmap_to_geojson's
         )
         growth = rss_bytes(proc.pid, "VmHWM") - base
         print(f"server peak RSS growth: {growth / 2**20:.0f} MB (bound {RSS_BOUND / 2**20:.0f})")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from server_support import register_tiny_model, running_server
+from server_support import RAW_OUTLINES, register_tiny_model, running_server
 
 from milsil.client import MilsilClient, assemble_heatmap, encode_tile, image_tiles
 from milsil.inference.heatmap import logit_heatmap
@@ -135,7 +135,14 @@ def test_annotate_geojson_is_qupath_valid(env):
     prob = torch.softmax(ref, 0)[1].numpy()
     threshold = float(np.median(prob))
     fc, response = client.annotate(
-        "models/tiny", image, x=10, y=20, stride=2, class_name="malignant", threshold=threshold
+        "models/tiny",
+        image,
+        x=10,
+        y=20,
+        stride=2,
+        class_name="malignant",
+        threshold=threshold,
+        outline=RAW_OUTLINES,  # the untrained model's speckle: every object, as thresholded
     )
     assert qupath_problems(fc) == []
     assert fc["features"], "median threshold must give objects"

@@ -337,13 +337,7 @@ def test_slide_flags_are_slide_settings(checkpoint, tmp_path, monkeypatch, capsy
 
     parser = argparse.ArgumentParser()
     add_slide_arguments(parser)
-    # Outline flags: the measured OutlineSettings(); SlideSettings' own outline stays raw
-    # until the server passes its requests' outline settings (issue 22, phase 2).
-    from milsil.wsi.outlines import OutlineSettings
-
-    assert slide_settings(parser.parse_args(["--model", "m.pt"])) == SlideSettings(
-        outline=OutlineSettings()
-    )
+    assert slide_settings(parser.parse_args(["--model", "m.pt"])) == SlideSettings()
     argv = ["annotate-slide", str(VENDOR / "small.svs"), "--model", str(checkpoint)]
     assert run_cli(argv + ["-o", str(tmp_path / "o.geojson"), "--tile", "4"], monkeypatch) == 2
     assert capsys.readouterr().err.strip().splitlines() == [

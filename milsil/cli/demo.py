@@ -102,8 +102,9 @@ def run(args: argparse.Namespace) -> int:
             malignant = [r for r in records if classes[r.label] == "malignant"][-args.images :]
             for record in malignant:
                 image = load_rgb(record.path)
+                # The server's outline clean-up at its defaults (README, "Outline clean-up").
                 collection, response = client.annotate(
-                    job.model, image, stride=1, class_name="malignant", threshold=0.5, min_area=4
+                    job.model, image, stride=1, class_name="malignant", threshold=0.5
                 )
                 stem = out / Path(record.path).stem
                 Path(f"{stem}.geojson").write_text(json.dumps(collection, indent=1))

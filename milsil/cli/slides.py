@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from milsil.client import outlines
 from milsil.wsi.outlines import OutlineSettings
 from milsil.wsi.settings import SlideSettings
 
@@ -23,7 +25,6 @@ if TYPE_CHECKING:
     from milsil.wsi.heatmap import SlideProgress
 
 _DEFAULTS = SlideSettings()
-_OUTLINE_DEFAULTS = OutlineSettings()  # the measured defaults (SlideSettings' own is raw)
 
 
 def slide_settings(args: argparse.Namespace) -> SlideSettings:
@@ -84,41 +85,16 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-# (flag, OutlineSettings field, help); "{d}" is the field's default.
-_UNIT = "µm when the pixel size is known, else level-0 px"
-OUTLINE_FLAGS = (
-    ("--min-area", "min_area", "drop objects smaller than this (µm², else level-0 px²)"),
-    ("--min-hole-area", "min_hole_area", "fill holes smaller than this (µm², else px²)"),
-    (
-        "--smooth-sigma",
-        "smooth_sigma",
-        f"Gaussian sigma on the map before thresholding, outlines only ({_UNIT})",
-    ),
-    ("--merge-distance", "merge_distance", f"join objects closer than this ({_UNIT})"),
-    ("--simplify", "simplify", "simplification tolerance, a fraction of an output pixel, [0, 1)"),
-)
-
-
 def add_outline_arguments(parser: argparse.ArgumentParser) -> None:
-    """The outline clean-up flags (:class:`~milsil.wsi.outlines.OutlineSettings`), whose
-    defaults are the measured ones (README, "Outline clean-up"); 0 turns a step off."""
-    for flag, name, text in OUTLINE_FLAGS:
-        default = getattr(_OUTLINE_DEFAULTS, name)
-        parser.add_argument(
-            flag, dest=name, type=float, default=default, help=f"{text}; default {default:g}"
-        )
-    parser.add_argument(
-        "--pixel-size",
-        type=float,
-        default=0.0,
-        help="level-0 µm per pixel for the outline settings (default: the slide's metadata; "
-        "without it the settings are in pixels)",
-    )
+    """The outline clean-up flags (the client's table,
+    :data:`milsil.client.outlines.OUTLINE_FLAGS`), whose defaults are the measured ones
+    (README, "Outline clean-up"); 0 turns a step off."""
+    outlines.add_outline_arguments(parser, asdict(_DEFAULTS.outline))
 
 
 def outline_settings(args: argparse.Namespace) -> OutlineSettings:
     """The :class:`OutlineSettings` that :func:`add_outline_arguments` parsed (validated)."""
-    return OutlineSettings(**{name: getattr(args, name) for _, name, _ in OUTLINE_FLAGS})
+    return OutlineSettings(**outlines.outline_values(args))
 
 
 def _print_progress(p: SlideProgress) -> None:
@@ -161,16 +137,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         f"polygons {t['polygons']:.1f}s"
         + (f", tiff {t['tiff']:.1f}s -> {res.tiff}" if res.tiff else "")
     )
-    o = res.outline_settings
-    if o:
-        units = (
-            f"µm ({o['pixel_size_um']:g} µm/px)" if o["units"] == "um" else "pixels (no pixel size)"
-        )
-        print(
-            f"outlines: min area {o['min_area']:g}, min hole {o['min_hole_area']:g}, smooth "
-            f"{o['smooth_sigma']:g}, merge {o['merge_distance']:g}, in {units}; simplify "
-            f"{o['simplify']:g} of an output pixel"
-        )
+    if res.outline_settings:
+        print(outlines.describe_outlines({"outline_settings": res.outline_settings}))
     return 0
 
 

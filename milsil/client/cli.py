@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from milsil.client.outlines import add_outline_arguments, describe_outlines, outline_values
 from milsil.errors import MilsilError
 
 
@@ -70,8 +71,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                 help="default 0.5 (probability) / 0 (logit)",
             )
             h.add_argument("--on", choices=("probability", "logit"), default="probability")
-            h.add_argument("--min-area", type=float, default=0.0, help="level-0 px^2")
-            h.add_argument("--simplify", type=float, default=0.0, help="tolerance, level-0 px")
+            add_outline_arguments(h, pixel_size_default="unknown")
         h.set_defaults(client_func=func)
 
     a = sub.add_parser(
@@ -93,8 +93,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--class-name", default="", help="class to outline (default: malignant, else the last)"
     )
-    a.add_argument("--min-area", type=float, default=0.0, help="level-0 px^2")
-    a.add_argument("--simplify", type=float, default=0.0, help="tolerance, level-0 px")
+    add_outline_arguments(a, pixel_size_default="the slide's metadata, on the server")
     a.add_argument("--tile-size", type=int, default=0, help="pixels per tile (default 1024)")
     a.add_argument("--all-tiles", action="store_true", help="compute glass too")
     a.add_argument(
@@ -260,12 +259,13 @@ def _annotate(client, args) -> int:
         class_name=args.class_name,
         threshold=args.threshold,
         threshold_on=args.on,
-        min_area=args.min_area,
-        simplify_tolerance=args.simplify,
         tile_size=args.tile_size,
+        outline=outline_values(args),
+        pixel_size_um=args.pixel_size,
     )
     args.out.write_text(json.dumps(collection))
     print(f"wrote {args.out}: {len(collection['features'])} {response.class_name} annotations")
+    print(describe_outlines(collection))
     return 0
 
 
@@ -318,8 +318,8 @@ def _annotate_slide(client, args) -> int:
         tile_size=args.tile_size,
         class_name=args.class_name,
         threshold=args.threshold,
-        min_area=args.min_area,
-        simplify_tolerance=args.simplify,
+        outline=outline_values(args),
+        pixel_size_um=args.pixel_size,
         write_tiff=args.tiff is not None,
         tiff_path=args.tiff or "",
         progress=progress,
@@ -333,6 +333,7 @@ def _annotate_slide(client, args) -> int:
         f"{s.tiles_total} tiles ({s.tissue_megapixels:.1f} MP tissue, {s.tiles_resumed} resumed)"
         + (f"; server TIFF: {s.tiff_path} (under its output root)" if s.tiff_path else "")
     )
+    print(describe_outlines(collection))
     return 0
 
 

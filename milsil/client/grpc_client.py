@@ -35,6 +35,7 @@ from milsil.client import messages, regions
 from milsil.client.connection import Connection
 from milsil.client.messages import HeatmapResult, assemble_heatmap, encode_tile
 from milsil.client.objects import ObjectResult, assemble_objects, object_messages, region_around
+from milsil.client.outlines import outline_message
 from milsil.client.regions import interior_region, region_requests
 from milsil.client.slides import slide_config
 from milsil.client.training import upload_requests
@@ -249,8 +250,16 @@ class MilsilClient(Connection):
         tile_size: int = 512,
         encoding: str = "raw",
         timeout: float | None = None,
+        outline: Mapping[str, float] | None = None,
+        pixel_size_um: float = 0.0,
     ) -> tuple[dict[str, Any], inference_service_pb2.AnnotateResponse]:
-        """QuPath GeoJSON FeatureCollection (as a dict) of ``class_name`` regions, and the response."""
+        """QuPath GeoJSON FeatureCollection (as a dict) of ``class_name`` regions, and the response.
+
+        ``outline``: the clean-up (``min_area``, ``min_hole_area``, ``smooth_sigma``,
+        ``merge_distance``, ``simplify``; a field left out takes the server's default, 0
+        turns it off), in µm with ``pixel_size_um`` (level-0 µm per pixel), else in
+        pixels; the GeoJSON's ``outline_settings`` says which.
+        """
         config = inference_service_pb2.AnnotateConfig(
             heatmap=inference_service_pb2.HeatmapConfig(
                 model=model,
@@ -261,6 +270,8 @@ class MilsilClient(Connection):
             threshold_on=regions.threshold_on(threshold_on),
             min_area=min_area,
             simplify_tolerance=simplify_tolerance,
+            outline=outline_message(outline),
+            pixel_size_um=pixel_size_um,
         )
         if threshold is not None:
             config.threshold = threshold
@@ -300,13 +311,16 @@ class MilsilClient(Connection):
         progress: Callable[[inference_service_pb2.SlideProgress], None] | None = None,
         timeout: float | None = None,
         roi: str | dict | None = None,
+        outline: Mapping[str, float] | None = None,
+        pixel_size_um: float = 0.0,
     ) -> tuple[dict[str, Any], inference_service_pb2.AnnotateSlideResult]:
         """QuPath GeoJSON (as a dict) of a slide the server reads itself, and the result.
 
         ``path`` is relative to the server's ``--slide-root``. ``progress`` gets every
         progress message. Cancelled or failed calls resume when called again alike.
         ``roi``: a GeoJSON Polygon/MultiPolygon (dict or text, level-0 px): only tiles that
-        intersect it are computed and the outlines are clipped to it.
+        intersect it are computed and the outlines are clipped to it. ``outline`` /
+        ``pixel_size_um``: as :meth:`annotate`'s (pixel size 0: the slide's metadata).
         """
         request = inference_service_pb2.AnnotateSlideRequest(
             config=slide_config(
@@ -320,6 +334,8 @@ class MilsilClient(Connection):
                 write_tiff,
                 tiff_path,
                 roi,
+                outline_message(outline),
+                pixel_size_um,
             ),
             min_area=min_area,
             simplify_tolerance=simplify_tolerance,

@@ -19,8 +19,12 @@ def slide_config(
     write_tiff: bool,
     tiff_path: str,
     roi: str | dict | None,
+    outline: inference_service_pb2.OutlineSettings | None = None,
+    pixel_size_um: float = 0.0,
 ) -> inference_service_pb2.SlideConfig:
-    """``roi``: a GeoJSON Polygon/MultiPolygon (dict or text, level-0 px), or None."""
+    """``roi``: a GeoJSON Polygon/MultiPolygon (dict or text, level-0 px), or None;
+    ``outline``: the clean-up (None: the server's defaults); ``pixel_size_um``: 0 = the
+    slide's."""
     config = inference_service_pb2.SlideConfig(
         model=model,
         path=str(path),
@@ -31,6 +35,8 @@ def slide_config(
         class_name=class_name,
         write_tiff=write_tiff,
         tiff_path=tiff_path,
+        outline=outline,
+        pixel_size_um=pixel_size_um,
     )
     if roi:
         config.roi = roi if isinstance(roi, str) else json.dumps(roi)

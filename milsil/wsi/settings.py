@@ -85,9 +85,9 @@ class SlideSettings:
     * ``bf16``: bfloat16 autocast.
     * ``outline``: the outline clean-up (:class:`milsil.wsi.outlines.OutlineSettings`:
       minimum object and hole areas, smoothing, merging, simplification), in µm when the
-      pixel size is known, else level-0 px; default none (``OutlineSettings.raw()``), the
-      commands' flags default to the measured ``OutlineSettings()``; ``min_area`` / ``simplify_tolerance`` above
-      still apply in level-0 px (the larger wins).
+      pixel size is known, else level-0 px; default the measured ``OutlineSettings()``
+      (README, "Outline clean-up"); ``min_area`` / ``simplify_tolerance`` above still
+      apply in level-0 px (the larger wins).
     * ``pixel_size_um``: level-0 µm per pixel for the outline settings (QuPath's
       calibration); None: the slide's metadata, if any.
     """
@@ -101,10 +101,7 @@ class SlideSettings:
     min_area: float = 0.0
     simplify_tolerance: float = 0.0
     bf16: bool = False
-    # Raw (no clean-up) until the server passes its requests' outline settings (the
-    # commands pass the measured defaults, OutlineSettings(), from their flags): the
-    # server's Annotate and AnnotateSlide must not disagree meanwhile.
-    outline: OutlineSettings = field(default_factory=OutlineSettings.raw)
+    outline: OutlineSettings = field(default_factory=OutlineSettings)
     pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
