@@ -22,6 +22,9 @@
  * region's pixels at once; long regions print progress lines.
  */
 
+import com.google.gson.JsonElement
+import com.google.gson.JsonObject
+import com.google.gson.JsonParser
 import qupath.lib.io.GsonTools
 import qupath.lib.io.PathIO
 import qupath.lib.objects.PathObject
@@ -258,11 +261,60 @@ class MilsilQuPath {
             streamTiles(client, server, area, ds, integer(s.get('tileSize')), sendTile, progress)
         })
         String geojson = (String) response.get('geojson')
-        return [objects: clipped(readGeoJSON(geojson), roi), geojson: geojson, response: response]
+        return [objects: clipped(readGeoJSON(geojson, log), roi), geojson: geojson, response: response]
     }
 
-    static List<PathObject> readGeoJSON(String geojson) {
-        return PathIO.readObjectsFromGeoJSON(new ByteArrayInputStream(geojson.getBytes(StandardCharsets.UTF_8)))
+    /**
+     * The objects of a GeoJSON document (PathIO.readObjectsFromGeoJSON). QuPath 0.6 refuses the
+     * whole document when one polygon crosses itself (ROITypeAdapters.parseGeometry: JTS
+     * GeometryPrecisionReducer throws "Reduction failed, possible invalid input"); then the
+     * features are read one at a time and each one QuPath refuses is skipped, with one line
+     * (to `log`) naming it: the other objects are kept.
+     */
+    static List<PathObject> readGeoJSON(String geojson, Closure log = null) {
+        Closure read = { String text ->
+            PathIO.readObjectsFromGeoJSON(new ByteArrayInputStream(text.getBytes(StandardCharsets.UTF_8)))
+        }
+        try {
+            return read(geojson)
+        } catch (RuntimeException whole) {
+            JsonElement doc = JsonParser.parseString(geojson)
+            JsonObject top = doc.isJsonObject() ? doc.getAsJsonObject() : null
+            String type = top != null && top.has('type') ? top.get('type').getAsString() : ''
+            List<JsonElement> features = doc.isJsonArray() ? doc.getAsJsonArray().collect { JsonElement e -> e } :
+                type == 'FeatureCollection' ? top.getAsJsonArray('features').collect { JsonElement e -> e } :
+                type == 'Feature' ? [doc] : null
+            if (features == null) {
+                throw whole
+            }
+            List<PathObject> objects = []
+            features.eachWithIndex { JsonElement feature, int k ->
+                try {
+                    objects.addAll(read(feature.toString()))
+                } catch (RuntimeException e) {
+                    JsonObject f = feature.isJsonObject() ? feature.getAsJsonObject() : new JsonObject()
+                    JsonObject props = f.has('properties') && f.get('properties').isJsonObject() ?
+                        f.getAsJsonObject('properties') : new JsonObject()
+                    List<String> about = []
+                    for (String key : ['name', 'classification']) {
+                        JsonElement value = props.has(key) ? props.get(key) : null
+                        if (value != null && value.isJsonObject() && value.getAsJsonObject().has('name')) {
+                            value = value.getAsJsonObject().get('name')
+                        }
+                        if (value != null && value.isJsonPrimitive()) {
+                            about.add(key + ' ' + value.getAsString())
+                        }
+                    }
+                    if (f.has('id') && f.get('id').isJsonPrimitive()) {
+                        about.add('id ' + f.get('id').getAsString())
+                    }
+                    say(log, 'milsil: skipped object ' + (k + 1) + ' of ' + features.size() +
+                        (about ? ' (' + about.join(', ') + ')' : '') + ': QuPath cannot read its outline (' +
+                        e.getMessage() + '; a polygon that crosses itself)')
+                }
+            }
+            return objects
+        }
     }
 
     /**
@@ -331,7 +383,7 @@ class MilsilQuPath {
                 })
                 String geojson = (String) result.get('geojson')
                 Map summary = (Map) result.get('summary')
-                return [objects: readGeoJSON(geojson), geojson: geojson, response: [class_name: summary.get('class_name')],
+                return [objects: readGeoJSON(geojson, log), geojson: geojson, response: [class_name: summary.get('class_name')],
                         serverRead: true]
             } catch (Throwable t) {
                 if (!(t.getClass().getSimpleName() == 'Failure' && cannotSeeSlide((String) t.code, t.getMessage()))) {
