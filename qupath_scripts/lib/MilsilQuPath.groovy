@@ -177,16 +177,18 @@ class MilsilQuPath {
      * (qupath-core AbstractTileableImageServer.readRegion, RGB branch): the 2x2 mean at twice
      * a level's downsample, but the middle pixel of each 3x3 block at three times. So the
      * region is read at a level (for a whole downsample the deepest one it is a whole
-     * multiple of, as milsil.wsi.reader.Slide.read chooses) and averaged here, output pixel j covering the level's
-     * pixels whose centres lie in (j f, (j + 1) f] (f = downsample / level; Pillow's BOX; rounded half up);
-     * at the level itself, or twice it, readRegion's pixels are already those.
+     * multiple of, as milsil.wsi.reader.Slide.read chooses) and averaged here: output pixel j
+     * is the mean (rounded half up) of the level's pixels whose centres lie in
+     * (j f, (j + 1) f], f = downsample / level, as Pillow's BOX. At the level itself, or
+     * twice it, readRegion's pixels are already those.
      */
     static Object readArea(Object server, double downsample, int x, int y, int w, int h) {
         boolean whole = Math.abs(downsample - Math.round(downsample)) < 1e-9
         double level = 1.0d
         for (double d : (double[]) server.getPreferredDownsamples()) {
             double ratio = downsample / d
-            if (d <= downsample * (1 + 1e-9) && d > level && (!whole || Math.abs(ratio - Math.round(ratio)) < 1e-3)) {
+            boolean multiple = !whole || Math.abs(ratio - Math.round(ratio)) < 1e-3
+            if (d <= downsample * (1 + 1e-9) && d > level && multiple) {
                 level = d
             }
         }
