@@ -60,7 +60,7 @@ class MilsilGeoJSON {
                     if (f.has('id') && f.get('id').isJsonPrimitive()) {
                         about.add('id ' + f.get('id').getAsString())
                     }
-                    say(log, 'milsil: skipped object ' + (k + 1) + ' of ' + features.size() +
+                    MilsilProgress.say(log, 'milsil: skipped object ' + (k + 1) + ' of ' + features.size() +
                         (about ? ' (' + about.join(', ') + ')' : '') + ': QuPath cannot read its outline (' +
                         e.getMessage() + '; a polygon that crosses itself)')
                 }
