@@ -94,6 +94,8 @@ SIZES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 CLASSES = ["benign", "malignant"]
+#: The largest |logit| the suite's model gives (its head is scaled to it): as a trained one.
+LOGIT_RANGE = 2.0
 
 
 class Suite:
@@ -106,12 +108,20 @@ class Suite:
         self.rows: list[tuple[str, str, str, float | None]] = []
         torch.manual_seed(0)
         self.model = create_model("bagnet9", 2, width=sizes["width"], class_names=CLASSES).eval()
+        # Logits of a trained model's size (the reached 1.8): an untrained head's
+        # are tiny, and a deviation of 1e-4 means nothing against logits of 0.01.
+        probe = logit_heatmap(copy.deepcopy(self.model), slide_like(32, seed=2))
+        with torch.no_grad():
+            for p in self.model.fc.parameters():
+                p.mul_(LOGIT_RANGE / float(probe.abs().max()))
         self.cpu_model = copy.deepcopy(self.model)
         self.model.to(device)
         self.slides = work / "slides"
         self.slides.mkdir(parents=True, exist_ok=True)
         self.matmul = self._matmuls()
         self._server: tuple[Any, str] | None = None
+        # FLOPs per image pixel of the dense network (PyTorch's counter) on a 512² region:
+        # context and tile overlap make a larger region's slightly lower.
         self.flops_per_pixel = {
             s: dense_flops_per_pixel(self.model, s, min(512, sizes["stride8"])) for s in (1, 8)
         }
@@ -178,6 +188,8 @@ class Suite:
             vs_cpu = float((heat - cpu).abs().max())
             vs_naive = float((heat - naive).abs().max())
             out[mode] = {
+                "precision": m["precision"],
+                "bf16": m["bf16"],
                 "max_diff_vs_cpu": vs_cpu,
                 "max_diff_vs_naive": vs_naive,
                 "within_1e-4": vs_cpu <= 1e-4,
@@ -203,7 +215,8 @@ class Suite:
         mp_s = image.shape[0] * image.shape[1] / 1e6 / seconds
         flops = mp_s * 1e6 * self.flops_per_pixel[stride]
         out = {
-            "region": image.shape[0], "stride": stride, "mode": mode, "seconds": seconds,
+            "region": image.shape[0], "stride": stride, "mode": mode,
+            "precision": m["precision"], "bf16": m["bf16"], "seconds": seconds,
             "mp_per_s": mp_s, "tflops": flops / 1e12,
             "ratio_to_matmul": self.ratio(flops, m["matmul"]),
         }  # fmt: skip
@@ -457,6 +470,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
+        # slide, gRPC and cells run the default: exact float32 (TF32 off), no bf16
         "precision_default": "exact",
     }
 
