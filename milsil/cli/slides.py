@@ -36,6 +36,7 @@ def slide_settings(args: argparse.Namespace) -> SlideSettings:
         min_area=args.min_area,
         simplify_tolerance=args.simplify,
         bf16=args.bf16,
+        readers=args.readers,
     )
 
 
@@ -90,6 +91,13 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
         "--bf16",
         action="store_true",
         help="bfloat16 autocast (about 2x faster on AVX-512 BF16 CPUs and GPUs)",
+    )
+    parser.add_argument(
+        "--readers",
+        type=int,
+        default=d.readers,
+        help=f"threads reading tiles ahead of the compute (default {d.readers}, from the "
+        "core count, at most 8; 0 = read on the computing thread); never changes the result",
     )
 
 
