@@ -206,6 +206,40 @@ def tiles_in(tiles: list, roi: Any) -> list:
     return [t for t, k in zip(tiles, keep, strict=True) if k]
 
 
+@dataclass(frozen=True)
+class TileReader:
+    """Reads one tile as the compute wants it; called from the reader threads.
+
+    The tile plus a halo of ``halo`` pixels of real context, clipped to the slide; beyond
+    the slide the image is mirrored, as ``logit_heatmap`` pads at an image border. The
+    result is the normalised ``[3, H, W]`` tensor (pinned when ``pin``, for a side-stream
+    copy to a GPU) and the seconds the read took. ``bench/slide_bench.py --compute none``
+    times exactly this.
+    """
+
+    slide: Any  # a Slide, or any reader with the same read() and region_size()
+    halo: int
+    downsample: float
+    mean: Any
+    std: Any
+    pin: bool = False
+
+    def __call__(self, t: Any) -> tuple[Any, float]:
+        from milsil.data import to_tensor
+        from milsil.inference.tiling import context_box, mirror_pad
+
+        t0 = time.perf_counter()
+        ds = self.downsample
+        rw, rh = self.slide.region_size(ds)
+        box = context_box(t.px, t.py, t.width, t.height, self.halo, rw, rh)
+        rgb = self.slide.read(round(box.x0 * ds), round(box.y0 * ds), box.width, box.height, ds)
+        pixels = to_tensor(rgb, self.mean, self.std)
+        canvas = mirror_pad(pixels, box.left, box.right, box.top, box.bottom)
+        if self.pin:
+            canvas = canvas.pin_memory()
+        return canvas, time.perf_counter() - t0
+
+
 def _timed(tiles_read: Iterator[tuple[Any, tuple[Any, float]]], timings: Timings) -> Iterator:
     """The read tiles, their reading time added to ``timings.read`` as they arrive."""
     for t, (canvas, seconds) in tiles_read:
@@ -260,9 +294,8 @@ def slide_heatmap(
     """
     import torch
 
-    from milsil.data import to_tensor
     from milsil.inference.heatmap import chunk_side, logit_heatmap, output_size
-    from milsil.inference.tiling import context_box, context_pixels, mirror_pad
+    from milsil.inference.tiling import context_pixels
 
     stride, ds, tile = settings.stride, settings.downsample, settings.tile
     tissue_only, bf16 = settings.tissue_only, settings.bf16
@@ -302,16 +335,7 @@ def slide_heatmap(
     ts = tile // stride
     cuda = device is not None and torch.device(device).type == "cuda"
 
-    def read(t: Any) -> tuple[torch.Tensor, float]:
-        """The tile plus a halo of real context, clipped to the slide; beyond the slide
-        the image is mirrored, as logit_heatmap pads at an image border. (Reader thread.)"""
-        t0 = time.perf_counter()
-        box = context_box(t.px, t.py, t.width, t.height, halo, rw, rh)
-        rgb = slide.read(round(box.x0 * ds), round(box.y0 * ds), box.width, box.height, ds)
-        canvas = mirror_pad(to_tensor(rgb, mean, std), box.left, box.right, box.top, box.bottom)
-        if cuda:  # pinned here, off the compute thread, for the side-stream copy
-            canvas = canvas.pin_memory()
-        return canvas, time.perf_counter() - t0
+    read = TileReader(slide, halo, ds, mean, std, pin=cuda)
 
     log = open(work_dir / "tiles.done", "a")  # noqa: SIM115 - closed in finally
     start = time.perf_counter()
