@@ -158,6 +158,18 @@ def bench_read(
     return rows
 
 
+def _report(path: str | None, info: dict, rows: list) -> None:
+    """Write ``info`` with the machine's description and the ``rows`` to ``path`` (if any)."""
+    if path:
+        machine = {
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "machine": platform.platform(),
+            "processor": platform.processor(),
+        }
+        Path(path).write_text(json.dumps({**info, **machine, "results": rows}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -208,17 +220,8 @@ def main() -> None:
                 context_pixels(model),
                 args.repeat,
             )
-        info = {
-            "compute": "none",
-            "slide": f"{w}x{h}",
-            "tile": args.tile,
-            "compression": args.compression,
-            "cpus": os.cpu_count(),
-            "machine": platform.platform(),
-            "results": rows,
-        }
-        if args.json:
-            Path(args.json).write_text(json.dumps(info, indent=1))
+        info = {"compute": "none", "slide": f"{w}x{h}", "tile": args.tile}
+        _report(args.json, {**info, "compression": args.compression}, rows)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -242,18 +245,8 @@ def main() -> None:
                 f"({row['objects']} objects), tiff {row['tiff_s']:.2f}s, tissue detection {row['tissue_detection_s']:.2f}s",
                 flush=True,
             )
-    info = {
-        "width": args.width,
-        "bf16": args.bf16,
-        "device": args.device,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "machine": platform.platform(),
-        "processor": platform.processor(),
-        "results": rows,
-    }
-    if args.json:
-        Path(args.json).write_text(json.dumps(info, indent=1))
+    info = {"width": args.width, "bf16": args.bf16, "device": args.device}
+    _report(args.json, {**info, "threads": torch.get_num_threads()}, rows)
 
 
 if __name__ == "__main__":
