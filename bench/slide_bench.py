@@ -241,7 +241,7 @@ def main() -> None:
             print(
                 f"stride {stride} on {w}x{h}: {row['tissue_megapixels']:.2f} tissue MP in {row['total_s']:.1f}s "
                 f"-> {row['mp_per_s']:.3f} MP/s (compute only {row['compute_mp_per_s']:.3f} MP/s); "
-                f"read {row['read_s']:.2f}s, compute {row['compute_s']:.2f}s, polygons {row['polygons_s']:.2f}s "
+                f"read {row['read_s']:.2f}s (compute waited {row['wait_for_tiles_s']:.2f}s), compute {row['compute_s']:.2f}s, polygons {row['polygons_s']:.2f}s "
                 f"({row['objects']} objects), tiff {row['tiff_s']:.2f}s, tissue detection {row['tissue_detection_s']:.2f}s",
                 flush=True,
             )

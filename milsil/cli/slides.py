@@ -137,7 +137,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     t = res.timings
     print(
         f"done: {res.objects} {res.class_name} objects from {res.tiles_computed} tissue tiles "
-        f"({res.tissue_megapixels:.1f} megapixels); read {t['read']:.1f}s, compute {t['compute']:.1f}s, "
+        f"({res.tissue_megapixels:.1f} megapixels); read {t['read']:.1f}s (overlapping the compute; "
+        f"it waited {t['wait']:.1f}s for tiles), compute {t['compute']:.1f}s, "
         f"polygons {t['polygons']:.1f}s"
         + (f", tiff {t['tiff']:.1f}s -> {res.tiff}" if res.tiff else "")
     )
