@@ -262,3 +262,23 @@ def test_readers_setting_default_validation_and_flag():
     assert slide_settings(args).readers == 0
     args = parser.parse_args(["--model", "m.pt"])
     assert slide_settings(args).readers == SlideSettings().readers
+
+
+def test_batch_skips_a_finished_slide_whatever_the_reader_count(tmp_path, monkeypatch, capsys):
+    from milsil import cli
+    from milsil.models import save_checkpoint
+
+    monkeypatch.setattr(
+        cli, "COMMAND_MODULES", tuple(dict.fromkeys(cli.COMMAND_MODULES + ("milsil.cli.slides",)))
+    )
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    synthetic_slide(slides / "a.tif", 256, 192, block=128, seed=1)
+    save_checkpoint(tiny_model(), tmp_path / "m.pt")
+    argv = ["batch", str(slides), "--model", str(tmp_path / "m.pt"), "--out", str(tmp_path / "o")]
+    assert cli.main([*argv, "--readers", "0"]) == 0
+    assert "1 annotated" in capsys.readouterr().out
+    assert cli.main([*argv, "--readers", "2"]) == 0
+    assert "1 skipped" in capsys.readouterr().out
+    assert cli.main([*argv, "--readers", "2", "--stride", "4"]) == 0  # a setting that counts
+    assert "1 annotated" in capsys.readouterr().out

@@ -74,6 +74,10 @@ def check_threshold(value: Any) -> float:
     return threshold
 
 
+# Settings that change how fast a slide is done, never what comes out.
+SPEED_ONLY = ("readers",)
+
+
 def check_readers(value: Any) -> int:
     """A reader count as an int: 0 (sequential) or more reader threads."""
     return _integer("readers", value, 0, ">= 0 (0 = read on the computing thread)")
@@ -133,6 +137,11 @@ class SlideSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def result_params(self) -> dict[str, Any]:
+        """The settings that decide the result: :meth:`to_dict` without :data:`SPEED_ONLY`,
+        so a finished slide counts as done whatever reader count reruns it."""
+        return {k: v for k, v in asdict(self).items() if k not in SPEED_ONLY}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SlideSettings:
