@@ -333,9 +333,10 @@ def slide_heatmap(
     heat.tiles_total = len(tiles)
     mean, std = model.normalization
     ts = tile // stride
-    cuda = device is not None and torch.device(device).type == "cuda"
-
-    read = TileReader(slide, halo, ds, mean, std, pin=cuda)
+    # The device the tiles go to (the model's when none is given): on CUDA they are pinned
+    # by the readers and copied on a side stream.
+    target = torch.device(device) if device is not None else next(model.parameters()).device
+    read = TileReader(slide, halo, ds, mean, std, pin=target.type == "cuda")
 
     log = open(work_dir / "tiles.done", "a")  # noqa: SIM115 - closed in finally
     start = time.perf_counter()
@@ -344,7 +345,7 @@ def slide_heatmap(
     readers = settings.readers
     tiles_read = read_ahead(todo, read, readers)
     on_device = to_device_ahead(
-        ((t, canvas) for t, (canvas, _) in _timed(tiles_read, timings)), device
+        ((t, canvas) for t, (canvas, _) in _timed(tiles_read, timings)), target
     )
     try:
         with OrderedWriter(threaded=readers > 0) as writer:
