@@ -36,6 +36,7 @@ def slide_settings(args: argparse.Namespace) -> SlideSettings:
         min_area=args.min_area,
         simplify_tolerance=args.simplify,
         bf16=args.bf16,
+        readers=args.readers,
     )
 
 
@@ -91,6 +92,13 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="bfloat16 autocast (about 2x faster on AVX-512 BF16 CPUs and GPUs)",
     )
+    parser.add_argument(
+        "--readers",
+        type=int,
+        default=d.readers,
+        help=f"threads reading tiles ahead of the compute (default {d.readers}, from the "
+        "core count, at most 8; 0 = read on the computing thread); never changes the result",
+    )
 
 
 def _print_progress(p: SlideProgress) -> None:
@@ -129,7 +137,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     t = res.timings
     print(
         f"done: {res.objects} {res.class_name} objects from {res.tiles_computed} tissue tiles "
-        f"({res.tissue_megapixels:.1f} megapixels); read {t['read']:.1f}s, compute {t['compute']:.1f}s, "
+        f"({res.tissue_megapixels:.1f} megapixels); read {t['read']:.1f}s (overlapping the compute; "
+        f"it waited {t['wait']:.1f}s for tiles), compute {t['compute']:.1f}s, "
         f"polygons {t['polygons']:.1f}s"
         + (f", tiff {t['tiff']:.1f}s -> {res.tiff}" if res.tiff else "")
     )

@@ -9,6 +9,7 @@ so every face of milsil refuses it with the same sentence.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -18,6 +19,10 @@ from milsil.errors import MilsilError
 # BagNet output cell); 1024-pixel tiles bound what is read at once.
 DEFAULT_STRIDE = 8
 DEFAULT_TILE = 1024
+# Tiles read ahead of the compute, one reader thread each: as many as the cores (reading is
+# OpenSlide decoding, mostly outside the GIL), at most 8 (beyond that the compute is the
+# bottleneck on every machine measured).
+DEFAULT_READERS = max(1, min(8, os.cpu_count() or 1))
 
 
 def _number(name: str, value: Any) -> float:
@@ -69,6 +74,15 @@ def check_threshold(value: Any) -> float:
     return threshold
 
 
+# Settings that change how fast a slide is done, never what comes out.
+SPEED_ONLY = ("readers",)
+
+
+def check_readers(value: Any) -> int:
+    """A reader count as an int: 0 (sequential) or more reader threads."""
+    return _integer("readers", value, 0, ">= 0 (0 = read on the computing thread)")
+
+
 @dataclass(frozen=True)
 class SlideSettings:
     """How a whole slide is turned into a heatmap and outlines.
@@ -82,6 +96,8 @@ class SlideSettings:
     * ``min_area``: outlines smaller than this (level-0 px^2) are dropped.
     * ``simplify_tolerance``: outlines are simplified by this (level-0 px).
     * ``bf16``: bfloat16 autocast.
+    * ``readers``: reader threads prefetching tiles ahead of the compute (0 = read and
+      write on the computing thread, the sequential pipeline). Never changes the result.
     """
 
     stride: int = DEFAULT_STRIDE
@@ -93,6 +109,7 @@ class SlideSettings:
     min_area: float = 0.0
     simplify_tolerance: float = 0.0
     bf16: bool = False
+    readers: int = DEFAULT_READERS
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the values once, here
@@ -112,6 +129,7 @@ class SlideSettings:
         set_(self, "class_name", self.class_name or None)
         set_(self, "tissue_only", bool(self.tissue_only))
         set_(self, "bf16", bool(self.bf16))
+        set_(self, "readers", check_readers(self.readers))
 
     def replace(self, **changes: Any) -> SlideSettings:
         """A copy with ``changes`` applied (and validated)."""
@@ -119,6 +137,11 @@ class SlideSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def result_params(self) -> dict[str, Any]:
+        """The settings that decide the result: :meth:`to_dict` without :data:`SPEED_ONLY`,
+        so a finished slide counts as done whatever reader count reruns it."""
+        return {k: v for k, v in asdict(self).items() if k not in SPEED_ONLY}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SlideSettings:
