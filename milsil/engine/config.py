@@ -36,7 +36,8 @@ class TrainConfig:
     Fields left at ``None`` (width, lr, lr_decay, weight_decay, pretrained,
     stem_bn_momentum) are filled by the ``recipe`` (:mod:`milsil.engine.recipe`): the
     ``default`` recipe learns from scratch on a CPU without network; ``paper`` is the
-    paper's exact recipe (ImageNet initialisation, width 64, lr 1e-4 with decay).
+    paper's recipe where it is specific (ImageNet initialisation, Adam lr 1e-4 with decay),
+    our readings named (width 64, decay x0.9; :data:`milsil.engine.recipe.PAPER_READINGS`).
     :meth:`explain` says what each became and why. ``pretrained``: ``"imagenet"``, a local
     weights file, or ``"none"``.
     """
