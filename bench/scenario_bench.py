@@ -398,23 +398,25 @@ def main(argv: list[str] | None = None) -> int:
     timing = out / "timing.json"
     before = json.loads(timing.read_text())["wall_seconds"] if timing.is_file() else 0.0
     start = time.monotonic()
-    for scenario in preset.scenarios:
-        for noise in preset.noise:
-            for seed in preset.seeds:
-                root = dataset_dir(out, scenario, noise, seed)
-                if not (root / "manifest.csv").is_file():
-                    synthesize_dataset(
-                        root,
-                        patients=preset.patients,
-                        images_per_patient=preset.images,
-                        size=preset.size,
-                        seed=seed,
-                        scenario=scenario,
-                        sil_noise=noise,
-                    )
     tasks = make_tasks(preset, out)
     if args.only:
         tasks = [t for t in tasks if args.only in t["key"]]
+    for scenario, noise, seed in dict.fromkeys(
+        (t["scenario"], t["noise"], t["seed"]) for t in tasks
+    ):
+        root = dataset_dir(out, scenario, noise, seed)
+        if not (root / "manifest.csv").is_file():
+            t0 = time.monotonic()
+            synthesize_dataset(
+                root,
+                patients=preset.patients,
+                images_per_patient=preset.images,
+                size=preset.size,
+                seed=seed,
+                scenario=scenario,
+                sil_noise=noise,
+            )
+            print(f"dataset {root.name}: {time.monotonic() - t0:.0f}s", flush=True)
     threads = max(1, (os.cpu_count() or 1) // preset.jobs)
     for t in tasks:
         t["threads"] = threads
