@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from milsil.engine.metrics import mean_std
+
 MODEL_NAMES = {"sil": "BagNet", "mil": "MILBagNet", "milsil": "MILSIL", "admil": "ADMIL"}
 COMPARISONS = (("milsil", "mil"), ("milsil", "sil"))
 BOOTSTRAP = 2000
@@ -69,15 +71,9 @@ def read_raw(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]], di
 
 
 def stats(values: Iterable[float]) -> dict[str, Any]:
-    """Mean, sample std (n - 1) and n of the finite values."""
-    v = [float(x) for x in values if x is not None and math.isfinite(float(x))]
-    if not v:
-        return {"mean": math.nan, "std": math.nan, "n": 0}
-    return {
-        "mean": float(np.mean(v)),
-        "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-        "n": len(v),
-    }
+    """Mean, sample std (n - 1; nan for one value) and n of the defined values."""
+    mean, std, n = mean_std(list(values))
+    return {"mean": mean, "std": std, "n": n}
 
 
 def accuracy(t: dict[str, Any]) -> float:
