@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         write_raw(raw, run, rows, None)
 
     if preset.jobs > 1:
-        with mp.get_context("spawn").Pool(preset.jobs, maxtasksperchild=4) as pool:
+        with mp.get_context("spawn").Pool(preset.jobs, maxtasksperchild=20) as pool:
             for row in pool.imap_unordered(run_training, tasks):
                 record(row)
     else:
