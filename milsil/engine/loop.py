@@ -13,7 +13,8 @@ experiments and the gRPC server call:
   history, so an interrupted run (crash, Ctrl-C, a cancelled server job) resumes where it
   stopped and reaches the same weights as an uninterrupted one;
 * ``best.pt`` is the epoch with the highest validation MIL accuracy (ties: lower validation
-  loss); without validation data it is simply the last epoch;
+  loss); without validation data it is simply the last epoch; with ``config.patience`` the
+  run ends early once that many epochs have passed without a new best;
 * ``log.jsonl`` gets one line per epoch, ``run.json`` the config, versions and data summary;
 * data-parallel training (``torchrun``) is the same loop given a process group
   (``distributed=``, a :class:`milsil.distributed.DistContext`): each rank takes its
@@ -160,6 +161,11 @@ def train_model(
         raise MilsilError("no training records: the training set is empty")
     _check_records(train_records, class_names, "training")
     _check_records(val_records, class_names, "validation")
+    if config.patience and not val_records:
+        raise MilsilError(
+            f"patience {config.patience} (early stopping) needs validation records; give "
+            "some, or patience 0 to train all epochs"
+        )
     if should_stop is not None and distributed is not None and distributed.active:
         raise MilsilError(
             "should_stop cannot stop one process of a data-parallel run; stop the whole group"
@@ -443,6 +449,8 @@ class _Run:
         self.session_steps = 0
         self.net.train()
         for epoch in range(self.start_epoch, self.config.epochs):
+            if self.patience_exhausted():
+                break
             epoch_start = time.monotonic()
             skip = self.start_step if epoch == self.start_epoch else 0
             self.clock = EpochClock()
@@ -451,6 +459,13 @@ class _Run:
                 return self.finish(True, stopped)
             self.end_epoch(epoch, stats, steps, epoch_start)
         return self.finish(False, self.elapsed())
+
+    def patience_exhausted(self) -> bool:
+        """Early stopping: ``patience`` epochs done since the best one (checked before each
+        epoch, so a resumed run that had stopped stays stopped)."""
+        if not self.config.patience or not self.history or self.best is None:
+            return False
+        return self.history[-1]["epoch"] - self.best["epoch"] >= self.config.patience
 
     def train_epoch(
         self, epoch: int, skip: int, should_stop: Callable[[], bool] | None
