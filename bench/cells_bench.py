@@ -295,7 +295,13 @@ def random_cells(side: int, seed: int = 0, spacing: int = 10) -> list[tuple[str,
     return cells
 
 
-def throughput(counts: list[int], width: int, log) -> list[dict[str, Any]]:
+def throughput(
+    counts: list[int], width: int, log, device: str = "cpu", server=None
+) -> list[dict[str, Any]]:
+    """MeasureObjects of ``counts`` random nuclei by a server process and in process, each
+    against the same-run stride-1 heatmap of the same pixels, both on ``device``.
+    ``server``: a running ``(process, address)`` to use (left running); default one of
+    its own."""
     from milsil.client import MilsilClient
     from milsil.inference.heatmap import logit_heatmap
     from milsil.inference.objects import measure_image_objects
@@ -304,7 +310,8 @@ def throughput(counts: list[int], width: int, log) -> list[dict[str, Any]]:
     work = Path(tempfile.mkdtemp(prefix="cells-bench-"))
     model = small_model(width)
     save_checkpoint(model, work / "small.pt")
-    proc, address = serve_process(work / "server")
+    own = server is None
+    proc, address = serve_process(work / "server", "--device", device) if own else server
     rows = []
     try:
         client = MilsilClient(address, timeout=3600)
@@ -326,10 +333,10 @@ def throughput(counts: list[int], width: int, log) -> list[dict[str, Any]]:
             cells_s = time.perf_counter() - t0
             growth = (rss_bytes(proc.pid, "VmHWM") - base) / MB
             t0 = time.perf_counter()
-            logit_heatmap(model, image, stride=1)
+            logit_heatmap(model, image, stride=1, device=device)
             lib_heat_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            lib = measure_image_objects(model, image, [g for _, g in cells])
+            lib = measure_image_objects(model, image, [g for _, g in cells], device=device)
             lib_cells_s = time.perf_counter() - t0
             agree = float(np.nanmax(np.abs(lib.mean_logit - result.mean_logits)))
             row = {
@@ -346,7 +353,8 @@ def throughput(counts: list[int], width: int, log) -> list[dict[str, Any]]:
             rows.append(row)
         client.close()
     finally:
-        stop_process(proc)
+        if own:
+            stop_process(proc)
     return rows
 
 

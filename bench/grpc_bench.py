@@ -72,6 +72,33 @@ def best_of(fn, repeat: int) -> float:
     return min(times)
 
 
+def overhead_row(
+    client, name: str, model, region: np.ndarray, stride: int, repeat: int, device=None
+) -> dict[str, object]:
+    """Streamed ``Heatmap`` of ``region`` over gRPC (512 px RAW tiles) against the same
+    ``logit_heatmap`` in this process (on ``device``; default the model's), best of
+    ``repeat`` each, alternated so that background load hits both alike."""
+    from milsil.inference.heatmap import logit_heatmap
+
+    grpc_times, local_times = [], []
+    for _ in range(repeat):
+        grpc_times.append(
+            best_of(lambda: client.heatmap(name, region, stride=stride, tile_size=512), 1)
+        )
+        local_times.append(
+            best_of(lambda: logit_heatmap(model, region, stride=stride, device=device), 1)
+        )
+    grpc_s, local_s = min(grpc_times), min(local_times)
+    size = f"{region.shape[1]}x{region.shape[0]}"
+    return {
+        "region": size,
+        "stride": stride,
+        "grpc_s": round(grpc_s, 3),
+        "in_process_s": round(local_s, 3),
+        "ratio": round(grpc_s / local_s, 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -82,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from milsil.client import MilsilClient
-    from milsil.inference.heatmap import logit_heatmap
     from milsil.models import save_checkpoint
     from tests.server_support import tiny_model
 
@@ -150,32 +176,11 @@ def main(argv: list[str] | None = None) -> int:
                 client.heatmap(
                     f"models/w{width}", region[:64, :64], stride=stride
                 )  # warm the model cache
-                grpc_times, local_times = [], []
-                for _ in range(args.repeat):  # alternate, so background load hits both alike
-                    grpc_times.append(
-                        best_of(
-                            lambda region=region, width=width, stride=stride: client.heatmap(
-                                f"models/w{width}", region, stride=stride, tile_size=512
-                            ),
-                            1,
-                        )
-                    )
-                    local_times.append(
-                        best_of(
-                            lambda region=region, width=width, stride=stride: logit_heatmap(
-                                models[width], region, stride=stride
-                            ),
-                            1,
-                        )
-                    )
-                grpc_s, local_s = min(grpc_times), min(local_times)
                 row = {
                     "model": f"bagnet9 width {width}",
-                    "region": f"{size}x{size}",
-                    "stride": stride,
-                    "grpc_s": round(grpc_s, 3),
-                    "in_process_s": round(local_s, 3),
-                    "ratio": round(grpc_s / local_s, 3),
+                    **overhead_row(
+                        client, f"models/w{width}", models[width], region, stride, args.repeat
+                    ),
                 }
                 overhead.append(row)
                 print(json.dumps({"overhead": row}), flush=True)

@@ -1,386 +1,471 @@
 #!/usr/bin/env python
-"""The scenario benchmark (docs/benchmark.md): the ablation and the localization, pixel and
-nucleus level, on each ``milsil synth`` scenario, over folds x seeds.
+"""The SIL-label-noise benchmark (docs/benchmark.md): when does the SIL branch help?
 
-For every scenario and seed ``s``: ``milsil synth --scenario S --seed s`` writes a fresh
-dataset (so seeds vary the data, the fold assignment and the initialisation), then the
-ablation (BagNet = SIL loss, MILBagNet = MIL loss, MILSIL = both; BagNet-9, the same
-patient-level folds) trains and tests every head on every fold, and localizes each model's
-maps (logit heatmap, CAM, Grad-CAM) on the held-out images against the malignant-nuclei
-masks and, nucleus by nucleus, against the instance masks. ADMIL (attention MIL, Ilse et
-al.) is trained on the same folds, its attention map localized the same way.
+The paper's claim is that adding a SIL branch to a MIL BagNet (MILSIL) beats MIL alone
+(MILBagNet) and SIL alone (BagNet). The SIL loss gives every instance its bag's label, so
+it is helped or hurt by how often that label is wrong for an instance. Here that is the
+controlled variable: CRC-like bags (an image split into its four quarters, the paper's
+bags) where a malignant bag's malignant nuclei lie in only ``4 - 4 * noise`` of its
+quarters (:func:`milsil.data.scenarios.quarter_clusters`), so a fraction ``noise`` of its
+instances carry a wrong SIL label. The result is a curve: MILSIL - MILBagNet (and -
+BagNet) against SIL label noise.
 
-Every cell of the tables is the mean +- sample standard deviation (n - 1) over all
-(fold, seed) pairs. Runs resume: rerunning the same command continues where it stopped.
+Design, per (scenario, noise, seed): a fresh ``milsil synth`` dataset of ``patients x
+images``; 5 patient-level folds; in each fold's training patients a patient-level 20%
+validation split for early stopping (``TrainConfig.patience``; ``best.pt`` is tested).
+
+* BagNet / MILBagNet / MILSIL: BagNet-9 from scratch (the reference init; no ImageNet
+  weights offline), Adam, batches of 8 bags, flips/rotations, at each preset width.
+* ADMIL as Ilse et al. (ICML 2018) trained it for histology (their Sec. 5.3 and appendix,
+  as we read them; the values could not be re-checked offline here): their full-size
+  network (width 64: conv 4x4-36, conv 3x3-48, fc 512, fc 512, attention 128), 27x27
+  patches (here the exhaustive grid of the image), one bag per optimiser step, Adam lr
+  1e-4, betas (0.9, 0.999), weight decay 5e-4, a budget of 100 epochs with early stopping
+  on a validation split (their criterion: the lowest validation error and loss; ours:
+  validation MIL accuracy, ties by loss, with a patience).
+
+Every training writes one result (the held-out images' predictions and every held-out
+nucleus's map score: the logit heatmap for BagNets, attention for ADMIL); all of them go
+to one JSON-lines file, ``OUT/raw.jsonl``, with the command, commit and machine, from which
+``bench/scenario_report.py`` recomputes every table, interval and paired count.
 
 Usage::
 
-    python bench/scenario_bench.py --out bench_out/scenarios \\
-        [--scenarios default,sparse,mimic,mixed] [--seeds 0,1,2] [--folds 5] \\
-        [--patients 8 --images-per-patient 6 --size 96] [--width 8 --epochs 8] [--jobs 2] \\
-        [--no-admil]
+    python bench/scenario_bench.py --preset cpu --out bench_out/noise_cpu
+    python bench/scenario_bench.py --preset gpu --out bench_out/noise_gpu
+    python bench/scenario_bench.py --preset smoke --out /tmp/smoke --allow-dirty
 
-Writes ``OUT/benchmark.json`` (every fold's numbers and the summaries) and
-``OUT/benchmark.md`` (the tables), after every (scenario, seed) so partial results survive.
+Runs resume (each training's result is kept under ``OUT/results``). A dirty git tree is
+refused unless ``--allow-dirty`` (the commit must say what ran).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from milsil.data import load_dataset, patient_kfold
-from milsil.data.instances import read_instance_index
-from milsil.data.synth import synthesize_dataset
-from milsil.engine.config import TrainConfig
-from milsil.engine.loop import train_model
-from milsil.engine.validation import evaluate_model
-from milsil.experiments.ablation import ablation
-from milsil.experiments.localization import MAP_NAMES, localization
-from milsil.models import load_checkpoint
+from scenario_report import MDD_FACTOR, markdown  # noqa: E402
 
-MODELS = {"sil": "BagNet", "mil": "MILBagNet", "milsil": "MILSIL", "admil": "ADMIL"}
-CLASSIFICATION = ("mil_accuracy", "mil_auroc", "sil_accuracy")
-LOCALIZATION = (
-    "pixel_auroc",
-    "pointing_game",
-    "dice",
-    "object_auroc",
-    "object_auroc_within",
-    "object_pointing",
-)
-BORDER = 4  # BagNet-9's half receptive field: every map is scored on the same interior
+REPO = Path(__file__).resolve().parent.parent
+BORDER = 4  # BagNet-9's half receptive field: nuclei are scored on the same interior
+ASSUMED_DISCORDANCE = 0.15  # a priori: share of images two models classify differently
 
 
-def sample_stats(values: list[float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (n - 1) of the defined values, and n."""
-    v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
-    if not v:
-        return {"mean": None, "std": None, "n": 0}
-    std = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-    return {"mean": float(np.mean(v)), "std": std, "n": len(v)}
+@dataclass(frozen=True)
+class Preset:
+    """One benchmark's sizes. ``widths``: the BagNet widths (one row of models each)."""
+
+    scenarios: tuple[str, ...]
+    noise: tuple[float, ...]
+    patients: int
+    images: int
+    size: int  # image side: bags of four size/2 instances
+    folds: int
+    seeds: tuple[int, ...]
+    widths: tuple[int, ...]
+    epochs: int  # BagNets' epoch budget
+    patience: int
+    admil_width: int
+    admil_epochs: int
+    admil_patience: int
+    device: str
+    jobs: int  # trainings side by side
+    models: tuple[str, ...] = ("sil", "mil", "milsil", "admil")
+    lr: float = 2e-3
+    lr_decay: float = 0.9
+    notes: list[str] = field(default_factory=list, compare=False)
 
 
-def run_admil(records, class_names, folds, config, out_dir, instances, log) -> list[dict]:
-    """ADMIL on the ablation's folds: MIL metrics and attention-map localization per fold."""
-    # a 4 x 4 grid of patches that covers every pixel (the extractor needs >= 16 px)
-    patch = max(16, config.patch_size // 2)
-    cfg = dataclasses.replace(config, arch="admil", head="mil", patch_size=patch)
-    rows = []
-    for k, (train, test) in enumerate(patient_kfold(list(records), k=folds, seed=cfg.seed)):
-        run_dir = Path(out_dir) / f"fold{k}" / "admil"
-        log(f"[fold {k + 1}/{folds}] ADMIL: train {len(train)} bags -> {run_dir}")
-        res = train_model(cfg, train, [], class_names, run_dir)
-        model = load_checkpoint(res.best_checkpoint).to("cpu")
-        metrics = evaluate_model(model, test, cfg.patch_size, "cpu", cfg.batch_size)
-        loc = localization(model, test, class_names, instances=instances, border=BORDER)
-        rows.append({"fold": k, "metrics": metrics, "localization": loc})
-    return rows
+PRESETS = {
+    # in the test suite: every step of the gpu preset, tiny
+    "smoke": Preset(
+        scenarios=("default",),
+        noise=(0.5,),
+        patients=4,
+        images=1,
+        size=64,
+        folds=2,
+        seeds=(0,),
+        widths=(4,),
+        epochs=1,
+        patience=1,
+        admil_width=8,
+        admil_epochs=2,
+        admil_patience=1,
+        device="cpu",
+        jobs=1,
+    ),
+    # this 2-core machine: about as large as fits an hour unshared (docs/benchmark.md: the
+    # estimate, 46-68 min, from timed parts of one training; about 82 min when shared)
+    "cpu": Preset(
+        scenarios=("default",),
+        noise=(0.0, 0.5),
+        patients=30,
+        images=6,
+        size=64,  # bags of four 32 px instances
+        folds=5,
+        seeds=(0, 1, 2),
+        widths=(16,),
+        epochs=4,
+        patience=1,
+        admil_width=64,
+        admil_epochs=100,
+        admil_patience=5,
+        device="cpu",
+        jobs=2,
+        models=("mil", "milsil"),  # the paper's comparison; BagNet and ADMIL: gpu preset
+    ),
+    # one H200, <= 7 min (estimated from FLOPs, untested: docs/benchmark.md)
+    "gpu": Preset(
+        scenarios=("default",),
+        noise=(0.0, 0.25, 0.5, 0.75),
+        patients=30,
+        images=10,
+        size=256,  # the paper's four quarters: 128 px instances
+        folds=5,
+        seeds=(0, 1, 2),
+        widths=(64, 16),
+        epochs=30,
+        patience=5,
+        admil_width=64,
+        admil_epochs=100,
+        admil_patience=10,
+        device="cuda",
+        jobs=12,
+    ),
+}
 
 
-def collect(results: dict[str, Any], admil: list[dict]) -> dict[str, Any]:
-    """Per model: per-fold classification metrics; per model and map: localization."""
-    out: dict[str, Any] = {}
-    for head, entry in results["methods"].items():
-        out[head] = {"folds": [{k: f[k] for k in CLASSIFICATION} for f in entry["folds"]]}
-        loc = results["localization"].get(head, {})
-        out[head]["maps"] = {
-            name: [{k: f.get(k) for k in LOCALIZATION} for f in per_fold]
-            for name, per_fold in loc.items()
-        }
-    if admil:
-        out["admil"] = {
-            "folds": [{k: r["metrics"].get(k) for k in CLASSIFICATION} for r in admil],
-            "maps": {
-                name: [{k: r["localization"][name].get(k) for k in LOCALIZATION} for r in admil]
-                for name in admil[0]["localization"]
-            },
-        }
-    return out
+def git_state() -> tuple[str, bool]:
+    """(commit, dirty) of the repository this script lives in."""
 
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
 
-def summarize(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Pool every (fold, seed) pair of a scenario: mean +- sample std per metric."""
-    summary: dict[str, Any] = {}
-    for seed_result in per_seed.values():
-        for model, entry in seed_result["models"].items():
-            s = summary.setdefault(model, {"classification": {}, "maps": {}})
-            for f in entry["folds"]:
-                for k in CLASSIFICATION:
-                    s["classification"].setdefault(k, []).append(f[k])
-            for name, per_fold in entry["maps"].items():
-                for f in per_fold:
-                    for k in LOCALIZATION:
-                        s["maps"].setdefault(name, {}).setdefault(k, []).append(f[k])
-    for s in summary.values():
-        s["classification"] = {k: sample_stats(v) for k, v in s["classification"].items()}
-        s["maps"] = {
-            name: {k: sample_stats(v) for k, v in vals.items()} for name, vals in s["maps"].items()
-        }
-    return summary
-
-
-def cell(stats: dict[str, Any], scale: float = 1.0, digits: int = 3) -> str:
-    if not stats or stats["n"] == 0:
-        return "n/a"
-    return f"{scale * stats['mean']:.{digits}f} ± {scale * stats['std']:.{digits}f}"
-
-
-def summary_tables(report: dict[str, Any]) -> list[str]:
-    """Two compact tables, scenario x model: MIL accuracy; nucleus AUROC of each map."""
-    scenarios = report["scenarios"]
-    models = [m for m in MODELS if any(m in sc["summary"] for sc in scenarios.values())]
-    lines = [
-        "| scenario | " + " | ".join(f"{MODELS[m]} MIL acc. (%)" for m in models) + " |",
-        "| --- |" + " --- |" * len(models),
-    ]
-    for name, sc in scenarios.items():
-        cells = [
-            cell(sc["summary"][m]["classification"]["mil_accuracy"], 100, 1)
-            if m in sc["summary"]
-            else "n/a"
-            for m in models
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    columns = [("milsil", "logit"), ("milsil", "cam"), ("milsil", "gradcam")]
-    columns += [("sil", "logit"), ("mil", "logit"), ("admil", "attention")]
-    lines += [
-        "",
-        "| scenario | " + " | ".join(f"{MODELS[m]} {MAP_NAMES[n]}" for m, n in columns) + " |",
-        "| --- |" + " --- |" * len(columns),
-    ]
-    for name, sc in scenarios.items():
-        cells = []
-        for m, n in columns:
-            maps = sc["summary"].get(m, {}).get("maps", {})
-            cells.append(cell(maps[n]["object_auroc"]) if n in maps else "n/a")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def markdown(report: dict[str, Any]) -> str:
-    lines = [
-        "# Scenario benchmark",
-        "",
-        f"Command: `{report['command']}`",
-        "",
-        f"Machine: {report['machine']}; {report['jobs']} tasks at once, torch threads "
-        f"{report['torch_threads']} each. "
-        f"Wall time {report['elapsed_seconds'] / 60:.1f} min "
-        f"({'complete' if report['complete'] else 'INCOMPLETE: see the n column'}).",
-        "",
-        "Cells: mean ± sample std (n − 1) over (fold, seed) pairs; n = pairs with a defined value.",
-        "",
-        "## Summary: held-out MIL accuracy; nucleus AUROC (malignant vs benign nuclei)",
-        "",
-        *summary_tables(report),
-    ]
-    for scenario, sc in report["scenarios"].items():
-        summary = sc["summary"]
-        lines += [
-            "",
-            f"## {scenario}",
-            "",
-            f"{sc['description']}. Seeds {', '.join(map(str, sc['seeds_done']))}, "
-            f"{report['settings']['folds']} folds; {sc['task_seconds'] / 60:.1f} min of task "
-            "time (tasks run in parallel).",
-            "",
-            "| model | MIL accuracy (%) | MIL AUROC | SIL accuracy (%) | n |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for model, s in summary.items():
-            c = s["classification"]
-            lines.append(
-                f"| {MODELS[model]} | {cell(c['mil_accuracy'], 100, 1)} | "
-                f"{cell(c['mil_auroc'])} | {cell(c['sil_accuracy'], 100, 1)} | "
-                f"{c['mil_accuracy']['n']} |"
-            )
-        lines += [
-            "",
-            "| model | map | pixel AUROC | pointing | Dice | nucleus AUROC | "
-            "within-image nucleus AUROC | nucleus pointing |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for model, s in summary.items():
-            for name, m in s["maps"].items():
-                lines.append(
-                    f"| {MODELS[model]} | {MAP_NAMES.get(name, name)} | "
-                    + " | ".join(cell(m[k]) for k in LOCALIZATION)
-                    + " |"
-                )
-    return "\n".join(lines) + "\n"
-
-
-def machine() -> str:
     try:
-        cpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        fields = dict(
-            (k.strip(), v.strip())
-            for k, v in (ln.split(":", 1) for ln in cpu.splitlines() if ":" in ln)
-        )
-        return f"{fields.get('CPU(s)', '?')} vCPU {fields.get('Model name', platform.processor())}"
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
     except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or platform.machine()
+        return "unknown (not a git checkout)", True
 
 
-def run_task(task: dict[str, Any]) -> dict[str, Any]:
-    """One (scenario, seed): synthesize, ablate, ADMIL; its result is cached in
-    ``OUT/<scenario>/seed<s>/result.json`` so a rerun skips it."""
+def machine(device: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        info = dict(
+            (k.strip(), v.strip())
+            for k, v in (x.split(":", 1) for x in text.splitlines() if ":" in x)
+        )
+        cpu = f"{info.get('CPU(s)', '?')} vCPU {info.get('Model name', cpu)}"
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    if device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            cpu += f", {torch.cuda.get_device_name(0)}"
+    return cpu
+
+
+def a_priori_mdd(p: Preset) -> float:
+    """Smallest accuracy difference (fraction) one (scenario, noise) comparison can detect,
+    before running: ``2.80 * sqrt(q / N)`` with N = patients x images x seeds paired image
+    evaluations and q = :data:`ASSUMED_DISCORDANCE` the share of images the two models
+    classify differently (the standard error of a paired difference of proportions,
+    ignoring patient clustering, so the true MDD is larger; the report gives the measured
+    one from the bootstrap)."""
+    n = p.patients * p.images * len(p.seeds)
+    return MDD_FACTOR * math.sqrt(ASSUMED_DISCORDANCE / n)
+
+
+def dataset_dir(out: Path, scenario: str, noise: float, seed: int) -> Path:
+    return out / "data" / f"{scenario}_noise{noise:g}_seed{seed}"
+
+
+def make_tasks(p: Preset, out: Path) -> list[dict[str, Any]]:
+    tasks = []
+    for seed in p.seeds:  # seed-major: a partial run covers every noise level
+        for scenario in p.scenarios:
+            for noise in p.noise:
+                for fold in range(p.folds):
+                    for model in p.models:
+                        for width in (p.admil_width,) if model == "admil" else p.widths:
+                            key = (
+                                f"{scenario}_noise{noise:g}_seed{seed}_fold{fold}_{model}_w{width}"
+                            )
+                            tasks.append(
+                                {
+                                    "key": key,
+                                    "scenario": scenario,
+                                    "noise": noise,
+                                    "seed": seed,
+                                    "fold": fold,
+                                    "model": model,
+                                    "width": width,
+                                    "data": str(dataset_dir(out, scenario, noise, seed)),
+                                    "out": str(out),
+                                    "preset": asdict(p),
+                                }
+                            )
+    return tasks
+
+
+def train_config(task: dict[str, Any]):
+    """The TrainConfig of one training (see the module docstring)."""
+    from milsil.engine.config import TrainConfig
+
+    p = task["preset"]
+    common = dict(seed=task["seed"], device=p["device"], augment=True, width=task["width"])
+    if task["model"] == "admil":  # Ilse et al.'s histology training
+        return TrainConfig(
+            arch="admil",
+            head="mil",
+            recipe="paper",
+            pretrained="none",
+            patch_size=27,
+            batch_size=1,
+            lr=1e-4,
+            lr_decay=1.0,
+            weight_decay=5e-4,
+            epochs=p["admil_epochs"],
+            patience=p["admil_patience"],
+            **common,
+        )
+    return TrainConfig(
+        arch="bagnet9",
+        head=task["model"],
+        patch_size=p["size"] // 2,
+        batch_size=8,
+        lr=p["lr"],
+        lr_decay=p["lr_decay"],
+        epochs=p["epochs"],
+        patience=p["patience"],
+        **common,
+    )
+
+
+def run_training(task: dict[str, Any]) -> dict[str, Any]:
+    """One (scenario, noise, seed, fold, model): train with early stopping, then every
+    held-out image's prediction and every held-out nucleus's map score."""
+    import numpy as np
     import torch
 
-    torch.set_num_threads(task["threads"])
-    args = argparse.Namespace(**task["args"])
-    scenario, seed = task["scenario"], task["seed"]
-    root = Path(args.out) / scenario / f"seed{seed}"
-    cached = root / "result.json"
+    from milsil.atomic import write_json_atomic
+    from milsil.data import load_dataset, load_rgb, patient_kfold, patient_split
+    from milsil.data.instances import load_instances, read_instance_index
+    from milsil.engine.loop import train_model
+    from milsil.engine.validation import predict
+    from milsil.experiments.localization import image_maps
+    from milsil.experiments.nuclei import score_nuclei
+    from milsil.models import load_checkpoint, target_class_index
+
+    cached = Path(task["out"]) / "results" / f"{task['key']}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
+    torch.set_num_threads(task.get("threads", 1))
     t0 = time.monotonic()
-
-    def log(msg: str) -> None:
-        print(f"[{scenario} seed {seed} {time.monotonic() - t0:6.0f}s] {msg}", flush=True)
-
-    manifest = synthesize_dataset(
-        root / "data",
-        patients=args.patients,
-        images_per_patient=args.images_per_patient,
-        size=args.size,
-        seed=seed,
-        scenario=scenario,
-    )
-    description = json.loads((root / "data" / "synth.json").read_text())["description"]
-    records, class_names = load_dataset(manifest)
+    manifest = Path(task["data"]) / "manifest.csv"
+    records, names = load_dataset(manifest)
+    train, test = patient_kfold(records, k=task["preset"]["folds"], seed=task["seed"])[task["fold"]]
+    fit, val = patient_split(train, 0.2, task["seed"])
+    config = train_config(task)
+    run_dir = Path(task["out"]) / "runs" / task["key"]
+    result = train_model(config, fit, val, names, run_dir)
+    device = torch.device("cuda" if config.device.startswith("cuda") else "cpu")
+    model = load_checkpoint(result.best_checkpoint).to(device)
+    probs = predict(model, test, config.patch_size, device, config.batch_size)
+    target = target_class_index(names)
     instances = read_instance_index(manifest)
-    config = TrainConfig(
-        arch="bagnet9",
-        width=args.width,
-        epochs=args.epochs,
-        lr=args.lr,
-        lr_decay=args.lr_decay,
-        patch_size=args.size // 2,
-        seed=seed,
-        device="cpu",
-    )
-    log(f"{len(records)} images, {args.folds} folds, patch {config.patch_size}")
-    results = ablation(
-        records,
-        class_names,
-        folds=args.folds,
-        config=config,
-        out_dir=root / "runs",
-        instances=instances,
-        log=log,
-    )
-    admil = []
-    if not args.no_admil:
-        admil = run_admil(records, class_names, args.folds, config, root / "runs", instances, log)
-    result = {
-        "scenario": scenario,
-        "seed": seed,
-        "description": description,
-        "models": collect(results, admil),
-        "seconds": time.monotonic() - t0,
+    map_name = "attention" if task["model"] == "admil" else "logit"
+    inner = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
+    images, nuclei = [], []
+    for r, p_row in zip(test, probs["mil_probs"], strict=True):
+        stem = Path(r.path).stem
+        images.append(
+            {
+                "image": stem,
+                "patient": r.patient,
+                "label": int(r.label == target),
+                "prob": round(float(p_row[target]), 5),
+                "pred": int(np.argmax(p_row) == target),
+            }
+        )
+        labels, table = load_instances(instances[str(Path(r.path).resolve())])
+        heat = image_maps(model, load_rgb(r.path), target, [map_name])[map_name]
+        scores, is_target = score_nuclei(heat[inner], labels[inner], table, names[target])
+        nuclei.append(
+            {
+                "image": stem,
+                "patient": r.patient,
+                "scores": [float(f"{s:.5g}") for s in scores],
+                "malignant": [int(t) for t in is_target],
+            }
+        )
+    row = {
+        "kind": "training",
+        **{k: task[k] for k in ("scenario", "noise", "seed", "fold", "model", "width")},
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "train_bags": len(fit),
+        "val_bags": len(val),
+        "seconds": round(time.monotonic() - t0, 1),
+        "images": images,
+        "nuclei": nuclei,
     }
-    cached.write_text(json.dumps(result))
-    log(f"done in {result['seconds']:.0f}s")
-    return result
+    write_json_atomic(cached, row, indent=None)
+    shutil.rmtree(run_dir)  # the checkpoints: 110 MB a width-64 BagNet, the result is kept
+    return row
+
+
+def make_dataset(d: dict[str, Any]) -> None:
+    """Synthesize one (scenario, noise, seed) dataset unless it is there already."""
+    from milsil.data.synth import synthesize_dataset
+
+    root, p = Path(d["root"]), d["preset"]
+    if (root / "manifest.csv").is_file():
+        return
+    t0 = time.monotonic()
+    synthesize_dataset(
+        root,
+        patients=p["patients"],
+        images_per_patient=p["images"],
+        size=p["size"],
+        seed=d["seed"],
+        scenario=d["scenario"],
+        sil_noise=d["noise"],
+    )
+    print(f"dataset {root.name}: {time.monotonic() - t0:.0f}s", flush=True)
+
+
+def write_raw(path: Path, run: dict, rows: list[dict], end: dict | None) -> None:
+    from milsil.atomic import atomic_write_bytes
+
+    order = ("scenario", "noise", "seed", "fold", "model", "width")
+    lines = [run, *sorted(rows, key=lambda r: tuple(r[k] for k in order))]
+    if end is not None:
+        lines.append(end)
+    atomic_write_bytes(path, "".join(json.dumps(x) + "\n" for x in lines).encode())
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", required=True, choices=list(PRESETS))
+    ap.add_argument("--out", default=None, help="output folder (default bench_out/noise_PRESET)")
+    ap.add_argument("--jobs", type=int, default=None, help="trainings side by side")
+    ap.add_argument("--allow-dirty", action="store_true", help="run on uncommitted changes")
+    ap.add_argument(
+        "--only", default=None, help="run only trainings whose key contains this (timing)"
+    )
+    return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     import multiprocessing as mp
 
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="bench_out/scenarios")
-    ap.add_argument("--scenarios", default="default,sparse,mimic,mixed")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--patients", type=int, default=8)
-    ap.add_argument("--images-per-patient", type=int, default=6)
-    ap.add_argument("--size", type=int, default=96, help="image side; bags of 4 size/2 patches")
-    ap.add_argument("--width", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--lr-decay", type=float, default=0.8)
-    ap.add_argument("--no-admil", action="store_true")
-    ap.add_argument(
-        "--jobs", type=int, default=2, help="(scenario, seed) tasks run at once, 1 thread each"
-    )
-    ap.add_argument(
-        "--report-only", action="store_true", help="rewrite OUT/benchmark.md from its JSON"
-    )
-    args = ap.parse_args(argv)
-
-    out = Path(args.out)
-    if args.report_only:
-        report = json.loads((out / "benchmark.json").read_text())
-        (out / "benchmark.md").write_text(markdown(report))
-        print(markdown(report))
-        return 0
-    out.mkdir(parents=True, exist_ok=True)
-    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // max(1, args.jobs))
-    settings = {k: v for k, v in vars(args).items() if k not in ("jobs", "report_only")}
-    report: dict[str, Any] = {
-        "command": "python bench/scenario_bench.py "
-        + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine(),
-        "jobs": args.jobs,
-        "torch_threads": threads,
-        "settings": settings,
-        "scenarios": {},
-        "complete": False,
+    args = parse(argv)
+    preset = PRESETS[args.preset]
+    if args.jobs is not None:
+        if args.jobs < 1:
+            print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+            return 2
+        preset = replace(preset, jobs=args.jobs)
+    commit, dirty = git_state()
+    if dirty and not args.allow_dirty:
+        print(
+            f"error: the tree at {REPO} has uncommitted changes, so commit {commit[:12]} would "
+            "not say what ran; commit them, or pass --allow-dirty (recorded in the results)",
+            file=sys.stderr,
+        )
+        return 2
+    out = Path(args.out or f"bench_out/noise_{args.preset}")
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    command = "python bench/scenario_bench.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    run = {
+        "kind": "run",
+        "command": command,
+        "commit": commit,
+        "dirty": dirty,
+        "machine": machine(preset.device),
+        "preset": args.preset,
+        "settings": asdict(preset),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
-    timing_path = out / "timing.json"
-    previous = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
-    start = time.monotonic() - float(previous.get("elapsed_seconds", 0.0))
-    tasks = [
-        {"scenario": sc, "seed": seed, "args": settings, "threads": threads}
-        for seed in seeds  # seed-major: a partial run covers every scenario
-        for sc in scenarios
+    mdd = a_priori_mdd(preset)
+    print(
+        f"{args.preset}: {len(preset.noise)} noise level(s) x {preset.folds} folds x "
+        f"{len(preset.seeds)} seeds; {preset.patients} patients x {preset.images} images per "
+        f"dataset. Smallest detectable MIL-accuracy difference per noise level, a priori: "
+        f"{100 * mdd:.1f} points (2.80 * sqrt(q / N), N = {preset.patients * preset.images * len(preset.seeds)} "
+        f"paired images, q = {ASSUMED_DISCORDANCE} assumed discordance; ignores patient "
+        "clustering, so a lower bound; the report gives the measured one)",
+        flush=True,
+    )
+    timing = out / "timing.json"
+    before = json.loads(timing.read_text())["wall_seconds"] if timing.is_file() else 0.0
+    start = time.monotonic()
+    tasks = make_tasks(preset, out)
+    if args.only:
+        tasks = [t for t in tasks if args.only in t["key"]]
+    datasets = [
+        {
+            "root": str(dataset_dir(out, sc, noise, seed)),
+            "scenario": sc,
+            "noise": noise,
+            "seed": seed,
+        }
+        for sc, noise, seed in dict.fromkeys((t["scenario"], t["noise"], t["seed"]) for t in tasks)
     ]
-    done: dict[str, dict[str, Any]] = {}
+    datasets = [d | {"preset": asdict(preset)} for d in datasets]
+    if preset.jobs > 1:  # 12 datasets of 300 images of 256 px: minutes on one core
+        with mp.get_context("spawn").Pool(min(preset.jobs, len(datasets) or 1)) as pool:
+            pool.map(make_dataset, datasets)
+    else:
+        for d in datasets:
+            make_dataset(d)
+    threads = max(1, (os.cpu_count() or 1) // preset.jobs)
+    for t in tasks:
+        t["threads"] = threads
+    rows: list[dict[str, Any]] = []
+    raw = out / "raw.jsonl"
 
-    def record(result: dict[str, Any]) -> None:
-        done.setdefault(result["scenario"], {})[str(result["seed"])] = result
-        report["scenarios"] = {}  # in the order asked for, whatever finished first
-        for sc in scenarios:
-            per_seed = done.get(sc, {})
-            if not per_seed:
-                continue
-            report["scenarios"][sc] = {
-                "description": next(iter(per_seed.values()))["description"],
-                "seeds_done": sorted(int(s) for s in per_seed),
-                "task_seconds": sum(r["seconds"] for r in per_seed.values()),
-                "per_seed": per_seed,
-                "summary": summarize(per_seed),
-            }
-        report["elapsed_seconds"] = time.monotonic() - start
-        report["complete"] = all(len(done.get(sc, {})) == len(seeds) for sc in scenarios)
-        timing_path.write_text(json.dumps({"elapsed_seconds": report["elapsed_seconds"]}))
-        (out / "benchmark.json").write_text(json.dumps(report, indent=1))
-        (out / "benchmark.md").write_text(markdown(report))
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(
+            f"[{len(rows)}/{len(tasks)} {time.monotonic() - start:6.0f}s] {row['scenario']} "
+            f"noise {row['noise']:g} seed {row['seed']} fold {row['fold']} {row['model']} "
+            f"w{row['width']}: {row['epochs_run']} epochs (best {row['best_epoch']}), "
+            f"{row['seconds']:.0f}s",
+            flush=True,
+        )
+        wall = before + time.monotonic() - start
+        timing.write_text(json.dumps({"wall_seconds": wall}))
+        write_raw(raw, run, rows, None)
 
-    if args.jobs > 1:
-        with mp.get_context("spawn").Pool(args.jobs, maxtasksperchild=1) as pool:
-            for result in pool.imap_unordered(run_task, tasks):
-                record(result)
+    if preset.jobs > 1:
+        with mp.get_context("spawn").Pool(preset.jobs, maxtasksperchild=20) as pool:
+            for row in pool.imap_unordered(run_training, tasks):
+                record(row)
     else:
         for task in tasks:
-            record(run_task(task))
-    print(markdown(report))
+            record(run_training(task))
+    wall = before + time.monotonic() - start
+    write_raw(raw, run, rows, {"kind": "end", "wall_seconds": round(wall, 1)})
+    print(markdown(run, rows, {"wall_seconds": wall}), end="")
+    print(f"raw results: {raw} (python bench/scenario_report.py {raw})")
     return 0
 
 

@@ -36,32 +36,13 @@ def settings = [
 ]
 // ======================================================================
 
-// ---- lib/ (beside this script, or milsilHome) loads the library and runs the work below ----
-def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
-            binding.getVariables().get('qupath.script.file')?.with { f -> new File(f.toString()).getAbsoluteFile().getParent() },
-            new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
-    h && new File(h.toString(), 'lib/MilsilBootstrap.groovy').isFile()
-}
-if (home == null) {
-    println('milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings')
-    return
-}
-new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toString(), 'lib/MilsilBootstrap.groovy'))
-    .run(this, home, settings, [image: false]) { milsil ->
-
-    // ---- the work ----
-    def s = milsil.settings
-    def Q = milsil.QuPath
-    def S = milsil.Settings
+// ---- the work, which lib/MilsilBootstrap.groovy runs (the last lines) ----
+def work = { milsil ->
+    def (s, Q) = [milsil.settings, milsil.QuPath]   // the effective settings, the library's QuPath helpers
     def imageData = milsil.imageData
     def project = getProject()
     if (imageData == null && project == null) {
         println('milsil: NO_IMAGE: open a project or an image first')
-        return
-    }
-    int batchSize = ((Number) Q.batch(binding, 'qupath.script.batchSize', 1)).intValue()
-    if (batchSize > 1 && !S.flag('qupath.script.batchLast', Q.batch(binding, 'qupath.script.batchLast', true))) {
-        println('milsil: ' + milsil.name + ': the project is collected once, on the last image of the batch')
         return
     }
     def client = milsil.connect()
@@ -79,3 +60,10 @@ new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toSt
         dataset.bag_count + ' bags, ' + dataset.tile_count + ' patches, ' + dataset.patient_count +
         ' images; classes ' + dataset.class_names.join(', ') + ')')
 }
+
+// ---- find lib/ (milsilHome, -Dmilsil.home, MILSIL_HOME, this script's folder, ~/milsil/qupath_scripts); run the work ----
+def boot = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+    (binding.variables['qupath.script.file'] as File)?.absoluteFile?.parent, System.getProperty('user.home') + '/milsil/qupath_scripts']
+    .findAll().collect { new File("$it/lib/MilsilBootstrap.groovy") }.find { it.isFile() }
+if (!boot) return println('milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings')
+new GroovyClassLoader(getClass().classLoader).parseClass(boot).run(this, boot.parentFile.parent, settings, [oncePerProject: true], work)

@@ -48,25 +48,10 @@ def settings = [
 ]
 // ======================================================================
 
-// ---- lib/ (beside this script, or milsilHome) loads the library and runs the work below ----
-def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
-            binding.getVariables().get('qupath.script.file')?.with { f -> new File(f.toString()).getAbsoluteFile().getParent() },
-            new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
-    h && new File(h.toString(), 'lib/MilsilBootstrap.groovy').isFile()
-}
-if (home == null) {
-    println('milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings')
-    return
-}
-new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toString(), 'lib/MilsilBootstrap.groovy'))
-    .run(this, home, settings, [image: true]) { milsil ->
-
-    // ---- the work: everything is computed first, the image is changed only at the end ----
-    def s = milsil.settings
-    def Q = milsil.QuPath
-    def S = milsil.Settings
-    def imageData = milsil.imageData
-    def server = imageData.getServer()
+// ---- the work (lib/MilsilBootstrap.groovy runs it: the last lines): everything is computed first, the image changed at the end ----
+def work = { milsil ->
+    def (s, Q, S) = [milsil.settings, milsil.QuPath, milsil.Settings]   // the effective settings, two library classes
+    def server = milsil.imageData.getServer()
     def name = milsil.name
     // The selection, or (for "Run for project", where nothing is selected) every annotation
     // of `annotationClass`.
@@ -105,7 +90,7 @@ new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toSt
         results.add([parent: parent, objects: r.objects, tiles: tiles, className: r.response.class_name])
     }
     // ---- all calls succeeded: now change the image ----
-    def hierarchy = imageData.getHierarchy()
+    def hierarchy = milsil.imageData.getHierarchy()
     int added = 0
     for (def r : results) {
         for (def o : (r.objects + r.tiles)) {
@@ -118,3 +103,10 @@ new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toSt
     }
     fireHierarchyUpdate()
 }
+
+// ---- find lib/ (milsilHome, -Dmilsil.home, MILSIL_HOME, this script's folder, ~/milsil/qupath_scripts); run the work ----
+def boot = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+    (binding.variables['qupath.script.file'] as File)?.absoluteFile?.parent, System.getProperty('user.home') + '/milsil/qupath_scripts']
+    .findAll().collect { new File("$it/lib/MilsilBootstrap.groovy") }.find { it.isFile() }
+if (!boot) return println('milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings')
+new GroovyClassLoader(getClass().classLoader).parseClass(boot).run(this, boot.parentFile.parent, settings, [image: true], work)

@@ -43,25 +43,10 @@ def settings = [
 ]
 // ======================================================================
 
-// ---- lib/ (beside this script, or milsilHome) loads the library and runs the work below ----
-def home = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
-            binding.getVariables().get('qupath.script.file')?.with { f -> new File(f.toString()).getAbsoluteFile().getParent() },
-            new File(System.getProperty('user.home'), 'milsil/qupath_scripts').getPath()].find { h ->
-    h && new File(h.toString(), 'lib/MilsilBootstrap.groovy').isFile()
-}
-if (home == null) {
-    println('milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings')
-    return
-}
-new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toString(), 'lib/MilsilBootstrap.groovy'))
-    .run(this, home, settings, [image: true]) { milsil ->
-
-    // ---- the work: everything is computed first, the image is changed only at the end ----
-    def s = milsil.settings
-    def Q = milsil.QuPath
-    def S = milsil.Settings
-    def imageData = milsil.imageData
-    def server = imageData.getServer()
+// ---- the work (lib/MilsilBootstrap.groovy runs it: the last lines): everything is computed first, the image changed at the end ----
+def work = { milsil ->
+    def (s, Q, S) = [milsil.settings, milsil.QuPath, milsil.Settings]   // the effective settings, two library classes
+    def server = milsil.imageData.getServer()
     def name = milsil.name
     def cores = getTMACoreList().findAll { c -> !c.isMissing() }
     boolean first = ((Number) Q.batch(binding, 'qupath.script.batchIndex', 0)).intValue() == 0
@@ -105,7 +90,7 @@ new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toSt
                      patches: tiles.size(), outlines: outlines])
     }
     // ---- all calls succeeded: now change the image, then the CSV ----
-    def hierarchy = imageData.getHierarchy()
+    def hierarchy = milsil.imageData.getHierarchy()
     for (def r : results) {
         if (S.flag(s, 'setClass')) {
             r.core.setPathClass(PathClass.fromString(r.predicted))
@@ -144,3 +129,10 @@ new GroovyClassLoader(getClass().getClassLoader()).parseClass(new File(home.toSt
         (skipped.isEmpty() ? '' : '; ' + skipped.size() + ' too small for one ' + patch + ' px patch: ' + skipped.join(', ')) +
         '; summary in ' + csv.getPath())
 }
+
+// ---- find lib/ (milsilHome, -Dmilsil.home, MILSIL_HOME, this script's folder, ~/milsil/qupath_scripts); run the work ----
+def boot = [settings.milsilHome, System.getProperty('milsil.home'), System.getenv('MILSIL_HOME'),
+    (binding.variables['qupath.script.file'] as File)?.absoluteFile?.parent, System.getProperty('user.home') + '/milsil/qupath_scripts']
+    .findAll().collect { new File("$it/lib/MilsilBootstrap.groovy") }.find { it.isFile() }
+if (!boot) return println('milsil: SETUP: cannot find lib/MilsilBootstrap.groovy; set milsilHome in the settings')
+new GroovyClassLoader(getClass().classLoader).parseClass(boot).run(this, boot.parentFile.parent, settings, [image: true], work)

@@ -136,7 +136,7 @@ class DatasetWriter:
         if not path.exists():
             buf = io.BytesIO()
             np.savez(buf, tiles=tiles)
-            atomic_write_bytes(path, buf.getvalue())
+            atomic_write_bytes(path, buf.getvalue(), private=True)
             self.size_bytes += path.stat().st_size
         self.bags.append(
             {
@@ -386,7 +386,7 @@ class Store:
             if move:
                 os.replace(checkpoint, dest)
             else:
-                atomic_copy(Path(checkpoint), dest)
+                atomic_copy(Path(checkpoint), dest, private=True)
             row = {
                 "id": ident,
                 "display_name": display_name,

@@ -1,6 +1,8 @@
-"""Shared fixtures: small models with non-trivial BatchNorm statistics."""
+"""Shared fixtures: small models with non-trivial BatchNorm statistics; the umask."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -41,3 +43,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+# What a plain open() gives a new file under each umask the mode tests use.
+OPEN_MODE = {0o022: 0o644, 0o077: 0o600}
+
+
+@pytest.fixture(params=sorted(OPEN_MODE), ids=lambda m: f"umask{m:03o}")
+def umask(request):
+    """Run the test under umask 022 and again under 077 (the process's umask, restored)."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)

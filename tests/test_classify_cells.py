@@ -14,6 +14,7 @@ call, and half-way through) that change nothing.
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -107,14 +108,14 @@ def _expected(heat, objects: list[dict], cell_roi: bool) -> dict:
     return {o["name"]: row for o, row in zip(objects, rows, strict=True)}
 
 
-def _spread_model(rgb: np.ndarray, objects: list[dict]):
+def _spread_model(rgb: np.ndarray, objects: list[dict], scale: float = 2000):
     """The tiny test model with its classifier scaled up and centred on these cells, so that
     their p(malignant) spread over (0, 1) instead of all lying within 1e-3 of 0.47 (the
     untrained model): a threshold then splits them with a clear margin. Returns the model
     and its stride-1 heatmap of `rgb` (logits are linear in the bias: shifted, not redone)."""
     model = tiny_model(width=4)
     with torch.no_grad():
-        model.fc.weight.mul_(2000)
+        model.fc.weight.mul_(scale)
         model.fc.bias.zero_()
     heat = logit_heatmap(model, rgb, stride=1)
     means = measure_objects(heat, [_geometry(o.get("nucleus") or o["coords"]) for o in objects])
@@ -153,6 +154,9 @@ def world(tmp_path_factory):
     midway = _objects(rng, 128, 128, keep=lambda c, r: (c, r) in first or (c >= 4 and r >= 4))
     midway = midway[:15]
     model, heat = _spread_model(rgb, objects)
+    # For the downsample runs: spread 10 times less, so that one grey level of rounding (a
+    # slide's level 2 is a mean of level 1's rounded means) moves p by less than 1e-2.
+    gentle, _ = _spread_model(rgb, objects, scale=200)
     nuclei = _expected(heat, objects, cell_roi=False)
     whole = _expected(heat, objects, cell_roi=True)
     p = np.sort([m["milsil p(malignant)"] for m in nuclei.values()])
@@ -163,6 +167,7 @@ def world(tmp_path_factory):
     assert p[k + 1] - p[k] > 1e-3
     with running_server(base / "server", token=TOKEN, slide_roots=(slides,)) as server:
         _register(server, model)
+        _register(server, gentle, "gentle")
         with running_server(
             base / "strict", token=TOKEN, limits=Limits(max_objects=MIDWAY_LIMIT)
         ) as strict:
@@ -170,6 +175,7 @@ def world(tmp_path_factory):
             yield {
                 "base": base,
                 "stubs": stubs,
+                "gentle": gentle,
                 "images": img,
                 "slides": slides,
                 "server": server,
@@ -283,6 +289,21 @@ def _spec(world, out) -> dict:
         # At downsample 2: small regions (80 level-0 pixels) and one region.
         run("ds2_regions", dict(good, **{"milsil.downsample": "2", "milsil.regionSize": "40"})),
         run("ds2_one", dict(good, **{"milsil.downsample": "2", "milsil.regionSize": "1000"})),
+        # Downsamples 1 to 4 with the gentler model (test_one_resampling_rule_across_every_path).
+        *(
+            run(
+                f"gentle_ds{ds}",
+                dict(
+                    good,
+                    **{
+                        "milsil.model": "gentle",
+                        "milsil.downsample": str(ds),
+                        "milsil.regionSize": "1000",
+                    },
+                ),
+            )
+            for ds in (1, 2, 3, 4)
+        ),
     ]
     for r in runs:  # midway.png's regions are smaller (3 and 12 cells)
         if r.pop("regionSize", None):
@@ -523,3 +544,84 @@ def test_at_a_downsample_the_regions_do_not_change_the_numbers(ran, world):
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), (o["name"], key)
         assert a != world["nuclei"][o["name"]]  # not the downsample-1 numbers
+
+
+def _cli_p(world, path, downsample: int, tmp) -> dict:
+    """name -> p(malignant) from `milsil measure-objects` on ``path`` at ``downsample``."""
+    from milsil.cli import main
+
+    ckpt = tmp / "model.pt"
+    if not ckpt.exists():
+        save_checkpoint(world["gentle"], ckpt, provenance={"config": {"patch_size": 32}})
+    features = [
+        {
+            "type": "Feature",
+            "id": f"00000000-0000-4000-8000-{k:012d}",
+            "geometry": _geometry(o.get("nucleus") or o["coords"]),
+            "properties": {"objectType": "detection", "name": o["name"]},
+        }
+        for k, o in enumerate(world["objects"])
+    ]
+    (tmp / "in.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    out = tmp / f"{path.stem}-{downsample}.geojson"
+    argv = ["measure-objects", str(path), "--model", str(ckpt), "--device", "cpu"]
+    argv += ["--objects", str(tmp / "in.geojson"), "-o", str(out), "--downsample", str(downsample)]
+    assert main(argv) == 0
+    return {
+        f["properties"]["name"]: f["properties"]["measurements"]["milsil p(malignant)"]
+        for f in json.loads(out.read_text())["features"]
+    }
+
+
+def test_one_resampling_rule_across_every_path(ran, world, tmp_path):
+    """The same cells at downsamples 1 to 4 through the image-file CLI, the pyramidal-TIFF
+    CLI (levels 1 and 2 only: 3 is shrunk from level 2's pixels by 1.5), the server reading
+    the slide (MeasureObjects with slide_path) and the Groovy client streaming pixels (the
+    stand-in server shrinks regions as QuPath's image-file server does; the client averages
+    what it reads): p(malignant) within 1e-2, and no cell on the other side of 0.5 unless it
+    lies within 1e-2 of it. The model is the 10 times gentler one: a slide's level 2 holds
+    means of level 1's rounded means, one grey level from the 4 x 4 means of an image file,
+    which the steep model would turn into a few 1e-2 of p."""
+    from milsil.client import MilsilClient
+
+    runs = {ds: f"gentle_ds{ds}" for ds in (1, 2, 3, 4)}
+    client = MilsilClient(f"127.0.0.1:{world['server'].port}", token=TOKEN, timeout=120)
+    names = [o["name"] for o in world["objects"]]
+    rings = [
+        (n, _geometry(o.get("nucleus") or o["coords"]))
+        for n, o in zip(names, world["objects"], strict=True)
+    ]
+    worst = {}
+    try:
+        for ds, run_id in runs.items():
+            groovy = _objects_of(ran["states"][run_id], "cells.png")
+            server = client.measure_objects(
+                "models/gentle",
+                rings,
+                slide_path="cells.tif",
+                downsample=float(ds),
+                region=(0, 0, WIDTH // ds * ds, HEIGHT // ds * ds),
+            )
+            paths = {
+                "image CLI": _cli_p(world, world["images"] / "cells.png", ds, tmp_path),
+                "TIFF CLI": _cli_p(world, world["slides"] / "cells.tif", ds, tmp_path),
+                "server slide": dict(
+                    zip(server.ids, server.probabilities[:, 1].tolist(), strict=True)
+                ),
+                "Groovy": {n: groovy[n]["measurements"]["milsil p(malignant)"] for n in names},
+            }
+            reference = paths["image CLI"]
+            for label, got in paths.items():
+                diffs = [abs(got[n] - reference[n]) for n in names]
+                worst[(ds, label)] = max(diffs)
+                crossed = [
+                    n
+                    for n in names
+                    if (got[n] > 0.5) != (reference[n] > 0.5)
+                    and min(abs(got[n] - 0.5), abs(reference[n] - 0.5)) > 1e-2
+                ]
+                assert not crossed, (ds, label, crossed)
+    finally:
+        client.close()
+    print({f"ds{d} {label}": round(v, 5) for (d, label), v in worst.items()})
+    assert all(v <= 1e-2 for v in worst.values()), worst

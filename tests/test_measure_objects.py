@@ -5,10 +5,12 @@ centroid's pixel for objects holding none."""
 from __future__ import annotations
 
 import json
+import stat
 
 import numpy as np
 import pytest
 import shapely
+from conftest import OPEN_MODE
 from object_support import expected
 from object_support import image as _image
 from object_support import shapes as _shapes
@@ -79,6 +81,17 @@ def test_png_objects_match_the_semantics(tmp_path, checkpoint, capsys):
     assert "6 objects (5 holding pixel centres, 1 measured at their centroid)" in (
         capsys.readouterr().out
     )
+
+
+def test_the_output_takes_the_mode_open_gives(tmp_path, checkpoint, umask):
+    """0644 under umask 022 (a colleague, or QuPath run by another user, reads it)."""
+    _, ckpt = checkpoint
+    Image.fromarray(_image()).save(tmp_path / "image.png")
+    (tmp_path / "in.geojson").write_text(json.dumps(_features(_shapes()[:1])))
+    argv = ["measure-objects", str(tmp_path / "image.png"), "--model", str(ckpt)]
+    argv += ["--objects", str(tmp_path / "in.geojson"), "-o", str(tmp_path / "out.geojson")]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert stat.S_IMODE((tmp_path / "out.geojson").stat().st_mode) == OPEN_MODE[umask]
 
 
 def test_slide_objects_at_a_downsample(tmp_path, checkpoint):

@@ -12,7 +12,7 @@ from milsil.data import load_dataset, load_rgb
 from milsil.data.instances import load_instances, read_instance_index
 from milsil.data.synth import synthesize_dataset
 from milsil.experiments.ablation import format_nucleus_table, summarize
-from milsil.experiments.localization import attention_map, image_maps, localization
+from milsil.experiments.localization import attention_map, localization
 from milsil.experiments.nuclei import score_nuclei, summarize_nuclei
 from milsil.models import create_model, save_checkpoint
 
@@ -27,33 +27,62 @@ def mixed_small(tmp_path_factory):
     return manifest, records, classes
 
 
+def hand_count(records, instances, border=4, min_pixels=4):
+    """(nuclei, malignant nuclei) with at least ``min_pixels`` pixels inside the border,
+    counted with np.bincount on the label images (not with the code under test)."""
+    nuclei = malignant = 0
+    for r in records:
+        labels, table = load_instances(instances[r.path])
+        counts = np.bincount(labels[border:-border, border:-border].ravel())
+        for n in table:
+            big = n["id"] < len(counts) and counts[n["id"]] >= min_pixels
+            nuclei += big
+            malignant += big and n["class"] == "malignant"
+    return nuclei, malignant
+
+
 def test_localization_scores_every_nucleus(mixed_small):
     manifest, records, classes = mixed_small
     instances = read_instance_index(manifest)
     torch.manual_seed(0)
     model = create_model("bagnet9", 2, width=4, class_names=classes)
-    loc = localization(model, records, classes, instances=instances)
-    without = localization(model, records, classes)
+    loc = localization(model, records, classes, instances=instances, border=4)
+    without = localization(model, records, classes, border=4)
+    nuclei, malignant = hand_count(records, instances)
+    assert nuclei > malignant > 0
     assert set(loc) == {"logit", "cam", "gradcam"}
     for name, v in loc.items():
         assert v["object_images"] == len(records)  # benign images count too
-        assert v["nuclei"] > v["target_nuclei"] > 0
-        assert 0.0 <= v["object_auroc"] <= 1.0 and 0.0 <= v["object_pointing"] <= 1.0
+        assert (v["nuclei"], v["target_nuclei"]) == (nuclei, malignant)
         # the pixel-level numbers are the same with or without instances
         assert v["pixel_auroc"] == pytest.approx(without[name]["pixel_auroc"])
         assert "object_auroc" not in without[name]
 
-    # the pooled AUROC is that of the per-image scores, recomputed here
-    border = 4
-    inner = (slice(border, -border), slice(border, -border))
-    per_image = []
-    for r in records:
-        labels, table = load_instances(instances[r.path])
-        heat = image_maps(model, load_rgb(r.path), 1, ["logit"])["logit"]
-        per_image.append(score_nuclei(heat[inner], labels[inner], table, "malignant"))
-    expected = summarize_nuclei(per_image)
-    assert loc["logit"]["object_auroc"] == pytest.approx(expected["object_auroc"])
-    assert loc["logit"]["nuclei"] == expected["nuclei"]
+
+def test_nucleus_auroc_of_a_hand_built_case():
+    """Two label images drawn by hand. Image 1: malignant nuclei scored 3 and 1, benign
+    2 and 0, and a 2-pixel malignant speck (under min_pixels: left out); image 2: one
+    benign nucleus scored 2.5. Pooled: of the 2 x 3 (malignant, benign) pairs, 3 beats
+    2, 0, 2.5 and 1 beats 0: AUROC 4/6. Within image 1: 3 of 4 pairs, 0.75. Pointing:
+    image 1's top nucleus (3) is malignant: 1.0 (image 2 has no malignant nucleus)."""
+    labels = np.zeros((8, 8), dtype=np.int32)
+    heat = np.zeros((8, 8))
+    for nid, (y, x), value in ((1, (0, 0), 3), (2, (0, 4), 2), (3, (4, 0), 1), (4, (4, 4), 0)):
+        labels[y : y + 2, x : x + 2] = nid
+        heat[y : y + 2, x : x + 2] = value
+    labels[7, 6:8], heat[7, 6:8] = 5, 9.0
+    classes = {1: "malignant", 2: "benign", 3: "malignant", 4: "benign", 5: "malignant"}
+    table = [{"id": i, "class": c} for i, c in classes.items()]
+    second = np.zeros((4, 4), dtype=np.int32)
+    second[1:3, 1:3] = 1
+    one = score_nuclei(heat, labels, table, "malignant")
+    two = score_nuclei(np.full((4, 4), 2.5), second, [{"id": 1, "class": "benign"}], "malignant")
+    assert one[0].tolist() == [3, 2, 1, 0] and one[1].tolist() == [True, False, True, False]
+    summary = summarize_nuclei([one, two])
+    assert summary["object_auroc"] == pytest.approx(4 / 6)
+    assert summary["object_auroc_within"] == pytest.approx(0.75)
+    assert summary["object_pointing"] == 1.0
+    assert (summary["nuclei"], summary["target_nuclei"]) == (5, 2)
 
 
 def test_a_map_that_is_the_truth_scores_perfectly(mixed_small, monkeypatch):
@@ -75,6 +104,10 @@ def test_a_map_that_is_the_truth_scores_perfectly(mixed_small, monkeypatch):
     assert loc["logit"]["object_auroc"] == 1.0
     assert loc["logit"]["object_auroc_within"] == 1.0
     assert loc["logit"]["object_pointing"] == 1.0
+    # and its opposite (malignant 0, benign 1) ranks every pair wrong: 0, no hit
+    truth = {k: 1.0 - v for k, v in truth.items()}
+    loc = localization(model, records, classes, maps=["logit"], instances=instances)
+    assert loc["logit"]["object_auroc"] == 0.0 and loc["logit"]["object_pointing"] == 0.0
 
 
 def test_attention_map_paints_patches(mixed_small):

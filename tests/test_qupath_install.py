@@ -10,6 +10,7 @@ import io
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import OPEN_MODE
 
 from milsil.cli import main
 from milsil.client import qupath_setup as qs
@@ -305,6 +307,23 @@ def test_from_a_local_folder(maven, user_dir, tmp_path, capsys):
     # Rerun: nothing copied again.
     assert _run("--qupath-user-dir", str(user_dir), "--from", str(jars)) == 0
     assert capsys.readouterr().out.count("already there (same as") == len(qs.JARS)
+
+
+def test_installed_files_take_the_mode_open_gives(maven, user_dir, tmp_path, umask):
+    """Under umask 022 the jars, scripts, lib and descriptor are 0644 (folders 0755): a
+    QuPath run by another user, or a shared install, reads them."""
+    jars = _jar_dir(maven, tmp_path / "jars")
+    assert _run("--qupath-user-dir", str(user_dir), "--from", str(jars)) == 0
+    installed = [*(user_dir / "extensions").iterdir(), *(user_dir / "scripts").rglob("*")]
+    files = [p for p in installed if p.is_file()]
+    names = {p.name for p in files}
+    assert {"MilsilClient.groovy", "classify_cells.groovy", qs.DESCRIPTOR_NAME} <= names
+    assert {jar.filename for jar in qs.JARS} <= names
+    folder_mode = {0o022: 0o755, 0o077: 0o700}[umask]
+    modes = {str(p.relative_to(user_dir)): stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert {name: oct(m) for name, m in modes.items() if m != OPEN_MODE[umask]} == {}
+    folders = [p for p in installed if p.is_dir()]
+    assert folders and all(stat.S_IMODE(p.stat().st_mode) == folder_mode for p in folders)
 
 
 def test_from_a_maven_layout_folder(maven, user_dir):

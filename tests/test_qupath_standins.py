@@ -209,6 +209,56 @@ return [centroid: [l.getCentroidX(), l.getCentroidY()], area: l.getArea(), inL: 
         ellipsePoints: safe { ellipse.getAllPoints().size() }, geometry: geometry,
         isArea: l.isArea(), type: safe { l.getRoiType() }]
 """,
+    # GsonTools.toJson(roi): rings as JTS normalizes them; an ellipse as JTS's 100-point polygon.
+    "to_json": r"""
+import qupath.lib.io.GsonTools
+import qupath.lib.io.PathIO
+import qupath.lib.roi.ROIs
+import java.nio.charset.StandardCharsets
+def gson = GsonTools.getInstance()
+def holed = PathIO.readObjectsFromGeoJSON(new ByteArrayInputStream(('{"type": "Feature", "properties": {}, ' +
+    '"geometry": {"type": "Polygon", "coordinates": [[[0, 0], [20, 0], [20, 20], [0, 20], [0, 0]], ' +
+    '[[9, 9], [11, 9], [11, 11], [9, 11], [9, 9]]]}}').getBytes(StandardCharsets.UTF_8)))[0].getROI()
+return [rect: gson.toJson(ROIs.createRectangleROI(10, 20, 20, 10, null)),
+        l: gson.toJson(ROIs.createPolygonROI([0, 20, 20, 10, 10, 0] as double[], [0, 0, 10, 10, 20, 20] as double[], null)),
+        ellipse: gson.toJson(ROIs.createEllipseROI(0, 0, 20, 10, null)), holed: gson.toJson(holed)]
+""",
+    # GeoJSON import: the list form of measurements; a polygon that crosses itself.
+    "import_forms": r"""
+import qupath.lib.io.PathIO
+import java.nio.charset.StandardCharsets
+def read = { String text -> PathIO.readObjectsFromGeoJSON(new ByteArrayInputStream(text.getBytes(StandardCharsets.UTF_8))) }
+def feature = { String coordinates, String props ->
+    '{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": ' + coordinates + '}, "properties": ' + props + '}' }
+def square = '[[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]'
+def listed = read(feature(square, '{"objectType": "detection", "measurements": [{"name": "a", "value": 1.5}, {"name": "b", "value": 2}]}'))[0]
+def failure = { String text -> try { read(text); return null } catch (Exception e) { return e.toString() } }
+def touching = read(feature('[[[0, 0], [10, 0], [5, 5], [10, 10], [0, 10], [5, 5], [0, 0]]]', '{}'))[0].getROI()
+return [listed: [listed.getMeasurementList().get('a'), listed.getMeasurementList().get('b')],
+        bowtie: failure('{"type": "FeatureCollection", "features": [' + feature(square, '{}') + ', ' +
+            feature('[[[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]]', '{}') + ']}'),
+        holeAcross: failure(feature('[[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]], [[5, 5], [15, 5], [15, 6], [5, 6], [5, 5]]]', '{}')),
+        touching: touching.getArea()]
+""",
+    # Error messages as QuPath words them.
+    "messages": r"""
+import qupath.lib.geom.Point2
+import qupath.lib.objects.PathObjects
+import qupath.lib.objects.classes.PathClass
+import qupath.lib.objects.hierarchy.PathObjectHierarchy
+import qupath.lib.roi.ROIs
+def message = { Closure c -> try { c(); return null } catch (Exception e) { return e.getClass().getSimpleName() + ': ' + e.getMessage() } }
+def o = PathObjects.createAnnotationObject(ROIs.createRectangleROI(0, 0, 1, 1, null))
+return [blank: message { PathClass.fromString('') }, setRoi: message { o.setROI(null) },
+        lineBreak: message { PathClass.fromString('a\nb') },
+        delimiter: message { PathClass.getInstance(null, 'a:b', null) },
+        derivedNull: message { PathClass.getInstance(PathClass.fromString('Tumor'), null, null) },
+        annotation: message { PathObjects.createAnnotationObject(null) },
+        detection: message { PathObjects.createDetectionObject(null) }, tile: message { PathObjects.createTileObject(null) },
+        id: message { o.setID(null) }, arrays: message { ROIs.createPolygonROI([0, 1] as double[], [0] as double[], null) },
+        own: message { new PathObjectHierarchy().addObjectBelowParent(o, o, false) },
+        dim: message { new Point2(1, 2).get(2) }]
+""",
 }
 
 
@@ -337,3 +387,72 @@ def test_roi_points_centroid_contains(observed):
     assert v["ellipsePoints"] == 4
     assert v["geometry"] in {"no JTS", "org.locationtech.jts.geom.Polygon"}
     assert v["isArea"] and v["type"] == "AREA"
+
+
+def _shoelace(ring: list) -> float:
+    """Twice the signed area, sum of x_i y_(i+1) - x_(i+1) y_i: JTS Orientation.isCCW when > 0."""
+    return sum(a[0] * b[1] - b[0] * a[1] for a, b in zip(ring, ring[1:], strict=False))
+
+
+def test_to_json_rings_as_jts_normalizes_them(observed):
+    """GsonTools.toJson(roi) (v0.6.0): ROITypeAdapters.ROITypeAdapter.write writes
+    roi.getGeometry(), which for a rectangle, ellipse or polygon is
+    GeometryTools.GeometryConverter.roiToGeometry(roi).norm(): JTS Polygon.normalize starts
+    the shell at its smallest coordinate and turns it clockwise (negative shoelace), holes
+    counter-clockwise. Rectangle and L as JTS 1.20 writes them; an ellipse is JTS
+    GeometricShapeFactory.createEllipse's 100 points (101 with the closing one)."""
+    v = _value(observed, "to_json")
+    rect = json.loads(v["rect"])
+    assert rect == {
+        "type": "Polygon",
+        "coordinates": [[[10, 20], [10, 30], [30, 30], [30, 20], [10, 20]]],
+    }
+    ring = json.loads(v["l"])["coordinates"][0]
+    assert ring == [[0, 0], [0, 20], [10, 20], [10, 10], [20, 10], [20, 0], [0, 0]]
+    ellipse = json.loads(v["ellipse"])
+    assert ellipse["isEllipse"] is True
+    ring = ellipse["coordinates"][0]
+    assert len(ring) == 101 and ring[0] == ring[-1] == [0, 5]
+    assert ring[1] == [0.02, 5.31]  # JTS: the point at angle 2 pi 51/100, reached going clockwise
+    assert _shoelace(ring) < 0
+    assert all(abs(((x - 10) / 10) ** 2 + ((y - 5) / 5) ** 2 - 1) < 0.01 for x, y in ring)
+    shell, hole = json.loads(v["holed"])["coordinates"]
+    assert _shoelace(shell) < 0 < _shoelace(hole)  # GeometryPrecisionReducer's output
+    assert sorted(map(tuple, shell[:-1])) == [(0, 0), (0, 20), (20, 0), (20, 20)]
+
+
+def test_geojson_import_reads_listed_measurements_and_refuses_crossing_rings(observed):
+    """QuPathTypeAdapters.MeasurementListTypeAdapter.read (v0.6.0) reads the list form
+    [{"name", "value"}] as well as the object; ROITypeAdapters.parseGeometry reduces every
+    geometry to the 0.01 px grid with JTS GeometryPrecisionReducer, which throws for rings
+    that cross (one bad feature fails the whole document), not for a ring that only
+    touches itself at a vertex."""
+    v = _value(observed, "import_forms")
+    assert v["listed"] == [1.5, 2]
+    failed = "java.lang.IllegalArgumentException: Reduction failed, possible invalid input"
+    assert v["bowtie"] == failed and v["holeAcross"] == failed
+    assert v["touching"] == pytest.approx(50)  # two triangles of 25
+
+
+def test_error_messages_as_quapath_words_them(observed):
+    """The exceptions' text, from QuPath v0.6.0's PathClass (validateNameNotBlank, the
+    constructor's isValidName, getInstance), PathROIObject.setROI, PathObjects.create*Object,
+    PathObject.setID, ROIs.createPolygonROI, PathObjectHierarchy.addObjectBelowParent and
+    Point2.get."""
+    v = _value(observed, "messages")
+    iae = "IllegalArgumentException: "
+    assert v == {
+        "blank": iae + "Requested PathClass name cannot be blank!",
+        "setRoi": iae + "PathROIObject.setROI cannot be called with null!",
+        "lineBreak": iae + "a\nb is not a valid PathClass name!",
+        "delimiter": iae + "Name 'a:b' contains the delimiter ':' - please use a valid name or "
+        "getInstanceFromString()",
+        "derivedNull": iae + "Cannot derive a PathClass with a null name and non-null parent",
+        "annotation": iae + "A ROI is required to create an annotation object!",
+        "detection": iae + "A ROI is required to create a detection object!",
+        "tile": iae + "A ROI is required to create a detection object!",
+        "id": iae + "ID of an object cannot be null!",
+        "arrays": iae + "Arrays have different lengths!",
+        "own": iae + "Cannot add a PathObject as a descendent of itself!",
+        "dim": iae + "Requested dimension 2 for Point2 - allowable values are 0 and 1",
+    }

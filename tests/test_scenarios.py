@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage
 
 from milsil.data.instances import load_instances, read_instance_index
@@ -239,3 +240,37 @@ def test_cli_scenario_flags(tmp_path, capsys):
     assert settings["scenario"] == "sparse" and settings["stain_variation"] is False
     assert "scenario sparse" in capsys.readouterr().out
     assert len(read_instance_index(out)) == 2
+
+
+@pytest.mark.parametrize("noise, malignant_quarters", [(0, 4), (0.25, 3), (0.5, 2), (0.75, 1)])
+def test_sil_noise_leaves_that_share_of_a_malignant_bag_without_malignant_nuclei(
+    tmp_path, noise, malignant_quarters
+):
+    """2 patients x 2 images of 128 px, half malignant: each of the 2 malignant images has
+    malignant mask pixels in exactly 4 - 4 * noise of its 64 px quarters, and every
+    malignant nucleus of its instance table lies whole inside one of those quarters; the 2
+    benign images have none."""
+    manifest = synthesize_dataset(
+        tmp_path, patients=2, images_per_patient=2, size=128, seed=3, sil_noise=noise
+    )
+    index = read_instance_index(manifest)
+    rows = list(csv.DictReader(manifest.open()))
+    assert sorted(r["label"] for r in rows) == ["benign", "benign", "malignant", "malignant"]
+    for row in rows:
+        mask = np.asarray(Image.open(tmp_path / row["mask"])) > 0
+        quarters = [mask[y : y + 64, x : x + 64].any() for y in (0, 64) for x in (0, 64)]
+        labels, table = load_instances(index[str((tmp_path / row["image"]).resolve())])
+        malignant_ids = [n["id"] for n in table if n["class"] == "malignant"]
+        if row["label"] == "benign":
+            assert not any(quarters) and not malignant_ids
+            continue
+        assert sum(quarters) == malignant_quarters
+        for nid in malignant_ids:
+            ys, xs = np.nonzero(labels == nid)
+            assert len({(y // 64, x // 64) for y, x in zip(ys, xs, strict=True)}) <= 1
+    assert json.loads((tmp_path / "synth.json").read_text())["sil_noise"] == noise
+
+
+def test_sil_noise_must_leave_a_malignant_quarter(tmp_path):
+    with pytest.raises(MilsilError, match="sil_noise must be 0, 0.25, 0.5 or 0.75"):
+        synthesize_dataset(tmp_path, patients=1, images_per_patient=1, sil_noise=1.0)

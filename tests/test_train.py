@@ -243,6 +243,24 @@ def test_finished_run_is_not_retrained(tiny, tmp_path):
         train_model(cfg, tiny[1][:6], [], CLASSES, tmp_path)
 
 
+def test_patience_stops_after_that_many_epochs_without_a_new_best(tiny, tmp_path, monkeypatch):
+    """Only epoch 1 counts as best here, so with patience 2 the run trains epochs 1-3 of
+    10 and stops; rerun, it stays stopped. Patience needs validation records."""
+    monkeypatch.setattr("milsil.engine.loop.is_better", lambda row, best: best is None)
+    records = tiny[1]
+    cfg = tiny_config(epochs=10, patience=2)
+    res = train_model(cfg, records[:9], records[9:], CLASSES, tmp_path)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3] and res.best_epoch == 1
+    again = train_model(cfg, records[:9], records[9:], CLASSES, tmp_path)
+    assert len(again.history) == 3
+    with pytest.raises(MilsilError, match="patience 2 .* needs validation records"):
+        train_model(cfg, records, [], CLASSES, tmp_path / "none")
+    for bad in (-1, 1.5, True):
+        with pytest.raises(MilsilError, match="patience must be an integer from 0"):
+            tiny_config(patience=bad)
+    assert TrainConfig().patience == 0  # off: train all epochs
+
+
 def test_stop_and_resume_equals_uninterrupted(tiny, tmp_path):
     """Stopping mid-epoch, then resuming, reaches bit-identical weights and history."""
     cfg = tiny_config(epochs=2)

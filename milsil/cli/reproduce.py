@@ -33,9 +33,11 @@ def register_cli(subparsers: Any) -> None:
         help="run the paper's protocol and print its Tables 1 and 2",
         description=(
             "Train and test BagNet, MILBagNet, the proposed MIL-SIL BagNet, RN-50, DN-161 and "
-            "attention MIL (ADMW, ADMP) with the paper's protocol and recipe (CRC: 5-fold "
+            "attention MIL (ADMW, ADMP) with the paper's protocol and recipe where they are "
+            "specific, our readings named with the tables (CRC: 5-fold "
             "patient-level cross-validation; CAMELYON16: 111 tumour + 20 normal slides, "
-            "100,000 500x500 patches, one 80/20 patient-level split; synthetic: k-fold; "
+            "500x500 patches, 100,000 by default (the paper: over 100,000), one 80/20 "
+            "patient-level split; synthetic: k-fold; "
             "ImageNet initialisation for all but ADMIL, Adam lr 1e-4 with decay) and print "
             "Tables 1 and 2 (mean +- sample std) with the paper's numbers, every reading of what "
             "the paper leaves open in their header, plus heatmap localization. Runs resume from "
@@ -92,7 +94,8 @@ def register_cli(subparsers: Any) -> None:
         "--assume-slide-blocks",
         action="store_true",
         help="CRC without a patients table: take consecutive blocks of 10 images as one "
-        "slide/patient each (an assumption; without this flag reproduce refuses)",
+        "slide/patient each (an assumption: the paper says 10 slides from 9 patients, so two "
+        "of these 10 pseudo-patients are one patient; without this flag reproduce refuses)",
     )
     p.add_argument(
         "--cam-patch", type=int, default=500, help="CAMELYON16: level-0 bag side (paper: 500)"

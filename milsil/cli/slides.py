@@ -39,6 +39,7 @@ def slide_settings(args: argparse.Namespace) -> SlideSettings:
         bf16=args.bf16,
         outline=outline_settings(args),
         pixel_size_um=args.pixel_size or None,
+        readers=args.readers,
     )
 
 
@@ -82,6 +83,13 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
         "--bf16",
         action="store_true",
         help="bfloat16 autocast (about 2x faster on AVX-512 BF16 CPUs and GPUs)",
+    )
+    parser.add_argument(
+        "--readers",
+        type=int,
+        default=d.readers,
+        help=f"threads reading tiles ahead of the compute (default {d.readers}, from the "
+        "core count, at most 8; 0 = read on the computing thread); never changes the result",
     )
 
 
@@ -133,7 +141,8 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
     t = res.timings
     print(
         f"done: {res.objects} {res.class_name} objects from {res.tiles_computed} tissue tiles "
-        f"({res.tissue_megapixels:.1f} megapixels); read {t['read']:.1f}s, compute {t['compute']:.1f}s, "
+        f"({res.tissue_megapixels:.1f} megapixels); read {t['read']:.1f}s (overlapping the compute; "
+        f"it waited {t['wait']:.1f}s for tiles), compute {t['compute']:.1f}s, "
         f"polygons {t['polygons']:.1f}s"
         + (f", tiff {t['tiff']:.1f}s -> {res.tiff}" if res.tiff else "")
     )

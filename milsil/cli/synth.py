@@ -53,6 +53,13 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="strong stain and blur variation across patients (default: on for sparse, "
         "mimic and mixed, off for default)",
     )
+    p.add_argument(
+        "--sil-noise",
+        type=float,
+        default=None,
+        help="SIL label noise: the share (0, 0.25, 0.5 or 0.75) of a malignant image's four "
+        "quarters that hold no malignant nucleus (default: the scenario's own layout)",
+    )
     p.set_defaults(func=_cli)
 
 
@@ -76,6 +83,7 @@ def _cli(args: argparse.Namespace) -> int:
         verbose=True,
         scenario=args.scenario,
         stain_variation=args.stain_variation,
+        sil_noise=args.sil_noise,
     )
     elapsed = time.perf_counter() - start
     with manifest.open(newline="") as f:

@@ -22,7 +22,14 @@ from milsil.data.dataset import (
     load_bag,
     load_npz_tiles,
 )
-from milsil.data.images import image_to_bag, load_mask, load_rgb, patch_origins, to_tensor
+from milsil.data.images import (
+    image_to_bag,
+    load_mask,
+    load_rgb,
+    patch_origins,
+    shrink,
+    to_tensor,
+)
 
 __all__ = [
     "BagDataset",
@@ -39,6 +46,7 @@ __all__ = [
     "load_npz_tiles",
     "load_rgb",
     "patch_origins",
+    "shrink",
     "patient_kfold",
     "patient_split",
     "random_dihedral",

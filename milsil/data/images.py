@@ -54,6 +54,38 @@ def _to_uint8(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def shrink(pixels: np.ndarray, width: int, height: int, factor: float) -> np.ndarray:
+    """``uint8`` pixels (``[H, W]`` or ``[H, W, C]``) seen at 1/``factor`` of their size:
+    ``[height, width, ...]``, output pixel ``(i, j)`` the mean of the input pixels in
+    ``[j*factor, (j+1)*factor) x [i*factor, (i+1)*factor)`` (rounded half up).
+
+    milsil's one resampling rule (area, or box, averaging), used wherever pixels are made at
+    a downsample: image files read at a downsample (CLI and server), slides read between
+    their pyramid levels, the levels of the TIFFs milsil writes. It is what a slide's pyramid
+    holds (each level a block average of the one below), so a cell measured at downsample 2
+    gets the same pixels from a PNG as from the same image as a pyramidal TIFF. QuPath 0.6
+    shrinks a region with Java2D bilinear sampling instead (AbstractTileableImageServer
+    .readRegion): equal to this at downsample 2 of a level, not at 3 or 4 (see the README).
+    An integer ``factor`` is an exact block mean; another one is Pillow's BOX filter over the
+    covered rectangle (each output pixel the mean of the input pixels whose centres it
+    covers). Input beyond ``width*factor`` x ``height*factor`` is not used.
+    """
+    if pixels.dtype != np.uint8:
+        raise MilsilError(f"shrink takes uint8 pixels, got {pixels.dtype}")
+    if width < 1 or height < 1 or not factor >= 1:
+        raise MilsilError(f"shrink to {width}x{height} by {factor}: size >= 1 and factor >= 1")
+    k = round(factor)
+    if abs(factor - k) < 1e-9 and pixels.shape[0] >= height * k and pixels.shape[1] >= width * k:
+        if k == 1:
+            return pixels[:height, :width]
+        block = pixels[: height * k, : width * k].reshape(height, k, width, k, *pixels.shape[2:])
+        sums = block.sum(axis=(1, 3), dtype=np.uint32)
+        return ((sums + k * k // 2) // (k * k)).astype(np.uint8)
+    box = (0.0, 0.0, min(width * factor, pixels.shape[1]), min(height * factor, pixels.shape[0]))
+    image = Image.fromarray(np.ascontiguousarray(pixels))
+    return np.asarray(image.resize((width, height), Image.Resampling.BOX, box=box))
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
     """Read an image as ``uint8 HxWx3`` RGB.
 

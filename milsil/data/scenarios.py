@@ -96,6 +96,52 @@ def scenario_layout(
     return _LAYOUTS[scenario.name](rng, shape, area, tissue, malignant)
 
 
+QUARTER_MARGIN = 12  # px between a quarter's malignant nucleus centres and its edges
+
+
+def check_sil_noise(sil_noise: float | None) -> None:
+    """``sil_noise``: None, or the fraction of a malignant bag's four quarters that hold
+    no malignant nucleus: 0, 0.25, 0.5 or 0.75 (one quarter at least must be malignant)."""
+    if sil_noise is None:
+        return
+    if sil_noise not in (0, 0.25, 0.5, 0.75):
+        raise MilsilError(
+            f"sil_noise must be 0, 0.25, 0.5 or 0.75 (quarters of a malignant bag without a "
+            f"malignant nucleus), got {sil_noise!r}"
+        )
+
+
+def quarter_clusters(
+    rng: np.random.Generator, shape: tuple[int, int], sil_noise: float
+) -> tuple[np.ndarray, list[int]]:
+    """Malignant nucleus centres for a bag of four quarters with SIL label noise
+    ``sil_noise``: one malignant cluster in each of ``4 - 4 * sil_noise`` quarters chosen
+    at random (numbered 0-3 row by row, the bag order of :func:`milsil.data.image_to_bag`),
+    its centres :data:`QUARTER_MARGIN` px inside the quarter so no malignant pixel crosses
+    into another one. Returns the centres and the chosen quarters.
+
+    Why: on CRC a bag is four quarters of a 500 px image rich in epithelium, so most of a
+    malignant bag's quarters really are malignant; the SIL loss gives every quarter its
+    bag's label, and this makes how often that label is wrong a controlled variable.
+    """
+    check_sil_noise(sil_noise)
+    h, w = shape
+    qh, qw = h // 2, w // 2
+    m = QUARTER_MARGIN
+    if min(qh, qw) <= 2 * m + 4:
+        raise MilsilError(f"sil_noise needs quarters over {2 * m + 4} px, got a {w}x{h} image")
+    chosen = sorted(int(q) for q in rng.permutation(4)[: 4 - round(4 * sil_noise)])
+    points = []
+    for q in chosen:
+        local = np.zeros((0, 2))
+        for _attempt in range(10):
+            local = cluster_points(rng, (qh - 2 * m, qw - 2 * m), 1, count=(6, 14))
+            if len(local) >= 3:
+                break
+        points.append(local + np.array([(q // 2) * qh + m, (q % 2) * qw + m], float))
+    return np.concatenate(points), chosen
+
+
 def _in(points: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     h, w = tissue.shape
     iy = np.clip(points[:, 0].astype(int), 0, h - 1)

@@ -51,7 +51,13 @@ from milsil.data.nuclei import (
     poisson_points,
     smooth_noise,
 )
-from milsil.data.scenarios import SCENARIOS, get_scenario, scenario_layout
+from milsil.data.scenarios import (
+    SCENARIOS,
+    check_sil_noise,
+    get_scenario,
+    quarter_clusters,
+    scenario_layout,
+)
 from milsil.errors import MilsilError
 
 CLASS_NAMES = ("benign", "malignant")
@@ -170,8 +176,13 @@ def synth_sample(
     malignant: bool,
     style: StainStyle | None = None,
     scenario: str = "default",
+    sil_noise: float | None = None,
 ) -> SynthSample:
-    """One image of ``scenario`` (:mod:`milsil.data.scenarios`) with mask and instances."""
+    """One image of ``scenario`` (:mod:`milsil.data.scenarios`) with mask and instances.
+
+    With ``sil_noise`` (0, 0.25, 0.5, 0.75) a malignant image's malignant nuclei are one
+    cluster in each of ``4 - 4 * sil_noise`` of its quarters and none in the others
+    (:func:`milsil.data.scenarios.quarter_clusters`), instead of the scenario's own."""
     spec = get_scenario(scenario)
     shape = _as_shape(size)
     h, w = shape
@@ -242,7 +253,11 @@ def synth_sample(
     h_malignant = np.zeros(shape)
     mal_owner = None
     if malignant:
-        if layout.malignant is not None:
+        if sil_noise is not None:
+            pts, _ = quarter_clusters(rng, shape, sil_noise)
+            mal = nucleus_params(rng, "malignant", pts)
+            h_malignant, mask, mal_owner, _ = draw_nuclei(shape, mal, grain)
+        elif layout.malignant is not None:
             h_malignant, mask, mal_owner, _ = draw_nuclei(shape, layout.malignant, grain)
         else:
             n_clusters = 1 + int(rng.poisson(0.6 * area))
@@ -283,6 +298,7 @@ def synthesize_dataset(
     verbose: bool = False,
     scenario: str = "default",
     stain_variation: bool | None = None,
+    sil_noise: float | None = None,
 ) -> Path:
     """Write ``images/*.png``, ``masks/*.png``, ``manifest.csv`` (image,label,patient,mask),
     the instance masks (``instances/``, indexed by ``instances.csv``) and ``synth.json``.
@@ -291,7 +307,9 @@ def synthesize_dataset(
     malignant, spread over patients at random, so a patient may hold both classes. Each
     patient has one :class:`StainStyle`, varied strongly (:func:`vary_style`) when
     ``stain_variation`` (default: the scenario's choice; off for ``default``, whose images
-    and masks are bit-identical for a seed). Returns the manifest path.
+    and masks are bit-identical for a seed). ``sil_noise`` (None, 0, 0.25, 0.5, 0.75): the
+    fraction of every malignant image's four quarters without a malignant nucleus
+    (:func:`synth_sample`). Returns the manifest path.
     """
     if not isinstance(patients, int) or patients < 1:
         raise MilsilError(f"patients must be a positive integer, got {patients!r}")
@@ -302,6 +320,7 @@ def synthesize_dataset(
     if not 0.0 <= float(malignant_fraction) <= 1.0:
         raise MilsilError(f"malignant_fraction must be from 0 to 1, got {malignant_fraction!r}")
     spec = get_scenario(scenario)
+    check_sil_noise(sil_noise)
     variation = spec.variation if stain_variation is None else bool(stain_variation)
     shape = _as_shape(size)
     out = Path(out_dir)
@@ -326,7 +345,9 @@ def synthesize_dataset(
         patient = f"p{p:03d}"
         for i in range(images_per_patient):
             malignant = bool(labels[p * images_per_patient + i])
-            sample = synth_sample(rng, shape, malignant, style=style, scenario=scenario)
+            sample = synth_sample(
+                rng, shape, malignant, style=style, scenario=scenario, sil_noise=sil_noise
+            )
             stem = f"{patient}_{i:03d}"
             Image.fromarray(sample.rgb).save(out / "images" / f"{stem}.png", compress_level=1)
             Image.fromarray(sample.mask).save(out / "masks" / f"{stem}.png")
@@ -348,6 +369,7 @@ def synthesize_dataset(
         "size": list(shape),
         "malignant_fraction": float(malignant_fraction),
         "seed": seed,
+        "sil_noise": sil_noise,
     }
     (out / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
     return write_manifest(out, rows)

@@ -36,7 +36,8 @@ class TrainConfig:
     Fields left at ``None`` (width, lr, lr_decay, weight_decay, pretrained,
     stem_bn_momentum) are filled by the ``recipe`` (:mod:`milsil.engine.recipe`): the
     ``default`` recipe learns from scratch on a CPU without network; ``paper`` is the
-    paper's exact recipe (ImageNet initialisation, width 64, lr 1e-4 with decay).
+    paper's recipe where it is specific (ImageNet initialisation, Adam lr 1e-4 with decay),
+    our readings named (width 64, decay x0.9; :data:`milsil.engine.recipe.PAPER_READINGS`).
     :meth:`explain` says what each became and why. ``pretrained``: ``"imagenet"``, a local
     weights file, or ``"none"``.
     """
@@ -59,6 +60,10 @@ class TrainConfig:
     pretrained: str | None = None
     recipe: str = "default"
     stem_bn_momentum: float | None = None
+    # Early stopping: stop once this many epochs in a row have not beaten the best
+    # validation epoch (best.pt keeps that epoch); 0 = train all ``epochs``. Needs
+    # validation records; a run converges instead of stopping at a fixed short length.
+    patience: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,6 +95,7 @@ class TrainConfig:
         _check_int(self, "patch_size", MIN_PATCH.get(self.arch, MIN_PATCH_DEFAULT), 4096)
         _check_int(self, "seed", 0, 2**63 - 1)
         _check_int(self, "num_workers", 0, 64)
+        _check_int(self, "patience", 0, 100_000)
         for name in ("augment", "amp"):
             if not isinstance(getattr(self, name), bool):
                 raise MilsilError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -158,7 +164,7 @@ def _check_float(cfg: TrainConfig, name: str, lo: float, hi: float, low_open: bo
 
 
 # Settings added after runs were first stored, and what runs stored before them did.
-_BEFORE_RECIPES = {"recipe": "default", "stem_bn_momentum": 0.1}
+_BEFORE_RECIPES = {"recipe": "default", "stem_bn_momentum": 0.1, "patience": 0}
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -13,7 +13,8 @@ experiments and the gRPC server call:
   history, so an interrupted run (crash, Ctrl-C, a cancelled server job) resumes where it
   stopped and reaches the same weights as an uninterrupted one;
 * ``best.pt`` is the epoch with the highest validation MIL accuracy (ties: lower validation
-  loss); without validation data it is simply the last epoch;
+  loss); without validation data it is simply the last epoch; with ``config.patience`` the
+  run ends early once that many epochs have passed without a new best;
 * ``log.jsonl`` gets one line per epoch, ``run.json`` the config, versions and data summary;
 * data-parallel training (``torchrun``) is the same loop given a process group
   (``distributed=``, a :class:`milsil.distributed.DistContext`): each rank takes its
@@ -23,11 +24,9 @@ experiments and the gRPC server call:
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from milsil.engine.config import TrainConfig, config_differences, resolve_device
 from milsil.engine.epoch import EpochClock, EpochStats, TrainBatches, is_better
 from milsil.engine.group import OneProcess, ProcessGroup
 from milsil.engine.losses import bag_loss
+from milsil.engine.progress import TrainProgress, TrainResult, nan_if_none, val_fields
 from milsil.engine.provenance import (
     append_log,
     clean,
@@ -61,47 +61,6 @@ from milsil.models.bagnet import BagNet, ResNet50, reference_init
 _VAL_KEYS = ("loss", "sil_accuracy", "mil_accuracy", "sil_auroc", "mil_auroc")
 
 
-@dataclass
-class TrainProgress:
-    """A snapshot of a running training, sent to the ``progress`` callback.
-
-    ``event`` is ``step`` (after every optimisation step), ``epoch`` (after an epoch's
-    validation; the val_* fields are then current) or ``end`` (state finished/cancelled).
-    ``epoch`` counts from 1; ``step`` is the step within the epoch (1..steps_per_epoch).
-    """
-
-    state: str = "running"
-    epoch: int = 0
-    epochs: int = 0
-    step: int = 0
-    steps_per_epoch: int = 0
-    loss: float = math.nan
-    sil_accuracy: float = math.nan
-    mil_accuracy: float = math.nan
-    val_sil_accuracy: float = math.nan
-    val_mil_accuracy: float = math.nan
-    val_mil_auroc: float = math.nan
-    eta_seconds: float = math.nan
-    elapsed_seconds: float = 0.0
-    event: str = "step"
-    bags_per_second: float = math.nan  # the epoch's, on ``epoch`` events
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class TrainResult:
-    """Where a run left its checkpoints, its per-epoch history, and whether it was stopped."""
-
-    best_checkpoint: Path
-    last_checkpoint: Path
-    history: list[dict[str, Any]] = field(default_factory=list)
-    stopped: bool = False
-    best_epoch: int = 0
-    out_dir: Path | None = None
-
-
 def _check_records(records: Sequence[Any], class_names: Sequence[str], what: str) -> None:
     for r in records:
         if not isinstance(r.label, int) or not 0 <= r.label < len(class_names):
@@ -109,15 +68,6 @@ def _check_records(records: Sequence[Any], class_names: Sequence[str], what: str
                 f"{what} record {r.path} has label {r.label!r}; allowed 0..{len(class_names) - 1} "
                 f"({', '.join(class_names)})"
             )
-
-
-def _nan(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _val_fields(row: dict[str, Any]) -> dict[str, float]:
-    """The validation fields of a :class:`TrainProgress` from a history row."""
-    return {k: _nan(row.get(k)) for k in ("val_sil_accuracy", "val_mil_accuracy", "val_mil_auroc")}
 
 
 def train_model(
@@ -160,6 +110,11 @@ def train_model(
         raise MilsilError("no training records: the training set is empty")
     _check_records(train_records, class_names, "training")
     _check_records(val_records, class_names, "validation")
+    if config.patience and not val_records:
+        raise MilsilError(
+            f"patience {config.patience} (early stopping) needs validation records; give "
+            "some, or patience 0 to train all epochs"
+        )
     if should_stop is not None and distributed is not None and distributed.active:
         raise MilsilError(
             "should_stop cannot stop one process of a data-parallel run; stop the whole group"
@@ -408,10 +363,10 @@ class _Run:
                     epochs=self.config.epochs,
                     step=0,
                     steps_per_epoch=0,
-                    loss=_nan(last.get("train_loss")),
-                    sil_accuracy=_nan(last.get("train_sil_accuracy")),
-                    mil_accuracy=_nan(last.get("train_mil_accuracy")),
-                    **_val_fields(last),
+                    loss=nan_if_none(last.get("train_loss")),
+                    sil_accuracy=nan_if_none(last.get("train_sil_accuracy")),
+                    mil_accuracy=nan_if_none(last.get("train_mil_accuracy")),
+                    **val_fields(last),
                     eta_seconds=0.0,
                     elapsed_seconds=elapsed,
                     event="end",
@@ -443,6 +398,8 @@ class _Run:
         self.session_steps = 0
         self.net.train()
         for epoch in range(self.start_epoch, self.config.epochs):
+            if self.patience_exhausted():
+                break
             epoch_start = time.monotonic()
             skip = self.start_step if epoch == self.start_epoch else 0
             self.clock = EpochClock()
@@ -451,6 +408,13 @@ class _Run:
                 return self.finish(True, stopped)
             self.end_epoch(epoch, stats, steps, epoch_start)
         return self.finish(False, self.elapsed())
+
+    def patience_exhausted(self) -> bool:
+        """Early stopping: ``patience`` epochs done since the best one (checked before each
+        epoch, so a resumed run that had stopped stays stopped)."""
+        if not self.config.patience or not self.history or self.best is None:
+            return False
+        return self.history[-1]["epoch"] - self.best["epoch"] >= self.config.patience
 
     def train_epoch(
         self, epoch: int, skip: int, should_stop: Callable[[], bool] | None
@@ -511,7 +475,7 @@ class _Run:
                         loss=stats.loss,
                         sil_accuracy=stats.sil_accuracy,
                         mil_accuracy=stats.mil_accuracy,
-                        **_val_fields(previous),
+                        **val_fields(previous),
                         eta_seconds=per_step * remaining,
                         elapsed_seconds=elapsed,
                         event="step",
@@ -579,10 +543,10 @@ class _Run:
                     loss=stats.loss,
                     sil_accuracy=stats.sil_accuracy,
                     mil_accuracy=stats.mil_accuracy,
-                    **_val_fields(row),
+                    **val_fields(row),
                     eta_seconds=per_step * (config.epochs - epoch - 1) * steps,
                     elapsed_seconds=elapsed,
                     event="epoch",
-                    bags_per_second=_nan(self.history[-1]["timing"]["bags_per_second"]),
+                    bags_per_second=nan_if_none(self.history[-1]["timing"]["bags_per_second"]),
                 )
             )

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,11 +45,8 @@ def append_log(path: Path, row: dict[str, Any]) -> None:
 def rewrite_log(path: Path, history: list[dict[str, Any]]) -> None:
     """On resume the log is rebuilt from the checkpoint's history, so an epoch logged but
     not checkpointed before a crash does not appear twice."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        for row in history:
-            fh.write(json.dumps(clean(row), sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = "".join(json.dumps(clean(row), sort_keys=True) + "\n" for row in history)
+    atomic.atomic_write_bytes(path, text.encode())
 
 
 def versions() -> dict[str, str]:

@@ -9,13 +9,16 @@ Two recipes fill every :class:`milsil.engine.config.TrainConfig` field left at `
   right but whose decision is biased after 10 epochs (issue 9: held-out MIL accuracy
   0.75, AUROC 1.00). With ``pretrained`` set (ImageNet or a file), the default recipe
   takes the paper's values instead: width 64, lr 1e-4, x0.9 per epoch.
-* ``paper`` -- the paper's recipe: ImageNet initialisation for every model except
-  attention MIL, width 64, Adam lr 1e-4 with a per-epoch exponential decay (x0.9: the
-  paper says "decaying" without a factor), the reference BagNet's stem BatchNorm momentum
-  (0.001). ``milsil reproduce`` uses it.
+* ``paper`` -- the paper's recipe where it is specific, our readings named: the paper
+  gives ImageNet initialisation for every model except attention MIL, Adam, and a
+  "decaying" lr starting at 1e-4. Our readings (:data:`PAPER_READINGS`): width 64 (the
+  published BagNet/ResNet width), the decay x0.9 per epoch (the paper gives no factor),
+  the reference BagNet's stem BatchNorm momentum (0.001); the epochs, batch size,
+  augmentation and "test the last epoch" of ``milsil reproduce`` are readings too.
 
 For attention MIL both recipes take Ilse et al.'s optimiser settings for histology
-(Adam betas (0.9, 0.999), weight decay 5e-4); it has no ImageNet weights.
+(Adam lr 1e-4, betas (0.9, 0.999), weight decay 5e-4); it has no ImageNet weights, and at
+width 64 it is Ilse et al.'s full-size network.
 
 :func:`resolve` fills the fields; :func:`explain` says, for each, what it is and why.
 """
@@ -33,6 +36,14 @@ PAPER_LR, SCRATCH_LR = 1e-4, 2e-3
 PAPER_DECAY, SCRATCH_DECAY = 0.9, 0.8
 ILSE_WEIGHT_DECAY = 5e-4
 TORCH_BN_MOMENTUM = 0.1
+# What ``--recipe paper`` takes that the paper does not say (printed by ``explain``).
+PAPER_READINGS = (
+    "width 64",
+    "lr decay x0.9/epoch",
+    "stem BatchNorm momentum 0.001",
+    "epochs and batch size (ADMIL's training length too: not Ilse et al.'s one bag per step "
+    "with early stopping), augmentation and testing the last epoch (set by the caller)",
+)
 
 
 def initialised(pretrained: str | None) -> bool:
@@ -64,8 +75,15 @@ def choices(recipe: str, arch: str, pretrained: str | None) -> dict[str, tuple[A
     warm = initialised(pretrained if pretrained is not None else chosen)
     if recipe == "paper" or warm:
         src = "the paper" if recipe == "paper" else "pretrained weights: the paper's values"
-        out["width"] = (64, f"{src}: the published width (ImageNet weights exist at 64 only)")
-        out["lr"] = (PAPER_LR, f"{src}: Adam lr 1e-4, tuned for an initialised network")
+        if admil:
+            out["width"] = (64, "Ilse et al.'s full-size histology network is width 64")
+            out["lr"] = (PAPER_LR, "the paper's Adam lr 1e-4 (also Ilse et al.'s for histology)")
+        else:
+            out["width"] = (
+                64,
+                "our reading: the published width (ImageNet weights exist at 64 only)",
+            )
+            out["lr"] = (PAPER_LR, f"{src}: Adam lr 1e-4, tuned for an initialised network")
         out["lr_decay"] = (
             PAPER_DECAY,
             f"{src}: a decaying lr; the paper gives no factor, x0.9 per epoch is our reading",
@@ -112,24 +130,28 @@ def explain(config: Any) -> list[str]:
     lines = [
         f"recipe {config.recipe}"
         + (
-            " (the paper's exact recipe)"
+            " (the paper's recipe where it is specific; our readings: "
+            + "; ".join(PAPER_READINGS)
+            + ")"
             if config.recipe == "paper"
-            else " (defaults that learn; --recipe paper for the paper's exact recipe)"
+            else " (defaults that learn; --recipe paper for the paper's recipe)"
         )
     ]
     for name, (value, reason) in picked.items():
         if name == "stem_bn_momentum" and not config.arch.startswith("bagnet"):
             continue  # only BagNets have the reference's stem BatchNorm
         lines.append(
-            f"  {_shown(name, getattr(config, name))}: {reason if getattr(config, name) == value else 'set explicitly'}"
+            f"  {_shown(name, getattr(config, name), config.arch)}: {reason if getattr(config, name) == value else 'set explicitly'}"
         )
     return lines
 
 
-def _shown(name: str, value: Any) -> str:
+def _shown(name: str, value: Any, arch: str = "") -> str:
     if name == "pretrained":
         if not initialised(value):
-            return "initialisation: from scratch (the reference BagNet's He-normal init)"
+            if arch.startswith("bagnet") or arch == "resnet50":
+                return "initialisation: from scratch (the reference He-normal init)"
+            return "initialisation: from scratch (the architecture's own PyTorch init)"
         return (
             "initialisation: ImageNet weights"
             if value == "imagenet"

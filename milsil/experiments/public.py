@@ -135,7 +135,9 @@ def _crc_patients(
         mapping[p.stem] = f"slide{(n - 1) // 10 + 1:02d}"
     return mapping, (
         "patients ASSUMED (--assume-slide-blocks): consecutive blocks of 10 images per slide, "
-        "one slide per patient; the dataset does not record it"
+        "one slide per patient; the dataset does not record it, and the paper says 10 slides "
+        "from 9 patients, so these 10 pseudo-patients are an assumption (two of them are one "
+        "patient, who may fall on both sides of a split)"
     )
 
 

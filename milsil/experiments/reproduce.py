@@ -9,7 +9,7 @@ the header of the tables (:func:`readings`):
   a split leaks, unless ``assume_slide_blocks``).
 * CAMELYON16: the 111 tumour + 20 normal training slides; 500x500 level-0 patches are the
   bags (four 250x250 instances each), malignant when they overlap a tumour contour,
-  100,000 of them by default; one 80/20 patient-level split (one slide = one patient),
+  100,000 of them by default (the paper: "over 100,000"); one 80/20 patient-level split (one slide = one patient),
   trained once.
 * synthetic: :mod:`milsil.data.synth` images (``size`` px, bags of four ``size/2``
   instances), k-fold patient-level cross-validation; what CI runs, tiny and fast.
@@ -252,6 +252,13 @@ def check_weights(archs: list[str], args: ReproduceSettings) -> None:
             probe(arch)
 
 
+def admil_steps(images: int, splits: int, args: ReproduceSettings) -> int:
+    """Optimiser steps of one training run: training bags per split (all but the held-out
+    fold, or 80% for one split) over the batch size, rounded up, times the epochs."""
+    train = images * (splits - 1) // splits if splits > 1 else int(images * 0.8)
+    return -(-train // args.batch_size) * args.epochs
+
+
 def readings(args: ReproduceSettings, data: dict[str, Any], splits: int) -> list[str]:
     """Every reading of what the paper leaves open, in words (the tables' header)."""
     from milsil.engine.config import TrainConfig
@@ -294,6 +301,11 @@ def readings(args: ReproduceSettings, data: dict[str, Any], splits: int) -> list
         "pool, fc 512 + dropout, fc 512 + dropout, attention 128; dropout 0.5: not stated by "
         "them), Adam lr as above, betas (0.9, 0.999), weight decay 5e-4, from scratch; a "
         "softmax over both classes for their single sigmoid",
+        f"ADMIL training length (ours, NOT Ilse et al.'s): like every method here, "
+        f"{args.epochs} epoch(s) in batches of {args.batch_size} bags, about "
+        f"{admil_steps(len(data['records']), splits, args)} optimiser steps per split, the "
+        "last epoch tested; Ilse et al. trained one bag per step with early stopping on a "
+        "validation split",
         "ADMW: the exhaustive grid of 27x27 patches (the remainder at right/bottom dropped); "
         "ADMP: 27x27 patches centred on every annotated nucleus",
         "SIL accuracy: every instance against its bag's label (the paper); SIL*: against the "

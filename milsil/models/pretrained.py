@@ -16,7 +16,8 @@
     of the file's sha256 (torch.hub's convention), which is checked.
 
   A file is downloaded once into the torch hub cache (``$TORCH_HOME/hub/checkpoints``,
-  where torchvision keeps the same files) and checked again whenever it is read.
+  where torchvision keeps the same files) and checked again whenever it is read (the
+  hash where one is published, the structure always).
   ``MILSIL_WEIGHTS_MIRROR=http://host/base`` replaces the scheme and host of every URL
   (the path is kept): a local mirror laid out like the real sources. Offline, ``imagenet``
   fails with one line naming the URL and the ``FILE`` alternative.
@@ -132,8 +133,9 @@ def _check_hash(path: Path, source: Source, what: str) -> str:
 
 
 def download(source: Source, timeout: float = 30.0) -> Path:
-    """The cached copy of ``source`` (downloaded once, hash-checked; a bad download is
-    never put into the cache)."""
+    """The cached copy of ``source`` (downloaded once; hash-checked where a hash is
+    published -- torchvision's files -- and otherwise only structure-checked by the loader,
+    the BagNet files; a download failing its hash is never put into the cache)."""
     target = cache_dir() / source.filename
     if target.is_file():
         _check_hash(target, source, "cached file")

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,13 @@ class AnnotateResult:
 
     def summary(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "collection"}
+
+
+def _timed_tiff(heat: Any, tiff: str | Path, cls: int) -> float:
+    """Write the probability TIFF; the seconds it took (run on a side thread)."""
+    t0 = time.perf_counter()
+    write_probability_tiff(heat, tiff, cls)
+    return time.perf_counter() - t0
 
 
 def annotate_slide(
@@ -124,29 +132,33 @@ def annotate_slide(
                         "polygons",
                     )
                 )
-            t0 = time.perf_counter()
-            collection = heatmap_polygons(
-                heat,
-                cls,
-                settings.threshold,
-                min_area=settings.min_area,
-                simplify_tolerance=settings.simplify_tolerance,
-                roi=roi,
-                outline=settings.outline,
-                pixel_size_um=settings.outline_pixel_size(slide.mpp),
-            )
-            timings.polygons = time.perf_counter() - t0
-            result.collection = collection
-            result.objects = len(collection["features"])
-            result.outline_settings = collection["outline_settings"]
-            if output is not None:
-                write_json_atomic(Path(output), collection)
-                result.geojson = str(output)
-            if tiff is not None:
+            # The TIFF and the outlines both only read the finished map: the TIFF is
+            # written on its own thread while the outlines are traced and written here.
+            with ThreadPoolExecutor(1, thread_name_prefix="milsil-tiff") as pool:
+                tiff_job = None
+                if tiff is not None:
+                    tiff_job = pool.submit(_timed_tiff, heat, tiff, cls)
                 t0 = time.perf_counter()
-                write_probability_tiff(heat, tiff, cls)
-                timings.tiff = time.perf_counter() - t0
-                result.tiff = str(tiff)
+                collection = heatmap_polygons(
+                    heat,
+                    cls,
+                    settings.threshold,
+                    min_area=settings.min_area,
+                    simplify_tolerance=settings.simplify_tolerance,
+                    roi=roi,
+                    outline=settings.outline,
+                    pixel_size_um=settings.outline_pixel_size(slide.mpp),
+                )
+                timings.polygons = time.perf_counter() - t0
+                result.collection = collection
+                result.objects = len(collection["features"])
+                result.outline_settings = collection["outline_settings"]
+                if output is not None:
+                    write_json_atomic(Path(output), collection)
+                    result.geojson = str(output)
+                if tiff_job is not None:
+                    timings.tiff = tiff_job.result()
+                    result.tiff = str(tiff)
             result.timings = asdict(timings)
             del heat
             if not keep_work:

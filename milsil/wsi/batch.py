@@ -118,7 +118,7 @@ def run_batch(
         out.mkdir(parents=True, exist_ok=True)
         model = load_checkpoint(model_path).to(ctx.device)
         model_sha = file_sha256(model_path)
-        params = {**settings.to_dict(), "tiff": bool(tiff)}
+        params = {**settings.result_params(), "tiff": bool(tiff)}
         mine = shard(slides, ctx.rank, ctx.world_size)
         outcomes = []
         started = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -16,13 +16,14 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from milsil.wsi.pipeline import OrderedWriter, read_ahead, to_device_ahead
 from milsil.wsi.reader import Slide
 from milsil.wsi.settings import SlideSettings
 from milsil.wsi.tissue import TissueMask, tile_grid, tissue_mask
@@ -172,13 +173,20 @@ def default_work_dir(output: str | Path) -> Path:
 
 @dataclass
 class Timings:
-    """Seconds spent reading pixels, running the model, making polygons, writing the TIFF."""
+    """Seconds spent reading pixels, running the model, making polygons, writing the TIFF.
+
+    With reader threads, ``read`` is the readers' time summed (it overlaps the compute);
+    ``wait`` is what the compute spent waiting for a tile, ``write`` the writer thread's
+    time storing tiles (memmap, resume log, fsync), also off the compute's path.
+    """
 
     read: float = 0.0
     compute: float = 0.0
     polygons: float = 0.0
     tiff: float = 0.0
     tissue: float = 0.0
+    wait: float = 0.0
+    write: float = 0.0
 
 
 def tiles_in(tiles: list, roi: Any) -> list:
@@ -196,6 +204,63 @@ def tiles_in(tiles: list, roi: Any) -> list:
     shapely.prepare(roi)
     keep = shapely.intersects(roi, boxes)
     return [t for t, k in zip(tiles, keep, strict=True) if k]
+
+
+@dataclass(frozen=True)
+class TileReader:
+    """Reads one tile as the compute wants it; called from the reader threads.
+
+    The tile plus a halo of ``halo`` pixels of real context, clipped to the slide; beyond
+    the slide the image is mirrored, as ``logit_heatmap`` pads at an image border. The
+    result is the normalised ``[3, H, W]`` tensor (pinned when ``pin``, for a side-stream
+    copy to a GPU) and the seconds the read took. ``bench/slide_bench.py --compute none``
+    times exactly this.
+    """
+
+    slide: Any  # a Slide, or any reader with the same read() and region_size()
+    halo: int
+    downsample: float
+    mean: Any
+    std: Any
+    pin: bool = False
+
+    def __call__(self, t: Any) -> tuple[Any, float]:
+        from milsil.data import to_tensor
+        from milsil.inference.tiling import context_box, mirror_pad
+
+        t0 = time.perf_counter()
+        ds = self.downsample
+        rw, rh = self.slide.region_size(ds)
+        box = context_box(t.px, t.py, t.width, t.height, self.halo, rw, rh)
+        rgb = self.slide.read(round(box.x0 * ds), round(box.y0 * ds), box.width, box.height, ds)
+        pixels = to_tensor(rgb, self.mean, self.std)
+        canvas = mirror_pad(pixels, box.left, box.right, box.top, box.bottom)
+        if self.pin:
+            canvas = canvas.pin_memory()
+        return canvas, time.perf_counter() - t0
+
+
+def _timed(tiles_read: Iterator[tuple[Any, tuple[Any, float]]], timings: Timings) -> Iterator:
+    """The read tiles, their reading time added to ``timings.read`` as they arrive."""
+    for t, (canvas, seconds) in tiles_read:
+        timings.read += seconds
+        yield t, (canvas, seconds)
+
+
+def _store_tile(
+    heat: SlideHeatmap, log: Any, t: Any, logits: np.ndarray, ts: int, timings: Timings
+) -> None:
+    """Write one tile's logits, then log it as done (after the data is flushed, so a crash
+    never logs a tile whose logits are not on disk). Runs on the writer thread."""
+    t0 = time.perf_counter()
+    r0, c0 = t.row * ts, t.col * ts
+    heat.logits[:, r0 : r0 + logits.shape[1], c0 : c0 + logits.shape[2]] = logits
+    heat.logits.flush()
+    log.write(f"{t.row} {t.col} ok\n")
+    log.flush()
+    os.fsync(log.fileno())
+    heat.done.add((t.row, t.col))
+    timings.write += time.perf_counter() - t0
 
 
 def slide_heatmap(
@@ -221,10 +286,16 @@ def slide_heatmap(
     bounds the pixels read at once; the model's own tiling bounds its activations. A rerun
     with the same slide, model and settings in the same ``work_dir`` skips finished tiles;
     anything different starts afresh. ``should_stop`` is polled between tiles.
+
+    A pipeline (:mod:`milsil.wsi.pipeline`): ``settings.readers`` threads read tiles ahead
+    of the compute, a writer thread stores finished tiles behind it, and on CUDA each tile
+    is copied from pinned memory on a side stream; every stage keeps the tile order, so the
+    map is the sequential one (``readers=0``) bit for bit.
     """
-    from milsil.data import to_tensor
+    import torch
+
     from milsil.inference.heatmap import chunk_side, logit_heatmap, output_size
-    from milsil.inference.tiling import context_box, context_pixels, mirror_pad
+    from milsil.inference.tiling import context_pixels
 
     stride, ds, tile = settings.stride, settings.downsample, settings.tile
     tissue_only, bf16 = settings.tissue_only, settings.bf16
@@ -262,47 +333,49 @@ def slide_heatmap(
     heat.tiles_total = len(tiles)
     mean, std = model.normalization
     ts = tile // stride
+    # The device the tiles go to (the model's when none is given): on CUDA they are pinned
+    # by the readers and copied on a side stream.
+    target = torch.device(device) if device is not None else next(model.parameters()).device
+    read = TileReader(slide, halo, ds, mean, std, pin=target.type == "cuda")
+
     log = open(work_dir / "tiles.done", "a")  # noqa: SIM115 - closed in finally
     start = time.perf_counter()
     megapixels = sum(t.width * t.height * t.tissue for t in tiles) * ds * ds / 1e6
     stopped = False
+    readers = settings.readers
+    tiles_read = read_ahead(todo, read, readers)
+    on_device = to_device_ahead(
+        ((t, canvas) for t, (canvas, _) in _timed(tiles_read, timings)), target
+    )
     try:
-        for k, t in enumerate(todo):
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            t0 = time.perf_counter()
-            # The tile plus a halo of real context, clipped to the slide; beyond the slide
-            # the image is mirrored, as logit_heatmap pads at an image border.
-            box = context_box(t.px, t.py, t.width, t.height, halo, rw, rh)
-            rgb = slide.read(round(box.x0 * ds), round(box.y0 * ds), box.width, box.height, ds)
-            canvas = mirror_pad(to_tensor(rgb, mean, std), box.left, box.right, box.top, box.bottom)
-            t1 = time.perf_counter()
-            logits = logit_heatmap(
-                model, canvas, stride=stride, margin=halo, tile=chunk, device=device, bf16=bf16
-            )
-            t2 = time.perf_counter()
-            r0, c0 = t.row * ts, t.col * ts
-            heat.logits[:, r0 : r0 + logits.shape[1], c0 : c0 + logits.shape[2]] = logits.numpy()
-            heat.logits.flush()
-            log.write(f"{t.row} {t.col} ok\n")
-            log.flush()
-            os.fsync(log.fileno())
-            done.add((t.row, t.col))
-            timings.read += t1 - t0
-            timings.compute += t2 - t1
-            if progress is not None:
-                elapsed = time.perf_counter() - start
-                remaining = len(todo) - k - 1
-                progress(
-                    SlideProgress(
-                        tiles_done=len(tiles) - remaining,
-                        tiles_total=len(tiles),
-                        tissue_megapixels=megapixels,
-                        elapsed_seconds=elapsed,
-                        eta_seconds=elapsed / (k + 1) * remaining,
-                    )
+        with OrderedWriter(threaded=readers > 0) as writer:
+            for k in range(len(todo)):
+                if should_stop is not None and should_stop():
+                    stopped = True
+                    break
+                t0 = time.perf_counter()
+                t, canvas = next(on_device)
+                t1 = time.perf_counter()
+                timings.wait += t1 - t0
+                logits = logit_heatmap(
+                    model, canvas, stride=stride, margin=halo, tile=chunk, device=device, bf16=bf16
                 )
+                timings.compute += time.perf_counter() - t1
+                writer.submit(_store_tile, heat, log, t, logits.numpy(), ts, timings)
+                if progress is not None:
+                    elapsed = time.perf_counter() - start
+                    remaining = len(todo) - k - 1
+                    progress(
+                        SlideProgress(
+                            tiles_done=len(tiles) - remaining,
+                            tiles_total=len(tiles),
+                            tissue_megapixels=megapixels,
+                            elapsed_seconds=elapsed,
+                            eta_seconds=elapsed / (k + 1) * remaining,
+                        )
+                    )
     finally:
+        on_device.close()
+        tiles_read.close()
         log.close()
     return heat, stopped

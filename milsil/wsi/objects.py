@@ -34,8 +34,8 @@ PIECE = 1024
 
 class ImageFile:
     """A plain image (PNG, JPEG, ...) read like a :class:`~milsil.wsi.reader.Slide`: one
-    level, ``read`` at any downsample (the whole image resized bilinearly to
-    ``size // downsample``, as a slide without that level)."""
+    level, ``read`` at any downsample (the whole image shrunk to ``size // downsample`` by
+    :func:`milsil.data.shrink`, area averaging: the pixels a slide's pyramid would hold)."""
 
     def __init__(self, path: str | Path) -> None:
         from milsil.data import load_rgb
@@ -73,12 +73,13 @@ class ImageFile:
         if ds == 1.0:
             return self.pixels
         if self._cache is None or self._cache[0] != ds:
-            from PIL import Image
+            from milsil.data import shrink
 
             w0, h0 = self.dimensions
-            size = (max(1, int(w0 // ds)), max(1, int(h0 // ds)))
-            resized = Image.fromarray(self.pixels).resize(size, Image.Resampling.BILINEAR)
-            self._cache = (ds, np.asarray(resized))
+            self._cache = (
+                ds,
+                shrink(self.pixels, max(1, int(w0 // ds)), max(1, int(h0 // ds)), ds),
+            )
         return self._cache[1]
 
 

@@ -128,12 +128,22 @@ class Slide:
 
         ``(x, y)`` is the level-0 top-left; the region covers level-0
         ``[x, x + width*downsample)``. Pixels outside the slide, and transparent ones, are
-        white (glass). Read from the best level and resized when no level matches.
+        white (glass). Read from a level and, when none matches, shrunk from it by area
+        averaging (:func:`milsil.data.shrink`; a level is itself an area average of level
+        0): for a whole ``downsample`` the deepest level it is a whole multiple of (3 from
+        level 0 when the levels are 1, 2, 4: the 3 x 3 means an image file gets), for
+        another one the deepest level not above it.
         """
         ds = check_downsample(downsample)
         if width < 1 or height < 1:
             raise MilsilError(f"region size must be positive, got {width}x{height}")
         level = self._slide.get_best_level_for_downsample(ds * 1.001)
+        if abs(ds - round(ds)) < 1e-9:
+            # A block mean of block means is a block mean only at whole ratios: for a whole
+            # downsample, read the deepest level it is a whole multiple of (level 0 at
+            # worst), so the pixels are exact block means of level 0, as an image file's.
+            while level > 0 and not _whole(ds / self.level_downsamples[level]):
+                level -= 1
         lds = self.level_downsamples[level]
         lw = max(1, math.ceil(width * ds / lds - 1e-6))
         lh = max(1, math.ceil(height * ds / lds - 1e-6))
@@ -146,11 +156,10 @@ class Slide:
             ) from None
         rgb = _composite_white(rgba)
         if (lw, lh) != (width, height):
-            from PIL import Image
+            from milsil.data import shrink
 
-            rgb = np.asarray(
-                Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR)
-            )
+            ratio = ds / lds
+            rgb = shrink(rgb, width, height, round(ratio) if _whole(ratio) else ratio)
         return rgb
 
     def thumbnail(self, downsample: float) -> np.ndarray:
@@ -162,6 +171,12 @@ class Slide:
 def open_slide(path: str | Path) -> Slide:
     """Open a slide; :class:`MilsilError` with one line for a corrupt or unsupported file."""
     return Slide(path)
+
+
+def _whole(ratio: float) -> bool:
+    """A ratio of downsamples that is a whole number (levels' downsamples are not exact:
+    OpenSlide divides level sizes)."""
+    return abs(ratio - round(ratio)) < 1e-3
 
 
 def _composite_white(rgba: np.ndarray) -> np.ndarray:

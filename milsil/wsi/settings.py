@@ -9,6 +9,7 @@ so every face of milsil refuses it with the same sentence.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -19,6 +20,10 @@ from milsil.wsi.outlines import OutlineSettings, check_pixel_size
 # BagNet output cell); 1024-pixel tiles bound what is read at once.
 DEFAULT_STRIDE = 8
 DEFAULT_TILE = 1024
+# Tiles read ahead of the compute, one reader thread each: as many as the cores (reading is
+# OpenSlide decoding, mostly outside the GIL), at most 8 (beyond that the compute is the
+# bottleneck on every machine measured).
+DEFAULT_READERS = max(1, min(8, os.cpu_count() or 1))
 
 
 def _number(name: str, value: Any) -> float:
@@ -70,6 +75,15 @@ def check_threshold(value: Any) -> float:
     return threshold
 
 
+# Settings that change how fast a slide is done, never what comes out.
+SPEED_ONLY = ("readers",)
+
+
+def check_readers(value: Any) -> int:
+    """A reader count as an int: 0 (sequential) or more reader threads."""
+    return _integer("readers", value, 0, ">= 0 (0 = read on the computing thread)")
+
+
 @dataclass(frozen=True)
 class SlideSettings:
     """How a whole slide is turned into a heatmap and outlines.
@@ -90,6 +104,8 @@ class SlideSettings:
       apply in level-0 px (the larger wins).
     * ``pixel_size_um``: level-0 µm per pixel for the outline settings (QuPath's
       calibration); None: the slide's metadata, if any.
+    * ``readers``: reader threads prefetching tiles ahead of the compute (0 = read and
+      write on the computing thread, the sequential pipeline). Never changes the result.
     """
 
     stride: int = DEFAULT_STRIDE
@@ -103,6 +119,7 @@ class SlideSettings:
     bf16: bool = False
     outline: OutlineSettings = field(default_factory=OutlineSettings)
     pixel_size_um: float | None = None
+    readers: int = DEFAULT_READERS
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise the values once, here
@@ -124,6 +141,7 @@ class SlideSettings:
         set_(self, "bf16", bool(self.bf16))
         set_(self, "outline", outline_settings(self.outline))
         set_(self, "pixel_size_um", check_pixel_size(self.pixel_size_um))
+        set_(self, "readers", check_readers(self.readers))
 
     def outline_pixel_size(self, slide_mpp: Any) -> float | None:
         """The pixel size the outline settings use: this one, else the slide's (its
@@ -140,6 +158,11 @@ class SlideSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def result_params(self) -> dict[str, Any]:
+        """The settings that decide the result: :meth:`to_dict` without :data:`SPEED_ONLY`,
+        so a finished slide counts as done whatever reader count reruns it."""
+        return {k: v for k, v in asdict(self).items() if k not in SPEED_ONLY}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SlideSettings:

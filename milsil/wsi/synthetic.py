@@ -17,12 +17,15 @@ def synthetic_slide(
     malignant_blocks: float = 0.3,
     seed: int = 0,
     mpp: float = 0.5,
+    compression: str | None = "zlib",
 ) -> tuple[Path, list[list[tuple[float, float]]]]:
     """A pyramidal TIFF of synthetic H&E (:mod:`milsil.data.synth`) on glass, and its tumour contours.
 
     Tissue is an ellipse filled with ``block``-sized synthetic images; a fraction of the
     blocks is malignant, and their squares (clipped to the tissue) are the tumour
     contours, returned as level-0 ``(x, y)`` rings. Deterministic by ``seed``.
+    ``compression``: the tiles' (tifffile's names; ``None`` = raw, which every TIFF reader
+    decodes, for comparing readers).
     """
     from shapely.geometry import Point, box
     from shapely.ops import unary_union
@@ -58,5 +61,5 @@ def synthetic_slide(
         for part in getattr(tumour, "geoms", [tumour]):
             if part.geom_type == "Polygon" and part.area > 1:
                 rings.append([(float(x), float(y)) for x, y in part.exterior.coords])
-    out = write_pyramidal_tiff(path, canvas, mpp=mpp)
+    out = write_pyramidal_tiff(path, canvas, mpp=mpp, compression=compression)
     return out, rings

@@ -28,16 +28,16 @@ def write_pyramidal_tiff(
     compression: str | None = "zlib",
 ) -> Path:
     """A tiled pyramidal RGB TIFF (levels as successive pages) that OpenSlide opens as a
-    generic tiled TIFF. ``rgb``: ``uint8 [H, W, 3]`` (or ``[H, W]``) level 0."""
+    generic tiled TIFF. ``rgb``: ``uint8 [H, W, 3]`` (or ``[H, W]``) level 0; each level the
+    2x2 area average of the one before (:func:`milsil.data.shrink`), as scanners build them."""
+
+    from milsil.data import shrink
 
     path = Path(path)
     levels = [np.ascontiguousarray(rgb)]
     while min(levels[-1].shape[:2]) // 2 >= min_level_side:
         prev = levels[-1]
-        h, w = prev.shape[0] // 2 * 2, prev.shape[1] // 2 * 2
-        cut = prev[:h, :w].astype(np.float32)
-        down = (cut[0::2, 0::2] + cut[1::2, 0::2] + cut[0::2, 1::2] + cut[1::2, 1::2]) / 4
-        levels.append(np.clip(down + 0.5, 0, 255).astype(np.uint8))
+        levels.append(shrink(prev, prev.shape[1] // 2, prev.shape[0] // 2, 2))
     _write_levels(path, levels, mpp, tile, compression)
     return path
 
@@ -78,6 +78,8 @@ def write_probability_tiff(
     cell (``(stride*downsample - 1)/2`` level-0 px) right/down of an exact overlay, less
     than one map pixel. Levels are built block by block through memory-mapped files.
     """
+    from milsil.data import shrink
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="tiff-", dir=heat.work_dir))
@@ -99,10 +101,7 @@ def write_probability_tiff(
             nxt = np.memmap(scratch / f"l{len(levels)}.u8", dtype=np.uint8, mode="w+", shape=(h, w))
             for r0 in range(0, h, step):
                 r1 = min(r0 + step, h)
-                a = prev[2 * r0 : 2 * r1, : 2 * w].astype(np.uint16)
-                nxt[r0:r1] = (
-                    a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2] + 2
-                ) // 4
+                nxt[r0:r1] = shrink(np.asarray(prev[2 * r0 : 2 * r1]), w, r1 - r0, 2)
             nxt.flush()
             levels.append(nxt)
         mpp = None

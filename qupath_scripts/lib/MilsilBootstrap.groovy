@@ -1,15 +1,19 @@
 /*
  * MilsilBootstrap.groovy -- loads the shared milsil library for a QuPath script and runs the
- * script's work with it. Every script keeps only its settings block and the lines that find
- * the milsil folder (the one holding lib/), then hands its work to run():
+ * script's work with it. Every script is its settings block and its work (a closure); its
+ * last lines find the milsil folder (the one holding lib/: boot is lib/MilsilBootstrap.groovy
+ * in it) and hand the work to run():
  *
- *     new GroovyClassLoader(getClass().getClassLoader())
- *         .parseClass(new File(home, 'lib/MilsilBootstrap.groovy'))
- *         .run(this, home, settings, [image: true]) { milsil -> ...the work... }
+ *     def work = { milsil -> ...the work... }
+ *     ...
+ *     new GroovyClassLoader(getClass().classLoader).parseClass(boot)
+ *         .run(this, boot.parentFile.parent, settings, [image: true], work)
  *
  * run() does what every script did before its own work: load lib/ (one SETUP line when it
  * cannot), apply the settings overrides, take the current image (one NO_IMAGE line when the
- * work needs one and none is open) and name it as users know it, and it turns any failure of
+ * work needs one and none is open; options.image) and name it as users know it, run a work
+ * that is for the whole project once, on the last image of a "Run for project" batch
+ * (options.oncePerProject; one line on the others), and it turns any failure of
  * the work into its one "milsil: <CODE>: ..." line and closes the clients the work opened.
  * The work gets a map: settings (the effective settings), home, Client, QuPath, Settings,
  * Bags (the library classes; options.parts adds more, e.g. ['MilsilCells'] under its own
@@ -31,7 +35,8 @@ class MilsilBootstrap {
 
     /**
      * Runs `work(milsil)` for `script` (the running script: its println writes to QuPath's
-     * log). `options.image`: the work needs an open image; `options.parts`: more lib classes.
+     * log). `options.image`: the work needs an open image; `options.parts`: more lib classes;
+     * `options.oncePerProject`: the work is for the whole project (runs on a batch's last image).
      */
     static void run(Object script, Object home, Map settings, Map options, Closure work) {
         Map milsil = load(home, settings, (List<String>) (options.get('parts') ?: []))
@@ -57,6 +62,10 @@ class MilsilBootstrap {
                 c.onWait = { String line -> script.println(line) }   // busy server: say so and keep waiting
                 return c
             })
+            if (options.get('oncePerProject') && !lastOfBatch(script.getBinding(), milsil)) {
+                script.println('milsil: ' + milsil.get('name') + ': the project is collected once, on the last image of the batch')
+                return
+            }
             work.call(milsil)
         } catch (Throwable e) {
             script.println(client.describe(e))
@@ -65,6 +74,14 @@ class MilsilBootstrap {
                 c.close()
             }
         }
+    }
+
+    /** Whether this run is the last image of a "Run for project" batch (always, outside a batch). */
+    static boolean lastOfBatch(Object binding, Map milsil) {
+        Object qupath = milsil.get('QuPath')
+        int size = ((Number) qupath.batch(binding, 'qupath.script.batchSize', 1)).intValue()
+        Object last = qupath.batch(binding, 'qupath.script.batchLast', true)
+        return size <= 1 || milsil.get('Settings').flag('qupath.script.batchLast', last)
     }
 
     /** The library classes and the effective settings, or [error: line] when they cannot be loaded. */

@@ -4,16 +4,17 @@
  * objects, probability tiles. No model logic lives here (that is the server's job) and no
  * gRPC either (that is MilsilClient's): every method takes the client as an argument.
  * Its neighbours: MilsilSettings (reading settings), MilsilSlidePaths (where the server
- * sees a slide), MilsilProgress (progress lines), MilsilBags (labelled bags).
+ * sees a slide), MilsilProgress (progress lines), MilsilBags (labelled bags), MilsilPixels
+ * (a region's pixels, area-averaged), MilsilGeoJSON (the server's GeoJSON as QuPath objects).
  *
  * Every method only *builds* objects and results; none touches a hierarchy. The scripts add
  * what was built at the very end, so that a failure half-way changes nothing in the image.
  *
- * QuPath API used (stable from v0.4 to v0.7): RegionRequest.createInstance(path, downsample,
- * x, y, w, h), ImageServer.readRegion/getPath/getWidth/getHeight/getMetadata,
+ * QuPath API used (stable from v0.4 to v0.7): ImageServer.getPath/getWidth/getHeight/getMetadata
+ * (pixels through MilsilPixels, GeoJSON through MilsilGeoJSON),
  * ImageServerMetadata.getName, ROI.getBounds*, ROI.contains, ROI.getArea,
  * RoiTools.intersection, PathROIObject.setROI (clears the measurements),
- * MeasurementList.asMap/put, PathIO.readObjectsFromGeoJSON, PathObjects.createTileObject,
+ * MeasurementList.asMap/put, PathObjects.createTileObject,
  * ROIs.createRectangleROI, ProjectImageEntry.getImageName, and GsonTools.getInstance().toJson(roi)
  * (a ROI as a GeoJSON geometry) for slides the server reads itself. Same Groovy subset as
  * MilsilClient (Groovy 2.4 and 4; getters called explicitly).
@@ -24,16 +25,12 @@
  */
 
 import qupath.lib.io.GsonTools
-import qupath.lib.io.PathIO
 import qupath.lib.objects.PathObject
 import qupath.lib.objects.PathObjects
 import qupath.lib.regions.ImagePlane
-import qupath.lib.regions.RegionRequest
 import qupath.lib.roi.ROIs
 import qupath.lib.roi.RoiTools
 import qupath.lib.roi.interfaces.ROI
-
-import java.nio.charset.StandardCharsets
 
 class MilsilQuPath {
     // ------------------------------------------------------------------ the image and the model
@@ -134,8 +131,7 @@ class MilsilQuPath {
             for (int x = ax; x < ax + aw; x += step) {
                 int w = Math.min(step + overlap, ax + aw - x)
                 int h = Math.min(step + overlap, ay + ah - y)
-                RegionRequest request = RegionRequest.createInstance(server.getPath(), downsample, x, y, w, h)
-                def image = server.readRegion(request)
+                def image = MilsilPixels.readArea(server, downsample, x, y, w, h)
                 sendTile.call(client.rgbTile(image, (double) x, (double) y, downsample))
                 count++
                 if (progress != null) {
@@ -173,9 +169,7 @@ class MilsilQuPath {
         }
         List<Map> tiles = []
         for (List<Integer> o : origins) {
-            RegionRequest request = RegionRequest.createInstance(server.getPath(), downsample,
-                (int) o.get(0), (int) o.get(1), side, side)
-            def image = server.readRegion(request)
+            def image = MilsilPixels.readArea(server, downsample, (int) o.get(0), (int) o.get(1), side, side)
             if (image.getWidth() != patchSize || image.getHeight() != patchSize) {
                 image = resize(image, patchSize)
             }
@@ -237,12 +231,9 @@ class MilsilQuPath {
             streamTiles(client, server, area, ds, MilsilSettings.integer(s.get('tileSize')), sendTile, progress)
         })
         String geojson = (String) response.get('geojson')
-        return [objects: clipped(readGeoJSON(geojson), roi), geojson: geojson, response: response]
+        return [objects: clipped(MilsilGeoJSON.read(geojson, log), roi), geojson: geojson, response: response]
     }
 
-    static List<PathObject> readGeoJSON(String geojson) {
-        return PathIO.readObjectsFromGeoJSON(new ByteArrayInputStream(geojson.getBytes(StandardCharsets.UTF_8)))
-    }
 
     /**
      * The objects clipped to `roi` (a rectangle clips nothing: the region is its bounds), with
@@ -309,7 +300,7 @@ class MilsilQuPath {
             })
             String geojson = (String) result.get('geojson')
             Map summary = (Map) result.get('summary')
-            return [objects: readGeoJSON(geojson), geojson: geojson, response: [class_name: summary.get('class_name')],
+            return [objects: MilsilGeoJSON.read(geojson, log), geojson: geojson, response: [class_name: summary.get('class_name')],
                     serverRead: true]
         } catch (Throwable t) {
             MilsilSlidePaths.cannotRead(t, name, log)

@@ -17,11 +17,18 @@ import qupath.lib.images.servers.PixelCalibration;
 import qupath.lib.regions.RegionRequest;
 
 /**
- * Test plumbing: an ImageServer over one PNG. readRegion follows QuPath's
- * AbstractTileableImageServer: the output is round(width / downsample) x round(height /
- * downsample) pixels (at least 1), pixels outside the image are black. Counts reads and
- * keeps the largest read (pixels). getURIs() names the PNG, or the slide file the image
- * stands for (a whole-slide file holding the same pixels, which a milsil server may read).
+ * Test plumbing: an ImageServer over one PNG, as QuPath 0.6 reads an image file (ImageJServer
+ * or Bio-Formats on a flat file: one resolution level, one tile the size of the image;
+ * qupath-core-processing/src/main/java/qupath/imagej/images/servers/ImageJServer.java,
+ * ImageServerMetadata.Builder.build()). readRegion follows
+ * qupath-core/src/main/java/qupath/lib/images/servers/AbstractTileableImageServer.java
+ * readRegion, RGB branch: the output is round(width / downsample) x round(height /
+ * downsample) pixels (at least 1) and the level-0 tile is drawn into it with Java2D scaled by
+ * 1/downsample under VALUE_INTERPOLATION_BILINEAR: bilinear sampling at each output pixel's
+ * centre, which at downsample 2 is the 2x2 mean and at 3 the middle pixel of each 3x3 block
+ * (no area averaging). Pixels outside the image are black. Counts reads and keeps the largest
+ * read (pixels). getURIs() names the PNG, or the slide file the image stands for (a
+ * whole-slide file holding the same pixels, which a milsil server may read).
  */
 public class PngImageServer implements ImageServer<BufferedImage> {
     private final String path;
@@ -67,6 +74,12 @@ public class PngImageServer implements ImageServer<BufferedImage> {
     @Override
     public Collection<URI> getURIs() {
         return uri == null ? Collections.<URI>emptyList() : Collections.singletonList(uri);
+    }
+
+    /** One level (QuPath: ImageServerMetadata without levels has one, at downsample 1). */
+    @Override
+    public double[] getPreferredDownsamples() {
+        return new double[] {1.0};
     }
 
     @Override

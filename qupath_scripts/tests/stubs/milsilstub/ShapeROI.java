@@ -470,6 +470,44 @@ public abstract class ShapeROI implements ROI {
         return out;
     }
 
+    /**
+     * Whether two edges of the rings, on the 0.01 px grid, cross (each passes strictly through
+     * the other's line, at no vertex): a ring crossing itself, a hole crossing its shell, two
+     * polygons crossing. Checked before degenerate rings are dropped (a bow tie's two lobes
+     * cancel: zero area).
+     * What makes QuPath's GeoJSON import throw (see qupath.lib.io.PathIO.toROI). Edges are
+     * swept in order of their left end, so only those whose x ranges meet are compared.
+     */
+    public static boolean edgesCross(List<List<double[][]>> polygons) {
+        List<double[]> edges = new ArrayList<>();
+        for (List<double[][]> polygon : polygons) {
+            for (double[][] ring : polygon) {
+                for (int i = 0; i < ring.length; i++) {
+                    double[] a = {snap(ring[i][0]), snap(ring[i][1])};
+                    double[] b = {snap(ring[(i + 1) % ring.length][0]), snap(ring[(i + 1) % ring.length][1])};
+                    edges.add(a[0] <= b[0] ? new double[] {a[0], a[1], b[0], b[1]} : new double[] {b[0], b[1], a[0], a[1]});
+                }
+            }
+        }
+        edges.sort((e, f) -> Double.compare(e[0], f[0]));
+        for (int i = 0; i < edges.size(); i++) {
+            double[] e = edges.get(i);
+            for (int j = i + 1; j < edges.size() && edges.get(j)[0] <= e[2]; j++) {
+                double[] f = edges.get(j);
+                if (Math.signum(turn(e, f[0], f[1])) * Math.signum(turn(e, f[2], f[3])) < 0
+                    && Math.signum(turn(f, e[0], e[1])) * Math.signum(turn(f, e[2], e[3])) < 0) {
+                    return true;
+                }
+            }
+        }
+        return false;
+    }
+
+    /** The side of the line through edge e (x1, y1, x2, y2) that (x, y) lies on (0: on it). */
+    private static double turn(double[] e, double x, double y) {
+        return (e[2] - e[0]) * (y - e[1]) - (e[3] - e[1]) * (x - e[0]);
+    }
+
     public static double snap(double v) {
         return Math.round(v / GRID) * GRID;
     }

@@ -55,7 +55,7 @@ public class Point2 implements Comparable<Point2> {
         if (dim == 1) {
             return y;
         }
-        throw new IllegalArgumentException("Point2 has dimensions 0 (x) and 1 (y), not " + dim);
+        throw new IllegalArgumentException("Requested dimension " + dim + " for Point2 - allowable values are 0 and 1");
     }
 
     /** QuPath: public int dim(). */

@@ -134,7 +134,17 @@ public class PathIO {
         }
         if (props.has("measurements") && props.get("measurements").isJsonObject()) {
             for (Map.Entry<String, JsonElement> m : props.getAsJsonObject("measurements").entrySet()) {
-                o.getMeasurementList().put(m.getKey(), measurement(m.getKey(), m.getValue()));
+                Double value = measurement(m.getKey(), m.getValue());
+                if (value != null) {
+                    o.getMeasurementList().put(m.getKey(), value);
+                }
+            }
+        } else if (props.has("measurements") && props.get("measurements").isJsonArray()) {
+            // QuPathTypeAdapters.MeasurementListTypeAdapter.read, BEGIN_ARRAY: the list form QuPath
+            // wrote before v0.4.0, [{"name": ..., "value": ...}, ...], still read in v0.6.0.
+            for (JsonElement m : props.getAsJsonArray("measurements")) {
+                JsonObject entry = m.getAsJsonObject();
+                o.getMeasurementList().put(entry.get("name").getAsString(), entry.get("value").getAsDouble());
             }
         }
         if (props.has("classification")) {
@@ -155,10 +165,16 @@ public class PathIO {
         return o;
     }
 
-    /** QuPathTypeAdapters.MeasurementListTypeAdapter: numbers, or the strings "NaN", "Inf", "-Inf" (any case), or a number as a string. */
-    private static double measurement(String name, JsonElement v) {
-        if (!v.isJsonPrimitive()) {
-            throw new JsonParseException("measurement " + name + " is not a number: " + v);
+    /**
+     * QuPathTypeAdapters.MeasurementListTypeAdapter.read, BEGIN_OBJECT: numbers, or the strings
+     * "NaN", "Inf", "-Inf" (any case), or a number as a string (Double.parseDouble, which
+     * throws for other text); any other value (true, null, an object) is skipped with a
+     * warning ("Cannot parse measurement value for key ..."): null here.
+     */
+    private static Double measurement(String name, JsonElement v) {
+        if (!v.isJsonPrimitive() || v.getAsJsonPrimitive().isBoolean()) {
+            System.err.println("Cannot parse measurement value for key " + name + ": " + v);
+            return null;
         }
         if (v.getAsJsonPrimitive().isNumber()) {
             return v.getAsDouble();
@@ -240,8 +256,10 @@ public class PathIO {
      * one polygon without holes that is an axis-aligned rectangle: RectangleROI; another
      * polygon without holes: PolygonROI; holes or several polygons: GeometryROI (see
      * ShapeROI.toROI). A one-part MultiPolygon is read as its polygon, the closing vertex not
-     * repeated (QuPath goes through java.awt.geom.Area there). Invalid (self-intersecting)
-     * polygons are not checked here: the Python tests check every document with shapely.
+     * repeated (QuPath goes through java.awt.geom.Area there). Rings whose edges cross after
+     * snapping throw as QuPath does (see below); other invalid input (a part inside another,
+     * edges that overlap without crossing) is not checked here: the Python tests check every
+     * document with shapely.
      */
     private static ROI toROI(JsonObject geometry) {
         if (geometry == null || !geometry.has("type")) {
@@ -261,6 +279,14 @@ public class PathIO {
             }
         } else {
             throw new JsonParseException("geometry type " + type + " is not an area (Polygon/MultiPolygon): the stand-in reads areas only");
+        }
+        if (ShapeROI.edgesCross(polygons)) {
+            // ROITypeAdapters.parseGeometry reduces the parsed geometry to the 0.01 px grid with
+            // JTS GeometryPrecisionReducer.reduce, whose overlay fails on rings that cross
+            // (themselves, each other, or another polygon's) and throws this
+            // IllegalArgumentException, which nothing in PathIO/GsonTools catches: the whole
+            // document fails. A ring that only touches itself at a vertex is reduced fine.
+            throw new IllegalArgumentException("Reduction failed, possible invalid input");
         }
         List<List<double[][]>> snapped = ShapeROI.snapped(polygons);
         if (geometry.has("isEllipse") && geometry.get("isEllipse").getAsBoolean()) {

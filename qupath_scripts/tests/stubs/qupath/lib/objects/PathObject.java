@@ -90,7 +90,7 @@ public abstract class PathObject {
     /** QuPath: public synchronized void addChildObject(PathObject pathObject) (moved from any previous parent; the root cannot be a child). */
     public synchronized void addChildObject(PathObject pathObject) {
         if (pathObject instanceof PathRootObject) {
-            throw new IllegalArgumentException("The root object cannot be a child of another object");
+            throw new IllegalArgumentException("PathRootObject cannot be added as child to another PathObject");
         }
         if (pathObject.parent != this) {
             if (pathObject.parent != null) {
@@ -248,7 +248,7 @@ public abstract class PathObject {
     /** QuPath: public void setID(UUID id) (null is an IllegalArgumentException). */
     public void setID(UUID id) {
         if (id == null) {
-            throw new IllegalArgumentException("An object's ID cannot be null");
+            throw new IllegalArgumentException("ID of an object cannot be null!");
         }
         this.id = id;
     }
@@ -266,7 +266,7 @@ public abstract class PathObject {
     /** QuPath: public void setLocked(boolean locked) (only locking is allowed unless a subclass says otherwise). */
     public void setLocked(boolean locked) {
         if (!locked) {
-            throw new UnsupportedOperationException("This object cannot be unlocked");
+            throw new UnsupportedOperationException("Locked status cannot be unset!");
         }
     }
 

@@ -20,7 +20,7 @@ public class PathObjects {
     /** QuPath: public static PathObject createAnnotationObject(final ROI roi, final PathClass pathClass, final MeasurementList measurements). */
     public static PathObject createAnnotationObject(final ROI roi, final PathClass pathClass, final MeasurementList measurements) {
         if (roi == null) {
-            throw new IllegalArgumentException("An annotation object needs a ROI");
+            throw new IllegalArgumentException("A ROI is required to create an annotation object!");
         }
         return new PathAnnotationObject(roi, pathClass, measurements);
     }
@@ -38,7 +38,7 @@ public class PathObjects {
     /** QuPath: public static PathObject createDetectionObject(final ROI roi, final PathClass pathClass, final MeasurementList measurements). */
     public static PathObject createDetectionObject(final ROI roi, final PathClass pathClass, final MeasurementList measurements) {
         if (roi == null) {
-            throw new IllegalArgumentException("A detection object needs a ROI");
+            throw new IllegalArgumentException("A ROI is required to create a detection object!");
         }
         return new PathDetectionObject(roi, pathClass, measurements);
     }
@@ -56,7 +56,7 @@ public class PathObjects {
     /** QuPath: public static PathObject createTileObject(final ROI roi, final PathClass pathClass, final MeasurementList measurements). */
     public static PathObject createTileObject(final ROI roi, final PathClass pathClass, final MeasurementList measurements) {
         if (roi == null) {
-            throw new IllegalArgumentException("A tile object needs a ROI");
+            throw new IllegalArgumentException("A ROI is required to create a detection object!");  // sic, QuPath v0.6.0
         }
         return new PathTileObject(roi, pathClass, measurements);
     }

@@ -29,7 +29,7 @@ public abstract class PathROIObject extends PathObject {
      */
     public void setROI(final ROI roi) {
         if (roi == null) {
-            throw new IllegalArgumentException("setROI needs a ROI, not null");
+            throw new IllegalArgumentException("PathROIObject.setROI cannot be called with null!");
         }
         if (this.roi != roi) {
             this.roi = roi;

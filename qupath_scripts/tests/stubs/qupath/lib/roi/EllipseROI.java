@@ -3,6 +3,8 @@ package qupath.lib.roi;
 import java.awt.Shape;
 import java.awt.geom.Area;
 import java.awt.geom.Ellipse2D;
+import java.awt.geom.Path2D;
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 
@@ -13,17 +15,60 @@ import qupath.lib.regions.ImagePlane;
  * Stand-in for qupath.lib.roi.EllipseROI (QuPath v0.6.0,
  * qupath-core/src/main/java/qupath/lib/roi/EllipseROI.java and AbstractPathBoundedROI.java):
  * made by ROIs.createEllipseROI (TMA cores too) and by GeoJSON import with "isEllipse": true.
- * Name "Ellipse". Its geometry (for intersections and GeoJSON) is the ellipse flattened to
- * 0.05 px.
+ * Name "Ellipse". Its geometry (for intersections, the hierarchy and GeoJSON) is QuPath's:
+ * a 100-vertex polygon (see {@link #polygons()}); its area, contains and shape are the exact
+ * ellipse's, as in QuPath.
  */
 public class EllipseROI extends AbstractPathBoundedROI {
     EllipseROI(double x, double y, double width, double height, ImagePlane plane) {
         super("Ellipse", x, y, width, height, plane);
     }
 
+    /** JTS GeometricShapeFactory's default number of points, which QuPath leaves as it is. */
+    static final int GEOMETRY_POINTS = 100;
+
+    /**
+     * QuPath AbstractPathROI.getGeometry -> GeometryTools.GeometryConverter.areaToGeometry
+     * (v0.6.0, qupath-core/src/main/java/qupath/lib/roi/GeometryTools.java): an EllipseROI
+     * becomes JTS GeometricShapeFactory.createEllipse() in the bounds (JTS 1.20,
+     * util/GeometricShapeFactory.java): 100 points at angles i * 2 pi / 100 from the centre,
+     * x = cx + a cos, y = cy + b sin (Angle.cosSnap/sinSnap: |value| &lt; 5e-16 is 0), each made
+     * precise on QuPath's 0.01 px grid; the ring closed by repeating the first point (101
+     * coordinates in GeoJSON). Open here, as every stand-in ring.
+     */
     @Override
     public List<List<double[][]>> polygons() {
-        return polygonsOf(ringsOf(new Area(getShape())));
+        double a = (x2 - x) / 2.0;
+        double b = (y2 - y) / 2.0;
+        double cx = x + a;
+        double cy = y + b;
+        double[][] ring = new double[GEOMETRY_POINTS][];
+        for (int i = 0; i < GEOMETRY_POINTS; i++) {
+            double angle = i * (2 * Math.PI / GEOMETRY_POINTS);
+            ring[i] = new double[] {snap(a * snapZero(Math.cos(angle)) + cx), snap(b * snapZero(Math.sin(angle)) + cy)};
+        }
+        List<double[][]> polygon = new ArrayList<>();
+        polygon.add(ring);
+        List<List<double[][]>> out = new ArrayList<>();
+        out.add(polygon);
+        return out;
+    }
+
+    private static double snapZero(double v) {
+        return Math.abs(v) < 5e-16 ? 0.0 : v;
+    }
+
+    /** The 100-vertex geometry's area, for set operations and the hierarchy (QuPath uses the geometry there). */
+    @Override
+    public Area area() {
+        Path2D.Double path = new Path2D.Double(Path2D.WIND_EVEN_ODD);
+        double[][] ring = polygons().get(0).get(0);
+        path.moveTo(ring[0][0], ring[0][1]);
+        for (int i = 1; i < ring.length; i++) {
+            path.lineTo(ring[i][0], ring[i][1]);
+        }
+        path.closePath();
+        return new Area(path);
     }
 
     /** QuPath EllipseROI.getScaledArea: pi * a * b, exactly (not the flattened polygon's). */

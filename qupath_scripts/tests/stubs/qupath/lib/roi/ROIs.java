@@ -49,7 +49,7 @@ public class ROIs {
     /** QuPath: public static ROI createPolygonROI(double[] x, double[] y, ImagePlane plane) (lengths must match). */
     public static ROI createPolygonROI(double[] x, double[] y, ImagePlane plane) {
         if (x.length != y.length) {
-            throw new IllegalArgumentException("x and y arrays differ in length: " + x.length + " and " + y.length);
+            throw new IllegalArgumentException("Arrays have different lengths!");
         }
         List<Point2> points = new ArrayList<>();
         for (int i = 0; i < x.length; i++) {

@@ -45,7 +45,7 @@ public class RoiTools {
             ROI r = it.next();
             if (r.getImagePlane().getZ() != plane.getZ() || r.getImagePlane().getT() != plane.getT()
                 || r.getImagePlane().getC() != plane.getC()) {
-                throw new IllegalArgumentException("Cannot intersect ROIs on different planes: " + first + " and " + r);
+                throw new IllegalArgumentException("Cannot merge ROIs - found plane " + r.getImagePlane() + " but expected " + plane);
             }
             area.intersect(((ShapeROI) r).area());
         }

@@ -26,6 +26,12 @@ public interface ImageServer<T> extends AutoCloseable {
      */
     ImageServerMetadata getMetadata();
 
+    /**
+     * QuPath: public double[] getPreferredDownsamples() ("an array of downsample factors
+     * supported by the server": its pyramid levels, 1 first).
+     */
+    double[] getPreferredDownsamples();
+
     /** QuPath: public int getWidth() (full resolution). */
     int getWidth();
 

@@ -137,14 +137,14 @@ public final class PathClass implements Comparable<PathClass> {
             parent = null;
         }
         if (name != null && name.contains(DELIMITER)) {
-            throw new IllegalArgumentException("PathClass name '" + name + "' contains the delimiter '" + DELIMITER
-                + "': use fromString() for derived classes");
+            throw new IllegalArgumentException(String.format(
+                "Name '%s' contains the delimiter '%s' - please use a valid name or getInstanceFromString()", name, DELIMITER));
         }
         if (name == null) {
             if (parent == null) {
                 return NULL_CLASS;
             }
-            throw new IllegalArgumentException("A derived PathClass needs a name");
+            throw new IllegalArgumentException("Cannot derive a PathClass with a null name and non-null parent");
         }
         String stripped = name.trim();
         String key = parent == null ? stripped : parent.key() + KEY_SEPARATOR + stripped;
@@ -153,10 +153,10 @@ public final class PathClass implements Comparable<PathClass> {
             return existing;
         }
         if (stripped.isEmpty()) {
-            throw new IllegalArgumentException("A PathClass name cannot be blank");
+            throw new IllegalArgumentException("Requested PathClass name cannot be blank!");
         }
         if (stripped.contains("\n") || stripped.contains("\r")) {
-            throw new IllegalArgumentException("A PathClass name cannot contain a line break: " + stripped);
+            throw new IllegalArgumentException(stripped + " is not a valid PathClass name!");
         }
         if (!NAME_CHARACTERS.matcher(stripped).matches()) {
             System.err.println("PathClass name '" + stripped + "' has characters later QuPath versions may reject");

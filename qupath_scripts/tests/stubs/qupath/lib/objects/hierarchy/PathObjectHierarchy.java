@@ -79,7 +79,7 @@ public class PathObjectHierarchy {
      */
     public synchronized boolean addObjectBelowParent(PathObject pathObjectParent, PathObject pathObject, boolean fireUpdate) {
         if (pathObjectParent == pathObject) {
-            throw new IllegalArgumentException("An object cannot be its own parent");
+            throw new IllegalArgumentException("Cannot add a PathObject as a descendent of itself!");
         }
         if (pathObjectParent == null) {
             return addObject(pathObject, fireUpdate);
