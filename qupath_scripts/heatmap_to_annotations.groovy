@@ -30,8 +30,11 @@ def settings = [
     downsample   : 1.0,               // read pixels at this downsample (match the training data)
     stride       : 4,                 // heatmap sample spacing in pixels at that downsample (1 = every pixel)
     tileSize     : 512,               // pixels per streamed tile side
-    minArea      : 0,                 // drop outlines smaller than this (level-0 square pixels)
-    simplify     : 1.0,               // outline simplification tolerance (level-0 pixels)
+    minAreaMicrons: 0,                // drop outlines smaller than this (um^2; px^2 without pixel calibration); 0 = the server's default (200), < 0 = keep all
+    minHoleAreaMicrons: 0,            // fill holes smaller than this (um^2, else px^2); 0 = the server's default (none)
+    smoothSigmaMicrons: 0,            // smooth the map by this Gaussian sigma before outlining (um, else px); 0 = the server's default (none)
+    mergeDistanceMicrons: 0,          // join outlines closer than this (um, else px); 0 = the server's default (none)
+    simplify     : 0,                 // outline simplification, a fraction of one heatmap sample, [0, 1); 0 = the server's default (0.5), < 0 = none
     classification: '',               // QuPath class of the outlines; '' = className
     color        : [],                // [r, g, b] of that class; [] = the server's default colour
     addTiles     : false,             // also add probability tiles (for measurement maps)
@@ -81,6 +84,7 @@ def work = { milsil ->
         throw Q.failure('FAILED_PRECONDITION', model.name + ' (' + model.arch +
             ') has no bounded receptive field; heatmaps need a BagNet model')
     }
+    Q.sayOutlineUnits(server, name, { line -> println(line) })
     def results = []
     for (def parent : targets) {
         def label = name + ': ' + (parent == null ? 'whole image' : (parent.getName() ?: 'annotation'))

@@ -31,8 +31,11 @@ def settings = [
     threshold     : 0.5,               // probability threshold of the outlines
     stride        : 4,                 // heatmap sample spacing (pixels at `downsample`)
     tileSize      : 512,               // pixels per streamed tile side
-    minArea       : 0,                 // drop outlines smaller than this (level-0 square pixels)
-    simplify      : 1.0,               // outline simplification tolerance (level-0 pixels)
+    minAreaMicrons: 0,                 // drop outlines smaller than this (um^2; px^2 without pixel calibration); 0 = the server's default (200), < 0 = keep all
+    minHoleAreaMicrons: 0,             // fill holes smaller than this (um^2, else px^2); 0 = the server's default (none)
+    smoothSigmaMicrons: 0,             // smooth the map by this Gaussian sigma before outlining (um, else px); 0 = the server's default (none)
+    mergeDistanceMicrons: 0,           // join outlines closer than this (um, else px); 0 = the server's default (none)
+    simplify      : 0,                 // outline simplification, a fraction of one heatmap sample, [0, 1); 0 = the server's default (0.5), < 0 = none
     classification: '',                // QuPath class of the outlines; '' = className
     color         : [],                // [r, g, b] of that class; [] = the server's default colour
     csvPath       : '',                // '' = <project>/milsil/tma_summary.csv (or ~/milsil_tma_summary.csv)
@@ -77,6 +80,9 @@ def work = { milsil ->
         (model.patch_size ? ((Number) model.patch_size).intValue() : 64)
     def results = []
     def skipped = []
+    if (S.flag(s, 'addHeatmap')) {
+        Q.sayOutlineUnits(server, name, { line -> println(line) })
+    }
     for (def core : cores) {
         def tiles = Q.patchTiles(client, server, core.getROI(), S.num(s.downsample), patch, S.integer(s.maxPatches))
         if (tiles.isEmpty()) {

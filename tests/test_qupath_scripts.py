@@ -150,7 +150,9 @@ def _spec_for(world, out: Path, train_job: bool = True, big: bool = True) -> dic
             "milsil.stride": "2",
             "milsil.threshold": repr(world["threshold"]),
             "milsil.tileSize": "64",
-            "milsil.simplify": "0",
+            # Every outline as thresholded (the outline clean-up off: "< 0 = none").
+            "milsil.minAreaMicrons": "-1",
+            "milsil.simplify": "-1",
         },
     )
     tma = dict(
@@ -276,8 +278,10 @@ def _spec_for(world, out: Path, train_job: bool = True, big: bool = True) -> dic
             "milsil.model": "small",
             "milsil.stride": "8",
             "milsil.threshold": repr(world["big_threshold"]),
-            "milsil.simplify": "0",
-            "milsil.minArea": "40000",  # the untrained model's speckle: only larger regions
+            "milsil.simplify": "-1",  # none
+            # The untrained model's speckle: only larger regions (40,000 px² at the
+            # stand-in's 0.5 µm/px).
+            "milsil.minAreaMicrons": "10000",
             "milsil.annotationClass": "Tumor",
             "milsil.progressEverySeconds": "1",
         },
@@ -689,7 +693,7 @@ def test_an_annotation_larger_than_the_old_limit_in_both_modes(ran):
         shapely.union_all([shape(f["geometry"]) for f in d["features"]]).intersection(roi)
         for d in (slide_doc, stream_doc)
     ]
-    # minArea applies to the clipped outline there (the server clips) and to the whole one
+    # minAreaMicrons applies to the clipped outline there (the server clips) and to the whole one
     # here (the script clips): compare away from the annotation's border.
     inner = roi.buffer(-300)
     inside = [u.intersection(inner) for u in unions]

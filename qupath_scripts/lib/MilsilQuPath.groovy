@@ -220,8 +220,8 @@ class MilsilQuPath {
             class_name        : (s.get('className') ?: '').toString(),
             threshold_on      : 'PROBABILITY',
             threshold         : MilsilSettings.num(s.get('threshold')),
-            min_area          : MilsilSettings.num(s.get('minArea')),
-            simplify_tolerance: MilsilSettings.num(s.get('simplify')),
+            outline           : outlineSettings(s),
+            pixel_size_um     : pixelSizeMicrons(server),
             classification    : (s.get('classification') ?: '').toString(),
             color             : MilsilSettings.list(s.get('color')).collect { String c -> Integer.parseInt(c) },
         ]
@@ -234,6 +234,39 @@ class MilsilQuPath {
         return [objects: clipped(MilsilGeoJSON.read(geojson, log), roi), geojson: geojson, response: response]
     }
 
+
+    /**
+     * The outline clean-up of the settings (the contract's OutlineSettings: 0 = the server's
+     * default, negative = off): areas in um^2 and distances in um with the image's pixel
+     * calibration (pixelSizeMicrons), in level-0 pixels without it; `simplify` a fraction of
+     * one heatmap sample.
+     */
+    static Map outlineSettings(Map s) {
+        return [min_area      : MilsilSettings.num(s.get('minAreaMicrons')),
+                min_hole_area : MilsilSettings.num(s.get('minHoleAreaMicrons')),
+                smooth_sigma  : MilsilSettings.num(s.get('smoothSigmaMicrons')),
+                merge_distance: MilsilSettings.num(s.get('mergeDistanceMicrons')),
+                simplify      : MilsilSettings.num(s.get('simplify'))]
+    }
+
+    /**
+     * QuPath's pixel calibration, um per level-0 pixel (averaged over x and y), sent as
+     * `pixel_size_um`; 0 (the server then takes the outline settings as pixels) when the
+     * image has none: QuPath answers NaN.
+     */
+    static double pixelSizeMicrons(Object server) {
+        double um = server.getPixelCalibration().getAveragedPixelSizeMicrons()
+        return Double.isNaN(um) || Double.isInfinite(um) || um <= 0 ? 0d : um
+    }
+
+    /** One line when the image has no pixel calibration: its outline settings are pixels. */
+    static void sayOutlineUnits(Object server, String name, Closure log) {
+        if (pixelSizeMicrons(server) == 0d) {
+            MilsilProgress.say(log, 'milsil: ' + name + ': the image has no pixel calibration: the outline ' +
+                'settings (minAreaMicrons, minHoleAreaMicrons, smoothSigmaMicrons, mergeDistanceMicrons) are ' +
+                'taken as pixels')
+        }
+    }
 
     /**
      * The objects clipped to `roi` (a rectangle clips nothing: the region is its bounds), with
@@ -285,10 +318,9 @@ class MilsilQuPath {
             config            : [model      : model.get('name'), path: remote, stride: MilsilSettings.integer(s.get('stride')),
                                  downsample : MilsilSettings.num(s.get('downsample')), tissue_only: false,
                                  class_name : (s.get('className') ?: '').toString(),
-                                 roi        : roi == null ? '' : GsonTools.getInstance().toJson(roi)],
+                                 roi        : roi == null ? '' : GsonTools.getInstance().toJson(roi),
+                                 outline    : outlineSettings(s), pixel_size_um: pixelSizeMicrons(server)],
             threshold         : MilsilSettings.num(s.get('threshold')),
-            min_area          : MilsilSettings.num(s.get('minArea')),
-            simplify_tolerance: MilsilSettings.num(s.get('simplify')),
         ]
         MilsilProgress progress = new MilsilProgress(name, s.get('progressEverySeconds'), log)
         try {

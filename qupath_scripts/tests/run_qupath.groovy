@@ -88,10 +88,16 @@ for (Map img : (List<Map>) spec.get('images')) {
     PathObjectHierarchy hierarchy = new PathObjectHierarchy()
     // "slide": the whole-slide file these pixels stand for (what getURIs() names); "no_file":
     // an image with no file behind it (no URIs, a random id as its path) named "server_name".
+    // "pixel_size_um": the pixel calibration (default 0.5; null: none, QuPath's NaN).
     String path = (String) img.get('path')
-    ImageData data = new ImageData(img.get('no_file') ?
+    PngImageServer imageServer = img.get('no_file') ?
         new PngImageServer(path, null, (String) img.get('server_name'), true) :
-        new PngImageServer(path, (String) img.get('slide')), hierarchy)
+        new PngImageServer(path, (String) img.get('slide'))
+    if (img.containsKey('pixel_size_um')) {
+        imageServer.pixelSizeMicrons = img.get('pixel_size_um') == null ? Double.NaN :
+            ((Number) img.get('pixel_size_um')).doubleValue()
+    }
+    ImageData data = new ImageData(imageServer, hierarchy)
     List<PathObject> selected = []
     List<TMACoreObject> cores = []
     for (Map o : (List<Map>) (img.get('objects') ?: [])) {

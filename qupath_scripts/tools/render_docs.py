@@ -82,8 +82,8 @@ def main() -> int:
             "milsil.model": "tiny",
             "milsil.stride": "4",
             "milsil.threshold": repr(0.5 if args.checkpoint else float(np.quantile(prob, 0.7))),
-            "milsil.simplify": "1.0",
-            "milsil.minArea": "60",
+            "milsil.simplify": "0.25",  # of a 4-px sample: 1 px
+            "milsil.minAreaMicrons": "15",  # 60 px² at the stand-in's 0.5 µm/px
         }
         scripts = HERE.parent
         spec = {

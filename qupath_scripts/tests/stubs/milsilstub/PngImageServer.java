@@ -37,6 +37,8 @@ public class PngImageServer implements ImageServer<BufferedImage> {
     private final BufferedImage image;
     public int reads;
     public long largestRead;
+    /** µm per pixel of getPixelCalibration(); NaN: an uncalibrated image (QuPath answers NaN). */
+    public double pixelSizeMicrons = 0.5;
 
     public PngImageServer(String path) throws IOException {
         this(path, null);
@@ -99,7 +101,7 @@ public class PngImageServer implements ImageServer<BufferedImage> {
 
     @Override
     public PixelCalibration getPixelCalibration() {
-        return new PixelCalibration(0.5);
+        return new PixelCalibration(pixelSizeMicrons);
     }
 
     @Override
