@@ -30,6 +30,17 @@ def _wait_for(condition, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
+def _logged_code(caplog, method: str) -> str:
+    """The status code of the access-log line of ``method``'s call, once it is logged."""
+
+    def lines() -> list[dict]:
+        access = [r.getMessage() for r in caplog.records if r.name.endswith("access")]
+        return [entry for entry in map(json.loads, access) if entry["method"].endswith(method)]
+
+    _wait_for(lambda: lines())
+    return lines()[0]["code"]
+
+
 def _half_sent(stop: threading.Event, width: int = 512, height: int = 1024):
     """A Heatmap stream that sends its config and its first row of tiles, then nothing
     until ``stop`` is set (a client stuck half-way)."""
@@ -83,12 +94,7 @@ def test_a_client_cancel_mid_stream_is_logged_as_cancelled(tmp_path, caplog):
             assert next(call).HasField("header")  # the server now waits for more tiles
             call.cancel()
 
-            def logged() -> list[dict]:
-                lines = [r.getMessage() for r in caplog.records if r.name.endswith("access")]
-                return [json.loads(x) for x in lines if "Heatmap" in x]
-
-            _wait_for(lambda: logged())
-            assert logged()[0]["code"] == "CANCELLED"
+            assert _logged_code(caplog, "/Heatmap") == "CANCELLED"
             _wait_for(lambda: server.memory.in_use == 0)
             assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         finally:
@@ -286,3 +292,48 @@ def test_sigterm_ends_a_busy_server_within_the_grace(tmp_path):
         stop.set()
         client.close()
         stop_process(proc)
+
+
+def test_an_upload_cancelled_mid_stream_is_logged_as_cancelled(tmp_path, caplog):
+    """UploadDataset (not a region stream): the client cancels while the server waits for
+    its next message; the access log says CANCELLED and nothing is logged as an error."""
+    from milsil.v1 import training_service_pb2
+
+    caplog.set_level(logging.INFO, logger="milsil.server")
+    with running_server(tmp_path) as server:
+        client = MilsilClient(f"127.0.0.1:{server.port}", timeout=120)
+        stop = threading.Event()
+
+        def held():
+            yield training_service_pb2.UploadDatasetRequest(display_name="held")
+            stop.wait(120)
+
+        try:
+            call = client.training.UploadDataset.future(held(), timeout=120)
+            _wait_for(lambda: server.state.active["rpc"] == 1)
+            call.cancel()
+
+            assert _logged_code(caplog, "/UploadDataset") == "CANCELLED"
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        finally:
+            stop.set()
+            client.close()
+
+
+def test_the_tokens_file_is_reread_when_it_changes(tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice token-a\n")
+    with running_server(tmp_path / "srv", tokens_file=tokens, token="single") as server:
+        target = f"127.0.0.1:{server.port}"
+        bob = MilsilClient(target, timeout=30, token="token-b")
+        single = MilsilClient(target, timeout=30, token="single")
+        try:
+            with pytest.raises(grpc.RpcError) as info:
+                bob.list_models()
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert single.list_models() == []  # the single --token still works
+            tokens.write_text("alice token-a\nbob token-b  # added while serving\n")
+            assert bob.list_models() == []
+        finally:
+            bob.close()
+            single.close()
