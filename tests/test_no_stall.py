@@ -152,7 +152,9 @@ def test_a_user_with_many_connections_gets_one_turn(tmp_path):
     """Alice sends 8 Heatmaps over 8 connections of her own while the slot is taken; Bob
     sends one after them: Bob is served after at most one of Alice's (one user, one turn)."""
     tokens = _tokens(tmp_path)
-    config = dict(compute_slots=1, max_waiting=16, max_workers=32, tokens_file=tokens)
+    config = dict(
+        compute_slots=1, max_waiting=16, max_workers=32, tokens_file=tokens, metrics_port=0
+    )
     with running_server(tmp_path / "srv", **config) as server:
         register_tiny_model(server)
         target = f"127.0.0.1:{server.port}"
@@ -189,6 +191,10 @@ def test_a_user_with_many_connections_gets_one_turn(tmp_path):
             t.join(120)
         assert sorted(finished) == ["alice"] * 8 + ["bob"]
         assert finished.index("bob") <= 1, finished
+        # The metrics count by user, not by connection.
+        sample = server.metrics.registry.get_sample_value
+        assert sample("milsil_client_requests_total", {"client": "user:alice", "code": "OK"}) == 8
+        assert sample("milsil_client_requests_total", {"client": "user:bob", "code": "OK"}) == 1
         for c in [*alice, bob]:
             c.close()
 
@@ -337,3 +343,23 @@ def test_the_tokens_file_is_reread_when_it_changes(tmp_path):
         finally:
             bob.close()
             single.close()
+
+
+def test_a_turn_of_an_admitted_call_is_never_refused_nor_displaced():
+    """A streamed call taking its compute turn again queues in its client's place even
+    when the queue is full, and no newcomer can take that place."""
+    from milsil_server.errors import Busy
+    from milsil_server.slots import ComputeSlots
+
+    slots = ComputeSlots(slots=1, max_waiting=1)
+    active = lambda: True  # noqa: E731
+    holder = slots._enqueue("H", active)  # noqa: SLF001 - drive the queue step by step
+    turn = slots._enqueue("T", active, admitted=True)  # noqa: SLF001 - a band's turn
+    assert not turn.granted and slots.waiting == 1  # queued although the queue is full
+    with pytest.raises(Busy):
+        slots._enqueue("N", active)  # noqa: SLF001 - would displace T's turn: refused
+    assert not turn.displaced
+    slots._leave(holder)  # noqa: SLF001
+    assert turn.granted
+    slots._leave(turn)  # noqa: SLF001
+    assert slots.in_use == 0 and slots.waiting == 0
