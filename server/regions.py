@@ -53,6 +53,9 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
                 )
                 try:
                     events = stream.events(region.tiles())
+                    # Before each reply the slot goes back too: a client slow to read its
+                    # replies (gRPC's flow control holds the call) holds no slot either.
+                    turn.release()
                     yield Response(
                         header=heatmap_header(
                             region.model_id,
@@ -71,6 +74,7 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
                             tile = region_tile(
                                 index, samples, block, req.dtype, req.include_probabilities
                             )
+                            turn.release()
                             yield Response(tile=tile)
                 finally:
                     stream.close()
