@@ -41,6 +41,7 @@ from milsil_server.errors import (
     rejection,
     status_for,
 )
+from milsil_server.inbox import Inbox
 from milsil_server.inference_service import InferenceServicer
 from milsil_server.jobs import JobManager
 from milsil_server.memory import MemoryBudget, default_max_memory
@@ -194,14 +195,19 @@ class _Interceptor(grpc.ServerInterceptor):
                 state.enter(method)
                 claimed = None
                 client = None
+                inbox = state.inbox(request, context) if streaming_request else None
                 try:
                     client = admit(context)
                     claimed = state.claim(bound, client)
-                    response = behavior(request, auth.ClientContext(context, client))
+                    messages = request if inbox is None else inbox
+                    response = behavior(messages, auth.ClientContext(context, client))
                 except Exception as exc:  # noqa: BLE001 - mapped, never UNKNOWN
                     state.leave(method, claimed)
                     finish(context, started, exc, streaming_request, client)
                     raise AssertionError("unreachable") from exc  # abort raised already
+                finally:
+                    if inbox is not None:
+                        inbox.close()
                 state.leave(method, claimed)
                 finish(context, started, None, client=client)
                 return response
@@ -215,15 +221,19 @@ class _Interceptor(grpc.ServerInterceptor):
                 error = None
                 claimed = None
                 client = None
+                inbox = state.inbox(request, context) if streaming_request else None
                 try:
                     client = admit(context)
                     claimed = state.claim(bound, client)
-                    yield from behavior(request, auth.ClientContext(context, client))
+                    messages = request if inbox is None else inbox
+                    yield from behavior(messages, auth.ClientContext(context, client))
                 except GeneratorExit:
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped, never UNKNOWN
                     error = exc
                 finally:
+                    if inbox is not None:
+                        inbox.close()
                     state.leave(method, claimed)
                     if error is None:
                         finish(context, started, None, client=client)
@@ -268,6 +278,7 @@ class _State:
         # Spare "rpc" places beyond the bound, for clients holding fewer than per_client.
         self.per_client = self.spare = max(1, per_client)
         self.spare_used = 0
+        self.stream_idle_seconds = 30.0  # --stream-idle-timeout (0: no limit)
         self.by_client: dict[str, int] = {}  # open "rpc" calls by client
         self.draining = False
         self._lock = threading.Lock()
@@ -310,6 +321,11 @@ class _State:
             if kind == "rpc":
                 self.by_client[client] = mine + 1
             return kind, client, spare
+
+    def inbox(self, requests: Any, context: Any) -> Inbox:
+        """A streamed call's messages under ``--stream-idle-timeout`` (every client-streaming
+        RPC: uploads, imports and regions alike)."""
+        return Inbox(requests, self.stream_idle_seconds, context.is_active)
 
     def hide(self, folder: str | Path, shown_as: str) -> None:
         """Show ``folder`` (a server path) as ``shown_as`` in every message a client gets."""
@@ -420,6 +436,7 @@ class MilsilServer:
             {"rpc": bound, "reflection": REFLECTION_CALLS},
             per_client,
         )
+        self.state.stream_idle_seconds = config.stream_idle_timeout
         self.state.hide(self.store.root, "<data-dir>")
         for root in config.slide_roots:
             self.state.hide(root, "<slide-root>")

@@ -6,9 +6,11 @@ memory and anything else it holds, until its own deadline. An :class:`Inbox` rea
 messages on a thread of its own (one message ahead at most, so gRPC's flow control still
 holds the client back) and the call waits for each with ``--stream-idle-timeout``:
 
-* a message already there is handed over at once (the call keeps its compute turn);
-* otherwise ``on_wait`` runs first (a streamed region gives its compute slot back, see
-  :class:`~.slots.Turn`), then the call waits, checking that the client is still there;
+* a message already there (or there within ``GRACE_SECONDS``: the reader thread's
+  hand-over) is handed over at once, and the call keeps its compute turn;
+* otherwise ``on_wait`` runs, and again at every check while the call waits (a streamed
+  region gives its compute slot back if another call waits for one, see
+  :class:`~.slots.Turn`), and the call waits, checking that the client is still there;
 * no message for ``idle_seconds``: :class:`StreamIdle` (DEADLINE_EXCEEDED, naming the
   limit); a client that cancelled: :class:`~.errors.Cancelled` (CANCELLED, never INTERNAL).
 """
@@ -26,6 +28,7 @@ import grpc
 from .errors import Cancelled, ServiceError
 
 POLL_SECONDS = 0.2  # how often a waiting call checks that its client is still there
+GRACE_SECONDS = 0.05  # a message the client has sent reaches the call within this
 _END = object()
 
 
@@ -81,7 +84,7 @@ class Inbox:
         if self._done:
             raise StopIteration
         try:
-            item = self._queue.get_nowait()
+            item = self._queue.get(timeout=GRACE_SECONDS)
         except queue.Empty:
             item = self._wait()
         if item is _END:
@@ -97,11 +100,11 @@ class Inbox:
         return item
 
     def _wait(self) -> Any:
-        if self.on_wait is not None:
-            self.on_wait()
         limit = self.idle_seconds
         deadline = time.monotonic() + limit if limit > 0 else None
         while True:
+            if self.on_wait is not None:
+                self.on_wait()
             wait = (
                 POLL_SECONDS if deadline is None else min(POLL_SECONDS, deadline - time.monotonic())
             )

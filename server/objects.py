@@ -85,7 +85,7 @@ def _measure_objects(res: Resources, inbox: Inbox, context: Any) -> Iterator[Any
         with res.slots.turns(context.is_active, client_of(context)) as turn:
             for status in turn.waiting():
                 yield Response(queue=queue_status(status))
-            inbox.on_wait = turn.release
+            inbox.on_wait = turn.release_if_wanted
             stream = open_stream(res, spec, model, halo, 1, reservation, context, turn)
             tiles = received.tiles() if slide is None else slide_tiles(slide, spec, halo)
             try:

@@ -46,16 +46,13 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
         with res.slots.turns(context.is_active, client_of(context)) as turn:
             for status in turn.waiting():
                 yield Response(queue=queue_status(status))
-            inbox.on_wait = turn.release
+            inbox.on_wait = turn.release_if_wanted
             with res.memory.reservation() as reservation:
                 stream = open_stream(
                     res, r, region.model, region.halo, req.stride, reservation, context, turn
                 )
                 try:
                     events = stream.events(region.tiles())
-                    # Before each reply the slot goes back too: a client slow to read its
-                    # replies (gRPC's flow control holds the call) holds no slot either.
-                    turn.release()
                     yield Response(
                         header=heatmap_header(
                             region.model_id,
@@ -74,6 +71,8 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
                             tile = region_tile(
                                 index, samples, block, req.dtype, req.include_probabilities
                             )
+                            # The slot goes back before each reply: a client slow to
+                            # read (gRPC's flow control holds the call) holds no slot.
                             turn.release()
                             yield Response(tile=tile)
                 finally:
@@ -109,7 +108,7 @@ def _annotate(res: Resources, inbox: Inbox, context: Any) -> Any:
     ):
         for _status in turn.waiting():
             pass
-        inbox.on_wait = turn.release
+        inbox.on_wait = turn.release_if_wanted
         stream = open_stream(res, r, region.model, region.halo, stride, reservation, context, turn)
         try:
             for event in stream.events(region.tiles()):

@@ -114,7 +114,10 @@ class Resources:
         return self.cache.device
 
     def inbox(self, requests: Iterable[Any], context: Any) -> Inbox:
-        """A streamed call's messages under the idle limit (use ``with``)."""
+        """A streamed call's messages under the idle limit (use ``with``): the Inbox the
+        server already made for the call (:mod:`.app`), or one of its own."""
+        if isinstance(requests, Inbox):
+            return requests
         return Inbox(requests, self.stream_idle_seconds, context.is_active)
 
     def model(self, name: str, field: str) -> tuple[str, torch.nn.Module]:

@@ -108,7 +108,8 @@ class Ticket:
 
 class Turn:
     """A streamed call's hold on compute: the slot its admission got, given up
-    (:meth:`release`) while the call waits for its client's next message and taken again
+    (:meth:`release_if_wanted`) while the call waits for its client's next message and
+    another request waits for a slot, and taken again
     (:meth:`hold`, queued in its client's turn but never refused) when it has pixels to
     compute. So a client that stops sending holds memory, never a slot."""
 
@@ -141,6 +142,12 @@ class Turn:
             self.slots._leave(ticket)  # noqa: SLF001
             raise
         self._ticket = ticket
+
+    def release_if_wanted(self) -> None:
+        """Give the slot back if another request waits for one (a call waiting for its
+        client calls this at every check, so a newcomer waits a check's time at most)."""
+        if self._ticket is not None and self.slots.waiting > 0:
+            self.release()
 
     def release(self) -> None:
         """Give the slot back (the next client in turn gets it)."""

@@ -363,3 +363,26 @@ def test_a_turn_of_an_admitted_call_is_never_refused_nor_displaced():
     assert turn.granted
     slots._leave(turn)  # noqa: SLF001
     assert slots.in_use == 0 and slots.waiting == 0
+
+
+def test_an_upload_that_stops_sending_is_ended_by_the_idle_limit(tmp_path):
+    """The idle limit holds for every client-streaming RPC, not only regions."""
+    from milsil.v1 import training_service_pb2
+
+    with running_server(tmp_path, stream_idle_timeout=IDLE_SECONDS) as server:
+        client = MilsilClient(f"127.0.0.1:{server.port}", timeout=120)
+        stop = threading.Event()
+
+        def held():
+            yield training_service_pb2.UploadDatasetRequest(display_name="held")
+            stop.wait(120)
+
+        try:
+            with pytest.raises(grpc.RpcError) as info:
+                client.training.UploadDataset(held(), timeout=120)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "--stream-idle-timeout" in info.value.details()
+            assert server.state.active["rpc"] == 0
+        finally:
+            stop.set()
+            client.close()
