@@ -30,15 +30,16 @@ def _wait_for(condition, timeout: float = 60.0) -> None:
         time.sleep(0.02)
 
 
-def _logged_code(caplog, method: str) -> str:
-    """The status code of the access-log line of ``method``'s call, once it is logged."""
+def _assert_logged_as_cancelled(caplog, method: str) -> None:
+    """``method``'s call is in the access log as CANCELLED, and nothing logged an error."""
 
     def lines() -> list[dict]:
         access = [r.getMessage() for r in caplog.records if r.name.endswith("access")]
         return [entry for entry in map(json.loads, access) if entry["method"].endswith(method)]
 
     _wait_for(lambda: lines())
-    return lines()[0]["code"]
+    assert lines()[0]["code"] == "CANCELLED"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def _half_sent(stop: threading.Event, width: int = 512, height: int = 1024):
@@ -94,9 +95,8 @@ def test_a_client_cancel_mid_stream_is_logged_as_cancelled(tmp_path, caplog):
             assert next(call).HasField("header")  # the server now waits for more tiles
             call.cancel()
 
-            assert _logged_code(caplog, "/Heatmap") == "CANCELLED"
+            _assert_logged_as_cancelled(caplog, "/Heatmap")
             _wait_for(lambda: server.memory.in_use == 0)
-            assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         finally:
             stop.set()
             client.close()
@@ -319,8 +319,7 @@ def test_an_upload_cancelled_mid_stream_is_logged_as_cancelled(tmp_path, caplog)
             _wait_for(lambda: server.state.active["rpc"] == 1)
             call.cancel()
 
-            assert _logged_code(caplog, "/UploadDataset") == "CANCELLED"
-            assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+            _assert_logged_as_cancelled(caplog, "/UploadDataset")
         finally:
             stop.set()
             client.close()
