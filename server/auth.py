@@ -30,13 +30,6 @@ def is_exempt(method: str) -> bool:
     return method.startswith(EXEMPT_PREFIXES)
 
 
-def token_ok(expected: str | None, metadata: tuple[tuple[str, str | bytes], ...] | None) -> bool:
-    """True when no token is configured or the metadata carries the right bearer token."""
-    if not expected:
-        return True
-    return Tokens(expected).user(metadata) is not None
-
-
 SINGLE_TOKEN_USER = "token"  # the identity of --token's holder
 
 
