@@ -385,3 +385,38 @@ def test_an_upload_that_stops_sending_is_ended_by_the_idle_limit(tmp_path):
         finally:
             stop.set()
             client.close()
+
+
+def test_too_many_objects_are_refused_as_they_arrive_and_their_memory_returned(tmp_path):
+    """Objects are counted message by message: the message that would pass the limit is
+    refused before its objects are built, and what earlier messages built is returned."""
+    from milsil_server.resources import Limits
+
+    with running_server(tmp_path, limits=Limits(max_objects=10)) as server:
+        register_tiny_model(server)
+        client = MilsilClient(f"127.0.0.1:{server.port}", timeout=60)
+        square = json.dumps({"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 0]]]})
+
+        def objects(first: int, count: int) -> list:
+            return [
+                inference_service_pb2.MeasureObject(id=str(k), geometry=square)
+                for k in range(first, first + count)
+            ]
+
+        config = inference_service_pb2.MeasureObjectsConfig(
+            model="models/tiny", region=common_pb2.Region(width=20, height=20)
+        )
+        Request = inference_service_pb2.MeasureObjectsRequest
+        requests = [
+            Request(config=config, objects=objects(0, 6)),
+            Request(objects=objects(6, 1_000)),  # 1,006 in all: refused before it is read
+        ]
+        try:
+            with pytest.raises(grpc.RpcError) as info:
+                list(client.inference.MeasureObjects(iter(requests), timeout=30))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            details = info.value.details()
+            assert "at most 10 objects" in details and "would make 1006" in details
+            _wait_for(lambda: server.memory.in_use == 0)
+        finally:
+            client.close()
