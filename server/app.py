@@ -195,10 +195,12 @@ class _Interceptor(grpc.ServerInterceptor):
                 state.enter(method)
                 claimed = None
                 client = None
-                inbox = state.inbox(request, context) if streaming_request else None
+                inbox = None
                 try:
                     client = admit(context)
                     claimed = state.claim(bound, client)
+                    # Read only once admitted (an unauthenticated call's bytes never are).
+                    inbox = state.inbox(request, context) if streaming_request else None
                     messages = request if inbox is None else inbox
                     response = behavior(messages, auth.ClientContext(context, client))
                 except Exception as exc:  # noqa: BLE001 - mapped, never UNKNOWN
@@ -221,10 +223,12 @@ class _Interceptor(grpc.ServerInterceptor):
                 error = None
                 claimed = None
                 client = None
-                inbox = state.inbox(request, context) if streaming_request else None
+                inbox = None
                 try:
                     client = admit(context)
                     claimed = state.claim(bound, client)
+                    # Read only once admitted (an unauthenticated call's bytes never are).
+                    inbox = state.inbox(request, context) if streaming_request else None
                     messages = request if inbox is None else inbox
                     yield from behavior(messages, auth.ClientContext(context, client))
                 except GeneratorExit:
