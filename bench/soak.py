@@ -21,6 +21,12 @@ third by more than ``--rss-growth-mb`` and 20%, or any sample is over ``--max-rs
 
 Loopback only; every loop is bounded by time and by ``--max-calls`` per stream.
 
+With ``--adversaries stalled,idle,connections,roi`` (or ``all``; see
+``bench/adversaries.py``) the server gets per-user tokens, a victim's small Heatmap is
+timed alone first, then next to each adversary in turn (each for ``--adversary-seconds``,
+alongside the honest load), and the report gives the victim's median latency under each
+against its median alone (``adversaries``).
+
 Usage: ``python bench/soak.py [--seconds 90] [--streams 32] [--json out.json]``.
 """
 
@@ -136,7 +142,26 @@ def main(argv: list[str] | None = None) -> int:
         help="extra `milsil serve` argument (repeatable, e.g. --serve-arg=--compute-slots=2)",
     )
     parser.add_argument("--json", type=Path, help="write the report here too")
+    parser.add_argument(
+        "--adversaries",
+        default="",
+        help="comma-separated: stalled, idle, connections, roi, or all (default none)",
+    )
+    parser.add_argument(
+        "--adversary-seconds", type=float, default=20.0, help="each adversary's turn (20)"
+    )
     args = parser.parse_args(argv)
+    from bench import adversaries as adv
+
+    kinds = (
+        adv.ADVERSARIES
+        if args.adversaries == "all"
+        else tuple(k for k in args.adversaries.split(",") if k)
+    )
+    for kind in kinds:
+        if kind not in adv.ADVERSARIES:
+            parser.error(f"--adversaries: unknown {kind!r}; allowed: {', '.join(adv.ADVERSARIES)}")
+    token = adv.TOKENS["honest"] if kinds else None
 
     import grpc
 
@@ -153,9 +178,19 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         metrics_port = free_port()
         server_log = tmp / "server.log"
-        proc, target = start_server(tmp / "data", metrics_port, args.serve_arg, server_log)
+        serve_args = list(args.serve_arg)
+        if kinds:
+            (tmp / "tokens").write_text(adv.tokens_file_text())
+            serve_args += ["--tokens-file", str(tmp / "tokens")]
+        if "roi" in kinds:
+            from milsil.wsi.synthetic import synthetic_slide
+
+            (tmp / "slides").mkdir()
+            synthetic_slide(tmp / "slides" / "soak.tif", 256, 256, block=64, seed=1)
+            serve_args += ["--slide-root", str(tmp / "slides")]
+        proc, target = start_server(tmp / "data", metrics_port, serve_args, server_log)
         try:
-            setup = MilsilClient(target, timeout=120)
+            setup = MilsilClient(target, timeout=120, token=token)
             save_checkpoint(tiny_model(width=args.width), tmp / "model.pt")
             model = setup.import_model(tmp / "model.pt", model_id="soak").name
             dataset = setup.upload_dataset(tiny_bags(patients=6, size=32), "soak").name
@@ -174,6 +209,30 @@ def main(argv: list[str] | None = None) -> int:
                 rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8) for _ in range(4)
             ]
             setup.heatmap(model, images[0], stride=args.stride)  # load the model once
+            victim_image = images[1][:64, :64]
+            alone: list[float] = []
+            if kinds:  # the victim alone: no other load at all
+                t_alone = time.monotonic() + 5.0
+                alone = adv.victim_latencies(
+                    target, model, victim_image, args.stride, lambda: time.monotonic() > t_alone
+                )
+            under: dict[str, list[float]] = {}
+
+            def adversary_phases() -> None:
+                for kind in kinds:
+                    stop_kind = threading.Event()
+                    threads = adv.start(kind, target, model, stop_kind)
+                    until = time.monotonic() + args.adversary_seconds
+                    under[kind] = adv.victim_latencies(
+                        target,
+                        model,
+                        victim_image,
+                        args.stride,
+                        lambda u=until: time.monotonic() > u,
+                    )
+                    stop_kind.set()
+                    for t in threads:
+                        t.join(30)
 
             lock = threading.Lock()
             codes: dict[str, Counter] = {"Heatmap": Counter(), "Annotate": Counter()}
@@ -188,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                     with lock:
                         waits[kind] += 1
 
-                client = MilsilClient(target, on_wait=on_wait)
+                client = MilsilClient(target, on_wait=on_wait, token=token)
                 try:
                     for n in range(args.max_calls):
                         now = time.monotonic()
@@ -250,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
 
             helpers = [threading.Thread(target=probe), threading.Thread(target=sample)]
             workers = [threading.Thread(target=stream, args=(k,)) for k in range(args.streams)]
+            workers.append(threading.Thread(target=adversary_phases))
             for t in helpers + workers:
                 t.start()
             job_states: list[str] = []
@@ -325,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
             "server_exit_code": proc.returncode,
         }
     )
+    if kinds:
+        report["adversaries"] = {kind: adv.summary(alone, under.get(kind, [])) for kind in kinds}
     for kind, counter in codes.items():
         for code in counter:
             if code in BAD_CODES or code.startswith("client error"):

@@ -15,11 +15,13 @@ request becomes plain values and how the result becomes messages:
   (the message codec they share), :mod:`~milsil_server.tiles` (tile checks, decoding),
   :mod:`~milsil_server.region_stream` (a streamed region computed band by band),
   :mod:`~milsil_server.memory` (the ``--max-memory`` budget), :mod:`~milsil_server.slots`
-  (compute slots and their queue), :mod:`~milsil_server.paths` (slide roots, output root,
+  (compute slots, turns and the per-client queue), :mod:`~milsil_server.inbox` (a
+  stream's messages under ``--stream-idle-timeout``), :mod:`~milsil_server.paths` (slide roots, output root,
   confinement), :mod:`~milsil_server.runner` (background work behind a stream, work-folder
   locks);
 * state and training: :mod:`~milsil_server.store` (SQLite + files), :mod:`~milsil_server.jobs`
   (training processes), :mod:`~milsil_server.trainer`;
-* :mod:`~milsil_server.app` (assembly, interceptor), :mod:`~milsil_server.errors`
-  (status codes), :mod:`~milsil_server.auth` (token, TLS), :mod:`~milsil_server.cli`.
+* :mod:`~milsil_server.app` (assembly, interceptor, per-client call cap),
+  :mod:`~milsil_server.metrics` (Prometheus), :mod:`~milsil_server.errors` (status codes),
+  :mod:`~milsil_server.auth` (tokens, the caller's identity, TLS), :mod:`~milsil_server.cli`.
 """

@@ -35,14 +35,17 @@ from milsil_server import auth
 from milsil_server.errors import (
     RETRY_KEY,
     Busy,
+    Cancelled,
     Unauthenticated,
     Unavailable,
     rejection,
     status_for,
 )
+from milsil_server.inbox import Inbox
 from milsil_server.inference_service import InferenceServicer
 from milsil_server.jobs import JobManager
 from milsil_server.memory import MemoryBudget, default_max_memory
+from milsil_server.metrics import Metrics
 from milsil_server.model_service import ModelServicer
 from milsil_server.paths import SlidePaths
 from milsil_server.resources import Limits, ModelCache, Resources, default_device
@@ -81,6 +84,8 @@ class ServerConfig:
     port: int = 50051
     data_dir: Path = field(default_factory=default_data_dir)
     token: str | None = None
+    # A file of 'NAME TOKEN' lines: per-user tokens, re-read when it changes.
+    tokens_file: Path | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
@@ -88,11 +93,16 @@ class ServerConfig:
     max_model_mb: int = 2048
     max_workers: int = 16
     max_concurrent_rpcs: int | None = None  # default: max_workers
+    # Once the bound's places are taken, a client (user, or host without tokens) holding
+    # fewer calls than this still gets one of as many spare places; default: half the bound.
+    max_calls_per_client: int | None = None
     compute_slots: int = 1
     max_waiting: int = 8
     max_queued_jobs: int = 16
     metrics_port: int | None = None
     grace: float = 10.0
+    # Longest silence between a streamed call's messages, seconds (0: no limit).
+    stream_idle_timeout: float = 30.0
     device: str | None = None
     limits: Limits = field(default_factory=Limits)
     # Folders whose slides AnnotateSlide/SlideHeatmap may read (none: those RPCs are off).
@@ -101,107 +111,6 @@ class ServerConfig:
     output_root: Path | None = None
     # Memory all Heatmap/Annotate calls may hold at once, MB (None: a quarter of the RAM).
     max_memory_mb: int | None = None
-
-
-class _Metrics:
-    """Prometheus metrics in a registry of their own (several servers per process in tests)."""
-
-    def __init__(self, host: str, port: int, device: Any) -> None:
-        try:
-            import prometheus_client as prom
-        except ImportError:
-            raise MilsilError(
-                "--metrics-port needs the prometheus_client package (pip install prometheus_client)"
-            ) from None
-        self.registry = prom.CollectorRegistry()
-        self.requests = prom.Counter(
-            "milsil_requests_total",
-            "RPCs by method and status code",
-            ["method", "code"],
-            registry=self.registry,
-        )
-        self.errors = prom.Counter(
-            "milsil_errors_total",
-            "Failed RPCs by method and status code",
-            ["method", "code"],
-            registry=self.registry,
-        )
-        self.latency = prom.Histogram(
-            "milsil_request_seconds",
-            "RPC latency",
-            ["method"],
-            registry=self.registry,
-            buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
-        )
-        self.in_flight = prom.Gauge(
-            "milsil_requests_in_flight", "RPCs being served", ["method"], registry=self.registry
-        )
-        memory = prom.Gauge(
-            "milsil_device_memory_bytes",
-            "Device memory allocated by PyTorch",
-            registry=self.registry,
-        )
-
-        def allocated() -> float:
-            import torch
-
-            return float(torch.cuda.memory_allocated()) if device.type == "cuda" else 0.0
-
-        memory.set_function(allocated)
-        self.rejected = prom.Counter(
-            "milsil_rejected_total",
-            "Requests refused, by reason: busy, the client waits and retries (queue_full, "
-            "displaced, too_many_calls, job_queue_full); final (too_large, out_of_memory, "
-            "draining, unauthenticated)",
-            ["reason"],
-            registry=self.registry,
-        )
-        self._prom = prom
-        self.http, self.thread = prom.start_http_server(port, addr=host, registry=self.registry)
-        self.port = self.http.server_port
-
-    def watch_slots(self, slots: ComputeSlots) -> None:
-        """Gauges of the compute queue: its length and the slots in use."""
-        queue = self._prom.Gauge(
-            "milsil_compute_queue_length",
-            "Requests waiting for a compute slot",
-            registry=self.registry,
-        )
-        queue.set_function(lambda: float(slots.waiting))
-        in_use = self._prom.Gauge(
-            "milsil_compute_slots_in_use",
-            "Compute slots computing now",
-            registry=self.registry,
-        )
-        in_use.set_function(lambda: float(slots.in_use))
-        total = self._prom.Gauge(
-            "milsil_compute_slots", "Compute slots configured", registry=self.registry
-        )
-        total.set(slots.slots)
-
-    def watch_memory(self, memory: MemoryBudget) -> None:
-        """Gauges of the region memory budget (--max-memory): bytes reserved and the limit."""
-        in_use = self._prom.Gauge(
-            "milsil_memory_budget_in_use_bytes",
-            "Bytes Heatmap/Annotate calls hold (reserved before allocating)",
-            registry=self.registry,
-        )
-        in_use.set_function(lambda: float(memory.in_use))
-        limit = self._prom.Gauge(
-            "milsil_memory_budget_bytes", "The region memory budget", registry=self.registry
-        )
-        limit.set(memory.limit)
-
-    def watch_jobs(self, jobs: JobManager) -> None:
-        """Gauges of the training jobs: running and queued."""
-        for state, what in (("running", "running"), ("queued", "waiting to run")):
-            gauge = self._prom.Gauge(
-                f"milsil_jobs_{state}", f"Training jobs {what}", registry=self.registry
-            )
-            gauge.set_function(lambda state=state: float(jobs.counts()[state]))
-
-    def stop(self) -> None:
-        self.http.shutdown()
 
 
 class _Interceptor(grpc.ServerInterceptor):
@@ -228,19 +137,39 @@ class _Interceptor(grpc.ServerInterceptor):
         else:
             bound = "rpc"
 
-        def admit() -> None:
+        def admit(context) -> str:
+            """The caller's identity, once it may be served."""
+            host = auth.peer_host(context.peer())
             if auth.is_exempt(method):
-                return
+                return host
             if state.draining:
                 raise Unavailable("server is shutting down; retry on another instance or later")
-            if not auth.token_ok(state.token, metadata):
+            user = state.tokens.user(metadata)
+            if user is None:
                 raise Unauthenticated(
                     "missing or wrong bearer token (metadata 'authorization: Bearer <token>')"
                 )
+            return f"user:{user}" if user else host
 
-        def finish(context, started: float, exc: BaseException | None) -> None:
+        def finish(
+            context,
+            started: float,
+            exc: BaseException | None,
+            streaming: bool = False,
+            client: str | None = None,
+        ) -> None:
             code = grpc.StatusCode.OK
             message = ""
+            if streaming and type(exc) is MilsilError and _client_gone(context):
+                # A cancel ends the request stream a moment before gRPC marks the call
+                # cancelled: what failed then (a short upload, a region not covered) is
+                # the cancel, never an error of the request's. (Only a plain request
+                # error waits to see; busy and the rest answer at once.)
+                exc = Cancelled("the client cancelled the call while sending")
+            if isinstance(exc, grpc.RpcError) and not context.is_active():
+                # The request iterator raised because the client went away: its cancel
+                # (or deadline), not a server fault.
+                exc = Cancelled("the client cancelled the call while sending")
             if exc is not None:
                 code, message = status_for(exc)
                 message = state.redact(message)
@@ -256,7 +185,7 @@ class _Interceptor(grpc.ServerInterceptor):
                 remaining = context.time_remaining()
                 if remaining is not None and remaining <= 0:
                     code = grpc.StatusCode.DEADLINE_EXCEEDED
-            state.record(method, code, time.perf_counter() - started, context, message)
+            state.record(method, code, time.perf_counter() - started, context, message, client)
             if exc is not None:
                 context.abort(code, message)
 
@@ -264,17 +193,25 @@ class _Interceptor(grpc.ServerInterceptor):
             def wrapped(request, context):
                 started = time.perf_counter()
                 state.enter(method)
-                claimed = False
+                claimed = None
+                client = None
+                inbox = None
                 try:
-                    admit()
-                    claimed = state.claim(bound)
-                    response = behavior(request, context)
+                    client = admit(context)
+                    claimed = state.claim(bound, client)
+                    # Read only once admitted (an unauthenticated call's bytes never are).
+                    inbox = state.inbox(request, context) if streaming_request else None
+                    messages = request if inbox is None else inbox
+                    response = behavior(messages, auth.ClientContext(context, client))
                 except Exception as exc:  # noqa: BLE001 - mapped, never UNKNOWN
-                    state.leave(method, bound if claimed else None)
-                    finish(context, started, exc)
+                    state.leave(method, claimed)
+                    finish(context, started, exc, streaming_request, client)
                     raise AssertionError("unreachable") from exc  # abort raised already
-                state.leave(method, bound)
-                finish(context, started, None)
+                finally:
+                    if inbox is not None:
+                        inbox.close()
+                state.leave(method, claimed)
+                finish(context, started, None, client=client)
                 return response
 
             return wrapped
@@ -284,21 +221,28 @@ class _Interceptor(grpc.ServerInterceptor):
                 started = time.perf_counter()
                 state.enter(method)
                 error = None
-                claimed = False
+                claimed = None
+                client = None
+                inbox = None
                 try:
-                    admit()
-                    claimed = state.claim(bound)
-                    yield from behavior(request, context)
+                    client = admit(context)
+                    claimed = state.claim(bound, client)
+                    # Read only once admitted (an unauthenticated call's bytes never are).
+                    inbox = state.inbox(request, context) if streaming_request else None
+                    messages = request if inbox is None else inbox
+                    yield from behavior(messages, auth.ClientContext(context, client))
                 except GeneratorExit:
                     raise
                 except Exception as exc:  # noqa: BLE001 - mapped, never UNKNOWN
                     error = exc
                 finally:
-                    state.leave(method, bound if claimed else None)
+                    if inbox is not None:
+                        inbox.close()
+                    state.leave(method, claimed)
                     if error is None:
-                        finish(context, started, None)
+                        finish(context, started, None, client=client)
                 if error is not None:
-                    finish(context, started, error)
+                    finish(context, started, error, streaming_request, client)
 
             return wrapped
 
@@ -327,10 +271,19 @@ class _State:
     """Shared mutable server state the interceptor reads."""
 
     def __init__(
-        self, token: str | None, metrics: _Metrics | None, bounds: dict[str, int] | None = None
+        self,
+        tokens: auth.Tokens,
+        metrics: Metrics | None,
+        bounds: dict[str, int] | None = None,
+        per_client: int = 1,
     ) -> None:
-        self.token = token
+        self.tokens = tokens
         self.metrics = metrics
+        # Spare "rpc" places beyond the bound, for clients holding fewer than per_client.
+        self.per_client = self.spare = max(1, per_client)
+        self.spare_used = 0
+        self.stream_idle_seconds = 30.0  # --stream-idle-timeout (0: no limit)
+        self.by_client: dict[str, int] = {}  # open "rpc" calls by client
         self.draining = False
         self._lock = threading.Lock()
         self.in_flight = 0
@@ -340,21 +293,43 @@ class _State:
         # (server folder, what a client sees instead), longest first.
         self.hidden: list[tuple[str, str]] = []
 
-    def claim(self, kind: str) -> bool:
-        """Take one of the places of ``kind``; Busy (RESOURCE_EXHAUSTED, retry) when all
-        are taken. Returns True (the caller must :meth:`leave` with ``kind``)."""
+    def claim(self, kind: str, client: str) -> tuple[str, str, bool]:
+        """Take one of the places of ``kind`` for ``client``; Busy (RESOURCE_EXHAUSTED,
+        retry) when all are taken. The services have ``spare`` places beyond their bound
+        for clients holding fewer than ``per_client`` calls, so one client's idle calls
+        never leave the others without a place. Returns the claim, for :meth:`leave`."""
         with self._lock:
             limit = self.bounds.get(kind)
             if limit is None:
                 self.active[kind] = self.active.get(kind, 0) + 1
-                return True
+                return kind, client, False
+            mine = self.by_client.get(client, 0)
+            spare = False
             if self.active[kind] >= limit:
-                raise Busy(
-                    f"server busy: {limit} calls are being served (the limit); retry later",
-                    reason="too_many_calls",
-                )
-            self.active[kind] += 1
-            return True
+                if kind != "rpc" or self.spare_used >= self.spare or mine >= self.per_client:
+                    share = (
+                        f", this client holds {mine} (at most {self.per_client} per client "
+                        "once they are all taken, --max-calls-per-client)"
+                        if kind == "rpc" and mine
+                        else ""
+                    )
+                    raise Busy(
+                        f"server busy: {limit} calls are being served (the limit){share}; "
+                        "retry later",
+                        reason="too_many_calls",
+                    )
+                spare = True
+                self.spare_used += 1
+            else:
+                self.active[kind] += 1
+            if kind == "rpc":
+                self.by_client[client] = mine + 1
+            return kind, client, spare
+
+    def inbox(self, requests: Any, context: Any) -> Inbox:
+        """A streamed call's messages under ``--stream-idle-timeout`` (every client-streaming
+        RPC: uploads, imports and regions alike)."""
+        return Inbox(requests, self.stream_idle_seconds, context.is_active)
 
     def hide(self, folder: str | Path, shown_as: str) -> None:
         """Show ``folder`` (a server path) as ``shown_as`` in every message a client gets."""
@@ -382,16 +357,30 @@ class _State:
         if reason and self.metrics:
             self.metrics.rejected.labels(reason).inc()
 
-    def leave(self, method: str, kind: str | None = None) -> None:
+    def leave(self, method: str, claim: tuple[str, str, bool] | None = None) -> None:
         with self._lock:
             self.in_flight -= 1
-            if kind is not None:
-                self.active[kind] -= 1
+            if claim is not None:
+                kind, client, spare = claim
+                if spare:
+                    self.spare_used -= 1
+                else:
+                    self.active[kind] -= 1
+                if kind == "rpc":
+                    left = self.by_client.pop(client, 1) - 1
+                    if left > 0:
+                        self.by_client[client] = left
         if self.metrics:
             self.metrics.in_flight.labels(method).dec()
 
     def record(
-        self, method: str, code: grpc.StatusCode, seconds: float, context, message: str
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        seconds: float,
+        context,
+        message: str,
+        client: str | None = None,
     ) -> None:
         entry = {
             "event": "rpc",
@@ -400,12 +389,15 @@ class _State:
             "ms": round(seconds * 1000, 2),
             "peer": context.peer(),
         }
+        if client:
+            entry["client"] = client
         if message:
             entry["message"] = message
         access_log.info(json.dumps(entry))
         if self.metrics:
             self.metrics.requests.labels(method, code.name).inc()
             self.metrics.latency.labels(method).observe(seconds)
+            self.metrics.by_client(client or "-", code.name, seconds)
             if code != grpc.StatusCode.OK:
                 self.metrics.errors.labels(method, code.name).inc()
 
@@ -430,7 +422,7 @@ class MilsilServer:
         )
         self.jobs = JobManager(self.store, max_queued=config.max_queued_jobs)
         self.metrics = (
-            _Metrics(config.host, config.metrics_port, self.device)
+            Metrics(config.host, config.metrics_port, self.device)
             if config.metrics_port is not None
             else None
         )
@@ -441,9 +433,14 @@ class MilsilServer:
         # The services' calls are bounded here, not by grpc's maximum_concurrent_rpcs (which
         # counts health too): health always has threads of its own (RESERVED_THREADS).
         bound = config.max_concurrent_rpcs or config.max_workers
+        per_client = config.max_calls_per_client or max(1, bound // 2)
         self.state = _State(
-            config.token, self.metrics, {"rpc": bound, "reflection": REFLECTION_CALLS}
+            auth.Tokens(config.token, config.tokens_file),
+            self.metrics,
+            {"rpc": bound, "reflection": REFLECTION_CALLS},
+            per_client,
         )
+        self.state.stream_idle_seconds = config.stream_idle_timeout
         self.state.hide(self.store.root, "<data-dir>")
         for root in config.slide_roots:
             self.state.hide(root, "<slide-root>")
@@ -457,7 +454,8 @@ class MilsilServer:
         ]
         self.server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=bound + RESERVED_THREADS, thread_name_prefix="milsil-rpc"
+                max_workers=bound + per_client + RESERVED_THREADS,
+                thread_name_prefix="milsil-rpc",
             ),
             interceptors=[_Interceptor(self.state)],
             options=options,
@@ -476,6 +474,7 @@ class MilsilServer:
                     self.memory,
                     SlidePaths(config.slide_roots, output_root),
                     max_message_bytes=max_bytes,
+                    stream_idle_seconds=config.stream_idle_timeout,
                 )
             ),
             self.server,
@@ -498,7 +497,9 @@ class MilsilServer:
             self.port = self.server.add_secure_port(address, credentials)
         if not self.port:
             raise MilsilError(f"cannot listen on {address} (port in use or host not local)")
-        if not _is_loopback(config.host) and not (config.token and credentials):
+        if not _is_loopback(config.host) and not (
+            (config.token or config.tokens_file) and credentials
+        ):
             log.warning(
                 "listening on %s without both a token and TLS: anyone on the network can use it",
                 address,
@@ -511,7 +512,7 @@ class MilsilServer:
                     "event": "start",
                     "address": f"{config.host}:{self.port}",
                     "tls": credentials is not None,
-                    "auth": bool(config.token),
+                    "auth": bool(config.token or config.tokens_file),
                     "device": str(self.device),
                     "data_dir": str(self.store.root),
                     "slide_roots": [str(r) for r in config.slide_roots],
@@ -553,6 +554,20 @@ class MilsilServer:
 
     def wait(self) -> None:
         self.server.wait_for_termination()
+
+
+CANCEL_SETTLE_SECONDS = 0.25  # how long a failed streaming call waits to see a cancel land
+
+
+def _client_gone(context: Any) -> bool:
+    """Whether the client has cancelled (or its deadline passed), waiting a moment for
+    gRPC to deliver a cancel that raced the end of the request stream."""
+    deadline = time.monotonic() + CANCEL_SETTLE_SECONDS
+    while context.is_active():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _bracket(host: str) -> str:

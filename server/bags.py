@@ -17,6 +17,7 @@ from milsil.data.images import to_tensor
 from milsil.errors import MilsilError
 from milsil.v1 import inference_service_pb2
 
+from .auth import client_of
 from .errors import Cancelled, ResourceExhausted
 from .messages import decode
 from .resources import Limits, Resources
@@ -26,7 +27,7 @@ def classify_bag_rpc(res: Resources, requests: Iterable[Any], context: Any) -> A
     """The ClassifyBag RPC."""
     model_name, tiles = bag_request(requests, res.limits)
     ident, model = res.model(model_name, "model")
-    with res.slots.acquire(context.is_active, context.peer()):
+    with res.slots.acquire(context.is_active, client_of(context)):
         result = classify_tiles(model, tiles, context.is_active)
     return classify_bag_response(ident, model.class_names, result)
 

@@ -60,6 +60,23 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="require 'authorization: Bearer TOKEN' (default: $MILSIL_TOKEN if set; health is exempt)",
     )
+    p.add_argument(
+        "--tokens-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="per-user tokens: one 'NAME TOKEN' per line ('#' comments), re-read when it "
+        "changes; a user's calls share one turn in the compute queue",
+    )
+    p.add_argument(
+        "--max-calls-per-client",
+        type=int,
+        default=None,
+        metavar="N",
+        help="once --max-workers calls are open, a client (user, or host without tokens) "
+        "holding fewer than N still gets one of N spare places, so one client's idle "
+        "streams never shut the others out (default: half of --max-workers)",
+    )
     p.add_argument("--tls-cert", help="PEM certificate chain: enables TLS")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument(
@@ -116,6 +133,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         help="seconds in-flight requests get on shutdown (default 10)",
     )
     p.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="end a streamed call whose client sends nothing for this long (DEADLINE_EXCEEDED, "
+        "its memory returned; default 30; 0 = no limit)",
+    )
+    p.add_argument(
         "--device",
         default=None,
         help="torch device for inference (default: cuda if present, else cpu)",
@@ -136,6 +161,12 @@ def run(args: argparse.Namespace) -> int:
     for name in ("max_message_mb", "max_workers", "compute_slots", "max_region_pixels"):
         if getattr(args, name) < 1:
             raise MilsilError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_calls_per_client is not None and args.max_calls_per_client < 1:
+        raise MilsilError(f"--max-calls-per-client must be >= 1, got {args.max_calls_per_client}")
+    if args.stream_idle_timeout < 0:
+        raise MilsilError(
+            f"--stream-idle-timeout must be >= 0 (seconds; 0 = no limit), got {args.stream_idle_timeout}"
+        )
     if not 0 <= args.port <= 65535:
         raise MilsilError(f"--port must be 0-65535, got {args.port}")
     config = ServerConfig(
@@ -143,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         data_dir=args.data_dir,
         token=args.token or os.environ.get("MILSIL_TOKEN") or None,
+        tokens_file=args.tokens_file,
+        max_calls_per_client=args.max_calls_per_client,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
@@ -152,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         max_waiting=args.max_waiting,
         metrics_port=args.metrics_port,
         grace=args.grace,
+        stream_idle_timeout=args.stream_idle_timeout,
         device=args.device,
         limits=Limits(max_region_pixels=args.max_region_pixels),
         max_memory_mb=args.max_memory,
@@ -179,4 +213,7 @@ def run(args: argparse.Namespace) -> int:
     print("milsil serve: draining", flush=True)
     server.drain()
     print("milsil serve: stopped", flush=True)
-    return 0
+    # Work still running after the grace (a computation that does not check its call) is
+    # abandoned: the process ends now instead of joining the RPC threads at exit.
+    logging.shutdown()
+    os._exit(0)

@@ -18,14 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from milsil.errors import MilsilError
+from milsil.errors import MilsilError, compact
 from milsil.inference.objects import ObjectAccumulator, ObjectMeasurements
 from milsil.v1 import inference_service_pb2
 from milsil.wsi.objects import PixelRegion, region_pieces
 from milsil.wsi.reader import open_slide
 
+from .auth import client_of
 from .errors import ResourceExhausted
-from .memory import Reservation
+from .inbox import Inbox
+from .memory import Reservation, trim_memory
 from .messages import queue_status, region_tiles
 from .region_stream import Computed, RegionSpec, open_stream
 from .resources import Limits, Resources, halo_for
@@ -40,8 +42,17 @@ BATCH = 2048  # measurements per response message (about 100 bytes each for 2 cl
 
 
 def measure_objects_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterator[Any]:
-    """The MeasureObjects RPC: queue places, the header, the measurements in batches."""
-    iterator = iter(requests)
+    """The MeasureObjects RPC: queue places, the header, the measurements in batches (the
+    compute slot held only while a band computes, as for Heatmap)."""
+    try:
+        with res.inbox(requests, context) as inbox:
+            yield from _measure_objects(res, inbox, context)
+    finally:
+        trim_memory()  # a refused or cancelled call's objects go back to the system
+
+
+def _measure_objects(res: Resources, inbox: Inbox, context: Any) -> Iterator[Any]:
+    iterator = inbox
     first = next(iterator, None)
     if first is None or not first.HasField("config"):
         raise MilsilError("config is required in the first MeasureObjectsRequest")
@@ -71,10 +82,11 @@ def measure_objects_rpc(res: Resources, requests: Iterable[Any], context: Any) -
             downsample=spec.downsample,
         )
         received.geometries = []
-        with res.slots.queued(context.is_active, context.peer()) as ticket:
-            for status in ticket.waiting():
+        with res.slots.turns(context.is_active, client_of(context)) as turn:
+            for status in turn.waiting():
                 yield Response(queue=queue_status(status))
-            stream = open_stream(res, spec, model, halo, 1, reservation, context)
+            inbox.on_wait = turn.release_if_wanted
+            stream = open_stream(res, spec, model, halo, 1, reservation, context, turn)
             tiles = received.tiles() if slide is None else slide_tiles(slide, spec, halo)
             try:
                 for event in stream.events(tiles):
@@ -151,21 +163,39 @@ def read_objects(
 ) -> ReceivedObjects:
     """Read every object up to the first tile, checking each and charging its memory."""
     got = ReceivedObjects()
+    try:
+        _read_into(got, first, rest, reservation, limits)
+    except BaseException:
+        # Refused half-way: drop what was built now (the traceback keeps this frame).
+        got.ids.clear()
+        got.geometries.clear()
+        raise
+    if not got.ids:
+        raise MilsilError("no objects were sent; send at least one in `objects`")
+    got.rest = rest
+    return got
+
+
+def _read_into(
+    got: ReceivedObjects, first: Any, rest: Iterator[Any], reservation: Reservation, limits: Limits
+) -> None:
+    """:func:`read_objects`' loop: each message's objects counted before any is built."""
     seen: set[str] = set()
     held = 0
     message = first
     while message is not None:
         if message is not first and message.HasField("config"):
             raise MilsilError("config may only be sent in the first message")
+        if len(got.ids) + len(message.objects) > limits.max_objects:
+            raise ResourceExhausted(
+                f"at most {limits.max_objects:,} objects per call (this message would make "
+                f"{compact(len(got.ids) + len(message.objects))}); send the objects of smaller "
+                "regions in separate calls",
+                reason="too_large",
+            )
         for obj in message.objects:
             n = len(got.ids)
             where = f"objects[{n}]"
-            if n >= limits.max_objects:
-                raise ResourceExhausted(
-                    f"at most {limits.max_objects:,} objects per call; send the objects "
-                    "of smaller regions in separate calls",
-                    reason="too_large",
-                )
             if not obj.id:
                 raise MilsilError(f"{where}.id is required (unique within the call)")
             if obj.id in seen:
@@ -186,10 +216,6 @@ def read_objects(
             got.first_tiles = list(message.tiles)
             break
         message = next(rest, None)
-    if not got.ids:
-        raise MilsilError("no objects were sent; send at least one in `objects`")
-    got.rest = rest
-    return got
 
 
 def slide_tiles(path: Path, spec: RegionSpec, context: int) -> Iterator[TileData]:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from milsil.errors import MilsilError
+from milsil.errors import MilsilError, compact
 from milsil.inference.heatmap import (
     TILE_ACTIVATION_BUDGET,
     band_logits,
@@ -43,6 +43,7 @@ from milsil.inference.tiling import Band, BandCanvas, UncoveredError
 from .errors import Busy, Cancelled, ResourceExhausted
 from .memory import Reservation, trim_memory
 from .resources import Limits, Resources
+from .slots import Turn
 from .tiles import TileData, check_tile, decode_tile
 
 DECODE_BYTES_PER_PIXEL = 10  # a PNG/JPEG being decoded: PIL's image, its RGB copy, the array
@@ -78,22 +79,29 @@ class RegionSpec:
                 raise MilsilError(f"{name} must be a finite number, got {value}")
         if x < 0 or y < 0:
             raise MilsilError(
-                f"region.x and region.y must be >= 0 (level-0 pixels), got ({x}, {y})"
+                "region.x and region.y must be >= 0 (level-0 pixels), got "
+                f"({compact(x)}, {compact(y)})"
             )
         ds = downsample or 1.0
         if not 0 < ds <= 4096:
-            raise MilsilError(f"region.downsample must be in (0, 4096] (0 = 1), got {downsample}")
+            raise MilsilError(
+                f"region.downsample must be in (0, 4096] (0 = 1), got {compact(downsample)}"
+            )
         if width <= 0 or height <= 0:
-            raise MilsilError(f"region.width and region.height must be > 0, got {width}x{height}")
+            raise MilsilError(
+                "region.width and region.height must be > 0, got "
+                f"{compact(width)}x{compact(height)}"
+            )
         w, h = round(width / ds), round(height / ds)
         if w < 1 or h < 1:
             raise MilsilError(
-                f"region is {w}x{h} pixels at downsample {ds}; it must be at least 1x1"
+                f"region is {w}x{h} pixels at downsample {compact(ds)}; it must be at least 1x1"
             )
         if w * h > limits.max_region_pixels:
             raise ResourceExhausted(
-                f"region is {w}x{h} = {w * h:,} pixels at downsample {ds}; this server takes "
-                f"images of at most {limits.max_region_pixels:,} pixels (--max-region-pixels)",
+                f"region is {compact(w)}x{compact(h)} = {compact(w * h)} pixels at downsample "
+                f"{compact(ds)}; this server takes images of at most "
+                f"{compact(limits.max_region_pixels)} pixels (--max-region-pixels)",
                 reason="too_large",
             )
         return cls(float(x), float(y), float(ds), int(w), int(h))
@@ -141,6 +149,9 @@ class RegionStream:
     is_active: Callable[[], bool]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     max_tiles: int = 1_000_000
+    # The call's compute turn: held while a band computes, given up while the call waits
+    # for its client (None: the caller holds a slot for the whole call).
+    turn: Turn | None = None
     tiles: int = field(init=False, default=0)
     answered: bool = field(init=False, default=False)  # a reply went out (Heatmap's header)
     canvas: BandCanvas = field(init=False)
@@ -156,6 +167,8 @@ class RegionStream:
         self.cols = output_size(self.spec.width, self.stride)
         self._canvas_bytes = 0
         self._tile_pixels = 0
+        self._placed = 0  # tiles with pixels inside the region or its context
+        self._outside: str | None = None  # the first tile wholly outside, for messages
 
     # ------------------------------------------------------------------ memory
 
@@ -206,12 +219,14 @@ class RegionStream:
                 raise MilsilError(f"{where}.{name} must be a finite number, got {value}")
         if tile.x < 0 or tile.y < 0:
             raise MilsilError(
-                f"{where}.x and .y must be >= 0 (level-0 pixels), got ({tile.x}, {tile.y})"
+                f"{where}.x and .y must be >= 0 (level-0 pixels), got "
+                f"({compact(tile.x)}, {compact(tile.y)})"
             )
         ds = tile.downsample or 1.0
         if abs(ds - r.downsample) > 1e-6 * r.downsample:
             raise MilsilError(
-                f"{where}.downsample is {ds}; it must equal region.downsample {r.downsample}"
+                f"{where}.downsample is {compact(ds)}; it must equal region.downsample "
+                f"{compact(r.downsample)}"
             )
         check_tile(tile.encoding, tile.data, tile.width, tile.height, where, self.limits)
         px, py = round((tile.x - r.x) / ds), round((tile.y - r.y) / ds)  # region pixels
@@ -225,7 +240,7 @@ class RegionStream:
             n = self.tiles
             if n >= self.max_tiles:
                 raise ResourceExhausted(
-                    f"at most {self.max_tiles:,} tiles per request", reason="too_large"
+                    f"at most {compact(self.max_tiles)} tiles per request", reason="too_large"
                 )
             self.tiles += 1
             where = f"tiles[{n}]"
@@ -233,8 +248,11 @@ class RegionStream:
             if box is None:
                 # Context beyond what the receptive field needs (a client may send a wider
                 # margin): ignored before decoding. The coverage check still catches gaps.
+                if self._outside is None:
+                    self._outside = f"{where} at level-0 ({compact(tile.x)}, {compact(tile.y)})"
                 yield Placed(n, (0, 0, 0, 0))
                 continue
+            self._placed += 1
             with self._uncovered():
                 for band in self.canvas.make_room(box):
                     yield self._compute(band)
@@ -248,6 +266,14 @@ class RegionStream:
 
     def finish(self) -> Iterator[Computed]:
         """The bands left once the client has sent everything."""
+        if self.tiles and not self._placed:
+            r = self.spec
+            raise MilsilError(
+                f"none of the {self.tiles} tiles lies in the region or its context: "
+                f"{self._outside} is outside the region at level-0 ({compact(r.x)}, "
+                f"{compact(r.y)}), {compact(r.width * r.downsample)} x "
+                f"{compact(r.height * r.downsample)}; tiles must cover the region"
+            )
         with self._uncovered():
             for band in self.canvas.finish():
                 yield self._compute(band)
@@ -286,6 +312,8 @@ class RegionStream:
             ) from None
 
     def _compute(self, band: Band) -> Computed:
+        if self.turn is not None:
+            self.turn.hold()
         logits = band_logits(
             self.model,
             band,
@@ -372,9 +400,10 @@ def open_stream(
     stride: int,
     reservation: Reservation,
     context: Any,
+    turn: Turn | None = None,
 ) -> RegionStream:
     """A region stream computed under this server's limits, device and tile cap, for as
-    long as the call (``context``) is active."""
+    long as the call (``context``) is active, in ``turn``'s compute turns."""
     return RegionStream(
         spec,
         model,
@@ -385,4 +414,5 @@ def open_stream(
         context.is_active,
         res.device,
         res.max_tiles,
+        turn,
     )

@@ -26,7 +26,9 @@ from milsil.v1 import inference_service_pb2
 from milsil.wsi.geojson import OutlineStream
 from milsil.wsi.outlines import OutlineSettings
 
+from .auth import client_of
 from .errors import Cancelled
+from .inbox import Inbox
 from .messages import (
     heatmap_header,
     heatmap_tile,
@@ -42,45 +44,58 @@ from .resources import Limits, Resources, halo_for
 
 
 def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterator[Any]:
-    """The Heatmap RPC: queue places, the header, then one tile per request tile."""
-    region = open_region(res, requests, "Heatmap")
-    req, r = region.request, region.request.spec
-    Response = inference_service_pb2.HeatmapResponse
-    with res.slots.queued(context.is_active, context.peer()) as ticket:
-        for status in ticket.waiting():
-            yield Response(queue=queue_status(status))
-        with res.memory.reservation() as reservation:
-            stream = open_stream(
-                res, r, region.model, region.halo, req.stride, reservation, context
-            )
-            try:
-                events = stream.events(region.tiles())
-                yield Response(
-                    header=heatmap_header(
-                        region.model_id,
-                        region.model,
-                        *region.samples,
-                        req.stride,
-                        r.downsample,
-                        (r.x, r.y),
-                        req.value_type,
-                    )
+    """The Heatmap RPC: queue places, the header, then one tile per request tile. The
+    compute slot is held only while a band computes (:class:`~.slots.Turn`): waiting for
+    the client's next message, the call holds its reserved memory and nothing else."""
+    with res.inbox(requests, context) as inbox:
+        region = open_region(res, inbox, "Heatmap")
+        req, r = region.request, region.request.spec
+        Response = inference_service_pb2.HeatmapResponse
+        with res.slots.turns(context.is_active, client_of(context)) as turn:
+            for status in turn.waiting():
+                yield Response(queue=queue_status(status))
+            inbox.on_wait = turn.release_if_wanted
+            with res.memory.reservation() as reservation:
+                stream = open_stream(
+                    res, r, region.model, region.halo, req.stride, reservation, context, turn
                 )
-                stream.answered = True
-                replies = TileReplies(stream)
-                for event in events:
-                    for index, samples, block in replies.handle(event):
-                        tile = region_tile(
-                            index, samples, block, req.dtype, req.include_probabilities
+                try:
+                    events = stream.events(region.tiles())
+                    yield Response(
+                        header=heatmap_header(
+                            region.model_id,
+                            region.model,
+                            *region.samples,
+                            req.stride,
+                            r.downsample,
+                            (r.x, r.y),
+                            req.value_type,
                         )
-                        yield Response(tile=tile)
-            finally:
-                stream.close()
+                    )
+                    stream.answered = True
+                    replies = TileReplies(stream)
+                    for event in events:
+                        for index, samples, block in replies.handle(event):
+                            tile = region_tile(
+                                index, samples, block, req.dtype, req.include_probabilities
+                            )
+                            # The slot goes back before each reply: a client slow to
+                            # read (gRPC's flow control holds the call) holds no slot.
+                            turn.release()
+                            yield Response(tile=tile)
+                finally:
+                    stream.close()
 
 
 def annotate_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Any:
-    """The Annotate RPC: the region's outlines of one class, answered once."""
-    region = open_region(res, requests, "Annotate")
+    """The Annotate RPC: the region's outlines of one class, answered once (the compute
+    slot held only while a band computes, as for Heatmap)."""
+    with res.inbox(requests, context) as inbox:
+        return _annotate(res, inbox, context)
+
+
+def _annotate(res: Resources, inbox: Inbox, context: Any) -> Any:
+    region = open_region(res, inbox, "Annotate")
     settings = annotate_settings(region.config, region.model.class_names)
     r, stride = region.request.spec, region.request.stride
     outlines = OutlineStream(
@@ -98,10 +113,13 @@ def annotate_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Any:
         pixel_size_um=settings.pixel_size_um,
     )
     with (
-        res.slots.acquire(context.is_active, context.peer()),
+        res.slots.turns(context.is_active, client_of(context)) as turn,
         res.memory.reservation() as reservation,
     ):
-        stream = open_stream(res, r, region.model, region.halo, stride, reservation, context)
+        for _status in turn.waiting():
+            pass
+        inbox.on_wait = turn.release_if_wanted
+        stream = open_stream(res, r, region.model, region.halo, stride, reservation, context, turn)
         try:
             for event in stream.events(region.tiles()):
                 if isinstance(event, Computed):

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -19,6 +20,7 @@ from milsil.errors import MilsilError
 from milsil.inference.tiling import context_pixels
 
 from .errors import FailedPrecondition
+from .inbox import Inbox
 from .memory import MemoryBudget
 from .paths import SlidePaths
 from .runner import WorkLocks
@@ -104,10 +106,19 @@ class Resources:
     max_message_bytes: int = 64 * 2**20
     max_tiles: int = 1_000_000  # per streamed region
     work_locks: WorkLocks = field(default_factory=WorkLocks)
+    # Longest silence between a streamed call's messages (--stream-idle-timeout; 0: none).
+    stream_idle_seconds: float = 30.0
 
     @property
     def device(self) -> torch.device:
         return self.cache.device
+
+    def inbox(self, requests: Iterable[Any], context: Any) -> Inbox:
+        """A streamed call's messages under the idle limit (use ``with``): the Inbox the
+        server already made for the call (:mod:`.app`), or one of its own."""
+        if isinstance(requests, Inbox):
+            return requests
+        return Inbox(requests, self.stream_idle_seconds, context.is_active)
 
     def model(self, name: str, field: str) -> tuple[str, torch.nn.Module]:
         """The model ``name`` (as sent in ``field``): its id and the loaded model;

@@ -35,6 +35,7 @@ from milsil.wsi.settings import SlideSettings
 from milsil.wsi.tiff import write_probability_tiff
 
 from . import runner
+from .auth import client_of
 from .errors import Cancelled, ResourceExhausted
 from .messages import heatmap_header, heatmap_tile, outline_request, queue_status, value_type
 from .resources import Limits, Resources, halo_for
@@ -53,7 +54,7 @@ def annotate_slide_rpc(res: Resources, request: Any, context: Any) -> Iterator[A
     yield Response(progress=slide_progress(None, time.perf_counter(), "queued"))
     with (
         res.work_locks.hold(job.work_dir.name, context.is_active),
-        res.slots.queued(context.is_active, context.peer()) as ticket,
+        res.slots.queued(context.is_active, client_of(context)) as ticket,
     ):
         for status in ticket.waiting():
             yield Response(progress=_queued(status))
@@ -101,7 +102,7 @@ def slide_heatmap_rpc(res: Resources, request: Any, context: Any) -> Iterator[An
         yield Response(progress=slide_progress(None, time.perf_counter(), "queued"))
         timings = Timings()
         with res.work_locks.hold(job.work_dir.name, context.is_active):
-            with res.slots.queued(context.is_active, context.peer()) as ticket:
+            with res.slots.queued(context.is_active, client_of(context)) as ticket:
                 for status in ticket.waiting():
                     yield Response(progress=_queued(status))
                 tally = _Tally(time.perf_counter())

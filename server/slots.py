@@ -1,11 +1,17 @@
 """Compute slots: at most N computations at once, the waiting requests queued fairly by client.
 
 A lab shares one server among several QuPath users and "Run for project" batches, so the
-waiting requests are not served first come, first served: every client (a connection: its
-peer address and port) has a queue of its own, and a free slot goes to the clients' queues
-in turn (round-robin). A client that floods the server with requests therefore delays
-another client's single request by at most one request per flooding client, not by the
-whole flood.
+waiting requests are not served first come, first served: every client (a user with a
+token of its own, or without tokens a host: :func:`milsil_server.auth.client_of`, so all
+connections of one user share one queue) has a queue of its own, and a free slot goes to
+the clients' queues in turn (round-robin). A client that floods the server with requests,
+over one connection or fifty, therefore delays another client's single request by at most
+one request per flooding client, not by the whole flood.
+
+A streamed call (Heatmap, Annotate, MeasureObjects) holds a slot only while it computes
+(:class:`Turn`, :meth:`ComputeSlots.turns`): it is admitted through the queue as below,
+gives the slot back whenever it waits for its client's next message, and takes its turn
+again (never refused, never displaced) when a band's pixels are there.
 
 The queue is bounded (``max_waiting`` requests in all, since each waiting request holds an
 RPC thread). When it is full, a new request is answered "busy"
@@ -23,12 +29,12 @@ request, which is then answered "busy" instead:
 
 Usage in a servicer::
 
-    with slots.queued(context.is_active, context.peer()) as ticket:
+    with slots.queued(context.is_active, client_of(context)) as ticket:
         for status in ticket.waiting():      # a QueueStatus whenever the position changes
             yield progress_message(status)   # streaming RPCs tell the client where it stands
         ...compute...                        # the slot is held here, freed on exit
 
-or, for RPCs that answer once, ``with slots.acquire(context.is_active, context.peer()):``.
+or, for RPCs that answer once, ``with slots.acquire(context.is_active, client_of(context)):``.
 """
 
 from __future__ import annotations
@@ -60,10 +66,17 @@ class Ticket:
     """One request's place: waiting in its client's queue, then holding a slot."""
 
     def __init__(
-        self, slots: ComputeSlots, client: str, is_active: Callable[[], bool], since: float
+        self,
+        slots: ComputeSlots,
+        client: str,
+        is_active: Callable[[], bool],
+        since: float,
+        admitted: bool = False,
     ) -> None:
         self.slots, self.client, self.is_active = slots, client, is_active
         self.since = since  # when its client started waiting (first refusal, or arrival)
+        # A turn of a call already admitted (Turn.hold): never refused, never displaced.
+        self.admitted = admitted
         self.granted = False
         self.displaced = False
         self.done = False
@@ -91,6 +104,56 @@ class Ticket:
             with self.slots._cond:  # noqa: SLF001
                 if not (self.granted or self.displaced):
                     self.slots._cond.wait(POLL_SECONDS)  # noqa: SLF001
+
+
+class Turn:
+    """A streamed call's hold on compute: the slot its admission got, given up
+    (:meth:`release_if_wanted`) while the call waits for its client's next message and
+    another request waits for a slot, and taken again
+    (:meth:`hold`, queued in its client's turn but never refused) when it has pixels to
+    compute. So a client that stops sending holds memory, never a slot."""
+
+    def __init__(
+        self, slots: ComputeSlots, admission: Ticket, is_active: Callable[[], bool]
+    ) -> None:
+        self.slots, self.client, self.is_active = slots, admission.client, is_active
+        self._admission: Ticket | None = admission
+        self._ticket: Ticket | None = None
+
+    def waiting(self) -> Iterator[QueueStatus]:
+        """The admission's wait (see :meth:`Ticket.waiting`); the slot is then held."""
+        if self._admission is not None:
+            yield from self._admission.waiting()
+            self._ticket, self._admission = self._admission, None
+
+    @property
+    def held(self) -> bool:
+        return self._ticket is not None
+
+    def hold(self) -> None:
+        """Hold a slot (waiting quietly for this client's turn if none is held)."""
+        if self._ticket is not None:
+            return
+        ticket = self.slots._enqueue(self.client, self.is_active, admitted=True)  # noqa: SLF001
+        try:
+            for _status in ticket.waiting():
+                pass
+        except BaseException:
+            self.slots._leave(ticket)  # noqa: SLF001
+            raise
+        self._ticket = ticket
+
+    def release_if_wanted(self) -> None:
+        """Give the slot back if another request waits for one (a call waiting for its
+        client calls this at every check, so a newcomer waits a check's time at most)."""
+        if self._ticket is not None and self.slots.waiting > 0:
+            self.release()
+
+    def release(self) -> None:
+        """Give the slot back (the next client in turn gets it)."""
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            self.slots._leave(ticket)  # noqa: SLF001
 
 
 class ComputeSlots:
@@ -142,19 +205,37 @@ class ComputeSlots:
                 pass
             yield
 
+    @contextmanager
+    def turns(self, is_active: Callable[[], bool], client: str = "") -> Iterator[Turn]:
+        """A streamed call's compute turns: admitted like :meth:`queued` (exhaust
+        ``turn.waiting()``, which yields the queue status), then holding a slot only while
+        it computes (:class:`Turn`); the slot is freed when the block ends."""
+        with self.queued(is_active, client) as ticket:
+            turn = Turn(self, ticket, is_active)
+            try:
+                yield turn
+            finally:
+                turn.release()
+
     # ------------------------------------------------------------------ internals
 
-    def _enqueue(self, client: str, is_active: Callable[[], bool]) -> Ticket:
+    def _enqueue(
+        self, client: str, is_active: Callable[[], bool], admitted: bool = False
+    ) -> Ticket:
         with self._cond:
             now = self.clock()
             first, last = self._refused.pop(client, (now, now))
             since = first if now - last < FORGET_SECONDS else now
-            ticket = Ticket(self, client, is_active, since)
+            ticket = Ticket(self, client, is_active, since, admitted)
             if self._free > 0 and not self._queues:
                 self._free -= 1
                 ticket.granted = True
                 return ticket
-            if self._waiting >= self.max_waiting and not self._displace_for(ticket):
+            if (
+                not admitted
+                and self._waiting >= self.max_waiting
+                and not self._displace_for(ticket)
+            ):
                 self._remember(client, since, now)
                 raise Busy(
                     f"server busy: the compute queue is full ({self._waiting} waiting, "
@@ -172,9 +253,9 @@ class ComputeSlots:
         own = len(self._queues.get(ticket.client, ()))
         best, best_key = None, None
         for client, queue in self._queues.items():
-            if client == ticket.client:
+            newest = next((t for t in reversed(queue) if not t.admitted), None)
+            if client == ticket.client or newest is None:
                 continue
-            newest = queue[-1]
             longer = len(queue) > own + 1
             older = len(queue) >= own + 1 and ticket.since + AGE_MARGIN <= newest.since
             key = (len(queue), newest.since)
@@ -183,7 +264,8 @@ class ComputeSlots:
         if best is None:
             return False
         queue = self._queues[best]
-        victim = queue.pop()
+        victim = next(t for t in reversed(queue) if not t.admitted)
+        queue.remove(victim)
         if not queue:
             del self._queues[best]
         victim.displaced = True

@@ -210,13 +210,16 @@ def test_a_client_waits_on_busy_only_until_its_deadline(tmp_path):
 
 def test_a_single_request_is_served_before_a_flood_drains(tmp_path):
     """Client A floods (6 requests at once), then client B sends one: B is served after
-    at most one of A's requests, and is told its place (2) while it waits."""
-    with _server(tmp_path, max_waiting=16, max_workers=24) as server:
+    at most one of A's requests, and is told its place (2) while it waits. (A client is a
+    user: both run on this machine, so each has a token of its own.)"""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice token-a\nbob token-b\n")
+    with _server(tmp_path / "srv", max_waiting=16, max_workers=24, tokens_file=tokens) as server:
         register_tiny_model(server)
         target = f"127.0.0.1:{server.port}"
-        flood_client = MilsilClient(target, timeout=120)
+        flood_client = MilsilClient(target, timeout=120, token="token-a")
         waits = []
-        single_client = MilsilClient(target, timeout=120, on_wait=waits.append)
+        single_client = MilsilClient(target, timeout=120, on_wait=waits.append, token="token-b")
         finished = []
         lock = threading.Lock()
         image = _image(96, 96)
