@@ -35,23 +35,21 @@ class Prefetch:
     def _fill(self, source: Iterator[Any]) -> None:
         try:
             for item in source:
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
+                if not self._put((item, None)):
                     return
-            item, error = self._END, None
+            self._put((self._END, None))
         except BaseException as exc:  # handed to the consumer, raised there
-            item, error = None, exc
+            self._put((None, exc))
+
+    def _put(self, entry: tuple[Any, BaseException | None]) -> bool:
+        """Wait for room in the queue; False when :meth:`close` was called meanwhile."""
         while not self._stop.is_set():
             try:
-                self._queue.put((item, error), timeout=0.1)
-                return
+                self._queue.put(entry, timeout=0.1)
+                return True
             except queue.Full:
                 continue
+        return False
 
     def __iter__(self) -> Prefetch:
         return self
