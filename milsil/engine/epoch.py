@@ -117,8 +117,11 @@ class TrainBatches:
     What used to be paid every epoch is paid once: bag sizes are read from the files' headers
     when the run starts, and workers (``num_workers > 0``) persist across epochs. They are
     started with forkserver/spawn: forking a process that runs a gRPC server is unsafe.
-    Without workers the next batches are assembled on a background thread while the
-    current step runs (:class:`Prefetch`), in the same order, so the result is identical.
+    Without workers and with ``prefetch`` (training on a GPU) the next batches are
+    assembled on a background thread while the device runs the current step
+    (:class:`Prefetch`), in the same order, so the result is identical. Not on a CPU: there
+    the step already uses every core, and a thread beside it slowed a 3-epoch run by 12%
+    (2 vCPUs) while hiding only 1% of data time.
     """
 
     def __init__(
@@ -128,10 +131,11 @@ class TrainBatches:
         mean: Sequence[float],
         std: Sequence[float],
         group: ProcessGroup | OneProcess | None = None,
+        prefetch: bool = False,
     ) -> None:
         from milsil.data import BagDataset, collate_bags
 
-        self.config, self.group = config, group
+        self.config, self.group, self.prefetch = config, group, prefetch
         self.dataset = BagDataset(
             records,
             config.patch_size,
@@ -173,7 +177,7 @@ class TrainBatches:
         if self.group is not None:
             batches = self.group.rank_batches(batches)
         self.sampler.epoch, self.sampler.batches = epoch, batches[skip:]
-        if self.config.num_workers > 0:
+        if self.config.num_workers > 0 or not self.prefetch:
             return iter(self.loader), len(batches)
         from milsil.engine.background import Prefetch
 

@@ -391,7 +391,12 @@ class _Run:
         """Train from where the run stands to ``config.epochs`` (or until stopped)."""
         self.net = self.group.wrap(self.model)
         self.batches = TrainBatches(
-            self.train_records, self.config, self.mean, self.std, self.group
+            self.train_records,
+            self.config,
+            self.mean,
+            self.std,
+            self.group,
+            prefetch=self.device.type != "cpu",
         )
         self.use_bar = sys.stderr.isatty() and self.writes
         self.session_start = time.monotonic()
