@@ -82,7 +82,7 @@ def _measure_objects(res: Resources, inbox: Inbox, context: Any) -> Iterator[Any
             downsample=spec.downsample,
         )
         received.geometries = []
-        with res.slots.turns(context.is_active, client_of(context)) as turn:
+        with res.slots.turns(context.is_active, client_of(context), context.peer()) as turn:
             for status in turn.waiting():
                 yield Response(queue=queue_status(status))
             inbox.on_wait = turn.release_if_wanted

@@ -51,7 +51,7 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
         region = open_region(res, inbox, "Heatmap")
         req, r = region.request, region.request.spec
         Response = inference_service_pb2.HeatmapResponse
-        with res.slots.turns(context.is_active, client_of(context)) as turn:
+        with res.slots.turns(context.is_active, client_of(context), context.peer()) as turn:
             for status in turn.waiting():
                 yield Response(queue=queue_status(status))
             inbox.on_wait = turn.release_if_wanted
@@ -113,7 +113,7 @@ def _annotate(res: Resources, inbox: Inbox, context: Any) -> Any:
         pixel_size_um=settings.pixel_size_um,
     )
     with (
-        res.slots.turns(context.is_active, client_of(context)) as turn,
+        res.slots.turns(context.is_active, client_of(context), context.peer()) as turn,
         res.memory.reservation() as reservation,
     ):
         for _status in turn.waiting():

@@ -54,7 +54,7 @@ def annotate_slide_rpc(res: Resources, request: Any, context: Any) -> Iterator[A
     yield Response(progress=slide_progress(None, time.perf_counter(), "queued"))
     with (
         res.work_locks.hold(job.work_dir.name, context.is_active),
-        res.slots.queued(context.is_active, client_of(context)) as ticket,
+        res.slots.queued(context.is_active, client_of(context), context.peer()) as ticket,
     ):
         for status in ticket.waiting():
             yield Response(progress=_queued(status))
@@ -102,7 +102,7 @@ def slide_heatmap_rpc(res: Resources, request: Any, context: Any) -> Iterator[An
         yield Response(progress=slide_progress(None, time.perf_counter(), "queued"))
         timings = Timings()
         with res.work_locks.hold(job.work_dir.name, context.is_active):
-            with res.slots.queued(context.is_active, client_of(context)) as ticket:
+            with res.slots.queued(context.is_active, client_of(context), context.peer()) as ticket:
                 for status in ticket.waiting():
                     yield Response(progress=_queued(status))
                 tally = _Tally(time.perf_counter())

@@ -22,19 +22,26 @@ request, which is then answered "busy" instead:
 - its client has fewer waiting requests than that queue by two or more (a flood never
   locks other clients out), or
 - its client has no more waiting requests than that queue, and has been retrying since
-  ``AGE_MARGIN`` seconds or more before that request arrived (the client's first refusal
-  is remembered while it retries). So the queue holds the clients that have waited
-  longest, and a client outside it does not wait by luck: without this, clients retrying
-  with growing backoff lose the race for a free place more and more often.
+  ``AGE_MARGIN`` seconds or more before that request arrived (the first refusal of the
+  retrying caller, one connection, is remembered while it retries). So the queue holds the
+  clients that have waited longest, and a client outside it does not wait by luck: without
+  this, clients retrying with growing backoff lose the race for a free place more and more
+  often.
+
+The same age rule holds among one client's own connections (a user's many parallel calls,
+or every connection of one host without tokens): a caller retrying since ``AGE_MARGIN``
+seconds or more before its client's newest waiting request arrived takes that request's
+place (which keeps its own age for its retry). The client's share of the queue does not
+change; its own calls are served oldest first instead of by luck.
 
 Usage in a servicer::
 
-    with slots.queued(context.is_active, client_of(context)) as ticket:
+    with slots.queued(context.is_active, client_of(context), context.peer()) as ticket:
         for status in ticket.waiting():      # a QueueStatus whenever the position changes
             yield progress_message(status)   # streaming RPCs tell the client where it stands
         ...compute...                        # the slot is held here, freed on exit
 
-or, for RPCs that answer once, ``with slots.acquire(context.is_active, client_of(context)):``.
+or, for RPCs that answer once, ``with slots.acquire(context.is_active, client_of(context), context.peer()):``.
 """
 
 from __future__ import annotations
@@ -72,8 +79,10 @@ class Ticket:
         is_active: Callable[[], bool],
         since: float,
         admitted: bool = False,
+        caller: str = "",
     ) -> None:
         self.slots, self.client, self.is_active = slots, client, is_active
+        self.caller = caller  # the connection (gRPC peer) it came from: its retries' age
         self.since = since  # when its client started waiting (first refusal, or arrival)
         # A turn of a call already admitted (Turn.hold): never refused, never displaced.
         self.admitted = admitted
@@ -166,8 +175,8 @@ class ComputeSlots:
         self.slots = max(1, slots)
         self.max_waiting = max(0, max_waiting)
         self.clock = clock
-        # Refused clients while they retry: client -> (first refusal, latest refusal).
-        self._refused: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # Refused callers while they retry: (client, connection) -> (first refusal, latest).
+        self._refused: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
         self._cond = threading.Condition()
         self._free = self.slots
         # Clients with waiting requests, in the order they are served next (the ring).
@@ -187,30 +196,36 @@ class ComputeSlots:
             return self._waiting
 
     @contextmanager
-    def queued(self, is_active: Callable[[], bool], client: str = "") -> Iterator[Ticket]:
+    def queued(
+        self, is_active: Callable[[], bool], client: str = "", caller: str = ""
+    ) -> Iterator[Ticket]:
         """A ticket for ``client``'s queue (Busy when the queue is full); the slot it gets
         is freed, or its place given up, when the block ends. Exhaust ``ticket.waiting()``
-        before computing."""
-        ticket = self._enqueue(client or "-", is_active)
+        before computing. ``caller``: the connection, whose retries keep their age."""
+        ticket = self._enqueue(client or "-", is_active, caller=caller)
         try:
             yield ticket
         finally:
             self._leave(ticket)
 
     @contextmanager
-    def acquire(self, is_active: Callable[[], bool], client: str = "") -> Iterator[None]:
+    def acquire(
+        self, is_active: Callable[[], bool], client: str = "", caller: str = ""
+    ) -> Iterator[None]:
         """Hold a slot for the block, waiting quietly (RPCs that answer once)."""
-        with self.queued(is_active, client) as ticket:
+        with self.queued(is_active, client, caller) as ticket:
             for _status in ticket.waiting():
                 pass
             yield
 
     @contextmanager
-    def turns(self, is_active: Callable[[], bool], client: str = "") -> Iterator[Turn]:
+    def turns(
+        self, is_active: Callable[[], bool], client: str = "", caller: str = ""
+    ) -> Iterator[Turn]:
         """A streamed call's compute turns: admitted like :meth:`queued` (exhaust
         ``turn.waiting()``, which yields the queue status), then holding a slot only while
         it computes (:class:`Turn`); the slot is freed when the block ends."""
-        with self.queued(is_active, client) as ticket:
+        with self.queued(is_active, client, caller) as ticket:
             turn = Turn(self, ticket, is_active)
             try:
                 yield turn
@@ -220,13 +235,13 @@ class ComputeSlots:
     # ------------------------------------------------------------------ internals
 
     def _enqueue(
-        self, client: str, is_active: Callable[[], bool], admitted: bool = False
+        self, client: str, is_active: Callable[[], bool], admitted: bool = False, caller: str = ""
     ) -> Ticket:
         with self._cond:
             now = self.clock()
-            first, last = self._refused.pop(client, (now, now))
+            first, last = self._refused.pop((client, caller), (now, now))
             since = first if now - last < FORGET_SECONDS else now
-            ticket = Ticket(self, client, is_active, since, admitted)
+            ticket = Ticket(self, client, is_active, since, admitted, caller)
             if self._free > 0 and not self._queues:
                 self._free -= 1
                 ticket.granted = True
@@ -236,7 +251,7 @@ class ComputeSlots:
                 and self._waiting >= self.max_waiting
                 and not self._displace_for(ticket)
             ):
-                self._remember(client, since, now)
+                self._remember((client, caller), since, now)
                 raise Busy(
                     f"server busy: the compute queue is full ({self._waiting} waiting, "
                     f"limit {self.max_waiting})",
@@ -262,7 +277,12 @@ class ComputeSlots:
             if (longer or older) and (best_key is None or key > best_key):
                 best, best_key = client, key
         if best is None:
-            return False
+            own_newest = next(
+                (t for t in reversed(self._queues.get(ticket.client, ())) if not t.admitted), None
+            )
+            if own_newest is None or ticket.since + AGE_MARGIN > own_newest.since:
+                return False
+            best = ticket.client  # the same client's newest request: oldest first among its own
         queue = self._queues[best]
         victim = next(t for t in reversed(queue) if not t.admitted)
         queue.remove(victim)
@@ -270,13 +290,13 @@ class ComputeSlots:
             del self._queues[best]
         victim.displaced = True
         self._waiting -= 1
-        self._remember(best, victim.since, self.clock())  # it keeps its age for its retry
+        self._remember((best, victim.caller), victim.since, self.clock())  # keeps its age
         self._cond.notify_all()
         return True
 
-    def _remember(self, client: str, since: float, now: float) -> None:
-        first, _last = self._refused.pop(client, (since, now))
-        self._refused[client] = (min(first, since), now)
+    def _remember(self, caller: tuple[str, str], since: float, now: float) -> None:
+        first, _last = self._refused.pop(caller, (since, now))
+        self._refused[caller] = (min(first, since), now)
         while len(self._refused) > REMEMBERED:
             self._refused.popitem(last=False)
 
