@@ -300,22 +300,26 @@ def test_sigterm_ends_a_busy_server_within_the_grace(tmp_path):
         stop_process(proc)
 
 
+def _held_upload(stop: threading.Event):
+    """An UploadDataset stream that sends its first message, then nothing until ``stop``."""
+    from milsil.v1 import training_service_pb2
+
+    yield training_service_pb2.UploadDatasetRequest(display_name="held")
+    stop.wait(120)
+
+
 def test_an_upload_cancelled_mid_stream_is_logged_as_cancelled(tmp_path, caplog):
     """UploadDataset (not a region stream): the client cancels while the server waits for
     its next message; the access log says CANCELLED and nothing is logged as an error."""
-    from milsil.v1 import training_service_pb2
 
     caplog.set_level(logging.INFO, logger="milsil.server")
     with running_server(tmp_path) as server:
         client = MilsilClient(f"127.0.0.1:{server.port}", timeout=120)
         stop = threading.Event()
-
-        def held():
-            yield training_service_pb2.UploadDatasetRequest(display_name="held")
-            stop.wait(120)
+        held = _held_upload(stop)
 
         try:
-            call = client.training.UploadDataset.future(held(), timeout=120)
+            call = client.training.UploadDataset.future(held, timeout=120)
             _wait_for(lambda: server.state.active["rpc"] == 1)
             call.cancel()
 
@@ -366,19 +370,15 @@ def test_a_turn_of_an_admitted_call_is_never_refused_nor_displaced():
 
 def test_an_upload_that_stops_sending_is_ended_by_the_idle_limit(tmp_path):
     """The idle limit holds for every client-streaming RPC, not only regions."""
-    from milsil.v1 import training_service_pb2
 
     with running_server(tmp_path, stream_idle_timeout=IDLE_SECONDS) as server:
         client = MilsilClient(f"127.0.0.1:{server.port}", timeout=120)
         stop = threading.Event()
-
-        def held():
-            yield training_service_pb2.UploadDatasetRequest(display_name="held")
-            stop.wait(120)
+        held = _held_upload(stop)
 
         try:
             with pytest.raises(grpc.RpcError) as info:
-                client.training.UploadDataset(held(), timeout=120)
+                client.training.UploadDataset(held, timeout=120)
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert "--stream-idle-timeout" in info.value.details()
             assert server.state.active["rpc"] == 0
