@@ -274,3 +274,16 @@ def test_sil_noise_leaves_that_share_of_a_malignant_bag_without_malignant_nuclei
 def test_sil_noise_must_leave_a_malignant_quarter(tmp_path):
     with pytest.raises(MilsilError, match="sil_noise must be 0, 0.25, 0.5 or 0.75"):
         synthesize_dataset(tmp_path, patients=1, images_per_patient=1, sil_noise=1.0)
+
+
+def test_every_chosen_quarter_gets_malignant_nuclei_even_in_small_images():
+    """A 64 px image (the CPU benchmark preset's) leaves 8 px of room per quarter for the
+    cluster centres, where a draw can put every candidate outside; before the fix 11 of
+    2000 seeds then gave a malignant bag no malignant nucleus and stopped dataset synthesis."""
+    from milsil.data.scenarios import quarter_clusters
+
+    for seed in range(2000):
+        points, chosen = quarter_clusters(np.random.default_rng(seed), (64, 64), 0.5)
+        assert len(chosen) == 2
+        quarters = {int(y // 32) * 2 + int(x // 32) for y, x in points}
+        assert quarters == set(chosen), seed

@@ -133,11 +133,17 @@ def quarter_clusters(
     chosen = sorted(int(q) for q in rng.permutation(4)[: 4 - round(4 * sil_noise)])
     points = []
     for q in chosen:
+        # Small quarters (32 px: 8 px of room for centres) can draw a cluster whose every
+        # candidate falls outside; keep the fullest of the attempts, never an empty one.
         local = np.zeros((0, 2))
         for _attempt in range(10):
-            local = cluster_points(rng, (qh - 2 * m, qw - 2 * m), 1, count=(6, 14))
+            drawn = cluster_points(rng, (qh - 2 * m, qw - 2 * m), 1, count=(6, 14))
+            if len(drawn) > len(local):
+                local = drawn
             if len(local) >= 3:
                 break
+        if not len(local):  # ten empty draws: one nucleus in the middle of the room
+            local = np.array([[(qh - 2 * m) / 2, (qw - 2 * m) / 2]])
         points.append(local + np.array([(q // 2) * qh + m, (q % 2) * qw + m], float))
     return np.concatenate(points), chosen
 
