@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16milsil/v1/common.proto\x12\tmilsil.v1\"\xd0\x01\n\x04Tile\x12*\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x18.milsil.v1.Tile.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\t\n\x01x\x18\x05 \x01(\x01\x12\t\n\x01y\x18\x06 \x01(\x01\x12\x12\n\ndownsample\x18\x07 \x01(\x01\"E\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08RAW_RGB8\x10\x01\x12\x07\n\x03PNG\x10\x02\x12\x08\n\x04JPEG\x10\x03\"Q\n\x06Region\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\x12\r\n\x05width\x18\x03 \x01(\x01\x12\x0e\n\x06height\x18\x04 \x01(\x01\x12\x12\n\ndownsample\x18\x05 \x01(\x01*W\n\tValueType\x12\x1a\n\x16VALUE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12VALUE_TYPE_FLOAT16\x10\x01\x12\x16\n\x12VALUE_TYPE_FLOAT32\x10\x02\x42\x1e\n\rorg.milsil.v1B\x0b\x43ommonProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16milsil/v1/common.proto\x12\tmilsil.v1\"\xd0\x01\n\x04Tile\x12*\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x18.milsil.v1.Tile.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\t\n\x01x\x18\x05 \x01(\x01\x12\t\n\x01y\x18\x06 \x01(\x01\x12\x12\n\ndownsample\x18\x07 \x01(\x01\"E\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08RAW_RGB8\x10\x01\x12\x07\n\x03PNG\x10\x02\x12\x08\n\x04JPEG\x10\x03\"Q\n\x06Region\x12\t\n\x01x\x18\x01 \x01(\x01\x12\t\n\x01y\x18\x02 \x01(\x01\x12\r\n\x05width\x18\x03 \x01(\x01\x12\x0e\n\x06height\x18\x04 \x01(\x01\x12\x12\n\ndownsample\x18\x05 \x01(\x01\"[\n\x0b\x46\x61miliarity\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x17\n\x0funlike_training\x18\x04 \x01(\x08*W\n\tValueType\x12\x1a\n\x16VALUE_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12VALUE_TYPE_FLOAT16\x10\x01\x12\x16\n\x12VALUE_TYPE_FLOAT32\x10\x02\x42\x1e\n\rorg.milsil.v1B\x0b\x43ommonProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +32,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'milsil.v1.common_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\rorg.milsil.v1B\013CommonProtoP\001'
-  _globals['_VALUETYPE']._serialized_start=331
-  _globals['_VALUETYPE']._serialized_end=418
+  _globals['_VALUETYPE']._serialized_start=424
+  _globals['_VALUETYPE']._serialized_end=511
   _globals['_TILE']._serialized_start=38
   _globals['_TILE']._serialized_end=246
   _globals['_TILE_ENCODING']._serialized_start=177
   _globals['_TILE_ENCODING']._serialized_end=246
   _globals['_REGION']._serialized_start=248
   _globals['_REGION']._serialized_end=329
+  _globals['_FAMILIARITY']._serialized_start=331
+  _globals['_FAMILIARITY']._serialized_end=422
 # @@protoc_insertion_point(module_scope)

@@ -55,3 +55,15 @@ class Region(_message.Message):
     height: float
     downsample: float
     def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ..., width: _Optional[float] = ..., height: _Optional[float] = ..., downsample: _Optional[float] = ...) -> None: ...
+
+class Familiarity(_message.Message):
+    __slots__ = ("available", "score", "threshold", "unlike_training")
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    UNLIKE_TRAINING_FIELD_NUMBER: _ClassVar[int]
+    available: bool
+    score: float
+    threshold: float
+    unlike_training: bool
+    def __init__(self, available: _Optional[bool] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., unlike_training: _Optional[bool] = ...) -> None: ...

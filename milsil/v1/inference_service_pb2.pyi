@@ -17,17 +17,19 @@ class ClassifyBagRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., tiles: _Optional[_Iterable[_Union[_common_pb2.Tile, _Mapping]]] = ...) -> None: ...
 
 class TileClassification(_message.Message):
-    __slots__ = ("index", "logits", "probabilities")
+    __slots__ = ("index", "logits", "probabilities", "familiarity")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    FAMILIARITY_FIELD_NUMBER: _ClassVar[int]
     index: int
     logits: _containers.RepeatedScalarFieldContainer[float]
     probabilities: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, index: _Optional[int] = ..., logits: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ...) -> None: ...
+    familiarity: _common_pb2.Familiarity
+    def __init__(self, index: _Optional[int] = ..., logits: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ..., familiarity: _Optional[_Union[_common_pb2.Familiarity, _Mapping]] = ...) -> None: ...
 
 class ClassifyBagResponse(_message.Message):
-    __slots__ = ("model", "class_names", "tiles", "bag_logits", "bag_probabilities", "attention", "predicted_class")
+    __slots__ = ("model", "class_names", "tiles", "bag_logits", "bag_probabilities", "attention", "predicted_class", "familiarity")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     TILES_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +37,7 @@ class ClassifyBagResponse(_message.Message):
     BAG_PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    FAMILIARITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
     tiles: _containers.RepeatedCompositeFieldContainer[TileClassification]
@@ -42,7 +45,8 @@ class ClassifyBagResponse(_message.Message):
     bag_probabilities: _containers.RepeatedScalarFieldContainer[float]
     attention: _containers.RepeatedScalarFieldContainer[float]
     predicted_class: str
-    def __init__(self, model: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., tiles: _Optional[_Iterable[_Union[TileClassification, _Mapping]]] = ..., bag_logits: _Optional[_Iterable[float]] = ..., bag_probabilities: _Optional[_Iterable[float]] = ..., attention: _Optional[_Iterable[float]] = ..., predicted_class: _Optional[str] = ...) -> None: ...
+    familiarity: _common_pb2.Familiarity
+    def __init__(self, model: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., tiles: _Optional[_Iterable[_Union[TileClassification, _Mapping]]] = ..., bag_logits: _Optional[_Iterable[float]] = ..., bag_probabilities: _Optional[_Iterable[float]] = ..., attention: _Optional[_Iterable[float]] = ..., predicted_class: _Optional[str] = ..., familiarity: _Optional[_Union[_common_pb2.Familiarity, _Mapping]] = ...) -> None: ...
 
 class HeatmapConfig(_message.Message):
     __slots__ = ("model", "region", "stride", "value_type", "include_probabilities")
@@ -93,7 +97,7 @@ class HeatmapHeader(_message.Message):
     def __init__(self, model: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., stride: _Optional[int] = ..., step: _Optional[float] = ..., origin_x: _Optional[float] = ..., origin_y: _Optional[float] = ..., value_type: _Optional[_Union[_common_pb2.ValueType, str]] = ..., receptive_field: _Optional[int] = ..., context_pixels: _Optional[int] = ...) -> None: ...
 
 class HeatmapTile(_message.Message):
-    __slots__ = ("tile_index", "row", "col", "rows", "cols", "num_classes", "logits", "probabilities")
+    __slots__ = ("tile_index", "row", "col", "rows", "cols", "num_classes", "logits", "probabilities", "familiarity")
     TILE_INDEX_FIELD_NUMBER: _ClassVar[int]
     ROW_FIELD_NUMBER: _ClassVar[int]
     COL_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +106,7 @@ class HeatmapTile(_message.Message):
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
+    FAMILIARITY_FIELD_NUMBER: _ClassVar[int]
     tile_index: int
     row: int
     col: int
@@ -110,7 +115,8 @@ class HeatmapTile(_message.Message):
     num_classes: int
     logits: bytes
     probabilities: bytes
-    def __init__(self, tile_index: _Optional[int] = ..., row: _Optional[int] = ..., col: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., num_classes: _Optional[int] = ..., logits: _Optional[bytes] = ..., probabilities: _Optional[bytes] = ...) -> None: ...
+    familiarity: _common_pb2.Familiarity
+    def __init__(self, tile_index: _Optional[int] = ..., row: _Optional[int] = ..., col: _Optional[int] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., num_classes: _Optional[int] = ..., logits: _Optional[bytes] = ..., probabilities: _Optional[bytes] = ..., familiarity: _Optional[_Union[_common_pb2.Familiarity, _Mapping]] = ...) -> None: ...
 
 class QueueStatus(_message.Message):
     __slots__ = ("position", "waiting")
@@ -121,14 +127,16 @@ class QueueStatus(_message.Message):
     def __init__(self, position: _Optional[int] = ..., waiting: _Optional[int] = ...) -> None: ...
 
 class HeatmapResponse(_message.Message):
-    __slots__ = ("header", "tile", "queue")
+    __slots__ = ("header", "tile", "queue", "familiarity")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     TILE_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
+    FAMILIARITY_FIELD_NUMBER: _ClassVar[int]
     header: HeatmapHeader
     tile: HeatmapTile
     queue: QueueStatus
-    def __init__(self, header: _Optional[_Union[HeatmapHeader, _Mapping]] = ..., tile: _Optional[_Union[HeatmapTile, _Mapping]] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
+    familiarity: _common_pb2.Familiarity
+    def __init__(self, header: _Optional[_Union[HeatmapHeader, _Mapping]] = ..., tile: _Optional[_Union[HeatmapTile, _Mapping]] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., familiarity: _Optional[_Union[_common_pb2.Familiarity, _Mapping]] = ...) -> None: ...
 
 class OutlineSettings(_message.Message):
     __slots__ = ("min_area", "min_hole_area", "smooth_sigma", "merge_distance", "simplify")
@@ -185,30 +193,34 @@ class AnnotateRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[AnnotateConfig, _Mapping]] = ..., tiles: _Optional[_Iterable[_Union[_common_pb2.Tile, _Mapping]]] = ...) -> None: ...
 
 class AnnotationObject(_message.Message):
-    __slots__ = ("id", "area", "mean_probability", "max_probability", "mean_logit")
+    __slots__ = ("id", "area", "mean_probability", "max_probability", "mean_logit", "familiarity")
     ID_FIELD_NUMBER: _ClassVar[int]
     AREA_FIELD_NUMBER: _ClassVar[int]
     MEAN_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     MAX_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     MEAN_LOGIT_FIELD_NUMBER: _ClassVar[int]
+    FAMILIARITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     area: float
     mean_probability: float
     max_probability: float
     mean_logit: float
-    def __init__(self, id: _Optional[str] = ..., area: _Optional[float] = ..., mean_probability: _Optional[float] = ..., max_probability: _Optional[float] = ..., mean_logit: _Optional[float] = ...) -> None: ...
+    familiarity: _common_pb2.Familiarity
+    def __init__(self, id: _Optional[str] = ..., area: _Optional[float] = ..., mean_probability: _Optional[float] = ..., max_probability: _Optional[float] = ..., mean_logit: _Optional[float] = ..., familiarity: _Optional[_Union[_common_pb2.Familiarity, _Mapping]] = ...) -> None: ...
 
 class AnnotateResponse(_message.Message):
-    __slots__ = ("geojson", "objects", "model", "class_name")
+    __slots__ = ("geojson", "objects", "model", "class_name", "familiarity")
     GEOJSON_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    FAMILIARITY_FIELD_NUMBER: _ClassVar[int]
     geojson: str
     objects: _containers.RepeatedCompositeFieldContainer[AnnotationObject]
     model: str
     class_name: str
-    def __init__(self, geojson: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[AnnotationObject, _Mapping]]] = ..., model: _Optional[str] = ..., class_name: _Optional[str] = ...) -> None: ...
+    familiarity: _common_pb2.Familiarity
+    def __init__(self, geojson: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[AnnotationObject, _Mapping]]] = ..., model: _Optional[str] = ..., class_name: _Optional[str] = ..., familiarity: _Optional[_Union[_common_pb2.Familiarity, _Mapping]] = ...) -> None: ...
 
 class SlideConfig(_message.Message):
     __slots__ = ("model", "path", "stride", "downsample", "tissue_only", "tile_size", "class_name", "write_tiff", "tiff_path", "roi", "outline", "pixel_size_um")
@@ -257,7 +269,7 @@ class SlideProgress(_message.Message):
     def __init__(self, tiles_done: _Optional[int] = ..., tiles_total: _Optional[int] = ..., tissue_megapixels: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., stage: _Optional[str] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
 
 class SlideSummary(_message.Message):
-    __slots__ = ("model", "path", "class_name", "tiles_total", "tiles_resumed", "tissue_megapixels", "stride", "downsample", "tiff_path", "timings")
+    __slots__ = ("model", "path", "class_name", "tiles_total", "tiles_resumed", "tissue_megapixels", "stride", "downsample", "tiff_path", "timings", "familiarity")
     class TimingsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +287,7 @@ class SlideSummary(_message.Message):
     DOWNSAMPLE_FIELD_NUMBER: _ClassVar[int]
     TIFF_PATH_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    FAMILIARITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     path: str
     class_name: str
@@ -285,7 +298,8 @@ class SlideSummary(_message.Message):
     downsample: float
     tiff_path: str
     timings: _containers.ScalarMap[str, float]
-    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., class_name: _Optional[str] = ..., tiles_total: _Optional[int] = ..., tiles_resumed: _Optional[int] = ..., tissue_megapixels: _Optional[float] = ..., stride: _Optional[int] = ..., downsample: _Optional[float] = ..., tiff_path: _Optional[str] = ..., timings: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    familiarity: _common_pb2.Familiarity
+    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., class_name: _Optional[str] = ..., tiles_total: _Optional[int] = ..., tiles_resumed: _Optional[int] = ..., tissue_megapixels: _Optional[float] = ..., stride: _Optional[int] = ..., downsample: _Optional[float] = ..., tiff_path: _Optional[str] = ..., timings: _Optional[_Mapping[str, float]] = ..., familiarity: _Optional[_Union[_common_pb2.Familiarity, _Mapping]] = ...) -> None: ...
 
 class AnnotateSlideRequest(_message.Message):
     __slots__ = ("config", "threshold", "min_area", "simplify_tolerance")
@@ -372,30 +386,34 @@ class MeasureObjectsRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[MeasureObjectsConfig, _Mapping]] = ..., objects: _Optional[_Iterable[_Union[MeasureObject, _Mapping]]] = ..., tiles: _Optional[_Iterable[_Union[_common_pb2.Tile, _Mapping]]] = ...) -> None: ...
 
 class ObjectMeasurement(_message.Message):
-    __slots__ = ("id", "mean_logits", "max_logits", "probabilities", "pixels")
+    __slots__ = ("id", "mean_logits", "max_logits", "probabilities", "pixels", "familiarity")
     ID_FIELD_NUMBER: _ClassVar[int]
     MEAN_LOGITS_FIELD_NUMBER: _ClassVar[int]
     MAX_LOGITS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     PIXELS_FIELD_NUMBER: _ClassVar[int]
+    FAMILIARITY_FIELD_NUMBER: _ClassVar[int]
     id: str
     mean_logits: _containers.RepeatedScalarFieldContainer[float]
     max_logits: _containers.RepeatedScalarFieldContainer[float]
     probabilities: _containers.RepeatedScalarFieldContainer[float]
     pixels: int
-    def __init__(self, id: _Optional[str] = ..., mean_logits: _Optional[_Iterable[float]] = ..., max_logits: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ..., pixels: _Optional[int] = ...) -> None: ...
+    familiarity: _common_pb2.Familiarity
+    def __init__(self, id: _Optional[str] = ..., mean_logits: _Optional[_Iterable[float]] = ..., max_logits: _Optional[_Iterable[float]] = ..., probabilities: _Optional[_Iterable[float]] = ..., pixels: _Optional[int] = ..., familiarity: _Optional[_Union[_common_pb2.Familiarity, _Mapping]] = ...) -> None: ...
 
 class MeasureObjectsHeader(_message.Message):
-    __slots__ = ("model", "class_names", "object_count", "context_pixels")
+    __slots__ = ("model", "class_names", "object_count", "context_pixels", "familiarity")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    FAMILIARITY_FIELD_NUMBER: _ClassVar[int]
     model: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
     object_count: int
     context_pixels: int
-    def __init__(self, model: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., object_count: _Optional[int] = ..., context_pixels: _Optional[int] = ...) -> None: ...
+    familiarity: _common_pb2.Familiarity
+    def __init__(self, model: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., object_count: _Optional[int] = ..., context_pixels: _Optional[int] = ..., familiarity: _Optional[_Union[_common_pb2.Familiarity, _Mapping]] = ...) -> None: ...
 
 class ObjectMeasurements(_message.Message):
     __slots__ = ("objects",)
