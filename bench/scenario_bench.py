@@ -107,25 +107,26 @@ PRESETS = {
         device="cpu",
         jobs=1,
     ),
-    # this 2-core machine: about as large as fits an hour unshared (docs/benchmark.md: the
-    # estimate, 46-68 min, from timed parts of one training; about 82 min when shared)
+    # this 2-core machine, <= 60 min: sized from the first full run of the previous, smaller
+    # cpu design (60 trainings of <= 4 epochs on 30 x 6 images in 4.5 min, 2026-12-04):
+    # 135 trainings of about 7 epochs on 30 x 10 images, about 35-40 min unshared
     "cpu": Preset(
         scenarios=("default",),
-        noise=(0.0, 0.5),
+        noise=(0.0, 0.5, 0.75),
         patients=30,
-        images=6,
+        images=10,
         size=64,  # bags of four 32 px instances
         folds=5,
         seeds=(0, 1, 2),
         widths=(16,),
-        epochs=4,
-        patience=1,
+        epochs=15,
+        patience=3,
         admil_width=64,
         admil_epochs=100,
         admil_patience=5,
         device="cpu",
         jobs=2,
-        models=("mil", "milsil"),  # the paper's comparison; BagNet and ADMIL: gpu preset
+        models=("sil", "mil", "milsil"),  # ADMIL: gpu preset
     ),
     # one H200, <= 7 min (estimated from FLOPs, untested: docs/benchmark.md)
     "gpu": Preset(
