@@ -72,15 +72,6 @@ def fast_mode(tf32: bool, bf16: bool) -> str:
     return "bf16" if bf16 else "tf32" if tf32 else "exact"
 
 
-def mode_note(mode: str) -> str | None:
-    """One line saying what a fast mode costs (None for ``exact``), for the CLIs."""
-    if mode == "exact":
-        return None
-    deviation = EXPECTED_MAX_LOGIT_DEVIATION.get(mode)
-    cost = f"logits within about {deviation:g} of exact" if deviation else "deviation unknown"
-    return f"fast mode {mode}: {cost} (measured on an H200, BagNet-9 width 64)"
-
-
 @contextmanager
 def fp32_precision(precision: str = "exact") -> Iterator[None]:
     """Run the block with TF32 off (``exact``) or on (``tf32``) for convolutions and matmuls,
