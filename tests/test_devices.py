@@ -157,9 +157,13 @@ def test_one_device_never_computes_two_calls_at_once(tmp_path, monkeypatch):
     assert passes.entered >= 2 and passes.most == 1
 
 
-def test_a_slide_job_and_a_heatmap_compute_on_two_devices_at_once(tmp_path, monkeypatch):
-    """AnnotateSlide holds a slot for its whole job; with two devices a Heatmap computes on
-    the other one meanwhile (the slide's pass waits for the Heatmap's)."""
+SQUARE = {"type": "Polygon", "coordinates": [[[8, 8], [40, 8], [40, 40], [8, 40], [8, 8]]]}
+
+
+@pytest.mark.parametrize("kind", ["AnnotateSlide", "MeasureObjects"])
+def test_slide_jobs_and_objects_share_the_devices(tmp_path, monkeypatch, kind):
+    """AnnotateSlide (holding a slot for its whole job) and MeasureObjects compute on one
+    device while a Heatmap computes on the other (each first pass waits for the other's)."""
     from milsil.wsi.synthetic import synthetic_slide
 
     root = tmp_path / "slides"
@@ -170,14 +174,18 @@ def test_a_slide_job_and_a_heatmap_compute_on_two_devices_at_once(tmp_path, monk
     with _server(tmp_path, device="cpu,cpu", slide_roots=(root,)) as server:
         target = f"127.0.0.1:{server.port}"
         a, b = MilsilClient(target, timeout=3 * WAIT), MilsilClient(target, timeout=3 * WAIT)
-        collection, heat = _in_parallel(
-            lambda: a.annotate_slide("models/tiny", "a.tif", stride=8, tile_size=64)[0],
-            lambda: b.heatmap("models/tiny", _image(3)),
-        )
+        if kind == "AnnotateSlide":
+            job = lambda: a.annotate_slide("models/tiny", "a.tif", stride=8, tile_size=64)[0]  # noqa: E731
+        else:
+            job = lambda: a.measure_objects("models/tiny", [("c", SQUARE)], _image(4))  # noqa: E731
+        answer, heat = _in_parallel(job, lambda: b.heatmap("models/tiny", _image(3)))
         a.close()
         b.close()
-    assert passes.most == 2
-    assert collection["type"] == "FeatureCollection" and heat.logits.shape[1:] == (64, 64)
+    assert passes.most == 2 and heat.logits.shape[1:] == (64, 64)
+    if kind == "AnnotateSlide":
+        assert answer["type"] == "FeatureCollection"
+    else:
+        assert answer.ids == ["c"] and answer.pixels[0] > 0
 
 
 def test_the_fair_order_holds_across_devices():
