@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from milsil.errors import MilsilError
+from milsil.inference.precision import check_precision
 from milsil.v1 import (
     inference_service_pb2,
     inference_service_pb2_grpc,
@@ -48,7 +49,7 @@ from milsil_server.memory import MemoryBudget, default_max_memory
 from milsil_server.metrics import Metrics
 from milsil_server.model_service import ModelServicer
 from milsil_server.paths import SlidePaths
-from milsil_server.resources import Limits, ModelCache, Resources, default_device
+from milsil_server.resources import Limits, ModelCache, Resources, parse_devices
 from milsil_server.slots import ComputeSlots
 from milsil_server.store import Store
 from milsil_server.training_service import TrainingServicer
@@ -96,14 +97,16 @@ class ServerConfig:
     # Once the bound's places are taken, a client (user, or host without tokens) holding
     # fewer calls than this still gets one of as many spare places; default: half the bound.
     max_calls_per_client: int | None = None
-    compute_slots: int = 1
+    compute_slots: int = 1  # per device
     max_waiting: int = 8
     max_queued_jobs: int = 16
     metrics_port: int | None = None
     grace: float = 10.0
     # Longest silence between a streamed call's messages, seconds (0: no limit).
     stream_idle_timeout: float = 30.0
+    # --devices: comma-separated, one compute slot each (None: every GPU, else the CPU).
     device: str | None = None
+    precision: str = "exact"  # --tf32: "tf32" (milsil.inference.precision)
     limits: Limits = field(default_factory=Limits)
     # Folders whose slides AnnotateSlide/SlideHeatmap may read (none: those RPCs are off).
     slide_roots: tuple[Path, ...] = ()
@@ -406,23 +409,26 @@ class MilsilServer:
     """A running server: ``port``, ``server`` (grpc.Server), ``store``, ``jobs``; ``drain``/``stop``."""
 
     def __init__(self, config: ServerConfig) -> None:
-        import torch
-
         self.config = config
         limits = config.limits
-        self.device = torch.device(config.device) if config.device else default_device()
+        check_precision(config.precision)
+        self.devices = parse_devices(config.device)
+        self.device = self.devices[0]
         for root in config.slide_roots:
             if not Path(root).expanduser().is_dir():
                 raise MilsilError(f"--slide-root {root} is not a folder")
         self.store = Store(config.data_dir)
         self.cache = ModelCache(self._model_path, device=self.device)
-        self.slots = ComputeSlots(config.compute_slots, config.max_waiting)
+        self.slots = ComputeSlots(
+            max_waiting=config.max_waiting,
+            devices=[d for d in self.devices for _ in range(config.compute_slots)],
+        )
         self.memory = MemoryBudget(
             config.max_memory_mb * 2**20 if config.max_memory_mb else default_max_memory()
         )
         self.jobs = JobManager(self.store, max_queued=config.max_queued_jobs)
         self.metrics = (
-            Metrics(config.host, config.metrics_port, self.device)
+            Metrics(config.host, config.metrics_port, self.devices)
             if config.metrics_port is not None
             else None
         )
@@ -475,6 +481,7 @@ class MilsilServer:
                     SlidePaths(config.slide_roots, output_root),
                     max_message_bytes=max_bytes,
                     stream_idle_seconds=config.stream_idle_timeout,
+                    precision=config.precision,
                 )
             ),
             self.server,
@@ -513,7 +520,8 @@ class MilsilServer:
                     "address": f"{config.host}:{self.port}",
                     "tls": credentials is not None,
                     "auth": bool(config.token or config.tokens_file),
-                    "device": str(self.device),
+                    "devices": [str(d) for d in self.devices],
+                    "precision": config.precision,
                     "data_dir": str(self.store.root),
                     "slide_roots": [str(r) for r in config.slide_roots],
                     "metrics_port": self.metrics.port if self.metrics else None,

@@ -27,8 +27,8 @@ def classify_bag_rpc(res: Resources, requests: Iterable[Any], context: Any) -> A
     """The ClassifyBag RPC."""
     model_name, tiles = bag_request(requests, res.limits)
     ident, model = res.model(model_name, "model")
-    with res.slots.acquire(context.is_active, client_of(context), context.peer()):
-        result = classify_tiles(model, tiles, context.is_active)
+    with res.slots.acquire(context.is_active, client_of(context), context.peer()) as device:
+        result = classify_tiles(res.on_device(model, device), tiles, context.is_active)
     return classify_bag_response(ident, model.class_names, result)
 
 

@@ -13,6 +13,7 @@ from milsil.errors import MilsilError
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    from milsil.inference.precision import EXPECTED_MAX_LOGIT_DEVIATION
     from milsil_server.app import default_data_dir
 
     p = subparsers.add_parser(
@@ -97,7 +98,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "RESOURCE_EXHAUSTED, busy (default 16)",
     )
     p.add_argument(
-        "--compute-slots", type=int, default=1, help="inference computations at once (default 1)"
+        "--compute-slots",
+        type=int,
+        default=1,
+        help="inference computations at once on each device (default 1)",
     )
     p.add_argument(
         "--max-waiting",
@@ -141,9 +145,21 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         "its memory returned; default 30; 0 = no limit)",
     )
     p.add_argument(
+        "--devices",
         "--device",
+        dest="devices",
         default=None,
-        help="torch device for inference (default: cuda if present, else cpu)",
+        metavar="LIST",
+        help="devices that compute, comma-separated, e.g. cuda:0,cuda:1: one compute slot "
+        "each, all fed by the one fair queue (default: every visible GPU, else cpu; cpu may "
+        "repeat: cpu,cpu is two CPU slots)",
+    )
+    p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="fast mode on CUDA: TF32 convolutions and matmuls (logits within about "
+        f"{EXPECTED_MAX_LOGIT_DEVIATION['tf32']:g} of exact, measured on an H200; the heatmap "
+        "header says so). Default: exact (TF32 off). No effect on a CPU",
     )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.set_defaults(func=run)
@@ -186,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         grace=args.grace,
         stream_idle_timeout=args.stream_idle_timeout,
-        device=args.device,
+        device=args.devices,
+        precision="tf32" if args.tf32 else "exact",
         limits=Limits(max_region_pixels=args.max_region_pixels),
         max_memory_mb=args.max_memory,
         slide_roots=tuple(args.slide_roots),

@@ -17,6 +17,7 @@ import numpy as np
 from google.protobuf import timestamp_pb2
 
 from milsil.errors import MilsilError
+from milsil.inference.precision import EXPECTED_MAX_LOGIT_DEVIATION
 from milsil.inference.tiling import context_for_receptive_field
 from milsil.v1 import common_pb2, inference_service_pb2
 from milsil.wsi.outlines import OutlineSettings, check_pixel_size
@@ -157,8 +158,10 @@ def heatmap_header(
     downsample: float,
     origin: tuple[float, float],
     value_type: int,
+    mode: str = "exact",
 ) -> inference_service_pb2.HeatmapHeader:
-    """``origin``: level-0 (x, y) of the region's top-left corner."""
+    """``origin``: level-0 (x, y) of the region's top-left corner; ``mode``: the arithmetic
+    that computed it (:data:`milsil.inference.precision.MODES`), said with its cost."""
     return inference_service_pb2.HeatmapHeader(
         model=f"models/{model_id}",
         class_names=model.class_names,
@@ -171,6 +174,8 @@ def heatmap_header(
         value_type=value_type,
         receptive_field=int(model.receptive_field),
         context_pixels=context_pixels(model.receptive_field),
+        precision=mode,
+        expected_max_logit_deviation=EXPECTED_MAX_LOGIT_DEVIATION[mode],
     )
 
 

@@ -21,7 +21,7 @@ CLIENT_LABELS = 32  # clients with a metrics label of their own; later ones are 
 class Metrics:
     """Prometheus metrics in a registry of their own (several servers per process in tests)."""
 
-    def __init__(self, host: str, port: int, device: Any) -> None:
+    def __init__(self, host: str, port: int, devices: list[Any]) -> None:
         try:
             import prometheus_client as prom
         except ImportError:
@@ -53,14 +53,15 @@ class Metrics:
         )
         memory = prom.Gauge(
             "milsil_device_memory_bytes",
-            "Device memory allocated by PyTorch",
+            "Device memory allocated by PyTorch, on all of the server's GPUs",
             registry=self.registry,
         )
 
         def allocated() -> float:
             import torch
 
-            return float(torch.cuda.memory_allocated()) if device.type == "cuda" else 0.0
+            gpus = {d for d in devices if d.type == "cuda"}
+            return float(sum(torch.cuda.memory_allocated(d) for d in gpus))
 
         memory.set_function(allocated)
         self.rejected = prom.Counter(

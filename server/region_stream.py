@@ -152,6 +152,10 @@ class RegionStream:
     # The call's compute turn: held while a band computes, given up while the call waits
     # for its client (None: the caller holds a slot for the whole call).
     turn: Turn | None = None
+    # A model's copy on the turn's device (Resources.on_device; None: compute on `device`),
+    # and the float32 mode (milsil.inference.precision).
+    on_device: Callable[[torch.nn.Module, Any], torch.nn.Module] | None = None
+    precision: str = "exact"
     tiles: int = field(init=False, default=0)
     answered: bool = field(init=False, default=False)  # a reply went out (Heatmap's header)
     canvas: BandCanvas = field(init=False)
@@ -314,15 +318,18 @@ class RegionStream:
     def _compute(self, band: Band) -> Computed:
         if self.turn is not None:
             self.turn.hold()
+        device = (self.turn and self.turn.device) or self.device  # the slot's device
+        model = self.on_device(self.model, device) if self.on_device else self.model
         logits = band_logits(
-            self.model,
+            model,
             band,
             self.halo,
             self.stride,
             tile=self._chunk_side,
-            device=self.device,
+            device=device,
             target_seconds=BAND_TARGET_SECONDS,
             should_stop=lambda: not self.is_active(),
+            precision=self.precision,
         )
         if logits is None:
             raise Cancelled("request cancelled or deadline exceeded; heatmap computation stopped")
@@ -415,4 +422,6 @@ def open_stream(
         res.device,
         res.max_tiles,
         turn,
+        on_device=res.on_device,
+        precision=res.precision,
     )

@@ -70,6 +70,7 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
                             r.downsample,
                             (r.x, r.y),
                             req.value_type,
+                            res.precision,
                         )
                     )
                     stream.answered = True

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from milsil.errors import MilsilError
+from milsil.inference.precision import heatmap_mode
 from milsil.models import target_class_index
 from milsil.v1 import inference_service_pb2
 from milsil.wsi.annotate import AnnotateResult, annotate_slide
@@ -58,10 +59,11 @@ def annotate_slide_rpc(res: Resources, request: Any, context: Any) -> Iterator[A
     ):
         for status in ticket.waiting():
             yield Response(progress=_queued(status))
+        device, job.model = ticket.device, res.on_device(job.model, ticket.device)
         tally = _Tally(time.perf_counter())
         yield Response(progress=slide_progress(None, tally.started, job.first_stage))
         result = yield from runner.in_background(
-            lambda progress, should_stop: job.outlines(res.device, progress, should_stop),
+            lambda progress, should_stop: job.outlines(device, progress, should_stop),
             context.is_active,
             lambda p: Response(progress=tally(p)),
         )
@@ -105,12 +107,13 @@ def slide_heatmap_rpc(res: Resources, request: Any, context: Any) -> Iterator[An
             with res.slots.queued(context.is_active, client_of(context), context.peer()) as ticket:
                 for status in ticket.waiting():
                     yield Response(progress=_queued(status))
+                device, job.model = ticket.device, res.on_device(job.model, ticket.device)
                 tally = _Tally(time.perf_counter())
                 stage = job.first_stage
                 yield Response(progress=slide_progress(None, tally.started, stage))
                 heat, stopped = yield from runner.in_background(
                     lambda progress, should_stop: job.logit_map(
-                        slide, res.device, progress, should_stop, timings
+                        slide, device, progress, should_stop, timings
                     ),
                     context.is_active,
                     lambda p: Response(progress=tally(p)),
@@ -130,6 +133,7 @@ def slide_heatmap_rpc(res: Resources, request: Any, context: Any) -> Iterator[An
                     heat.downsample,
                     (0.0, 0.0),
                     chosen,
+                    heatmap_mode(job.settings.precision, job.settings.bf16),
                 )
             )
             if not request.omit_values:
@@ -232,7 +236,7 @@ def slide_job(res: Resources, request: Any, outlines: bool) -> SlideJob:
     if not request.HasField("config"):
         raise MilsilError("config is required (model, path, stride, ...)")
     config = request.config
-    settings = slide_settings(request, res.limits, outlines)
+    settings = slide_settings(request, res.limits, outlines).replace(precision=res.precision)
     ident, model = res.model(config.model, "config.model")
     halo_for(model)  # FAILED_PRECONDITION for models without a receptive field
     try:
@@ -281,6 +285,8 @@ def work_dir(
         "tile": settings.tile,
         "tissue_only": settings.tissue_only,
     }
+    if settings.precision != "exact":  # exact folders keep the names they always had
+        key["precision"] = settings.precision
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return root / "slide-work" / digest
 

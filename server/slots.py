@@ -41,7 +41,13 @@ Usage in a servicer::
             yield progress_message(status)   # streaming RPCs tell the client where it stands
         ...compute...                        # the slot is held here, freed on exit
 
-or, for RPCs that answer once, ``with slots.acquire(context.is_active, client_of(context), context.peer()):``.
+or, for RPCs that answer once, ``with slots.acquire(...) as device:``.
+
+Every slot belongs to a device (``devices``: one entry per slot; ``milsil serve --devices
+cuda:0,cuda:1`` gives each GPU a slot), and the one queue feeds them all: a granted
+ticket says which (``ticket.device``, ``turn.device`` while held), and the call computes
+there. A free slot is the lowest-numbered one, except that a streamed call taking its turn
+again gets its previous device when that one is free (its model copy is warm there).
 """
 
 from __future__ import annotations
@@ -49,9 +55,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from milsil_server.errors import Busy, Cancelled
 
@@ -89,6 +96,13 @@ class Ticket:
         self.granted = False
         self.displaced = False
         self.done = False
+        self.slot = -1  # the slot it got (an index of ComputeSlots.devices), once granted
+        self.prefer = -1  # the slot to give it when free (a turn's previous one)
+
+    @property
+    def device(self) -> Any:
+        """The device of the slot it got (None before it is granted)."""
+        return self.slots.devices[self.slot] if self.granted else None
 
     def waiting(self) -> Iterator[QueueStatus]:
         """Wait for a slot, yielding the queue status whenever it changes (nothing if a slot
@@ -128,6 +142,12 @@ class Turn:
         self.slots, self.client, self.is_active = slots, admission.client, is_active
         self._admission: Ticket | None = admission
         self._ticket: Ticket | None = None
+        self._last_slot = -1  # the slot of its previous turn, preferred for the next
+
+    @property
+    def device(self) -> Any:
+        """The device of the slot held now (None while none is held)."""
+        return None if self._ticket is None else self._ticket.device
 
     def waiting(self) -> Iterator[QueueStatus]:
         """The admission's wait (see :meth:`Ticket.waiting`); the slot is then held."""
@@ -143,7 +163,9 @@ class Turn:
         """Hold a slot (waiting quietly for this client's turn if none is held)."""
         if self._ticket is not None:
             return
-        ticket = self.slots._enqueue(self.client, self.is_active, admitted=True)  # noqa: SLF001
+        ticket = self.slots._enqueue(  # noqa: SLF001
+            self.client, self.is_active, admitted=True, prefer=self._last_slot
+        )
         try:
             for _status in ticket.waiting():
                 pass
@@ -162,23 +184,31 @@ class Turn:
         """Give the slot back (the next client in turn gets it)."""
         ticket, self._ticket = self._ticket, None
         if ticket is not None:
+            self._last_slot = ticket.slot
             self.slots._leave(ticket)  # noqa: SLF001
 
 
 class ComputeSlots:
     """At most ``slots`` computations at once and at most ``max_waiting`` waiting for one,
-    served round-robin across clients (see the module docstring)."""
+    served round-robin across clients (see the module docstring). ``devices``: the device
+    of each slot (then ``slots`` is their number); without it every slot's device is None
+    (the caller's one device)."""
 
     def __init__(
-        self, slots: int = 1, max_waiting: int = 8, clock: Callable[[], float] = time.monotonic
+        self,
+        slots: int = 1,
+        max_waiting: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+        devices: Sequence[Any] | None = None,
     ) -> None:
-        self.slots = max(1, slots)
+        self.devices = list(devices) if devices else [None] * max(1, slots)
+        self.slots = len(self.devices)
         self.max_waiting = max(0, max_waiting)
         self.clock = clock
         # Refused callers while they retry: (client, connection) -> (first refusal, latest).
         self._refused: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
         self._cond = threading.Condition()
-        self._free = self.slots
+        self._free = list(range(self.slots))  # free slots, lowest first
         # Clients with waiting requests, in the order they are served next (the ring).
         self._queues: OrderedDict[str, deque[Ticket]] = OrderedDict()
         self._waiting = 0
@@ -187,7 +217,7 @@ class ComputeSlots:
     def in_use(self) -> int:
         """Slots computing now."""
         with self._cond:
-            return self.slots - self._free
+            return self.slots - len(self._free)
 
     @property
     def waiting(self) -> int:
@@ -211,12 +241,13 @@ class ComputeSlots:
     @contextmanager
     def acquire(
         self, is_active: Callable[[], bool], client: str = "", caller: str = ""
-    ) -> Iterator[None]:
-        """Hold a slot for the block, waiting quietly (RPCs that answer once)."""
+    ) -> Iterator[Any]:
+        """Hold a slot for the block, waiting quietly (RPCs that answer once); yields the
+        slot's device."""
         with self.queued(is_active, client, caller) as ticket:
             for _status in ticket.waiting():
                 pass
-            yield
+            yield ticket.device
 
     @contextmanager
     def turns(
@@ -235,16 +266,21 @@ class ComputeSlots:
     # ------------------------------------------------------------------ internals
 
     def _enqueue(
-        self, client: str, is_active: Callable[[], bool], admitted: bool = False, caller: str = ""
+        self,
+        client: str,
+        is_active: Callable[[], bool],
+        admitted: bool = False,
+        caller: str = "",
+        prefer: int = -1,
     ) -> Ticket:
         with self._cond:
             now = self.clock()
             first, last = self._refused.pop((client, caller), (now, now))
             since = first if now - last < FORGET_SECONDS else now
             ticket = Ticket(self, client, is_active, since, admitted, caller)
-            if self._free > 0 and not self._queues:
-                self._free -= 1
-                ticket.granted = True
+            ticket.prefer = prefer
+            if self._free and not self._queues:
+                self._grant(ticket)
                 return ticket
             if (
                 not admitted
@@ -303,12 +339,11 @@ class ComputeSlots:
     def _dispatch(self) -> None:
         """Give free slots to the clients' queues in turn (caller holds the lock)."""
         granted = False
-        while self._free > 0 and self._queues:
+        while self._free and self._queues:
             client, queue = next(iter(self._queues.items()))
             ticket = queue.popleft()
             self._waiting -= 1
-            self._free -= 1
-            ticket.granted = True
+            self._grant(ticket)
             granted = True
             del self._queues[client]
             if queue:
@@ -316,13 +351,21 @@ class ComputeSlots:
         if granted:
             self._cond.notify_all()
 
+    def _grant(self, ticket: Ticket) -> None:
+        """Give ``ticket`` a free slot: its preferred one if free, else the lowest (caller
+        holds the lock)."""
+        slot = ticket.prefer if ticket.prefer in self._free else self._free[0]
+        self._free.remove(slot)
+        ticket.slot = slot
+        ticket.granted = True
+
     def _leave(self, ticket: Ticket) -> None:
         with self._cond:
             if ticket.done:
                 return
             ticket.done = True
             if ticket.granted:
-                self._free += 1
+                self._free = sorted([*self._free, ticket.slot])
                 self._dispatch()
                 self._cond.notify_all()
             elif not ticket.displaced:

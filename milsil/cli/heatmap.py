@@ -13,10 +13,12 @@ from PIL import Image
 
 from milsil import __version__
 from milsil.atomic import atomic_write, write_json_atomic
+from milsil.client.messages import precision_note
 from milsil.engine.config import resolve_device
 from milsil.errors import MilsilError
 from milsil.inference.cam import cam, gradcam
 from milsil.inference.heatmap import logit_heatmap
+from milsil.inference.precision import EXPECTED_MAX_LOGIT_DEVIATION, fast_mode
 from milsil.inference.render import comparison_figure, overlay
 from milsil.models import load_checkpoint, target_class_index
 
@@ -36,15 +38,49 @@ def save_png(pixels: np.ndarray, path: str) -> str:
     return path
 
 
+def add_fast_mode_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--bf16`` and ``--tf32``, the fast modes (:mod:`milsil.inference.precision`;
+    neither: exact), for ``heatmap``, ``annotate-slide`` and ``batch``."""
+    cost = EXPECTED_MAX_LOGIT_DEVIATION
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="fast mode: bfloat16 compute (about 2x faster on AVX-512 BF16 CPUs and GPUs; "
+        f"logits within about {cost['bf16']:g} of exact, measured on an H200)",
+    )
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="fast mode on CUDA: TF32 convolutions and matmuls (logits within about "
+        f"{cost['tf32']:g} of exact, measured on an H200); no effect on a CPU",
+    )
+
+
+def fast_mode_of(args: argparse.Namespace) -> str:
+    """The mode :func:`add_fast_mode_arguments` parsed; a fast one is said on stderr."""
+    mode = fast_mode(args.tf32, args.bf16)
+    note = precision_note(mode, EXPECTED_MAX_LOGIT_DEVIATION[mode])
+    if note:
+        print(note, file=sys.stderr)
+    return mode
+
+
 def render_image(
-    model, path: Path, out_dir: Path, stride: int, cls: int, compare: bool, bf16: bool
+    model,
+    path: Path,
+    out_dir: Path,
+    stride: int,
+    cls: int,
+    compare: bool,
+    bf16: bool,
+    precision: str = "exact",
 ) -> dict:
     """Write ``<stem>.logits.npy``, ``<stem>.heatmap.png`` (and ``<stem>.compare.png``)."""
     from milsil.data import load_rgb
 
     image = load_rgb(path)
     start = time.perf_counter()
-    logits = logit_heatmap(model, image, stride=stride, bf16=bf16)
+    logits = logit_heatmap(model, image, stride=stride, bf16=bf16, precision=precision)
     seconds = time.perf_counter() - start
     stem = out_dir / path.stem
     outputs = [f"{stem}.logits.npy"]
@@ -60,6 +96,8 @@ def render_image(
 
 
 def run(args: argparse.Namespace) -> int:
+    mode = fast_mode_of(args)
+    precision = "tf32" if mode == "tf32" else "exact"
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
@@ -83,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
             )
             continue
         try:
-            info = render_image(model, path, out_dir, args.stride, cls, args.compare, args.bf16)
+            info = render_image(
+                model, path, out_dir, args.stride, cls, args.compare, args.bf16, precision
+            )
         except MilsilError as exc:
             failures.append((str(path), str(exc)))
             print(f"[{i}/{len(args.images)}] {path.name}: FAILED: {exc}", file=sys.stderr)
@@ -100,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         "class": model.class_names[cls],
         "stride": args.stride,
         "bf16": args.bf16,
+        "precision": mode,
         "results": results,
         "failures": [{"image": p, "error": e} for p, e in failures],
     }
@@ -138,11 +179,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also write <stem>.compare.png: image | logit heatmap | CAM | Grad-CAM, over the tissue and alone",
     )
-    p.add_argument(
-        "--bf16",
-        action="store_true",
-        help="bfloat16 compute (faster on AVX-512 BF16 CPUs and GPUs)",
-    )
+    add_fast_mode_arguments(p)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--overwrite", action="store_true", help="recompute images whose outputs exist")
     p.set_defaults(func=run)

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from milsil.cli.heatmap import add_fast_mode_arguments, fast_mode_of
 from milsil.client import outlines
 from milsil.wsi.outlines import OutlineSettings
 from milsil.wsi.settings import SlideSettings
@@ -37,6 +38,7 @@ def slide_settings(args: argparse.Namespace) -> SlideSettings:
         tile=args.tile,
         tissue_only=not args.all_tiles,
         bf16=args.bf16,
+        precision="tf32" if fast_mode_of(args) == "tf32" else "exact",
         outline=outline_settings(args),
         pixel_size_um=args.pixel_size or None,
         readers=args.readers,
@@ -79,11 +81,7 @@ def add_slide_arguments(parser: argparse.ArgumentParser) -> None:
         "--all-tiles", action="store_true", help="compute glass too (default: tissue only)"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    parser.add_argument(
-        "--bf16",
-        action="store_true",
-        help="bfloat16 autocast (about 2x faster on AVX-512 BF16 CPUs and GPUs)",
-    )
+    add_fast_mode_arguments(parser)
     parser.add_argument(
         "--readers",
         type=int,

@@ -155,7 +155,8 @@ class MilsilClient(Connection):
         the model's ``context_pixels`` (:meth:`get_model`) makes the interior's heatmap
         equal that of the whole slide; with less, the server mirrors the missing context.
         Returns ``[C, ceil(H'/stride), ceil(W'/stride)]`` arrays, as
-        ``milsil.inference.heatmap.logit_heatmap``.
+        ``milsil.inference.heatmap.logit_heatmap``. A server in a fast mode (``--tf32``)
+        says so in the header (``result.precision``); the client says it through ``on_wait``.
         """
         config = inference_service_pb2.HeatmapConfig(
             model=model,
@@ -178,7 +179,9 @@ class MilsilClient(Connection):
                 inference_service_pb2.HeatmapRequest,
             )
 
-        return assemble_heatmap(self._queued_stream(self.inference.Heatmap, requests, timeout))
+        return self._said(
+            assemble_heatmap(self._queued_stream(self.inference.Heatmap, requests, timeout))
+        )
 
     def measure_objects(
         self,
@@ -416,12 +419,18 @@ class MilsilClient(Connection):
                 else:
                     yield response
 
-        heat = assemble_heatmap(map_messages())
+        heat = self._said(assemble_heatmap(map_messages()))
         if not summary:
             raise MilsilError("the server ended SlideHeatmap without a result")
         if probabilities and heat.probabilities is None:
             heat.probabilities = np.full_like(heat.logits, np.nan)
         return heat, summary[0]
+
+    def _said(self, heat: HeatmapResult) -> HeatmapResult:
+        """``heat``, its fast mode (if not exact) said through ``on_wait`` (the CLI prints it)."""
+        if heat.precision_note:
+            self.retry.say(heat.precision_note)
+        return heat
 
     def _progress(
         self,

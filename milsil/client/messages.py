@@ -104,6 +104,25 @@ class HeatmapResult:
     def class_names(self) -> list[str]:
         return list(self.header.class_names)
 
+    @property
+    def precision(self) -> str:
+        """The arithmetic that computed it: exact, tf32 or bf16 (older servers: exact)."""
+        return self.header.precision or "exact"
+
+    @property
+    def precision_note(self) -> str | None:
+        """One line saying the fast mode and its cost; None when exact."""
+        return precision_note(self.precision, self.header.expected_max_logit_deviation)
+
+
+def precision_note(mode: str, deviation: float) -> str | None:
+    """One line for a heatmap computed in a fast mode (None for ``exact``): the mode and the
+    largest logit deviation from exact to expect (``HeatmapHeader`` documents the figures)."""
+    if mode == "exact":
+        return None
+    cost = f"logits within about {deviation:.1e} of exact" if deviation else "cost unknown"
+    return f"fast mode {mode}: {cost} (measured on one H200, BagNet-9 width 64)"
+
 
 def assemble_heatmap(responses: Iterable[inference_service_pb2.HeatmapResponse]) -> HeatmapResult:
     """Put streamed HeatmapResponse tiles back into whole ``[C, rows, cols]`` arrays."""

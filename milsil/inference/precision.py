@@ -1,4 +1,5 @@
-"""How exact the dense network's float32 arithmetic is: the one switch for TF32.
+"""How exact the dense network's arithmetic is: the float32 switch for TF32, and the
+table of what each fast mode costs.
 
 On CUDA, cuDNN convolutions run in TF32 by default (10-bit mantissa): heatmaps drift by
 about 1e-3 from the CPU's float32 result (measured on an H200: 1.7e-3 with logits up to
@@ -7,14 +8,21 @@ about 1e-3 from the CPU's float32 result (measured on an H200: 1.7e-3 with logit
 turns it on (the fast mode, which says what it costs), and the caller's own settings are
 back as soon as the pass returns, even between the bands of a generator.
 
-The settings are process-wide (PyTorch's ``fp32_precision`` flags), so two passes of
-different modes must not overlap in time on one process; the server runs one pass per
-device at a time. Only PyTorch's newer per-backend API is used: mixing it with the legacy
-``allow_tf32`` setters is an error in recent PyTorch.
+The settings are process-wide (PyTorch's ``fp32_precision`` flags). Passes of one mode
+may overlap (a server computes one band per device at once, on several devices): the
+first pass in sets the flags, the last one out restores the caller's. Passes of
+different modes must not overlap in one process; one that tries is refused. Only
+PyTorch's newer per-backend API is used: mixing it with the legacy ``allow_tf32``
+setters is an error in recent PyTorch.
+
+A heatmap's *mode* (:data:`MODES`) is what the server's heatmap header and the CLIs
+report: ``exact`` (float32, TF32 off), ``tf32`` (float32 with TF32 on CUDA) or ``bf16``
+(the network in bfloat16). :data:`EXPECTED_MAX_LOGIT_DEVIATION` says what each costs.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,6 +32,20 @@ from milsil.errors import MilsilError
 
 #: The float32 modes of a heatmap, most exact first.
 PRECISIONS = ("exact", "tf32")
+
+#: A heatmap's arithmetic, most exact first: the float32 modes, then bfloat16.
+MODES = ("exact", "tf32", "bf16")
+
+#: Largest |logit - CPU float32 logit| to expect from each mode. ``exact``: the README's
+#: promise (1e-4; the H200 run measured 4.4e-6 with TF32 off). ``tf32`` and ``bf16``:
+#: measured once, on one NVIDIA H200 (torch 2.11, CUDA 13), BagNet-9 width 64, a 256 x 256
+#: region with logits up to 1.8 (issue 16's table): cuDNN's default TF32 1.7e-3, bfloat16
+#: 2.4e-2. On a CPU ``tf32`` changes nothing (CPUs have no TF32): its result is exact.
+EXPECTED_MAX_LOGIT_DEVIATION = {"exact": 1e-4, "tf32": 1.7e-3, "bf16": 2.4e-2}
+
+_lock = threading.Lock()
+_active = {"value": "", "count": 0}  # the flags' value while passes run, and how many
+_saved: list[str] = []  # the caller's settings, restored when the last pass ends
 
 
 def _flags() -> list[object]:
@@ -37,17 +59,44 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def heatmap_mode(precision: str = "exact", bf16: bool = False) -> str:
+    """The mode (:data:`MODES`) of a heatmap computed with these arguments: bfloat16 wins
+    (its network has no float32 arithmetic left for TF32 to change)."""
+    return "bf16" if bf16 else check_precision(precision)
+
+
+def fast_mode(tf32: bool, bf16: bool) -> str:
+    """The mode chosen by a CLI's ``--tf32`` / ``--bf16`` flags (neither: ``exact``)."""
+    if tf32 and bf16:
+        raise MilsilError("--tf32 and --bf16 are two fast modes; choose one (neither: exact)")
+    return "bf16" if bf16 else "tf32" if tf32 else "exact"
+
+
 @contextmanager
 def fp32_precision(precision: str = "exact") -> Iterator[None]:
     """Run the block with TF32 off (``exact``) or on (``tf32``) for convolutions and matmuls,
-    then restore what the caller had. No effect on CPU arithmetic (CPUs have no TF32)."""
+    then restore what the caller had (once no other pass of the same mode still runs). No
+    effect on CPU arithmetic (CPUs have no TF32)."""
     value = "ieee" if check_precision(precision) == "exact" else "tf32"
     flags = _flags()
-    saved = [flag.fp32_precision for flag in flags]
+    with _lock:
+        if _active["count"] and _active["value"] != value:
+            running = "exact" if _active["value"] == "ieee" else "tf32"
+            raise MilsilError(
+                f"a {running} pass is running in this process; a {precision} pass cannot "
+                "overlap it (PyTorch's TF32 switch is process-wide): use one mode per process"
+            )
+        if not _active["count"]:
+            _saved[:] = [flag.fp32_precision for flag in flags]
+            for flag in flags:
+                flag.fp32_precision = value
+            _active["value"] = value
+        _active["count"] += 1
     try:
-        for flag in flags:
-            flag.fp32_precision = value
         yield
     finally:
-        for flag, old in zip(flags, saved, strict=True):
-            flag.fp32_precision = old
+        with _lock:
+            _active["count"] -= 1
+            if not _active["count"]:
+                for flag, old in zip(flags, _saved, strict=True):
+                    flag.fp32_precision = old

@@ -71,7 +71,7 @@ class HeatmapRequest(_message.Message):
     def __init__(self, config: _Optional[_Union[HeatmapConfig, _Mapping]] = ..., tiles: _Optional[_Iterable[_Union[_common_pb2.Tile, _Mapping]]] = ...) -> None: ...
 
 class HeatmapHeader(_message.Message):
-    __slots__ = ("model", "class_names", "rows", "cols", "stride", "step", "origin_x", "origin_y", "value_type", "receptive_field", "context_pixels")
+    __slots__ = ("model", "class_names", "rows", "cols", "stride", "step", "origin_x", "origin_y", "value_type", "receptive_field", "context_pixels", "precision", "expected_max_logit_deviation")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,8 @@ class HeatmapHeader(_message.Message):
     VALUE_TYPE_FIELD_NUMBER: _ClassVar[int]
     RECEPTIVE_FIELD_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_MAX_LOGIT_DEVIATION_FIELD_NUMBER: _ClassVar[int]
     model: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
     rows: int
@@ -94,7 +96,9 @@ class HeatmapHeader(_message.Message):
     value_type: _common_pb2.ValueType
     receptive_field: int
     context_pixels: int
-    def __init__(self, model: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., stride: _Optional[int] = ..., step: _Optional[float] = ..., origin_x: _Optional[float] = ..., origin_y: _Optional[float] = ..., value_type: _Optional[_Union[_common_pb2.ValueType, str]] = ..., receptive_field: _Optional[int] = ..., context_pixels: _Optional[int] = ...) -> None: ...
+    precision: str
+    expected_max_logit_deviation: float
+    def __init__(self, model: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., rows: _Optional[int] = ..., cols: _Optional[int] = ..., stride: _Optional[int] = ..., step: _Optional[float] = ..., origin_x: _Optional[float] = ..., origin_y: _Optional[float] = ..., value_type: _Optional[_Union[_common_pb2.ValueType, str]] = ..., receptive_field: _Optional[int] = ..., context_pixels: _Optional[int] = ..., precision: _Optional[str] = ..., expected_max_logit_deviation: _Optional[float] = ...) -> None: ...
 
 class HeatmapTile(_message.Message):
     __slots__ = ("tile_index", "row", "col", "rows", "cols", "num_classes", "logits", "probabilities", "familiarity")

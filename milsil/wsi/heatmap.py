@@ -281,7 +281,7 @@ def slide_heatmap(
     ``roi``: a shapely (Multi)Polygon in level-0 pixels: only tiles that intersect it are
     computed (tiles of an earlier run with another region of interest are kept).
 
-    Reads ``stride``, ``downsample``, ``tile``, ``tissue_only`` and ``bf16`` from
+    Reads ``stride``, ``downsample``, ``tile``, ``tissue_only``, ``bf16`` and ``precision`` from
     ``settings``. ``tile`` (output pixels at ``downsample``, a multiple of ``stride``)
     bounds the pixels read at once; the model's own tiling bounds its activations. A rerun
     with the same slide, model and settings in the same ``work_dir`` skips finished tiles;
@@ -358,7 +358,14 @@ def slide_heatmap(
                 t1 = time.perf_counter()
                 timings.wait += t1 - t0
                 logits = logit_heatmap(
-                    model, canvas, stride=stride, margin=halo, tile=chunk, device=device, bf16=bf16
+                    model,
+                    canvas,
+                    stride=stride,
+                    margin=halo,
+                    tile=chunk,
+                    device=device,
+                    bf16=bf16,
+                    precision=settings.precision,
                 )
                 timings.compute += time.perf_counter() - t1
                 writer.submit(_store_tile, heat, log, t, logits.numpy(), ts, timings)

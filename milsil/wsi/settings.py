@@ -97,6 +97,8 @@ class SlideSettings:
     * ``min_area``: outlines smaller than this (level-0 px^2) are dropped.
     * ``simplify_tolerance``: outlines are simplified by this (level-0 px).
     * ``bf16``: bfloat16 autocast.
+    * ``precision``: the float32 mode on CUDA (:mod:`milsil.inference.precision`):
+      ``exact`` (TF32 off, the default) or ``tf32`` (the fast mode).
     * ``outline``: the outline clean-up (:class:`milsil.wsi.outlines.OutlineSettings`:
       minimum object and hole areas, smoothing, merging, simplification), in µm when the
       pixel size is known, else level-0 px; default the measured ``OutlineSettings()``
@@ -117,6 +119,7 @@ class SlideSettings:
     min_area: float = 0.0
     simplify_tolerance: float = 0.0
     bf16: bool = False
+    precision: str = "exact"
     outline: OutlineSettings = field(default_factory=OutlineSettings)
     pixel_size_um: float | None = None
     readers: int = DEFAULT_READERS
@@ -139,6 +142,9 @@ class SlideSettings:
         set_(self, "class_name", self.class_name or None)
         set_(self, "tissue_only", bool(self.tissue_only))
         set_(self, "bf16", bool(self.bf16))
+        from milsil.inference.precision import check_precision
+
+        set_(self, "precision", check_precision(self.precision))
         set_(self, "outline", outline_settings(self.outline))
         set_(self, "pixel_size_um", check_pixel_size(self.pixel_size_um))
         set_(self, "readers", check_readers(self.readers))
