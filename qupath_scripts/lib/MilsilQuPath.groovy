@@ -194,7 +194,9 @@ class MilsilQuPath {
      * Annotate one region: stream its tiles (plus the model's `context_pixels` of context where
      * the image has it), parse the returned QuPath GeoJSON with PathIO and clip the objects to the
      * parent's ROI. With `serverSlides`, the server reads the slide itself (annotateOnServer)
-     * when it can. Returns [objects: List<PathObject>, geojson: String, response: Map].
+     * when it can. Returns [objects: List<PathObject>, geojson: String, response: Map (with the
+     * region's `familiarity`, for MilsilTrust), serverRead: true when the server read the slide
+     * (each object then carries its own slide tile's "milsil OOD score")].
      * `label` names the region in progress lines ("slide.svs: Tumor 1"); `log` prints them.
      */
     static Map annotate(Object client, Map s, Object server, Map model, PathObject parent, String label = null,
@@ -332,7 +334,8 @@ class MilsilQuPath {
             })
             String geojson = (String) result.get('geojson')
             Map summary = (Map) result.get('summary')
-            return [objects: MilsilGeoJSON.read(geojson, log), geojson: geojson, response: [class_name: summary.get('class_name')],
+            return [objects: MilsilGeoJSON.read(geojson, log), geojson: geojson,
+                    response: [class_name: summary.get('class_name'), familiarity: summary.get('familiarity')],
                     serverRead: true]
         } catch (Throwable t) {
             MilsilSlidePaths.cannotRead(t, name, log)
@@ -345,9 +348,10 @@ class MilsilQuPath {
      * Per-sample probabilities as tile objects (for QuPath's measurement maps): a Heatmap call
      * with stride `tileStride`; each sample becomes its grid cell, centred on the sample the way
      * the server draws its outlines (MilsilGrid.cellEdge; clipped to the region, so the tiles
-     * cover it exactly), with "milsil p(<class>)" measurements.
+     * cover it exactly), with "milsil p(<class>)" measurements. Returns [tiles: List<PathObject>,
+     * familiarity: Map (the whole region's, from the call's last message; MilsilTrust)].
      */
-    static List<PathObject> probabilityTiles(Object client, Map s, Object server, Map model, PathObject parent,
+    static Map probabilityTiles(Object client, Map s, Object server, Map model, PathObject parent,
                                              String label = null, Closure log = null) {
         ROI roi = parent == null ? null : parent.getROI()
         double ds = MilsilSettings.num(s.get('downsample'))
@@ -366,7 +370,7 @@ class MilsilQuPath {
         List<PathObject> tiles = []
         BitSet seen = new BitSet()   // request tiles overlap: samples may repeat
         MilsilProgress progress = new MilsilProgress((label ?: 'region') + ' (probability tiles)', s.get('progressEverySeconds'), log)
-        client.heatmap(config, { Closure sendTile ->
+        Map answer = client.heatmap(config, { Closure sendTile ->
             progress.restart()
             tiles.clear()
             seen.clear()
@@ -410,7 +414,7 @@ class MilsilQuPath {
                 }
             }
         })
-        return tiles
+        return [tiles: tiles, familiarity: answer.get('familiarity')]
     }
 
     /** Value of a QuPath batch attribute ("qupath.script.batchIndex", ...) or `otherwise`. */
