@@ -99,12 +99,8 @@ def work = { milsil ->
         def r = Q.annotate(client, s, server, model, parent, label, say)
         def verdict = trust.judge(r.response.familiarity, milsil.Trust.regionName(parent))
         int unlike = trust.mark(r.objects, verdict, true, r.serverRead == true)
-        def tiles = []
-        if (S.flag(s, 'addTiles')) {
-            def t = Q.probabilityTiles(client, s, server, model, parent, label, say)
-            trust.mark(t.tiles, milsil.Trust.verdict(t.familiarity), false)
-            tiles = t.tiles
-        }
+        def tiles = S.flag(s, 'addTiles') ? Q.probabilityTiles(client, s, server, model, parent, label, say) : []
+        trust.mark(tiles, verdict, false)   // the region's score, as its outlines (tiles have no class)
         results.add([parent: parent, objects: r.objects, tiles: tiles, className: r.response.class_name, unlike: unlike])
     }
     // ---- all calls succeeded: now change the image ----

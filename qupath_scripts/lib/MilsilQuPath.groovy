@@ -348,10 +348,9 @@ class MilsilQuPath {
      * Per-sample probabilities as tile objects (for QuPath's measurement maps): a Heatmap call
      * with stride `tileStride`; each sample becomes its grid cell, centred on the sample the way
      * the server draws its outlines (MilsilGrid.cellEdge; clipped to the region, so the tiles
-     * cover it exactly), with "milsil p(<class>)" measurements. Returns [tiles: List<PathObject>,
-     * familiarity: Map (the whole region's, from the call's last message; MilsilTrust)].
+     * cover it exactly), with "milsil p(<class>)" measurements.
      */
-    static Map probabilityTiles(Object client, Map s, Object server, Map model, PathObject parent,
+    static List<PathObject> probabilityTiles(Object client, Map s, Object server, Map model, PathObject parent,
                                              String label = null, Closure log = null) {
         ROI roi = parent == null ? null : parent.getROI()
         double ds = MilsilSettings.num(s.get('downsample'))
@@ -370,7 +369,7 @@ class MilsilQuPath {
         List<PathObject> tiles = []
         BitSet seen = new BitSet()   // request tiles overlap: samples may repeat
         MilsilProgress progress = new MilsilProgress((label ?: 'region') + ' (probability tiles)', s.get('progressEverySeconds'), log)
-        Map answer = client.heatmap(config, { Closure sendTile ->
+        client.heatmap(config, { Closure sendTile ->
             progress.restart()
             tiles.clear()
             seen.clear()
@@ -414,7 +413,7 @@ class MilsilQuPath {
                 }
             }
         })
-        return [tiles: tiles, familiarity: answer.get('familiarity')]
+        return tiles
     }
 
     /** Value of a QuPath batch attribute ("qupath.script.batchIndex", ...) or `otherwise`. */
