@@ -95,10 +95,10 @@ def work = { milsil ->
     def trust = milsil.Trust.forRun(s, name, model.name, say)
     def results = []
     for (def parent : targets) {
-        def label = name + ': ' + (parent == null ? 'whole image' : (parent.getName() ?: 'annotation'))
+        def label = name + ': ' + Q.regionName(parent)
         def r = Q.annotate(client, s, server, model, parent, label, say)
-        def verdict = trust.judge(r.response.familiarity, milsil.Trust.regionName(parent))
-        int unlike = trust.mark(r.objects, verdict, true, r.serverRead == true)
+        def verdict = trust.judge(r.response.familiarity, Q.regionName(parent))
+        int unlike = trust.mark(r.objects, verdict, true, r.serverRead == true, Q.regionName(parent))
         def tiles = S.flag(s, 'addTiles') ? Q.probabilityTiles(client, s, server, model, parent, label, say) : []
         trust.mark(tiles, verdict, false)   // the region's score, as its outlines (tiles have no class)
         results.add([parent: parent, objects: r.objects, tiles: tiles, className: r.response.class_name, unlike: unlike])
@@ -111,7 +111,7 @@ def work = { milsil ->
             hierarchy.addObjectBelowParent(r.parent, o, false)
             added++
         }
-        println('milsil: ' + name + ': ' + (r.parent == null ? 'whole image' : (r.parent.getName() ?: 'annotation')) +
+        println('milsil: ' + name + ': ' + Q.regionName(r.parent) +
             ': ' + r.objects.size() + ' ' + r.className + ' region(s)' + trust.unlikeNote(r.unlike) +
             (r.tiles.isEmpty() ? '' : ', ' + r.tiles.size() + ' probability tile(s)') + ' from ' + model.name)
     }

@@ -99,11 +99,11 @@ def work = { milsil ->
             continue
         }
         def r = client.classifyBag(model.name, tiles)
-        def verdict = trust.judge(r.familiarity, milsil.Trust.regionName(core))
+        def verdict = trust.judge(r.familiarity, Q.regionName(core))
         def outlines = []
         if (S.flag(s, 'addHeatmap')) {
             def a = Q.annotate(client, s, server, model, core, name + ': ' + core.getName(), say)
-            trust.mark(a.objects, trust.judge(a.response.familiarity, milsil.Trust.regionName(core)), true)
+            trust.mark(a.objects, trust.judge(a.response.familiarity, Q.regionName(core)), true)
             outlines = a.objects
         }
         results.add([core: core, probabilities: r.bag_probabilities, predicted: r.predicted_class,

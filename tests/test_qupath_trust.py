@@ -18,6 +18,10 @@ through the QuPath stand-ins (qupath_scripts/tests/stubs) and the real server, a
 - with a model without training statistics: one line saying so per run, no measurement,
   the plain classes.
 
+The server reading the slide itself (``serverSlides``, AnnotateSlide) is checked on a
+larger image of the same two halves, one slide tile (1024 px, the server's default) each:
+each outline carries its own slide tile's score.
+
 Under Debian's Groovy 2.4 and QuPath 0.6's Groovy 4.0.26. Missing Groovy, jars or javac:
 skip locally, FAIL when CI is set.
 """
@@ -50,6 +54,7 @@ from milsil.engine.familiarity import fit_familiarity
 from milsil.inference.familiarity import distance_map, images_familiarity, region_score
 from milsil.models import save_checkpoint
 from milsil.models.familiarity import set_model_familiarity
+from milsil.wsi.tiff import write_pyramidal_tiff
 
 TOKEN = "trust-s3cret"
 SIDE = 96  # each half of the image
@@ -59,6 +64,9 @@ CONTEXT = 4  # BagNet-9's context pixels
 FAMILIAR = [8, 8, 80, 80]  # x, y, w, h: inside the H&E half
 UNLIKE = [104, 8, 80, 80]  # inside the grayscale half
 UNNAMED = [120, 24, 48, 48]  # an unnamed "Tumor" annotation in the grayscale half
+SLIDE_TILE = 1024  # the server's default slide tile (milsil.wsi.settings.DEFAULT_TILE)
+SLIDE_FAMILIAR = [16, 16, 992, 992]  # in slide tile (0, 0): H&E
+SLIDE_UNLIKE = [1040, 16, 992, 992]  # in slide tile (0, 1): grayscale
 UNLIKE_CLASS = "milsil: unlike training"
 MEASUREMENT = "milsil OOD score"
 WARNING = re.compile(
@@ -83,6 +91,15 @@ def _fitted_model(directory: Path):
     return model, reference
 
 
+def _halves(side: int, seed: int) -> np.ndarray:
+    """``side`` x ``2 side`` RGB: synthetic H&E on the left, another synthetic H&E image
+    in grayscale on the right."""
+    familiar, _ = synth_image(np.random.default_rng(seed), side, True)
+    tissue, _ = synth_image(np.random.default_rng(seed + 1), side, True)
+    gray = np.repeat(tissue.mean(axis=2, keepdims=True), 3, axis=2).round().astype(np.uint8)
+    return np.concatenate([familiar, gray], axis=1)
+
+
 def _cells() -> list[dict]:
     """Square cells with square nuclei on a 16 px grid, in both halves (none on the seam)."""
     objects = []
@@ -104,11 +121,13 @@ def world(tmp_path_factory):
     base = tmp_path_factory.mktemp("trust")
     stubs = groovy_env.compile_stubs(base / "stub_classes")
     model, reference = _fitted_model(base)
-    familiar, _ = synth_image(np.random.default_rng(1), SIDE, True)
-    tissue, _ = synth_image(np.random.default_rng(2), SIDE, True)
-    gray = np.repeat(tissue.mean(axis=2, keepdims=True), 3, axis=2).round().astype(np.uint8)
-    rgb = np.concatenate([familiar, gray], axis=1)
+    rgb = _halves(SIDE, 1)
     Image.fromarray(rgb).save(base / "trust.png")
+    slides = base / "slides"
+    slides.mkdir()
+    big = _halves(SLIDE_TILE, 3)
+    Image.fromarray(big).save(base / "slide.png")
+    write_pyramidal_tiff(slides / "slide.tif", big, mpp=0.5)
 
     def score(box):  # the library's score of a region (streamed with its context)
         x, y, w, h = box
@@ -131,7 +150,7 @@ def world(tmp_path_factory):
     # half not (else this test would test nothing).
     for key, value in expected.items():
         assert (value > threshold) == (key not in ("familiar", "F-1")), (key, value, threshold)
-    with running_server(base / "server", token=TOKEN) as server:
+    with running_server(base / "server", token=TOKEN, slide_roots=(slides,)) as server:
         path = server.store.root / "tmp" / "known.pt"
         save_checkpoint(model, path, provenance={"config": {"patch_size": PATCH}})
         server.store.register_model(path, "known", display_name="known", move=True)
@@ -141,6 +160,8 @@ def world(tmp_path_factory):
             "stubs": stubs,
             "server": server,
             "image": base / "trust.png",
+            "slide_png": base / "slide.png",
+            "slides": slides,
             "expected": expected,
             "threshold": threshold,
         }
@@ -197,6 +218,18 @@ def _spec(world, out: Path) -> dict:
         {"name": f"{rid}.png", "path": str(world["image"]), "standalone": True, "objects": objects}
         for rid, objects in kinds.items()
     ]
+    images.append(
+        {
+            "name": "slide.png",
+            "path": str(world["slide_png"]),
+            "slide": str(world["slides"] / "slide.tif"),
+            "standalone": True,
+            "objects": [
+                {"kind": "annotation", "shape": "rect", "coords": box, "name": name}
+                for name, box in (("familiar", SLIDE_FAMILIAR), ("unlike", SLIDE_UNLIKE))
+            ],
+        }
+    )
     scripts = {"heat": "heatmap_to_annotations", "tma": "tma_batch", "cells": "classify_cells"}
     props = {"heat": heat, "tma": tma, "cells": cells}
     runs = []
@@ -214,6 +247,24 @@ def _spec(world, out: Path) -> dict:
         if kind == "heat":
             run["select"] = ["familiar", "unlike", None]
         runs.append(run)
+    slide = dict(
+        heat,
+        **{
+            "milsil.stride": "8",
+            "milsil.addTiles": "false",
+            "milsil.serverSlides": "true",
+            "milsil.slidePathMap": f"{world['slides']}=",
+        },
+    )
+    runs.append(
+        {
+            "id": "heat_slide",
+            "script": str(SCRIPTS / "heatmap_to_annotations.groovy"),
+            "properties": slide,
+            "image": len(images) - 1,
+            "select": ["familiar", "unlike"],
+        }
+    )
     return {"out": str(out), "images": images, "runs": runs}
 
 
@@ -268,7 +319,7 @@ def test_heatmap_outlines_unlike_the_training_data(ran, world):
     log, state = ran["logs"]["heat"], ran["states"]["heat"]
     assert "UNCAUGHT" not in log and not NO_STATISTICS.search(log), log
     objects = image_state(state, "heat.png")["objects"]
-    unnamed = next(o for o in objects if o["name"] is None and o.get("class") == "Tumor")
+    unnamed = next(o for o in objects if o.get("name") is None and o.get("class") == "Tumor")
     unnamed_label = "Tumor " + unnamed["id"][:8]
     t = world["threshold"]
     exp = world["expected"]
@@ -291,12 +342,15 @@ def test_heatmap_outlines_unlike_the_training_data(ran, world):
             else:
                 assert o["classification"] == UNLIKE_CLASS, o
         assert all("classification" not in tile for tile in tiles)  # tiles have no class
-    # The result lines count them.
-    assert re.search(r"heat\.png: familiar: 1 malignant region\(s\), \d+ probability", log), log
+    # The result lines count them, naming regions as the warnings do.
+    assert re.search(r"trust\.png: familiar: 1 malignant region\(s\), \d+ probability", log), log
     assert re.search(
-        rf"heat\.png: unlike: 1 malignant region\(s\) \(1 unlike the training data: class "
+        rf"trust\.png: unlike: 1 malignant region\(s\) \(1 unlike the training data: class "
         rf"{UNLIKE_CLASS}\), \d+ probability",
         log,
+    ), log
+    assert re.search(
+        rf"trust\.png: {unnamed_label}: 1 malignant region\(s\) \(1 unlike the training data", log
     ), log
 
 
@@ -320,7 +374,7 @@ def test_a_model_without_statistics_says_so_once_and_changes_nothing_else(ran):
         lines = log.strip().splitlines()
         # One line per run (three regions, two cell regions), no warning.
         assert sum(bool(NO_STATISTICS.fullmatch(line)) for line in lines) == 1, lines
-        assert "unlike the training data" not in log, log
+        assert not _warnings(log), log
         assert "models/tiny carries no training statistics" in log
         objects = _objects(image_state(states[rid], f"{rid}.png")["objects"])
         assert all(MEASUREMENT not in o["measurements"] for o in objects)
@@ -386,3 +440,18 @@ def test_cells_unlike_the_training_data(ran, world):
         "(20 cell(s) unlike the training data: class milsil: unlike training)"
         in (ran["logs"]["cells"])
     )
+
+
+def test_server_read_slides_judge_each_outline_by_its_slide_tile(ran, world):
+    log, state = ran["logs"]["heat_slide"], ran["states"]["heat_slide"]
+    assert "UNCAUGHT" not in log and "streaming pixels instead" not in log, log
+    assert set(_warnings(log)) == {"unlike"}, log
+    t = world["threshold"]
+    objects = image_state(state, "slide.png")["objects"]
+    for name in ("familiar", "unlike"):
+        outlines = [c for c in find(objects, name)["children"] if c["type"] == "annotation"]
+        assert outlines, (name, log)
+        for o in outlines:
+            score = o["measurements"][MEASUREMENT]  # its slide tile's, from the server
+            assert (score > t) == (name == "unlike"), (name, score, t)
+            assert o["classification"] == (UNLIKE_CLASS if name == "unlike" else "malignant")

@@ -12,7 +12,7 @@
  *
  * QuPath API used (stable from v0.4 to v0.7): ImageServer.getPath/getWidth/getHeight/getMetadata
  * (pixels through MilsilPixels, GeoJSON through MilsilGeoJSON),
- * ImageServerMetadata.getName, ROI.getBounds*, ROI.contains, ROI.getArea,
+ * ImageServerMetadata.getName, PathObject.getName/getPathClass/getID, ROI.getBounds*, ROI.contains, ROI.getArea,
  * RoiTools.intersection, PathROIObject.setROI (clears the measurements),
  * MeasurementList.asMap/put, PathObjects.createTileObject,
  * ROIs.createRectangleROI, ProjectImageEntry.getImageName, and GsonTools.getInstance().toJson(roi)
@@ -58,6 +58,22 @@ class MilsilQuPath {
         return name ?: path
     }
 
+
+    /**
+     * A region (an annotation, a TMA core) as every line names it: 'whole image' for null,
+     * the object's name, else its class (or 'annotation') and the first 8 characters of its
+     * id (PathObject.getID(), a UUID), so that two unnamed annotations can be told apart.
+     */
+    static String regionName(PathObject o) {
+        if (o == null) {
+            return 'whole image'
+        }
+        if (o.getName()) {
+            return o.getName()
+        }
+        String kind = o.getPathClass() == null ? (o.isTMACore() ? 'core' : 'annotation') : o.getPathClass().toString()
+        return kind + ' ' + o.getID().toString().substring(0, 8)
+    }
 
     /** Model named in the settings, or the newest one on the server; checked before any pixel is read. */
     static Map resolveModel(Object client, Object configured) {

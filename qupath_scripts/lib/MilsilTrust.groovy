@@ -19,8 +19,9 @@
  *
  * One MilsilTrust per script run (it remembers what it already said). It only builds:
  * the scripts call mark()/classFor() on objects not yet in the image, or when they change
- * the image at the end. QuPath API used: PathObject.getMeasurementList().put/get,
- * PathObject.setPathClass, PathObject.getName/getPathClass/getID,
+ * the image at the end; regions are named as in the scripts' other lines
+ * (MilsilQuPath.regionName). QuPath API used: PathObject.getMeasurementList().put/get,
+ * PathObject.setPathClass, PathObject.getPathClass,
  * PathClass.fromString(String, Integer) (QuPath 0.6 PathClass.java: "milsil: unlike
  * training" is the class "unlike training" derived from "milsil", shown as the whole name).
  * Same Groovy subset as the other lib files (Groovy 2.4 and 4; getters called explicitly).
@@ -76,7 +77,7 @@ class MilsilTrust {
      * The verdict of a region's Familiarity, saying what the user must know: the warning
      * line for a region unlike the training data (once per region name), or, once per run,
      * that the model carries no training statistics. `region` names it as the scripts'
-     * other lines do (regionName()).
+     * other lines do (MilsilQuPath.regionName).
      */
     Map judge(Map familiarity, String region) {
         Map v = verdict(familiarity)
@@ -101,19 +102,28 @@ class MilsilTrust {
      * on each, and, when `classify` and the object lies in an unlike region, the class
      * UNLIKE_CLASS (unless markUnlikeTraining is false). With `ownScores` (AnnotateSlide:
      * each feature carries its own slide tile's "milsil OOD score"), an object is judged by
-     * its own score against the verdict's threshold. Returns how many objects are unlike
-     * the training data (0 without statistics: nothing is changed then).
+     * its own score against the verdict's threshold; when some are unlike the training data
+     * in a region that as a whole is not, one line says so for `region`. Returns how many
+     * objects are unlike the training data (0 without statistics: nothing is changed then).
      */
-    int mark(List<PathObject> objects, Map verdict, boolean classify = true, boolean ownScores = false) {
+    int mark(List<PathObject> objects, Map verdict, boolean classify = true, boolean ownScores = false,
+             String region = null) {
         if (verdict == null) {
             return 0
         }
         int unlike = 0
         double threshold = (double) verdict.get('threshold')
+        double highest = Double.NEGATIVE_INFINITY
         for (PathObject o : objects) {
             double own = ownScores ? o.getMeasurementList().get(MEASUREMENT) : Double.NaN
             boolean away = Double.isNaN(own) ? (boolean) verdict.get('unlike') : own > threshold
             unlike += markOne(o, Double.isNaN(own) ? (double) verdict.get('score') : own, away, classify) ? 1 : 0
+            highest = away && own > highest ? own : highest
+        }
+        if (ownScores && unlike > 0 && !verdict.get('unlike') && region != null) {
+            MilsilProgress.say(log, 'milsil: ' + image + ': ' + region + ': ' + unlike + ' of ' + objects.size() +
+                ' object(s) lie in slide tiles unlike the training data (highest score ' + number(highest) +
+                ', threshold ' + number(threshold) + ')')
         }
         return unlike
     }
@@ -141,22 +151,6 @@ class MilsilTrust {
     /** UNLIKE_CLASS as QuPath's one instance (grey when new). */
     static PathClass unlikeClass() {
         return PathClass.fromString(UNLIKE_CLASS, UNLIKE_COLOR)
-    }
-
-    /**
-     * A region as the warning names it: 'whole image' for null, the object's name, else its
-     * class (or 'annotation') and the first 8 characters of its id, so that two unnamed
-     * annotations can be told apart.
-     */
-    static String regionName(PathObject o) {
-        if (o == null) {
-            return 'whole image'
-        }
-        if (o.getName()) {
-            return o.getName()
-        }
-        String kind = o.getPathClass() == null ? (o.isTMACore() ? 'core' : 'annotation') : o.getPathClass().toString()
-        return kind + ' ' + o.getID().toString().substring(0, 8)
     }
 
     /**
