@@ -95,16 +95,13 @@ class MilsilClient extends MilsilRpc {
     }
 
     /**
-     * Heatmap (bidirectional): returns [header: Map, tiles: List<Map>, familiarity: Map]
-     * where each tile has float arrays `logits` / `probabilities` decoded to float[] (C order
-     * [class][row][col]) and its own `familiarity`; `familiarity` is the whole region's (the
-     * last message; null from a server that predates it).
+     * Heatmap (bidirectional): returns [header: Map, tiles: List<Map>] where each tile has
+     * float arrays `logits` / `probabilities` decoded to float[] (C order [class][row][col]).
      * With `onTile`, each tile goes to onTile(header, tile) as it arrives (while tiles are
      * still being sent) and none is kept: `tiles` is then empty.
      */
     Map heatmap(Map config, Closure tileProducer, Closure onTile = null) {
         Map header = null
-        Map familiarity = null
         List<Map> tiles = []
         bidiStream('InferenceService', 'Heatmap', settings.get('streamTimeoutSeconds'), { Closure send ->
             send.call([config: config])
@@ -115,8 +112,6 @@ class MilsilClient extends MilsilRpc {
                 waitLine('Heatmap: queued for compute, position ' + q.get('position') + ' of ' + q.get('waiting'))
             } else if (r.get('header') != null) {
                 header = (Map) r.get('header')
-            } else if (r.get('familiarity') != null) {
-                familiarity = (Map) r.get('familiarity')
             } else if (r.get('tile') != null) {
                 Map t = (Map) r.get('tile')
                 t.put('logits', MilsilCodec.floats((byte[]) t.get('logits')))
@@ -128,7 +123,7 @@ class MilsilClient extends MilsilRpc {
                 }
             }
         })
-        return [header: header, tiles: tiles, familiarity: familiarity]
+        return [header: header, tiles: tiles]
     }
 
     /**
@@ -139,8 +134,7 @@ class MilsilClient extends MilsilRpc {
      * tiles (with context, row order, as for heatmap()), or is null when `config.slide_path`
      * names a slide the server reads itself. Each measurement goes to
      * onMeasurement(header, m) with m = [id, mean_logits, max_logits, probabilities: double[]
-     * in header.class_names order, pixels: long, familiarity: Map of the region (null from a
-     * server that predates it)]; without `onMeasurement` they are returned.
+     * in header.class_names order, pixels: long]; without `onMeasurement` they are returned.
      * Returns [header: Map, measurements: List<Map>] (measurements empty with onMeasurement).
      * A call retried after "busy" sends everything again: `onStart()` (optional) hears of
      * each attempt, so a caller can drop what an earlier attempt delivered.
@@ -177,8 +171,7 @@ class MilsilClient extends MilsilRpc {
                                  mean_logits  : MilsilCodec.doubles((List) m.get('mean_logits')),
                                  max_logits   : MilsilCodec.doubles((List) m.get('max_logits')),
                                  probabilities: MilsilCodec.doubles((List) m.get('probabilities')),
-                                 pixels       : ((Number) m.get('pixels')).longValue(),
-                                 familiarity  : m.get('familiarity')]
+                                 pixels       : ((Number) m.get('pixels')).longValue()]
                     if (onMeasurement != null) {
                         onMeasurement.call(header, plain)
                     } else {
