@@ -356,7 +356,7 @@ def slide_heatmap(
     """
     import torch
 
-    from milsil.inference.heatmap import chunk_side, iter_logit_bands, output_size
+    from milsil.inference.heatmap import chunk_side, iter_logit_bands, logit_heatmap, output_size
     from milsil.inference.tiling import context_pixels
     from milsil.models.familiarity import model_familiarity
 
@@ -423,16 +423,27 @@ def slide_heatmap(
                 t, canvas = next(on_device)
                 t1 = time.perf_counter()
                 timings.wait += t1 - t0
-                *_, (_, values) = iter_logit_bands(
-                    model,
-                    canvas,
-                    stride=stride,
-                    margin=halo,
-                    tile=chunk,
-                    device=device,
-                    bf16=bf16,
-                    familiarity=familiarity,
-                )
+                if familiarity:  # the logits and, channel C, the distance: one pass
+                    *_, (_, values) = iter_logit_bands(
+                        model,
+                        canvas,
+                        stride=stride,
+                        margin=halo,
+                        tile=chunk,
+                        device=device,
+                        bf16=bf16,
+                        familiarity=True,
+                    )
+                else:
+                    values = logit_heatmap(
+                        model,
+                        canvas,
+                        stride=stride,
+                        margin=halo,
+                        tile=chunk,
+                        device=device,
+                        bf16=bf16,
+                    )
                 timings.compute += time.perf_counter() - t1
                 writer.submit(_store_tile, heat, log, t, values.numpy(), ts, timings)
                 if progress is not None:
