@@ -410,6 +410,7 @@ def slide_heatmap(
     stopped = False
     readers = settings.readers
     tiles_read = read_ahead(todo, read, readers)
+    dense = {"stride": stride, "margin": halo, "tile": chunk, "device": device, "bf16": bf16}
     on_device = to_device_ahead(
         ((t, canvas) for t, (canvas, _) in _timed(tiles_read, timings)), target
     )
@@ -424,26 +425,9 @@ def slide_heatmap(
                 t1 = time.perf_counter()
                 timings.wait += t1 - t0
                 if familiarity:  # the logits and, channel C, the distance: one pass
-                    *_, (_, values) = iter_logit_bands(
-                        model,
-                        canvas,
-                        stride=stride,
-                        margin=halo,
-                        tile=chunk,
-                        device=device,
-                        bf16=bf16,
-                        familiarity=True,
-                    )
+                    *_, (_, values) = iter_logit_bands(model, canvas, familiarity=True, **dense)
                 else:
-                    values = logit_heatmap(
-                        model,
-                        canvas,
-                        stride=stride,
-                        margin=halo,
-                        tile=chunk,
-                        device=device,
-                        bf16=bf16,
-                    )
+                    values = logit_heatmap(model, canvas, **dense)
                 timings.compute += time.perf_counter() - t1
                 writer.submit(_store_tile, heat, log, t, values.numpy(), ts, timings)
                 if progress is not None:
