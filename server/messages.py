@@ -229,17 +229,23 @@ def familiarity(score: FamiliarityScore | None) -> common_pb2.Familiarity:
     )
 
 
+def region_words(spec: Any) -> str:
+    """A request's region (a ``RegionSpec``) as the log names it:
+    ``region level-0 (x, y) w x h`` (level-0 pixels)."""
+    return (
+        f"region level-0 ({spec.x:g}, {spec.y:g}) "
+        f"{spec.width * spec.downsample:g} x {spec.height * spec.downsample:g}"
+    )
+
+
 def warn_unlike(what: str, score: FamiliarityScore | None) -> None:
     """The server's one log line for an answer whose input was unlike the training data
-    (``what`` names the call and its region or slide), so an operator sees what users were
-    warned about; nothing for a familiar input or a model without statistics."""
-    if score is not None and score.unlike_training:
-        log.warning(
-            "%s: unlike the training data (score %.4g, threshold %.4g)",
-            what,
-            score.score,
-            score.threshold,
-        )
+    (``what`` names the call and its region or slide; the library's wording, as the CLI's),
+    so an operator sees what users were warned about; nothing for a familiar input or a
+    model without statistics."""
+    line = score.warning(what) if score is not None else None
+    if line:
+        log.warning(line)
 
 
 def mark_feature(

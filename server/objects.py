@@ -31,7 +31,7 @@ from .auth import client_of
 from .errors import ResourceExhausted
 from .inbox import Inbox
 from .memory import Reservation, trim_memory
-from .messages import familiarity, queue_status, region_tiles, warn_unlike
+from .messages import familiarity, queue_status, region_tiles, region_words, warn_unlike
 from .region_stream import Computed, RegionSpec, open_stream
 from .resources import Limits, Resources, halo_for
 from .tiles import TileData
@@ -107,12 +107,8 @@ def _measure_objects(res: Resources, inbox: Inbox, context: Any) -> Iterator[Any
                     )
         result = accumulator.result()
     judged = judge.result()
-    warn_unlike(
-        f"MeasureObjects models/{ident} region level-0 ({spec.x:g}, {spec.y:g}) "
-        f"{spec.width * spec.downsample:g} x {spec.height * spec.downsample:g}"
-        + (f" of slide {config.slide_path}" if config.slide_path else ""),
-        judged,
-    )
+    slide_words = f" of slide {config.slide_path}" if config.slide_path else ""
+    warn_unlike(f"MeasureObjects models/{ident} {region_words(spec)}{slide_words}", judged)
     yield Response(header=header(ident, model.class_names, len(result.ids), halo, judged))
     for batch in measurement_batches(result, judged=judged):
         yield Response(measurements=batch)

@@ -41,6 +41,7 @@ from .messages import (
     outline_request,
     queue_status,
     region_tiles,
+    region_words,
     value_type,
     warn_unlike,
 )
@@ -52,8 +53,9 @@ from .resources import Limits, Resources, halo_for
 
 def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterator[Any]:
     """The Heatmap RPC: queue places, the header, one tile per request tile, then the
-    region's familiarity alone. The compute slot is held only while a band computes (:class:`~.slots.Turn`): waiting for
-    the client's next message, the call holds its reserved memory and nothing else."""
+    region's familiarity alone. The compute slot is held only while a band computes
+    (:class:`~.slots.Turn`): waiting for the client's next message, the call holds its
+    reserved memory and nothing else."""
     with res.inbox(requests, context) as inbox:
         region = open_region(res, inbox, "Heatmap")
         req, r = region.request, region.request.spec
@@ -177,13 +179,8 @@ class Region:
         return region_tiles(self.first.tiles, self.rest)
 
     def describe(self, kind: str) -> str:
-        """The call and its region, for the server's log: ``Heatmap models/m region
-        level-0 (x, y) w x h``."""
-        r = self.request.spec
-        return (
-            f"{kind} models/{self.model_id} region level-0 ({r.x:g}, {r.y:g}) "
-            f"{r.width * r.downsample:g} x {r.height * r.downsample:g}"
-        )
+        """The call and its region, for the server's log (:func:`~.messages.region_words`)."""
+        return f"{kind} models/{self.model_id} {region_words(self.request.spec)}"
 
     @property
     def samples(self) -> tuple[int, int]:

@@ -471,5 +471,10 @@ def model_trust(model: Any) -> dict[str, Any]:
 
 
 def stain_method(model: Any) -> str:
-    """The model's stain normalization method ("macenko", "reinhard"), or "" for none."""
+    """The model's stain normalization method ("macenko", "reinhard"), or "" for none.
+
+    Stain normalization (issue 20, the checkpoint's ``stain_normalization`` entry) is not
+    on this branch yet: no model here carries one, so this is "" until it is merged, when
+    it reads ``milsil.models.stain.model_stain(model).method``.
+    """
     return ""

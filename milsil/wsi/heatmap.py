@@ -356,7 +356,7 @@ def slide_heatmap(
     """
     import torch
 
-    from milsil.inference.heatmap import chunk_side, iter_logit_bands, output_size
+    from milsil.inference.heatmap import chunk_side, iter_logit_bands, logit_heatmap, output_size
     from milsil.inference.tiling import context_pixels
     from milsil.models.familiarity import model_familiarity
 
@@ -410,6 +410,7 @@ def slide_heatmap(
     stopped = False
     readers = settings.readers
     tiles_read = read_ahead(todo, read, readers)
+    dense = {"stride": stride, "margin": halo, "tile": chunk, "device": device, "bf16": bf16}
     on_device = to_device_ahead(
         ((t, canvas) for t, (canvas, _) in _timed(tiles_read, timings)), target
     )
@@ -423,16 +424,10 @@ def slide_heatmap(
                 t, canvas = next(on_device)
                 t1 = time.perf_counter()
                 timings.wait += t1 - t0
-                *_, (_, values) = iter_logit_bands(
-                    model,
-                    canvas,
-                    stride=stride,
-                    margin=halo,
-                    tile=chunk,
-                    device=device,
-                    bf16=bf16,
-                    familiarity=familiarity,
-                )
+                if familiarity:  # the logits and, channel C, the distance: one pass
+                    *_, (_, values) = iter_logit_bands(model, canvas, familiarity=True, **dense)
+                else:
+                    values = logit_heatmap(model, canvas, **dense)
                 timings.compute += time.perf_counter() - t1
                 writer.submit(_store_tile, heat, log, t, values.numpy(), ts, timings)
                 if progress is not None:
