@@ -9,7 +9,10 @@
  * With `classify = true`, a cell gets class `className` where p(className) >= `threshold`
  * and `negativeClass` otherwise ('' = Unclassified), like QuPath's single-measurement
  * classifier: every measured cell is (re)classified, so running again with another
- * threshold gives what running once with it would.
+ * threshold gives what running once with it would. Every measured cell also gets "milsil OOD
+ * score" (how unlike the model's training data its region was); a region unlike it is named
+ * in a warning line and, with `classify`, its cells get the class "milsil: unlike training"
+ * instead (`markUnlikeTraining = false`: not).
  *
  * Which cells: those inside the selected annotations (QuPath's rule: the cell's centroid
  * inside) and any selected detections; with nothing selected, every detection of the
@@ -47,6 +50,8 @@ def settings = [
     className    : '',                // class whose p decides; '' = the model's malignant class, else its last
     threshold    : 0.5,               // p(className) at or above which a cell gets class className
     negativeClass: '',                // class of the other measured cells; '' = Unclassified
+    markUnlikeTraining: true,         // with classify: cells in a region unlike the model's training data get the
+                                      // class 'milsil: unlike training' (false: className/negativeClass, as before)
     annotationClass: '',              // e.g. 'Tumor': cells inside all annotations of this class, not the selection
     wholeImageIfNoSelection: true,    // nothing selected: every cell of the image (false: stop)
     serverSlides : false,             // true: the server reads the slide itself (no pixels sent), when it can see it
@@ -101,15 +106,18 @@ def work = { milsil ->
     }
     def classify = S.flag(s, 'classify')
     def target = classify ? C.targetClass(model, s.className) : null
-    def r = C.measure(client, s, server, model, cells, name, { line -> println(line) })
+    def say = { line -> println(line) }
+    // Each region's familiarity: warning line, "milsil OOD score", class (lib/MilsilTrust.groovy).
+    def trust = milsil.Trust.forRun(s, name, model.name, say)
+    def r = C.measure(client, s, server, model, cells, name, say, trust)
     // ---- every region succeeded: now change the image ----
     int positives = C.apply(cells, r.values, r.classes, target, classify ? target : '',
-        S.num(s.threshold), (s.negativeClass ?: '').toString().trim())
+        S.num(s.threshold), (s.negativeClass ?: '').toString().trim(), trust, r.ood, r.unlike)
     fireHierarchyUpdate()
     println('milsil: ' + name + ': ' + String.format(Locale.US, '%,d', cells.size()) + ' cell(s) measured in ' +
         r.regions + ' region(s) with ' + model.name +
         (classify ? '; ' + String.format(Locale.US, '%,d', positives) + ' classified ' + target +
-            ' (p >= ' + S.num(s.threshold) + ')' : '') +
+            ' (p >= ' + S.num(s.threshold) + ')' : '') + trust.unlikeNote(r.unlike.cardinality(), 'cell(s)', classify) +
         (found.skipped ? '; ' + found.skipped + ' detection(s) skipped (tiles or not areas)' : ''))
 }
 

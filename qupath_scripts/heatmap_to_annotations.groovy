@@ -10,7 +10,9 @@
  * their classification and measurements. With `serverSlides = true` the server reads the
  * slide itself (`slidePathMap` says where it sees this machine's files) and only the
  * annotation's outline is sent; if it cannot, the script says why and streams pixels. Optionally also adds tile objects carrying the
- * class probabilities, for Measure > Show measurement maps.
+ * class probabilities, for Measure > Show measurement maps. Every object gets the measurement
+ * "milsil OOD score"; a region unlike the model's training data is named in a warning line and
+ * its outlines get the class "milsil: unlike training" (`markUnlikeTraining = false`: not).
  *
  * Works on the current image ("Run") and on every image ("Run for project"). On any problem
  * it prints one line ("milsil: <CODE>: <message>") and changes nothing in the image.
@@ -44,6 +46,8 @@ def settings = [
     serverSlides : false,             // true: the server reads the slide itself (no pixels sent), when it can see it
     slidePathMap : [:],               // where the server sees this machine's slides: local folder -> path under
                                       // its --slide-root, e.g. ['/Volumes/slides': 'cohort1']
+    markUnlikeTraining: true,         // outlines in a region unlike the model's training data get the class
+                                      // 'milsil: unlike training' (false: the confident class, as before)
     progressEverySeconds: 30,         // progress lines of long regions, at most this often
     timeoutSeconds: 60,               // deadline of quick calls
     streamTimeoutSeconds: 86400,      // deadline of one region's call (whole tissue sections take long on a CPU)
@@ -84,14 +88,20 @@ def work = { milsil ->
         throw Q.failure('FAILED_PRECONDITION', model.name + ' (' + model.arch +
             ') has no bounded receptive field; heatmaps need a BagNet model')
     }
-    Q.sayOutlineUnits(server, name, { line -> println(line) })
+    def say = { line -> println(line) }
+    Q.sayOutlineUnits(server, name, say)
+    // Each region's familiarity: a warning line when the model cannot judge it, the "milsil OOD
+    // score" measurement, the class "milsil: unlike training" (lib/MilsilTrust.groovy).
+    def trust = milsil.Trust.forRun(s, name, model.name, say)
     def results = []
     for (def parent : targets) {
-        def label = name + ': ' + (parent == null ? 'whole image' : (parent.getName() ?: 'annotation'))
-        def say = { line -> println(line) }
+        def label = name + ': ' + Q.regionName(parent)
         def r = Q.annotate(client, s, server, model, parent, label, say)
+        def verdict = trust.judge(r.response.familiarity, Q.regionName(parent))
+        int unlike = trust.mark(r.objects, verdict, true, r.serverRead == true, Q.regionName(parent))
         def tiles = S.flag(s, 'addTiles') ? Q.probabilityTiles(client, s, server, model, parent, label, say) : []
-        results.add([parent: parent, objects: r.objects, tiles: tiles, className: r.response.class_name])
+        trust.mark(tiles, verdict, false)   // the region's score, as its outlines (tiles have no class)
+        results.add([parent: parent, objects: r.objects, tiles: tiles, className: r.response.class_name, unlike: unlike])
     }
     // ---- all calls succeeded: now change the image ----
     def hierarchy = milsil.imageData.getHierarchy()
@@ -101,8 +111,8 @@ def work = { milsil ->
             hierarchy.addObjectBelowParent(r.parent, o, false)
             added++
         }
-        println('milsil: ' + name + ': ' + (r.parent == null ? 'whole image' : (r.parent.getName() ?: 'annotation')) +
-            ': ' + r.objects.size() + ' ' + r.className + ' region(s)' +
+        println('milsil: ' + name + ': ' + Q.regionName(r.parent) +
+            ': ' + r.objects.size() + ' ' + r.className + ' region(s)' + trust.unlikeNote(r.unlike) +
             (r.tiles.isEmpty() ? '' : ', ' + r.tiles.size() + ' probability tile(s)') + ' from ' + model.name)
     }
     fireHierarchyUpdate()

@@ -4,8 +4,11 @@
  * For every non-missing TMA core of the image: cut the core into patches (a bag, as in the
  * paper), classify the bag with the milsil server's ClassifyBag, set the core's
  * classification and add "milsil p(<class>)" measurements; optionally also outline the
- * chosen class inside each core (Annotate, as heatmap_to_annotations.groovy). Appends one
- * CSV row per core (image, core, class, probabilities): the first image of a "Run for project"
+ * chosen class inside each core (Annotate, as heatmap_to_annotations.groovy). Every core (and
+ * outline) gets the measurement "milsil OOD score"; a core unlike the model's training data is
+ * named in a warning line and gets the class "milsil: unlike training" instead of the
+ * predicted one (`markUnlikeTraining = false`: not). Appends one CSV row per core (image,
+ * core, class, probabilities, OOD score): the first image of a "Run for project"
  * batch starts the file, the others append, so one project run gives one summary.
  *
  * On any problem it prints one line ("milsil: <CODE>: <message>") and changes nothing in the
@@ -38,6 +41,8 @@ def settings = [
     simplify      : 0,                 // outline simplification, a fraction of one heatmap sample, [0, 1); 0 = the server's default (0.5), < 0 = none
     classification: '',                // QuPath class of the outlines; '' = className
     color         : [],                // [r, g, b] of that class; [] = the server's default colour
+    markUnlikeTraining: true,          // a core (and outlines) unlike the model's training data gets the class
+                                       // 'milsil: unlike training' (false: the predicted class, as before)
     csvPath       : '',                // '' = <project>/milsil/tma_summary.csv (or ~/milsil_tma_summary.csv)
     progressEverySeconds: 30,          // progress lines of long outlines, at most this often
     timeoutSeconds: 60,                // deadline of quick calls
@@ -66,7 +71,8 @@ def work = { milsil ->
     def model = Q.resolveModel(client, s.model)
     def classes = model.class_names
     def quote = { v -> def t = v == null ? '' : v.toString(); t.contains(',') || t.contains('"') ? '"' + t.replace('"', '""') + '"' : t }
-    def header = (['image', 'core', 'class', 'patches'] + classes.collect { c -> 'p(' + c + ')' }).collect(quote).join(',') + '\n'
+    def header = (['image', 'core', 'class', 'patches'] + classes.collect { c -> 'p(' + c + ')' } +
+        ['ood_score', 'unlike_training']).collect(quote).join(',') + '\n'
     if (cores.isEmpty()) {
         // First image of a run without cores: the run's summary still starts afresh.
         if (csv.getParentFile() != null) {
@@ -80,9 +86,12 @@ def work = { milsil ->
         (model.patch_size ? ((Number) model.patch_size).intValue() : 64)
     def results = []
     def skipped = []
+    def say = { line -> println(line) }
     if (S.flag(s, 'addHeatmap')) {
-        Q.sayOutlineUnits(server, name, { line -> println(line) })
+        Q.sayOutlineUnits(server, name, say)
     }
+    // Each core's familiarity (its bag's): warning line, "milsil OOD score", class (lib/MilsilTrust.groovy).
+    def trust = milsil.Trust.forRun(s, name, model.name, say)
     for (def core : cores) {
         def tiles = Q.patchTiles(client, server, core.getROI(), S.num(s.downsample), patch, S.integer(s.maxPatches))
         if (tiles.isEmpty()) {
@@ -90,17 +99,23 @@ def work = { milsil ->
             continue
         }
         def r = client.classifyBag(model.name, tiles)
-        def outlines = S.flag(s, 'addHeatmap') ? Q.annotate(client, s, server, model, core,
-            name + ': ' + core.getName(), { line -> println(line) }).objects : []
+        def verdict = trust.judge(r.familiarity, Q.regionName(core))
+        def outlines = []
+        if (S.flag(s, 'addHeatmap')) {
+            def a = Q.annotate(client, s, server, model, core, name + ': ' + core.getName(), say)
+            trust.mark(a.objects, trust.judge(a.response.familiarity, Q.regionName(core)), true)
+            outlines = a.objects
+        }
         results.add([core: core, probabilities: r.bag_probabilities, predicted: r.predicted_class,
-                     patches: tiles.size(), outlines: outlines])
+                     patches: tiles.size(), outlines: outlines, verdict: verdict])
     }
     // ---- all calls succeeded: now change the image, then the CSV ----
     def hierarchy = milsil.imageData.getHierarchy()
     for (def r : results) {
         if (S.flag(s, 'setClass')) {
-            r.core.setPathClass(PathClass.fromString(r.predicted))
+            r.core.setPathClass(trust.classFor(r.verdict != null && r.verdict.unlike, PathClass.fromString(r.predicted)))
         }
+        trust.mark([r.core], r.verdict, false)
         def ml = r.core.getMeasurementList()
         for (int c = 0; c < classes.size(); c++) {
             ml.put('milsil p(' + classes[c] + ')', (double) r.probabilities[c])
@@ -121,7 +136,9 @@ def work = { milsil ->
     }
     for (def r : results) {
         rows.append(([name, r.core.getName(), r.predicted, r.patches] +
-            r.probabilities.collect { p -> String.format(Locale.ROOT, '%.6f', (double) p) }).collect(quote).join(','))
+            r.probabilities.collect { p -> String.format(Locale.ROOT, '%.6f', (double) p) } +
+            (r.verdict == null ? ['', ''] : [String.format(Locale.ROOT, '%.6f', (double) r.verdict.score), r.verdict.unlike]))
+            .collect(quote).join(','))
         rows.append('\n')
     }
     if (first) {
@@ -132,6 +149,7 @@ def work = { milsil ->
     def counts = results.countBy { r -> r.predicted }
     println('milsil: ' + name + ': ' + results.size() + ' core(s) classified with ' + model.name + ' (' +
         counts.collect { k, v -> v + ' ' + k }.join(', ') + ')' +
+        trust.unlikeNote(results.count { r -> r.verdict != null && r.verdict.unlike } as int, 'core(s)', S.flag(s, 'setClass')) +
         (skipped.isEmpty() ? '' : '; ' + skipped.size() + ' too small for one ' + patch + ' px patch: ' + skipped.join(', ')) +
         '; summary in ' + csv.getPath())
 }

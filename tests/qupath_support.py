@@ -14,8 +14,10 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import shapely
 from shapely.geometry import Polygon
 
@@ -33,6 +35,12 @@ groovy_env = sys.modules["groovy_env"]
 RUNTIMES = ("groovy2.4", "groovy4")
 # The one line a failing script prints.
 ONE_LINE = re.compile(r"^milsil: [A-Z_]+: \S.*$")
+# The line a script prints once per run when its model carries no training statistics
+# (issue 20: qupath_scripts/lib/MilsilTrust.groovy), as the tests' tiny models do.
+NO_STATISTICS = re.compile(
+    r"milsil: .+: models/\S+ carries no training statistics \(trained before milsil recorded "
+    r'them\): inputs unlike the training data are not detected and no "milsil OOD score" is added'
+)
 
 
 def start_runner(runtime, spec: dict, out: Path, stubs: Path) -> subprocess.Popen:
@@ -62,6 +70,50 @@ def runner_results(proc: subprocess.Popen, out: Path, spec: dict, timeout: float
     }
     states["initial"] = json.loads((out / "initial.state.json").read_text())
     return {"logs": logs, "states": states}
+
+
+def launch_runners(base: Path, stubs: Path, spec_for: Callable[[Path], dict]) -> dict:
+    """One runner per runtime, all started at once, each on ``spec_for(out)`` with its own
+    ``out`` folder under ``base``: runtime name -> ``(process, out, spec)``, or the reason
+    the runtime is missing (a string, for :func:`ran_results`)."""
+    procs: dict = {}
+    for name in RUNTIMES:
+        runtime = groovy_env.available(name)
+        if isinstance(runtime, str):
+            procs[name] = runtime
+            continue
+        out = base / f"out_{name}"
+        spec = spec_for(out)
+        procs[name] = (start_runner(runtime, spec, out, stubs), out, spec)
+    return procs
+
+
+def ran_results(entry, timeout: float = 400) -> dict:
+    """One runtime's results from :func:`launch_runners` (plus ``out``); skip, or fail when
+    CI is set, when the runtime is missing."""
+    if isinstance(entry, str):
+        groovy_env.missing(entry)
+    proc, out, spec = entry
+    return {**runner_results(proc, out, spec, timeout=timeout), "out": out}
+
+
+def runner_fixtures(spec_for: Callable[[dict, Path], dict]) -> tuple:
+    """The module fixtures ``launched`` (both runtimes' runners, each on
+    ``spec_for(world, out)``, started at once and stopped at the end) and ``ran`` (one
+    runtime's results, per runtime) of a script test whose ``world`` fixture has ``base``
+    and ``stubs``; a module takes them as ``launched, ran = runner_fixtures(_spec)``."""
+
+    @pytest.fixture(scope="module", name="launched")
+    def launched(world):
+        procs = launch_runners(world["base"], world["stubs"], lambda out: spec_for(world, out))
+        yield procs
+        stop_runners(procs)
+
+    @pytest.fixture(scope="module", name="ran", params=RUNTIMES)
+    def ran(request, launched):
+        return ran_results(launched[request.param])
+
+    return launched, ran
 
 
 def stop_runners(procs: dict) -> None:

@@ -26,6 +26,7 @@ import shapely
 import torch
 from PIL import Image
 from qupath_support import (
+    NO_STATISTICS,
     ONE_LINE,
     RUNTIMES,
     SCRIPTS,
@@ -505,9 +506,10 @@ def test_heatmap_annotations_are_children_with_class_and_measurements(ran, world
             frac = float((world["prob"][50:80, 50:80] >= world["threshold"]).mean())
             assert total / parent_geom.area == pytest.approx(frac, abs=0.12)
     # annotationClass (for "Run for project", where nothing is selected): that class only.
-    log = ran["logs"]["heatmap_by_class"].strip()
+    lines = ran["logs"]["heatmap_by_class"].strip().splitlines()
+    assert len(lines) == 2 and NO_STATISTICS.fullmatch(lines[0]), lines  # the tiny model's
     assert re.fullmatch(
-        r"milsil: slide_a\.png: roi1: \d+ malignant region\(s\) from models/tiny", log
+        r"milsil: slide_a\.png: roi1: \d+ malignant region\(s\) from models/tiny", lines[1]
     )
     # The whole-image variant with probability tiles for measurement maps.
     log = ran["logs"]["heatmap_whole"]
@@ -626,7 +628,7 @@ def test_tma_batch_classifies_cores_and_appends_csv(ran, world):
 
 def test_server_slides_fall_back_to_streaming_pixels_with_one_line(ran):
     lines = ran["logs"]["slide_fallback"].strip().splitlines()
-    assert len(lines) == 2, lines
+    assert len(lines) == 3 and NO_STATISTICS.fullmatch(lines.pop(1)), lines  # the tiny model's
     assert re.fullmatch(
         r"milsil: slide_a\.png: roi2: the server cannot read the slide \(no slidePathMap entry "
         r"matches \S+slide_a\.png\); streaming pixels instead",

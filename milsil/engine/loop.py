@@ -15,6 +15,8 @@ experiments and the gRPC server call:
 * ``best.pt`` is the epoch with the highest validation MIL accuracy (ties: lower validation
   loss); without validation data it is simply the last epoch; with ``config.patience`` the
   run ends early once that many epochs have passed without a new best;
+* a finished run's ``best.pt`` and ``last.pt`` carry the familiarity reference
+  (:mod:`milsil.engine.familiarity`), fitted on their own weights;
 * ``log.jsonl`` gets one line per epoch, ``run.json`` the config, versions and data summary;
 * data-parallel training (``torchrun``) is the same loop given a process group
   (``distributed=``, a :class:`milsil.distributed.DistContext`): each rank takes its
@@ -35,6 +37,7 @@ import torch
 from milsil.engine.background import CheckpointWriter
 from milsil.engine.config import TrainConfig, config_differences, resolve_device
 from milsil.engine.epoch import EpochClock, EpochStats, TrainBatches, is_better
+from milsil.engine.familiarity import attach_familiarity
 from milsil.engine.group import OneProcess, ProcessGroup
 from milsil.engine.losses import bag_loss
 from milsil.engine.progress import TrainProgress, TrainResult, nan_if_none, val_fields
@@ -340,6 +343,15 @@ class _Run:
 
     def finish(self, stopped: bool, elapsed: float) -> TrainResult:
         self.writer.close()  # every checkpoint on disk before the run says it ended
+        if not stopped and self.writes:  # a finished run's files carry the reference
+            self.run_info["familiarity"] = attach_familiarity(
+                (self.best_path, self.last_path),
+                self.train_records,
+                self.val_records,
+                self.config.patch_size,
+                self.device,
+                self.config.seed,
+            )
         history = self.history
         best_epoch = (
             int(self.best["epoch"]) if self.best else (history[-1]["epoch"] if history else 0)

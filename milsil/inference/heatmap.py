@@ -47,6 +47,7 @@ from milsil.inference.tiling import (
     mirror_pad_pixels,
 )
 from milsil.models.bagnet import BagNet, Bottleneck
+from milsil.models.familiarity import model_familiarity
 from milsil.models.mil import ConfiguredModel, MilSilNet
 
 # Largest intermediate activation one tile may hold (bytes). On CPUs a tile whose widest
@@ -248,6 +249,11 @@ class DenseLogitNet:
         ]
         fc = model.fc
         self.classifier = _Conv(fc.weight.detach()[:, :, None, None], fc.bias.detach(), 1, 1)
+        # The familiarity projection: K more 1x1 rows on the same features, a conv of its
+        # own so the logits stay bit-identical (milsil.models.familiarity).
+        self.reference = ref = model_familiarity(model)
+        on = fc.weight.device
+        self.projector = ref and _Conv(ref.weight[:, :, None, None].to(on), ref.bias.to(on), 1, 1)
         if dtype != torch.float32:
             for conv in self._convs():
                 conv.weight = conv.weight.to(dtype)
@@ -260,14 +266,19 @@ class DenseLogitNet:
         for block in self.blocks:
             yield from (c for c in (block.conv1, block.conv2, block.conv3, block.downsample) if c)
         yield self.classifier
+        if self.projector:
+            yield self.projector
 
     @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` padded input -> ``[B, C, (H-RF)//base+1, (W-RF)//base+1]``."""
+    def __call__(self, x: torch.Tensor, project: bool = False) -> torch.Tensor:
+        """``[B, 3, H, W]`` padded input -> ``[B, C, (H-RF)//base+1, (W-RF)//base+1]``;
+        with ``project`` (and a reference) ``C + K`` channels, the whitened features last."""
         x = x.to(self.stem.weight.dtype).contiguous(memory_format=torch.channels_last)
         x = self.stem.relu(x)
         for block in self.blocks:
             x = block(x)
+        if project and self.projector:
+            return torch.cat([self.classifier(x), self.projector(x)], dim=1)
         return self.classifier(x)
 
 
@@ -282,7 +293,7 @@ def dense_net(model: MilSilNet, base: int, dtype: torch.dtype = torch.float32) -
     tensors = list(model.parameters()) + list(model.buffers())
     fingerprint = tuple((t.data_ptr(), t._version, t.device) for t in tensors)
     cache: dict = model.__dict__.setdefault("_dense_cache", {})
-    key = (base, dtype)
+    key = (base, dtype, id(model_familiarity(model)))
     hit = cache.get(key)
     if hit is not None and hit[0] == fingerprint:
         return hit[1]
@@ -348,6 +359,7 @@ def iter_logit_bands(
     target_seconds: float | None = None,
     should_stop: Callable[[], bool] | None = None,
     precision: str = "exact",
+    familiarity: bool = False,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """:func:`logit_heatmap` band by band: yields ``(rows_done, result)`` after each band.
 
@@ -356,7 +368,8 @@ def iter_logit_bands(
     side to the device); ``should_stop`` is polled before each chunk, and a stop ends the
     iteration early (``rows_done`` then stays below ``rows``). Each chunk's pass runs under
     :func:`~milsil.inference.precision.fp32_precision` (``precision``), so the caller's TF32
-    settings hold again between bands.
+    settings hold again between bands. With ``familiarity`` the result has ``C + 1``
+    channels, channel ``C`` the per-sample distance (:mod:`milsil.inference.familiarity`).
     """
     model.eval()
     stride = _check_stride(stride)
@@ -404,7 +417,8 @@ def iter_logit_bands(
     if tile is None:
         tile = default_tile(model, base, step, device)
 
-    result = torch.empty(model.config.num_classes, out_h, out_w, dtype=torch.float32)
+    classes = model.config.num_classes
+    result = torch.full((classes + familiarity, out_h, out_w), math.nan, dtype=torch.float32)
     # Adapting to a slow device shrinks chunks by at most 4x a side (tiny chunks waste
     # most of their work on context).
     chunks = iter_chunks(out_h, out_w, tile, target_seconds, min_side=max(8, tile // 4))
@@ -422,8 +436,12 @@ def iter_logit_bands(
         else:
             crop = x[:, y0:y1, x0:x1].unsqueeze(0).to(device)
         with fp32_precision(precision):
-            logits = net(crop)[0, :, ::step, ::step][:, : r1 - r0, : c1 - c0]
-        result[:, r0:r1, c0:c1] = logits.float().cpu()
+            logits = net(crop, familiarity)[0, :, ::step, ::step][:, : r1 - r0, : c1 - c0]
+            if familiarity and net.projector:
+                logits = torch.cat(
+                    [logits[:classes], net.reference.distances(logits[classes:])[None]]
+                )
+        result[: len(logits), r0:r1, c0:c1] = logits.float().cpu()
         if c1 == out_w:
             yield r1, result
 
@@ -438,6 +456,7 @@ def band_logits(
     target_seconds: float | None = None,
     should_stop: Callable[[], bool] | None = None,
     precision: str = "exact",
+    familiarity: bool = False,
 ) -> torch.Tensor | None:
     """The map rows of one band of a streamed region (:class:`milsil.inference.tiling.
     BandCanvas`): ``[C, ceil((row1 - row0) / stride), cols]``, or ``None`` when
@@ -454,6 +473,7 @@ def band_logits(
         target_seconds=target_seconds,
         should_stop=should_stop,
         precision=precision,
+        familiarity=familiarity,
     )
     for step in steps:
         done, result = step
@@ -469,6 +489,7 @@ def iter_region_bands(
     pieces: Iterable[tuple[int, int, np.ndarray]],
     stride: int = 1,
     device: torch.device | str | None = None,
+    familiarity: bool = False,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """The map of a ``width x height`` region given as pixel pieces in row order, band by
     band: yields ``(first map row, logits [C, rows, cols])``.
@@ -485,7 +506,7 @@ def iter_region_bands(
     canvas = BandCanvas(width, height, context, band_rows)
 
     def compute(band: Band) -> tuple[int, torch.Tensor]:
-        logits = band_logits(model, band, context, stride, device=device)
+        logits = band_logits(model, band, context, stride, device=device, familiarity=familiarity)
         assert logits is not None  # nothing asks it to stop
         return band.row0 // stride, logits
 

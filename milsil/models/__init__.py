@@ -11,6 +11,12 @@ from milsil.models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from milsil.models.familiarity import (
+    FAMILIARITY_KEY,
+    FamiliarityReference,
+    model_familiarity,
+    set_model_familiarity,
+)
 from milsil.models.mil import (
     HEADS,
     AttentionMIL,
@@ -23,6 +29,10 @@ from milsil.models.mil import (
 from milsil.models.registry import create_model, list_models, load_pretrained_backbone, make_config
 
 __all__ = [
+    "FAMILIARITY_KEY",
+    "FamiliarityReference",
+    "model_familiarity",
+    "set_model_familiarity",
     "HEADS",
     "AttentionMIL",
     "BagNet",

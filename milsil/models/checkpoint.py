@@ -1,4 +1,4 @@
-"""Checkpoints: config + weights + provenance, written atomically, read with weights_only."""
+"""Checkpoints: config + weights + provenance (+ the familiarity reference,\n:mod:`milsil.models.familiarity`), written atomically, read with weights_only."""
 
 from __future__ import annotations
 
@@ -10,6 +10,12 @@ import torch
 
 from milsil.atomic import atomic_write
 from milsil.errors import CheckpointError, MilsilError, NotFoundError, compact
+from milsil.models.familiarity import (
+    FAMILIARITY_KEY,
+    model_familiarity,
+    payload_familiarity,
+    set_model_familiarity,
+)
 from milsil.models.mil import ConfiguredModel, ModelConfig
 
 CHECKPOINT_FORMAT = "milsil-checkpoint"
@@ -54,6 +60,9 @@ def checkpoint_payload(
     }
     if training_state is not None:
         payload["training_state"] = deepcopy(training_state) if copy else training_state
+    reference = model_familiarity(model)
+    if reference is not None:  # older readers ignore the key; older files lack it
+        payload[FAMILIARITY_KEY] = reference.to_payload()
     return payload
 
 
@@ -188,4 +197,5 @@ def load_checkpoint(
         first = str(exc).strip().splitlines()[0][:200]
         raise CheckpointError(f"{name}: weights do not match its config ({first})") from None
     model.provenance = payload.get("provenance", {})  # type: ignore[attr-defined]
+    set_model_familiarity(model, payload_familiarity(payload, name))  # None: an older file
     return model.to(map_location).eval()

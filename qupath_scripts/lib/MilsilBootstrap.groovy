@@ -16,7 +16,7 @@
  * (options.oncePerProject; one line on the others), and it turns any failure of
  * the work into its one "milsil: <CODE>: ..." line and closes the clients the work opened.
  * The work gets a map: settings (the effective settings), home, Client, QuPath, Settings,
- * Bags (the library classes; options.parts adds more, e.g. ['MilsilCells'] under its own
+ * Bags, Trust (the library classes; options.parts adds more, e.g. ['MilsilCells'] under its own
  * name), imageData, entry (the project entry or null), name (the image's name, or null
  * without an image) and connect (a closure: a client whose waiting lines go to the log).
  *
@@ -31,7 +31,7 @@ class MilsilBootstrap {
 
     /** What a script gets besides the parts it names: key -> lib class. */
     static final Map<String, String> CLASSES = [Client  : 'MilsilClient', QuPath: 'MilsilQuPath',
-                                                Settings: 'MilsilSettings', Bags: 'MilsilBags']
+                                                Settings: 'MilsilSettings', Bags: 'MilsilBags', Trust: 'MilsilTrust']
 
     /**
      * Runs `work(milsil)` for `script` (the running script: its println writes to QuPath's

@@ -172,17 +172,23 @@ class MilsilCells {
      * its tiles with the model's context, read one at a time in row order by MilsilQuPath;
      * or, with `serverSlides`, the slide path and no pixels, falling back to streaming with
      * one line when the server cannot read the slide). Throws on the first failure.
-     * Returns [values: double[] (width(classes) per cell, in the order of `cells`),
-     * classes: List<String>, regions: int, serverRead: boolean].
+     * `trust` (a MilsilTrust, optional) judges each region's familiarity as it is answered
+     * (its warning line names the region). Returns [values: double[] (width(classes) per cell,
+     * in the order of `cells`), classes: List<String>, regions: int, serverRead: boolean,
+     * ood: double[] (each cell's region's "milsil OOD score", NaN without statistics),
+     * unlike: BitSet (the cells in regions unlike the training data)].
      */
     static Map measure(Object client, Map s, Object server, Map model, List<PathObject> cells,
-                       String label, Closure log) {
+                       String label, Closure log, Object trust = null) {
         boolean cellRoi = MilsilSettings.flag(s, 'useCellRoi')
         double ds = MilsilSettings.num(s.get('downsample'))
         List<String> classes = new ArrayList<String>((List<String>) model.get('class_names'))
         int k = width(classes.size())
         double[] values = new double[cells.size() * k]
         Arrays.fill(values, Double.NaN)
+        double[] ood = new double[cells.size()]
+        Arrays.fill(ood, Double.NaN)
+        BitSet unlike = new BitSet(cells.size())
         List<Map> regions = regions(server, cells, cellRoi, ds, MilsilSettings.integer(s.get('regionSize')))
         int context = MilsilQuPath.contextPixels(model)
         String remote = MilsilSettings.flag(s, 'serverSlides') ? MilsilSlidePaths.remote(s, server, label, log) : null
@@ -227,11 +233,19 @@ class MilsilCells {
                 answer = client.measureObjects(config, objects, tiles, store, { -> got.clear() })
             }
             checkAnswer((Map) answer.get('header'), classes, members, got)
+            Map verdict = trust == null ? null : trust.judge(((Map) answer.get('header')).get('familiarity'),
+                'cells in region ' + (regionIndex + 1) + '/' + regions.size() + ' (x ' + r.get('x') + ', y ' +
+                    r.get('y') + ', ' + r.get('width') + ' x ' + r.get('height') + ' px)')
+            for (int m : (verdict == null ? new int[0] : members)) {
+                ood[m] = (double) verdict.get('score')
+                unlike.set(m, (boolean) verdict.get('unlike'))
+            }
             done += members.length
             regionIndex++
             progress.update(done, cells.size(), -1, 'cells, ' + regionIndex + '/' + regions.size() + ' regions')
         }
-        return [values: values, classes: classes, regions: regions.size(), serverRead: serverRead]
+        return [values: values, classes: classes, regions: regions.size(), serverRead: serverRead, ood: ood,
+                unlike: unlike]
     }
 
     /**
@@ -332,10 +346,13 @@ class MilsilCells {
      * Sets the measurements on every cell and, with `positive` (a class name), its class:
      * `positive` where p(target) >= threshold, else `negative` ('' = unclassified), as
      * QuPath's single-measurement classifier does; a cell whose p is NaN keeps its class.
-     * Returns how many cells got `positive`.
+     * With `trust` (a MilsilTrust; `ood` and `unlike` from measure()), each cell also gets
+     * its "milsil OOD score", and a classified cell in a region unlike the training data the
+     * class "milsil: unlike training" instead. Returns how many cells got `positive`.
      */
     static int apply(List<PathObject> cells, double[] values, List<String> classes, String target,
-                     String positive, double threshold, String negative) {
+                     String positive, double threshold, String negative, Object trust = null,
+                     double[] ood = null, BitSet unlike = null) {
         List<String> keys = names(classes)
         int k = keys.size()
         int pAt = positive ? 2 * classes.size() + classes.indexOf(target) : -1
@@ -348,15 +365,14 @@ class MilsilCells {
             for (int j = 0; j < k; j++) {
                 list.put(keys.get(j), values[i * k + j])
             }
-            if (positive) {
-                double p = values[i * k + pAt]
-                if (Double.isNaN(p)) {
-                    continue
-                }
+            double p = positive ? values[i * k + pAt] : Double.NaN
+            boolean classified = !Double.isNaN(p)
+            if (classified) {
                 boolean above = p >= threshold
                 cell.setPathClass(above ? yes : no)
-                positives += above ? 1 : 0
             }
+            boolean away = trust != null && trust.markOne(cell, ood[i], unlike.get(i), classified)
+            positives += classified && p >= threshold && !(away && trust.marking) ? 1 : 0
         }
         return positives
     }

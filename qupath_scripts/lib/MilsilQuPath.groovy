@@ -12,7 +12,7 @@
  *
  * QuPath API used (stable from v0.4 to v0.7): ImageServer.getPath/getWidth/getHeight/getMetadata
  * (pixels through MilsilPixels, GeoJSON through MilsilGeoJSON),
- * ImageServerMetadata.getName, ROI.getBounds*, ROI.contains, ROI.getArea,
+ * ImageServerMetadata.getName, PathObject.getName/getPathClass/getID, ROI.getBounds*, ROI.contains, ROI.getArea,
  * RoiTools.intersection, PathROIObject.setROI (clears the measurements),
  * MeasurementList.asMap/put, PathObjects.createTileObject,
  * ROIs.createRectangleROI, ProjectImageEntry.getImageName, and GsonTools.getInstance().toJson(roi)
@@ -58,6 +58,22 @@ class MilsilQuPath {
         return name ?: path
     }
 
+
+    /**
+     * A region (an annotation, a TMA core) as every line names it: 'whole image' for null,
+     * the object's name, else its class (or 'annotation') and the first 8 characters of its
+     * id (PathObject.getID(), a UUID), so that two unnamed annotations can be told apart.
+     */
+    static String regionName(PathObject o) {
+        if (o == null) {
+            return 'whole image'
+        }
+        if (o.getName()) {
+            return o.getName()
+        }
+        String kind = o.getPathClass() == null ? (o.isTMACore() ? 'core' : 'annotation') : o.getPathClass().toString()
+        return kind + ' ' + o.getID().toString().substring(0, 8)
+    }
 
     /** Model named in the settings, or the newest one on the server; checked before any pixel is read. */
     static Map resolveModel(Object client, Object configured) {
@@ -194,7 +210,9 @@ class MilsilQuPath {
      * Annotate one region: stream its tiles (plus the model's `context_pixels` of context where
      * the image has it), parse the returned QuPath GeoJSON with PathIO and clip the objects to the
      * parent's ROI. With `serverSlides`, the server reads the slide itself (annotateOnServer)
-     * when it can. Returns [objects: List<PathObject>, geojson: String, response: Map].
+     * when it can. Returns [objects: List<PathObject>, geojson: String, response: Map (with the
+     * region's `familiarity`, for MilsilTrust), serverRead: true when the server read the slide
+     * (each object then carries its own slide tile's "milsil OOD score")].
      * `label` names the region in progress lines ("slide.svs: Tumor 1"); `log` prints them.
      */
     static Map annotate(Object client, Map s, Object server, Map model, PathObject parent, String label = null,
@@ -332,7 +350,8 @@ class MilsilQuPath {
             })
             String geojson = (String) result.get('geojson')
             Map summary = (Map) result.get('summary')
-            return [objects: MilsilGeoJSON.read(geojson, log), geojson: geojson, response: [class_name: summary.get('class_name')],
+            return [objects: MilsilGeoJSON.read(geojson, log), geojson: geojson,
+                    response: [class_name: summary.get('class_name'), familiarity: summary.get('familiarity')],
                     serverRead: true]
         } catch (Throwable t) {
             MilsilSlidePaths.cannotRead(t, name, log)

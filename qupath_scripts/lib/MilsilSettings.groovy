@@ -44,6 +44,7 @@ class MilsilSettings {
         useCellRoi             : false,  // classify_cells: measure whole cells, not nuclei
         classify               : false,  // classify_cells: also set each measured cell's class
         noAugment              : false,  // train_from_project: no flips/rotations/colour jitter
+        markUnlikeTraining     : true,   // class "milsil: unlike training" for objects the model cannot judge (MilsilTrust)
     ]
 
     static final List<String> TRUE_WORDS = ['true', 'yes', '1']

@@ -42,7 +42,7 @@ public final class World {
         }
     }
 
-    /** The hierarchy as JSON: every object with type, id, class, colour, name, ROI type and rings (and a cell's nucleus rings), measurements, children. */
+    /** The hierarchy as JSON: every object with type, id, class (its last name), classification (the whole, "milsil: unlike training"), colour, name, ROI type and rings (and a cell's nucleus rings), measurements, children. */
     public static JsonObject dump(PathObjectHierarchy hierarchy) {
         JsonObject out = new JsonObject();
         out.add("objects", children(hierarchy.getRootObject()));
@@ -60,6 +60,7 @@ public final class World {
             j.addProperty("name", o.getName());
             if (o.getPathClass() != null) {
                 j.addProperty("class", o.getPathClass().getName());
+                j.addProperty("classification", o.getPathClass().toString());
                 j.addProperty("color", o.getPathClass().getColor());
             }
             if (o instanceof TMACoreObject) {

@@ -1,0 +1,166 @@
+"""Fit the familiarity reference at the end of training (:mod:`milsil.models.familiarity`).
+
+The projection is fitted on the windows of the training bags (no augmentation); the
+threshold is calibrated on held-out patients: the validation records when the run has
+them, else a patient-level split of the training records (the fit then leaves those
+patients out). A run with a single patient calibrates on its own training images and
+says so (``held_out: false``). Every checkpoint the run leaves (``best.pt``, ``last.pt``)
+gets the reference fitted on its own weights; a file that already carries one (a
+finished run resumed) is left as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from milsil.data import load_bag, patient_split, to_tensor
+from milsil.data.bags import BagRecord
+from milsil.models import atomic_torch_save, load_checkpoint, read_checkpoint
+from milsil.models.familiarity import (
+    DEFAULT_COMPONENTS,
+    FALSE_ALARM_TARGET,
+    FAMILIARITY_KEY,
+    FamiliarityReference,
+    calibrated_threshold,
+    fit_projection,
+    payload_familiarity,
+    supports_familiarity,
+)
+from milsil.models.mil import ConfiguredModel
+
+MAX_FIT_WINDOWS = 50_000  # windows the projection is fitted on (a random subset beyond;
+# 400 MB of features at full width)
+_PATCHES_PER_PASS = 256
+
+
+@torch.inference_mode()
+def record_windows(
+    model: ConfiguredModel, record: BagRecord, patch_size: int, device: torch.device
+) -> torch.Tensor:
+    """Features ``[windows, D]`` of every receptive-field window of the record's patches."""
+    mean, std = model.normalization
+    patches = load_bag(record, patch_size)
+    out = []
+    for start in range(0, len(patches), _PATCHES_PER_PASS):
+        x = to_tensor(patches[start : start + _PATCHES_PER_PASS], mean, std).to(device)
+        features = model.feature_map(x)  # [n, D, h, w]
+        out.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).float().cpu())
+    return torch.cat(out)
+
+
+def fit_familiarity(
+    model: ConfiguredModel,
+    fit_records: Sequence[BagRecord],
+    calibration_records: Sequence[BagRecord],
+    patch_size: int,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    held_out: bool = True,
+    split: str = "validation",
+    components: int = DEFAULT_COMPONENTS,
+) -> FamiliarityReference:
+    """The reference of ``model``: projection from ``fit_records``' windows, threshold
+    from ``calibration_records`` (one score per image: the mean window distance)."""
+    device = torch.device(device)
+    model.eval().to(device)
+    rng = np.random.default_rng(seed)
+    per_record = max(1, MAX_FIT_WINDOWS // max(1, len(fit_records)))
+    chunks = []
+    for record in fit_records:
+        windows = record_windows(model, record, patch_size, device)
+        if len(windows) > per_record:
+            windows = windows[torch.from_numpy(rng.choice(len(windows), per_record, False))]
+        chunks.append(windows)
+    features = torch.cat(chunks)
+    with torch.inference_mode():
+        classes = torch.cat(
+            [model.fc(part.to(device)).argmax(dim=1).cpu() for part in features.split(8192)]
+        )
+    weight, bias, centres = fit_projection(features, classes, components)
+    reference = FamiliarityReference(
+        method=f"mahalanobis-pca{weight.shape[0]}",
+        threshold=0.0,
+        weight=weight,
+        bias=bias,
+        centres=centres,
+    )
+    scores = [
+        float(reference.distances(reference.project(windows, dim=1), dim=1).mean())
+        for windows in (
+            record_windows(model, record, patch_size, device) for record in calibration_records
+        )
+    ]
+    threshold, false_alarms = calibrated_threshold(scores)
+    return FamiliarityReference(
+        method=reference.method,
+        threshold=threshold,
+        weight=weight,
+        bias=bias,
+        centres=centres,
+        calibration={
+            "split": split,
+            "held_out": held_out,
+            "patients": len({r.patient for r in calibration_records}),
+            "images": len(calibration_records),
+            "false_alarm_rate": false_alarms,
+            "target_false_alarm_rate": FALSE_ALARM_TARGET,
+        },
+        fit={
+            "patients": len({r.patient for r in fit_records}),
+            "images": len(fit_records),
+            "windows": len(features),
+            "classes": [model.class_names[int(c)] for c in torch.unique(classes)],
+        },
+    )
+
+
+def calibration_split(
+    train_records: Sequence[BagRecord], val_records: Sequence[BagRecord], seed: int
+) -> tuple[list[BagRecord], list[BagRecord], bool, str]:
+    """``(fit, calibration, held_out, split)``: which records fit, which calibrate."""
+    if val_records:
+        return list(train_records), list(val_records), True, "validation"
+    if len({r.patient for r in train_records}) >= 2:
+        fit, calibration = patient_split(train_records, 0.2, seed)
+        return fit, calibration, True, "patient split of the training data"
+    return list(train_records), list(train_records), False, "training images (one patient)"
+
+
+def attach_familiarity(
+    paths: Sequence[Path],
+    train_records: Sequence[BagRecord],
+    val_records: Sequence[BagRecord],
+    patch_size: int,
+    device: torch.device | str,
+    seed: int,
+) -> dict[str, Any] | None:
+    """Fit and write the reference into every checkpoint in ``paths`` that exists and has
+    none; the summary (method, threshold, calibration) of the last one, for ``run.json``.
+    None for models without per-window features (attention MIL, ResNet-50, DenseNet)."""
+    fit, calibration, held_out, split = calibration_split(train_records, val_records, seed)
+    summary = None
+    for path in paths:
+        if not Path(path).is_file():
+            continue
+        payload = read_checkpoint(path)
+        reference = payload_familiarity(payload, str(path))
+        if reference is None:
+            model = load_checkpoint(path)
+            if not supports_familiarity(model):
+                return None
+            reference = fit_familiarity(
+                model, fit, calibration, patch_size, device, seed, held_out, split
+            )
+            payload[FAMILIARITY_KEY] = reference.to_payload()
+            atomic_torch_save(payload, path)
+        summary = {
+            "method": reference.method,
+            "threshold": reference.threshold,
+            "calibration": reference.calibration,
+        }
+    return summary
