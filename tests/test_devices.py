@@ -64,20 +64,26 @@ class Passes:
         def dense_net(*args, **kwargs):
             net = build(*args, **kwargs)
 
-            def forward(x):
-                with self.lock:
-                    self.inside += 1
-                    self.most = max(self.most, self.inside)
-                    n, self.entered = self.entered, self.entered + 1
-                    self.seen.append(str(x.device))
-                try:
-                    self.hold(n)
-                    return net(x)
-                finally:
-                    with self.lock:
-                        self.inside -= 1
+            passes = self
 
-            return forward
+            class Watched:  # the network, its passes counted (attributes: the network's)
+                def __call__(self, x, *args, **kwargs):
+                    with passes.lock:
+                        passes.inside += 1
+                        passes.most = max(passes.most, passes.inside)
+                        n, passes.entered = passes.entered, passes.entered + 1
+                        passes.seen.append(str(x.device))
+                    try:
+                        passes.hold(n)
+                        return net(x, *args, **kwargs)
+                    finally:
+                        with passes.lock:
+                            passes.inside -= 1
+
+                def __getattr__(self, name):
+                    return getattr(net, name)
+
+            return Watched()
 
         monkeypatch.setattr(heatmap, "dense_net", dense_net)
 
