@@ -67,8 +67,9 @@ STREAM_CHUNK_SIDE = 512  # input pixels a side of a streamed region's chunk, on 
 def prepare_image(model: ConfiguredModel, image: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Validate ``image`` and return it as a normalized float32 tensor ``[3, H, W]``.
 
-    Accepts a uint8 ``H x W x 3`` array/tensor (normalized with the model's own mean/std)
-    or an already normalized float ``[3, H, W]`` tensor.
+    Accepts a uint8 ``H x W x 3`` array/tensor (stain-normalized when the model has a
+    target, estimated from the whole image: :mod:`milsil.data.stain`; then normalized with
+    the model's own mean/std) or an already normalized float ``[3, H, W]`` tensor.
     """
     if isinstance(image, np.ndarray) or (
         isinstance(image, torch.Tensor) and image.dtype == torch.uint8
@@ -80,9 +81,10 @@ def prepare_image(model: ConfiguredModel, image: torch.Tensor | np.ndarray) -> t
                 f"[3, H, W]; got an array of shape {tuple(pixels.shape)} and dtype {pixels.dtype}"
             )
         from milsil.data import to_tensor
+        from milsil.data.stain import apply_stain, region_stain
 
         mean, std = model.normalization
-        return to_tensor(pixels, mean, std)
+        return to_tensor(apply_stain(pixels, region_stain(model, pixels)), mean, std)
     if not isinstance(image, torch.Tensor):
         raise MilsilError(
             f"image must be a numpy array or a torch tensor, got {type(image).__name__}"
@@ -348,6 +350,7 @@ def iter_logit_bands(
     target_seconds: float | None = None,
     should_stop: Callable[[], bool] | None = None,
     precision: str = "exact",
+    stain: object = "auto",
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """:func:`logit_heatmap` band by band: yields ``(rows_done, result)`` after each band.
 
@@ -356,7 +359,8 @@ def iter_logit_bands(
     side to the device); ``should_stop`` is polled before each chunk, and a stop ends the
     iteration early (``rows_done`` then stays below ``rows``). Each chunk's pass runs under
     :func:`~milsil.inference.precision.fp32_precision` (``precision``), so the caller's TF32
-    settings hold again between bands.
+    settings hold again between bands. ``stain``: the region's stain transform (uint8 input
+    of a model with a target), ``"auto"``: from the first band (:mod:`milsil.data.stain`).
     """
     model.eval()
     stride = _check_stride(stride)
@@ -364,6 +368,8 @@ def iter_logit_bands(
     bagnet = _bagnet_of(model)
     # uint8 pixels are normalized chunk by chunk (a float copy of a large image would
     # take 4x its size); anything else is checked and normalized at once.
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
+        image = image.cpu().numpy()  # the same rule (and numbers) as a uint8 array
     lazy = isinstance(image, np.ndarray) and image.dtype == np.uint8
     if lazy and (image.ndim != 3 or image.shape[2] != 3):
         prepare_image(model, image)  # the one message for a wrong shape
@@ -395,6 +401,12 @@ def iter_logit_bands(
     context = context_pixels(bagnet)
     pad = max(0, context - margin)
     if lazy:
+        from milsil.data import to_tensor
+        from milsil.data.stain import apply_stain, first_band_stain
+
+        if stain == "auto":  # estimated from the first band, as a streamed region's
+            rows = lambda: stream_band_rows(model, width, stride, device)  # noqa: E731
+            stain = first_band_stain(model, x, margin, rows)
         x = mirror_pad_pixels(x, pad, pad, pad, pad)
         mean, std = model.normalization
     else:
@@ -416,9 +428,7 @@ def iter_logit_bands(
         y1 = y0 + (r1 - r0 - 1) * stride + rf
         x1 = x0 + (c1 - c0 - 1) * stride + rf
         if lazy:
-            from milsil.data import to_tensor
-
-            crop = to_tensor(x[y0:y1, x0:x1], mean, std).unsqueeze(0).to(device)
+            crop = to_tensor(apply_stain(x[y0:y1, x0:x1], stain), mean, std).unsqueeze(0).to(device)
         else:
             crop = x[:, y0:y1, x0:x1].unsqueeze(0).to(device)
         with fp32_precision(precision):
@@ -442,6 +452,8 @@ def band_logits(
     """The map rows of one band of a streamed region (:class:`milsil.inference.tiling.
     BandCanvas`): ``[C, ceil((row1 - row0) / stride), cols]``, or ``None`` when
     ``should_stop`` ended the computation early. ``margin``: the canvas's context."""
+    from milsil.data.stain import band_stain
+
     rows = output_size(band.row1 - band.row0, stride)
     done, result = 0, None
     steps = iter_logit_bands(
@@ -454,6 +466,7 @@ def band_logits(
         target_seconds=target_seconds,
         should_stop=should_stop,
         precision=precision,
+        stain=band_stain(model, band, margin),  # the first band's, for every band
     )
     for step in steps:
         done, result = step
