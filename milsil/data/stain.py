@@ -69,11 +69,17 @@ AUTO = "auto"  # iter_logit_bands: estimate from the image's first band
 
 
 def _sample(pixels: np.ndarray) -> np.ndarray:
-    """The pixels an estimate uses: ``uint8 [M, 3]``, every k-th when there are more than
-    :data:`SAMPLE_PIXELS` (deterministic: the same region gives the same sample)."""
-    flat = np.asarray(pixels, dtype=np.uint8).reshape(-1, 3)
-    step = max(1, math.ceil(len(flat) / SAMPLE_PIXELS))
-    return np.ascontiguousarray(flat[::step])
+    """The pixels an estimate uses: ``uint8 [M, 3]``, every k-th row and column when there
+    are more than :data:`SAMPLE_PIXELS` (deterministic: the same region gives the same
+    sample; strided before copying, so a band is never copied whole)."""
+    a = np.asarray(pixels, dtype=np.uint8)
+    if a.ndim != 3:  # a bag [N, h, w, 3]: its tiles' rows one under another
+        a = a.reshape(-1, *a.shape[-2:])
+    rows, cols = a.shape[0], a.shape[1]
+    k = max(1, math.ceil(rows * cols / SAMPLE_PIXELS))
+    k_rows = min(k, max(1, rows))
+    k_cols = math.ceil(k / k_rows)
+    return np.ascontiguousarray(a[::k_rows, ::k_cols]).reshape(-1, 3)
 
 
 def _has_tissue(flat: np.ndarray) -> bool:
