@@ -59,8 +59,9 @@ from server_support import serve_process, stop_process  # noqa: E402
 from slide_bench import bench_one  # noqa: E402
 
 from milsil.atomic import write_json_atomic  # noqa: E402
-from milsil.inference.heatmap import logit_heatmap, naive_logit_heatmap  # noqa: E402
+from milsil.inference.heatmap import logit_heatmap  # noqa: E402
 from milsil.inference.precision import fp32_precision  # noqa: E402
+from milsil.inference.reference import naive_logit_heatmap  # noqa: E402
 from milsil.models import create_model, save_checkpoint  # noqa: E402
 from milsil.wsi.settings import DEFAULT_TILE  # noqa: E402
 

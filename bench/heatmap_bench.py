@@ -27,7 +27,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import milsil.inference.heatmap as heatmap_module
-from milsil.inference.heatmap import DenseLogitNet, logit_heatmap, naive_logit_heatmap
+from milsil.inference.heatmap import DenseLogitNet, logit_heatmap
+from milsil.inference.reference import naive_logit_heatmap
 from milsil.models import create_model
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from milsil.data.images import to_tensor
+from milsil.data.stain import apply_stain, bag_stain
 from milsil.errors import MilsilError
 from milsil.inference.familiarity import FamiliarityScore, images_familiarity
 from milsil.v1 import inference_service_pb2
@@ -110,6 +111,7 @@ def classify_tiles(
         )
     device = next(model.parameters()).device
     mean, std = model.normalization
+    stain = bag_stain(model, tiles)  # the bag is one region (milsil.data.stain)
     result: dict[str, object] = {"attention": []}
     with torch.inference_mode():
         if hasattr(model, "patch_features") and hasattr(model, "fc"):
@@ -119,13 +121,14 @@ def classify_tiles(
                     raise Cancelled(
                         "request cancelled or deadline exceeded; classification stopped"
                     )
-                x = to_tensor(np.stack(tiles[k : k + chunk]), mean, std).to(device)
+                x = to_tensor(apply_stain(np.stack(tiles[k : k + chunk]), stain), mean, std)
+                x = x.to(device)
                 feats.append(model.patch_features(x).float())
             f = torch.cat(feats)
             sil = model.fc(f).float().cpu()
             mil = model.fc(f.mean(dim=0, keepdim=True))[0].float().cpu()
         else:
-            x = to_tensor(np.stack(tiles), mean, std).to(device)
+            x = to_tensor(apply_stain(np.stack(tiles), stain), mean, std).to(device)
             out = model(x.unsqueeze(0))
             sil = None if out.sil_logits is None else out.sil_logits[0].float().cpu()
             mil = out.mil_logits[0].float().cpu()

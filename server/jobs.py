@@ -112,6 +112,7 @@ def effective_config(request: dict[str, Any], dataset: dict[str, Any]) -> dict[s
         lr_decay=resolved.lr_decay,
         pretrained=resolved.pretrained,
         recipe=resolved.recipe,
+        stain_normalize=resolved.stain_normalize,
     )
     if resolved.pretrained == "imagenet":
         from milsil.models.pretrained import probe

@@ -183,6 +183,7 @@ def train_config(cfg: dict[str, Any]) -> Any:
             num_workers=0,
             pretrained=cfg.get("pretrained") or None,
             recipe=cfg.get("recipe") or "default",
+            stain_normalize=cfg.get("stain_normalize") or "none",
         )
     except MilsilError as exc:
         raise MilsilError(f"config: {exc}") from None

@@ -8,7 +8,8 @@ import torch
 
 from milsil.errors import MilsilError
 from milsil.inference.cam import cam, gradcam
-from milsil.inference.heatmap import logit_heatmap, naive_logit_heatmap, probabilities
+from milsil.inference.heatmap import logit_heatmap, probabilities
+from milsil.inference.reference import naive_logit_heatmap
 from milsil.models import create_model
 
 

@@ -23,6 +23,7 @@ from milsil.engine.provenance import data_summary
 from milsil.engine.recipe import RECIPES
 from milsil.errors import MilsilError
 from milsil.models import HEADS, list_models, read_checkpoint
+from milsil.models.stain import STAIN_CHOICES
 
 
 def add_train_arguments(
@@ -71,6 +72,13 @@ def add_train_arguments(
     parser.add_argument(
         "--color-jitter", type=float, default=d.color_jitter, help="H&E stain jitter strength 0-1"
     )
+    parser.add_argument(
+        "--stain-normalize",
+        default=d.stain_normalize,
+        choices=STAIN_CHOICES,
+        help="map every input onto a stain target fitted on the training images (torchstain; "
+        "it travels in the checkpoint and inference applies it); default %(default)s",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader workers")
@@ -90,6 +98,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         patch_size=args.patch_size,
         augment=not args.no_augment,
         color_jitter=args.color_jitter,
+        stain_normalize=args.stain_normalize,
         seed=args.seed,
         device=args.device,
         num_workers=args.num_workers,

@@ -155,6 +155,12 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         choices=("", "none", "imagenet"),
         help="initialisation ('' = the recipe's; imagenet: the server downloads the weights)",
     )
+    t.add_argument(
+        "--stain-normalize",
+        default="",
+        choices=("", "none", "macenko", "reinhard"),
+        help="stain normalization fitted on the training bags ('' = none)",
+    )
     t.add_argument("--width", type=int, default=0, help="0 = the recipe's")
     t.add_argument("--epochs", type=int, default=0)
     t.add_argument("--lr", type=float, default=0.0, help="0 = the recipe's")
@@ -395,6 +401,7 @@ def _train(client, args) -> int:
         "lr_decay": args.lr_decay,
         "recipe": args.recipe,
         "pretrained": args.pretrained,
+        "stain_normalize": args.stain_normalize,
         "batch_size": args.batch_size,
         "patch_size": args.patch_size,
         "seed": args.seed,

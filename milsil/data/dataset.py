@@ -20,7 +20,9 @@ from torch.utils.data import Dataset
 from milsil.data.augment import hed_jitter, random_dihedral
 from milsil.data.bags import BagRecord
 from milsil.data.images import _check_patch_size, image_to_bag, load_mask, load_rgb, to_tensor
+from milsil.data.stain import StainTransform, apply_stain, target_transform
 from milsil.errors import MilsilError, NotFoundError
+from milsil.models.stain import StainTarget
 
 
 def _npz_tiles_shape(path: str) -> tuple[int, ...]:
@@ -126,6 +128,8 @@ class BagDataset(Dataset):
 
     With ``augment`` each patch gets its own random flip/90-degree rotation, and with
     ``color_jitter > 0`` the bag's stains are jittered together (see :mod:`.augment`).
+    With ``stain`` (a model's target) each bag is first stain-normalized, its source stain
+    estimated from all its patches once (:mod:`.stain`).
     Random draws depend on ``(seed, epoch, index, visit)`` (visits counted within the
     epoch): reproducible, different every epoch. Call :meth:`set_epoch` each epoch, or index
     with ``(epoch, index)`` pairs, which is what lets persistent DataLoader workers (whose
@@ -143,6 +147,7 @@ class BagDataset(Dataset):
         augment: bool = False,
         color_jitter: float = 0.0,
         seed: int = 0,
+        stain: StainTarget | None = None,
     ) -> None:
         self.records = list(records)
         if not self.records:
@@ -157,6 +162,8 @@ class BagDataset(Dataset):
         self.augment = bool(augment)
         self.color_jitter = float(color_jitter)
         self.seed = int(seed)
+        self.stain = stain
+        self._stains: dict[int, StainTransform | None] = {}  # per bag, estimated once
         self.epoch = 0
         self._visits = [0] * len(self.records)
         self.bag_sizes = [bag_size(r, self.patch_size) for r in self.records]
@@ -178,6 +185,11 @@ class BagDataset(Dataset):
     def load_pixels(self, index: int) -> np.ndarray:
         """The bag as ``uint8 [N, p, p, 3]``, augmented if the dataset augments."""
         bag = load_bag(self.records[index], self.patch_size)
+        if self.stain is not None:  # before augmenting: the jitter stays a jitter
+            if index not in self._stains:
+                where = f"training bag {self.records[index].path}"
+                self._stains[index] = target_transform(self.stain, bag, where)
+            bag = apply_stain(bag, self._stains[index])
         if self.augment or self.color_jitter > 0:
             rng = np.random.default_rng([self.seed, self.epoch, index, self._visits[index]])
             self._visits[index] += 1

@@ -18,6 +18,7 @@ from milsil.engine import recipe
 from milsil.engine.recipe import RECIPES
 from milsil.errors import MilsilError
 from milsil.models import HEADS, list_models
+from milsil.models.stain import check_stain_method
 
 # The smallest patch each architecture can take (BagNets: their receptive field; the
 # strided ResNet/DenseNet stems need 32; the attention-MIL LeNet extractor 16).
@@ -64,6 +65,9 @@ class TrainConfig:
     # validation epoch (best.pt keeps that epoch); 0 = train all ``epochs``. Needs
     # validation records; a run converges instead of stopping at a fixed short length.
     patience: int = 0
+    # Stain normalization (milsil.data.stain): "none", "macenko" or "reinhard"; the target
+    # is fitted on the training bags and travels in the checkpoint.
+    stain_normalize: str = "none"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,6 +100,7 @@ class TrainConfig:
         _check_int(self, "seed", 0, 2**63 - 1)
         _check_int(self, "num_workers", 0, 64)
         _check_int(self, "patience", 0, 100_000)
+        check_stain_method(self.stain_normalize)
         for name in ("augment", "amp"):
             if not isinstance(getattr(self, name), bool):
                 raise MilsilError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -164,7 +169,12 @@ def _check_float(cfg: TrainConfig, name: str, lo: float, hi: float, low_open: bo
 
 
 # Settings added after runs were first stored, and what runs stored before them did.
-_BEFORE_RECIPES = {"recipe": "default", "stem_bn_momentum": 0.1, "patience": 0}
+_BEFORE_RECIPES = {
+    "recipe": "default",
+    "stem_bn_momentum": 0.1,
+    "patience": 0,
+    "stain_normalize": "none",
+}
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

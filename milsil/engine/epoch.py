@@ -132,6 +132,7 @@ class TrainBatches:
         std: Sequence[float],
         group: ProcessGroup | OneProcess | None = None,
         prefetch: bool = False,
+        stain: Any = None,
     ) -> None:
         from milsil.data import BagDataset, collate_bags
 
@@ -144,6 +145,7 @@ class TrainBatches:
             augment=config.augment,
             color_jitter=config.color_jitter,
             seed=config.seed,
+            stain=stain,  # the model's stain target (milsil.data.stain), or None
         )
         self.sampler = _EpochBatches()
         kwargs: dict[str, Any] = {}

@@ -59,6 +59,7 @@ from milsil.models import (
     read_checkpoint,
 )
 from milsil.models.bagnet import BagNet, ResNet50, reference_init
+from milsil.models.stain import model_stain, set_model_stain
 
 # The validation metrics a history row keeps (as ``val_<key>``).
 _VAL_KEYS = ("loss", "sil_accuracy", "mil_accuracy", "sil_auroc", "mil_auroc")
@@ -155,6 +156,16 @@ def initialise(model: torch.nn.Module, config: TrainConfig) -> str:
     return "from scratch: the architecture's own init"
 
 
+def fit_training_stain(config: TrainConfig, records: Sequence[Any]) -> Any:
+    """The stain target of ``config.stain_normalize``, fitted on the training bags."""
+    from milsil.data import load_bag
+    from milsil.data.stain import fit_records_target
+
+    return fit_records_target(
+        config.stain_normalize, records, lambda r: load_bag(r, config.patch_size)
+    )
+
+
 def set_stem_momentum(model: torch.nn.Module, momentum: float | None) -> None:
     """Set a BagNet's stem BatchNorm momentum (the reference's 0.001, or the default
     recipe's 0.1 from scratch); other architectures keep theirs."""
@@ -205,6 +216,8 @@ class _Run:
             class_names=class_names,
         ).to(device)
         set_stem_momentum(self.model, config.stem_bn_momentum)
+        if config.stain_normalize != "none":  # fitted the same way on every rank and resume
+            set_model_stain(self.model, fit_training_stain(config, train_records))
         self.init_note = "from scratch"
         self.head = self.model.head  # attention MIL forces "mil"
         self.mean, self.std = self.model.normalization
@@ -409,6 +422,7 @@ class _Run:
             self.std,
             self.group,
             prefetch=self.device.type != "cpu",
+            stain=model_stain(self.model),
         )
         self.use_bar = sys.stderr.isatty() and self.writes
         self.session_start = time.monotonic()

@@ -38,6 +38,7 @@ def predict(
     averaged over bags.
     """
     from milsil.data import BagDataset, bucket_batches, collate_bags
+    from milsil.models.stain import model_stain
 
     records = list(records)
     if not records:
@@ -48,7 +49,7 @@ def predict(
     was_training = model.training
     model.to(device).eval()
     mean, std = model.normalization
-    dataset = BagDataset(records, patch_size, mean, std, augment=False)
+    dataset = BagDataset(records, patch_size, mean, std, augment=False, stain=model_stain(model))
     batches = bucket_batches(dataset.bag_sizes, batch_size, False, 0)
     use_amp = device.type == "cuda"
     c = model.config.num_classes

@@ -90,6 +90,7 @@ def attention_map(
     patch get 0 attention.
     """
     from milsil.data import image_to_bag, patch_origins, to_tensor
+    from milsil.data.stain import apply_stain, bag_stain
     from milsil.models.mil import AttentionMIL
 
     if not isinstance(model, AttentionMIL):
@@ -98,6 +99,7 @@ def attention_map(
         config = (getattr(model, "provenance", None) or {}).get("config", {})
         patch_size = int(config.get("patch_size", DEFAULT_ATTENTION_PATCH))
     bag = image_to_bag(image, patch_size)
+    bag = apply_stain(bag, bag_stain(model, bag))  # as a training bag
     mean, std = model.normalization
     x = torch.stack([to_tensor(p, mean, std) for p in bag]).unsqueeze(0)
     device = next(model.parameters()).device

@@ -11,7 +11,7 @@ One module per job; import from the module (this package re-exports nothing, so
 * :mod:`~milsil.inference.heatmap`: :func:`~milsil.inference.heatmap.logit_heatmap`, the
   paper's per-pixel class logits computed densely (a trous convolutions, folded
   BatchNorm), its band-by-band forms for regions of any size, and
-  :func:`~milsil.inference.heatmap.naive_logit_heatmap`, the window-by-window reference
+  :func:`~milsil.inference.reference.naive_logit_heatmap`, the window-by-window reference
   it must equal.
 * :mod:`~milsil.inference.cam`: CAM and Grad-CAM, the coarse maps the paper contrasts with.
 * :mod:`~milsil.inference.objects`: per-object (nucleus) measurements from a logit

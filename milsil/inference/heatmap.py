@@ -3,7 +3,7 @@ maps the paper compares them with, are in :mod:`milsil.inference.cam`.
 
 The paper defines the logit heatmap window by window: for every pixel, crop the
 receptive-field window centred on it, run the network with the MIL branch off, and put the
-class logits at that pixel. :func:`naive_logit_heatmap` does exactly that (it is the
+class logits at that pixel. :func:`milsil.inference.reference.naive_logit_heatmap` does exactly that (it is the
 reference the tests and the benchmark compare against).
 
 :func:`logit_heatmap` computes the same numbers densely. A BagNet is a stack of valid
@@ -68,8 +68,9 @@ STREAM_CHUNK_SIDE = 512  # input pixels a side of a streamed region's chunk, on 
 def prepare_image(model: ConfiguredModel, image: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Validate ``image`` and return it as a normalized float32 tensor ``[3, H, W]``.
 
-    Accepts a uint8 ``H x W x 3`` array/tensor (normalized with the model's own mean/std)
-    or an already normalized float ``[3, H, W]`` tensor.
+    Accepts a uint8 ``H x W x 3`` array/tensor (stain-normalized when the model has a
+    target, estimated from the whole image: :mod:`milsil.data.stain`; then normalized with
+    the model's own mean/std) or an already normalized float ``[3, H, W]`` tensor.
     """
     if isinstance(image, np.ndarray) or (
         isinstance(image, torch.Tensor) and image.dtype == torch.uint8
@@ -81,9 +82,10 @@ def prepare_image(model: ConfiguredModel, image: torch.Tensor | np.ndarray) -> t
                 f"[3, H, W]; got an array of shape {tuple(pixels.shape)} and dtype {pixels.dtype}"
             )
         from milsil.data import to_tensor
+        from milsil.data.stain import apply_stain, region_stain
 
         mean, std = model.normalization
-        return to_tensor(pixels, mean, std)
+        return to_tensor(apply_stain(pixels, region_stain(model, pixels)), mean, std)
     if not isinstance(image, torch.Tensor):
         raise MilsilError(
             f"image must be a numpy array or a torch tensor, got {type(image).__name__}"
@@ -360,6 +362,7 @@ def iter_logit_bands(
     should_stop: Callable[[], bool] | None = None,
     precision: str = "exact",
     familiarity: bool = False,
+    stain: object = "auto",
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """:func:`logit_heatmap` band by band: yields ``(rows_done, result)`` after each band.
 
@@ -370,6 +373,8 @@ def iter_logit_bands(
     :func:`~milsil.inference.precision.fp32_precision` (``precision``), so the caller's TF32
     settings hold again between bands. With ``familiarity`` the result has ``C + 1``
     channels, channel ``C`` the per-sample distance (:mod:`milsil.inference.familiarity`).
+    settings hold again between bands. ``stain``: the region's stain transform (uint8 input
+    of a model with a target), ``"auto"``: from the first band (:mod:`milsil.data.stain`).
     """
     model.eval()
     stride = _check_stride(stride)
@@ -377,6 +382,8 @@ def iter_logit_bands(
     bagnet = _bagnet_of(model)
     # uint8 pixels are normalized chunk by chunk (a float copy of a large image would
     # take 4x its size); anything else is checked and normalized at once.
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8:
+        image = image.cpu().numpy()  # the same rule (and numbers) as a uint8 array
     lazy = isinstance(image, np.ndarray) and image.dtype == np.uint8
     if lazy and (image.ndim != 3 or image.shape[2] != 3):
         prepare_image(model, image)  # the one message for a wrong shape
@@ -408,6 +415,12 @@ def iter_logit_bands(
     context = context_pixels(bagnet)
     pad = max(0, context - margin)
     if lazy:
+        from milsil.data import to_tensor
+        from milsil.data.stain import apply_stain, first_band_stain
+
+        if stain == "auto":  # estimated from the first band, as a streamed region's
+            rows = lambda: stream_band_rows(model, width, stride, device)  # noqa: E731
+            stain = first_band_stain(model, x, margin, rows)
         x = mirror_pad_pixels(x, pad, pad, pad, pad)
         mean, std = model.normalization
     else:
@@ -430,9 +443,7 @@ def iter_logit_bands(
         y1 = y0 + (r1 - r0 - 1) * stride + rf
         x1 = x0 + (c1 - c0 - 1) * stride + rf
         if lazy:
-            from milsil.data import to_tensor
-
-            crop = to_tensor(x[y0:y1, x0:x1], mean, std).unsqueeze(0).to(device)
+            crop = to_tensor(apply_stain(x[y0:y1, x0:x1], stain), mean, std).unsqueeze(0).to(device)
         else:
             crop = x[:, y0:y1, x0:x1].unsqueeze(0).to(device)
         with fp32_precision(precision):
@@ -461,6 +472,8 @@ def band_logits(
     """The map rows of one band of a streamed region (:class:`milsil.inference.tiling.
     BandCanvas`): ``[C, ceil((row1 - row0) / stride), cols]``, or ``None`` when
     ``should_stop`` ended the computation early. ``margin``: the canvas's context."""
+    from milsil.data.stain import band_stain
+
     rows = output_size(band.row1 - band.row0, stride)
     done, result = 0, None
     steps = iter_logit_bands(
@@ -474,6 +487,7 @@ def band_logits(
         should_stop=should_stop,
         precision=precision,
         familiarity=familiarity,
+        stain=band_stain(model, band, margin),  # the first band's, for every band
     )
     for step in steps:
         done, result = step
@@ -560,38 +574,6 @@ def stream_band_rows(
     budget = BAND_INPUT_BUDGET.get(kind, BAND_INPUT_BUDGET["cuda"])
     tile = chunk_side(model, stride, device)
     return band_height(width, context_pixels(bagnet), stride, tile, budget, bytes_per_pixel=3)
-
-
-def naive_logit_heatmap(
-    model: ConfiguredModel,
-    image: torch.Tensor | np.ndarray,
-    stride: int = 1,
-    batch_size: int = 1000,
-) -> torch.Tensor:
-    """The paper's definition, literally: crop every window, run it as an image.
-
-    Slow (it repeats every shared computation); the reference for tests and benchmarks.
-    """
-    model.eval()
-    stride = _check_stride(stride)
-    rf = _bagnet_of(model).receptive_field
-    x = prepare_image(model, image)
-    half = context_pixels(model)
-    height, width = x.shape[1:]
-    x = mirror_pad(x, half, half, half, half)
-    ys = range(0, height, stride)
-    xs = range(0, width, stride)
-    windows = [(i, j) for i in ys for j in xs]
-    device = next(model.parameters()).device
-    out = []
-    with torch.inference_mode():
-        for k in range(0, len(windows), batch_size):
-            batch = torch.stack(
-                [x[:, i : i + rf, j : j + rf] for i, j in windows[k : k + batch_size]]
-            )
-            out.append(model(batch.unsqueeze(1).to(device)).sil_logits[:, 0].float().cpu())
-    logits = torch.cat(out)
-    return logits.T.reshape(model.config.num_classes, len(ys), len(xs)).contiguous()
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:

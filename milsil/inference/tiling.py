@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -208,6 +208,8 @@ class Band:
     row0: int
     row1: int
     pixels: np.ndarray
+    # State every band of one region shares (the stain transform of its first band).
+    shared: dict = field(default_factory=dict)
 
 
 def _reflect(index: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -272,6 +274,7 @@ class BandCanvas:
         self.sealed = -context  # rows a computed band used: no piece may reach them
         self.bands = 0
         self.placed = 0
+        self.shared: dict = {}  # every band's Band.shared
 
     # ------------------------------------------------------------------ geometry
 
@@ -432,7 +435,7 @@ class BandCanvas:
             pixels = self.window[first - base : last - base]  # a view: nothing to mirror
         else:
             pixels = self.window[r_src - base][:, c_src + c]
-        band = Band(self.bands, a, end, pixels)
+        band = Band(self.bands, a, end, pixels, self.shared)
         self.bands += 1
         self.next_row = end
         self.sealed = max(self.sealed, last)

@@ -17,6 +17,7 @@ from milsil.models.familiarity import (
     set_model_familiarity,
 )
 from milsil.models.mil import ConfiguredModel, ModelConfig
+from milsil.models.stain import STAIN_KEY, StainTarget, model_stain, set_model_stain
 
 CHECKPOINT_FORMAT = "milsil-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -58,6 +59,9 @@ def checkpoint_payload(
         "state_dict": {k: v.detach().to("cpu", copy=copy) for k, v in model.state_dict().items()},
         "provenance": provenance or {},
     }
+    stain = model_stain(model)
+    if stain is not None:
+        payload[STAIN_KEY] = stain.to_payload()
     if training_state is not None:
         payload["training_state"] = deepcopy(training_state) if copy else training_state
     reference = model_familiarity(model)
@@ -198,4 +202,6 @@ def load_checkpoint(
         raise CheckpointError(f"{name}: weights do not match its config ({first})") from None
     model.provenance = payload.get("provenance", {})  # type: ignore[attr-defined]
     set_model_familiarity(model, payload_familiarity(payload, name))  # None: an older file
+    if payload.get(STAIN_KEY) is not None:  # absent: trained without stain normalization
+        set_model_stain(model, StainTarget.from_payload(payload[STAIN_KEY], name))
     return model.to(map_location).eval()

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from milsil.v1 import common_pb2 as milsil_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n milsil/v1/training_service.proto\x12\tmilsil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16milsil/v1/common.proto\"X\n\x03\x42\x61g\x12\x0e\n\x06\x62\x61g_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12\x1e\n\x05tiles\x18\x04 \x03(\x0b\x32\x0f.milsil.v1.Tile\"J\n\x14UploadDatasetRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x1c\n\x04\x62\x61gs\x18\x02 \x03(\x0b\x32\x0e.milsil.v1.Bag\"\xf2\x01\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\x11\n\tbag_count\x18\x05 \x01(\x05\x12\x12\n\ntile_count\x18\x06 \x01(\x03\x12\x15\n\rpatient_count\x18\x07 \x01(\x05\x12\x12\n\nsize_bytes\x18\x08 \x01(\x03\x12\x17\n\x0f\x61lready_existed\x18\t \x01(\x08\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x02\n\x0eTrainingConfig\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x04 \x01(\x05\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x10\n\x08lr_decay\x18\x06 \x01(\x01\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x12\n\npatch_size\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x05\x12\x1b\n\x13validation_fraction\x18\n \x01(\x01\x12\r\n\x05\x66olds\x18\x0b \x01(\x05\x12\x0c\n\x04\x66old\x18\x0c \x01(\x05\x12\x12\n\nno_augment\x18\r \x01(\x08\x12\x12\n\npretrained\x18\x0e \x01(\t\x12\x0e\n\x06recipe\x18\x0f \x01(\t\"|\n\x14StartTrainingRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12)\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x19.milsil.v1.TrainingConfig\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x12\n\nresume_job\x18\x04 \x01(\t\"\x8b\x02\n\x10TrainingProgress\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12\x17\n\x0fsteps_per_epoch\x18\x04 \x01(\x05\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x14\n\x0csil_accuracy\x18\x06 \x01(\x01\x12\x14\n\x0cmil_accuracy\x18\x07 \x01(\x01\x12\x18\n\x10val_sil_accuracy\x18\x08 \x01(\x01\x12\x18\n\x10val_mil_accuracy\x18\t \x01(\x01\x12\x15\n\rval_mil_auroc\x18\n \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x0b \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x0c \x01(\x01\"\xfd\x03\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.milsil.v1.Job.State\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12)\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x19.milsil.v1.TrainingConfig\x12-\n\x08progress\x18\x07 \x01(\x0b\x32\x1b.milsil.v1.TrainingProgress\x12\r\n\x05model\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\r \x01(\x05\"r\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\x0f\n\x0bINTERRUPTED\x10\x06\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"]\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.milsil.v1.Job.State\"I\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.milsil.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x10WatchJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.milsil.v1.Job2\x95\x03\n\x0fTrainingService\x12\x46\n\rUploadDataset\x12\x1f.milsil.v1.UploadDatasetRequest\x1a\x12.milsil.v1.Dataset(\x01\x12@\n\rStartTraining\x12\x1f.milsil.v1.StartTrainingRequest\x1a\x0e.milsil.v1.Job\x12\x32\n\x06GetJob\x12\x18.milsil.v1.GetJobRequest\x1a\x0e.milsil.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.milsil.v1.ListJobsRequest\x1a\x1b.milsil.v1.ListJobsResponse\x12\x38\n\tCancelJob\x12\x1b.milsil.v1.CancelJobRequest\x1a\x0e.milsil.v1.Job\x12\x45\n\x08WatchJob\x12\x1a.milsil.v1.WatchJobRequest\x1a\x1b.milsil.v1.WatchJobResponse0\x01\x42\'\n\rorg.milsil.v1B\x14TrainingServiceProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n milsil/v1/training_service.proto\x12\tmilsil.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16milsil/v1/common.proto\"X\n\x03\x42\x61g\x12\x0e\n\x06\x62\x61g_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12\x1e\n\x05tiles\x18\x04 \x03(\x0b\x32\x0f.milsil.v1.Tile\"J\n\x14UploadDatasetRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x1c\n\x04\x62\x61gs\x18\x02 \x03(\x0b\x32\x0e.milsil.v1.Bag\"\xf2\x01\n\x07\x44\x61taset\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndataset_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\x11\n\tbag_count\x18\x05 \x01(\x05\x12\x12\n\ntile_count\x18\x06 \x01(\x03\x12\x15\n\rpatient_count\x18\x07 \x01(\x05\x12\x12\n\nsize_bytes\x18\x08 \x01(\x03\x12\x17\n\x0f\x61lready_existed\x18\t \x01(\x08\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb5\x02\n\x0eTrainingConfig\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x0c\n\x04head\x18\x02 \x01(\t\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x04 \x01(\x05\x12\x15\n\rlearning_rate\x18\x05 \x01(\x01\x12\x10\n\x08lr_decay\x18\x06 \x01(\x01\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x12\n\npatch_size\x18\x08 \x01(\x05\x12\x0c\n\x04seed\x18\t \x01(\x05\x12\x1b\n\x13validation_fraction\x18\n \x01(\x01\x12\r\n\x05\x66olds\x18\x0b \x01(\x05\x12\x0c\n\x04\x66old\x18\x0c \x01(\x05\x12\x12\n\nno_augment\x18\r \x01(\x08\x12\x12\n\npretrained\x18\x0e \x01(\t\x12\x0e\n\x06recipe\x18\x0f \x01(\t\x12\x17\n\x0fstain_normalize\x18\x10 \x01(\t\"|\n\x14StartTrainingRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12)\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x19.milsil.v1.TrainingConfig\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x12\n\nresume_job\x18\x04 \x01(\t\"\x8b\x02\n\x10TrainingProgress\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12\x17\n\x0fsteps_per_epoch\x18\x04 \x01(\x05\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x14\n\x0csil_accuracy\x18\x06 \x01(\x01\x12\x14\n\x0cmil_accuracy\x18\x07 \x01(\x01\x12\x18\n\x10val_sil_accuracy\x18\x08 \x01(\x01\x12\x18\n\x10val_mil_accuracy\x18\t \x01(\x01\x12\x15\n\rval_mil_auroc\x18\n \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x0b \x01(\x01\x12\x17\n\x0f\x65lapsed_seconds\x18\x0c \x01(\x01\"\xfd\x03\n\x03Job\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.milsil.v1.Job.State\x12\x0f\n\x07\x64\x61taset\x18\x05 \x01(\t\x12)\n\x06\x63onfig\x18\x06 \x01(\x0b\x32\x19.milsil.v1.TrainingConfig\x12-\n\x08progress\x18\x07 \x01(\x0b\x32\x1b.milsil.v1.TrainingProgress\x12\r\n\x05model\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\r \x01(\x05\"r\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\x0f\n\x0bINTERRUPTED\x10\x06\"\x1d\n\rGetJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"]\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.milsil.v1.Job.State\"I\n\x10ListJobsResponse\x12\x1c\n\x04jobs\x18\x01 \x03(\x0b\x32\x0e.milsil.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10\x43\x61ncelJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1f\n\x0fWatchJobRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"/\n\x10WatchJobResponse\x12\x1b\n\x03job\x18\x01 \x01(\x0b\x32\x0e.milsil.v1.Job2\x95\x03\n\x0fTrainingService\x12\x46\n\rUploadDataset\x12\x1f.milsil.v1.UploadDatasetRequest\x1a\x12.milsil.v1.Dataset(\x01\x12@\n\rStartTraining\x12\x1f.milsil.v1.StartTrainingRequest\x1a\x0e.milsil.v1.Job\x12\x32\n\x06GetJob\x12\x18.milsil.v1.GetJobRequest\x1a\x0e.milsil.v1.Job\x12\x43\n\x08ListJobs\x12\x1a.milsil.v1.ListJobsRequest\x1a\x1b.milsil.v1.ListJobsResponse\x12\x38\n\tCancelJob\x12\x1b.milsil.v1.CancelJobRequest\x1a\x0e.milsil.v1.Job\x12\x45\n\x08WatchJob\x12\x1a.milsil.v1.WatchJobRequest\x1a\x1b.milsil.v1.WatchJobResponse0\x01\x42\'\n\rorg.milsil.v1B\x14TrainingServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,27 +41,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATASET']._serialized_start=271
   _globals['_DATASET']._serialized_end=513
   _globals['_TRAININGCONFIG']._serialized_start=516
-  _globals['_TRAININGCONFIG']._serialized_end=800
-  _globals['_STARTTRAININGREQUEST']._serialized_start=802
-  _globals['_STARTTRAININGREQUEST']._serialized_end=926
-  _globals['_TRAININGPROGRESS']._serialized_start=929
-  _globals['_TRAININGPROGRESS']._serialized_end=1196
-  _globals['_JOB']._serialized_start=1199
-  _globals['_JOB']._serialized_end=1708
-  _globals['_JOB_STATE']._serialized_start=1594
-  _globals['_JOB_STATE']._serialized_end=1708
-  _globals['_GETJOBREQUEST']._serialized_start=1710
-  _globals['_GETJOBREQUEST']._serialized_end=1739
-  _globals['_LISTJOBSREQUEST']._serialized_start=1741
-  _globals['_LISTJOBSREQUEST']._serialized_end=1834
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1836
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1909
-  _globals['_CANCELJOBREQUEST']._serialized_start=1911
-  _globals['_CANCELJOBREQUEST']._serialized_end=1943
-  _globals['_WATCHJOBREQUEST']._serialized_start=1945
-  _globals['_WATCHJOBREQUEST']._serialized_end=1976
-  _globals['_WATCHJOBRESPONSE']._serialized_start=1978
-  _globals['_WATCHJOBRESPONSE']._serialized_end=2025
-  _globals['_TRAININGSERVICE']._serialized_start=2028
-  _globals['_TRAININGSERVICE']._serialized_end=2433
+  _globals['_TRAININGCONFIG']._serialized_end=825
+  _globals['_STARTTRAININGREQUEST']._serialized_start=827
+  _globals['_STARTTRAININGREQUEST']._serialized_end=951
+  _globals['_TRAININGPROGRESS']._serialized_start=954
+  _globals['_TRAININGPROGRESS']._serialized_end=1221
+  _globals['_JOB']._serialized_start=1224
+  _globals['_JOB']._serialized_end=1733
+  _globals['_JOB_STATE']._serialized_start=1619
+  _globals['_JOB_STATE']._serialized_end=1733
+  _globals['_GETJOBREQUEST']._serialized_start=1735
+  _globals['_GETJOBREQUEST']._serialized_end=1764
+  _globals['_LISTJOBSREQUEST']._serialized_start=1766
+  _globals['_LISTJOBSREQUEST']._serialized_end=1859
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1861
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1934
+  _globals['_CANCELJOBREQUEST']._serialized_start=1936
+  _globals['_CANCELJOBREQUEST']._serialized_end=1968
+  _globals['_WATCHJOBREQUEST']._serialized_start=1970
+  _globals['_WATCHJOBREQUEST']._serialized_end=2001
+  _globals['_WATCHJOBRESPONSE']._serialized_start=2003
+  _globals['_WATCHJOBRESPONSE']._serialized_end=2050
+  _globals['_TRAININGSERVICE']._serialized_start=2053
+  _globals['_TRAININGSERVICE']._serialized_end=2458
 # @@protoc_insertion_point(module_scope)

@@ -56,7 +56,7 @@ class Dataset(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dataset_id: _Optional[str] = ..., display_name: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., bag_count: _Optional[int] = ..., tile_count: _Optional[int] = ..., patient_count: _Optional[int] = ..., size_bytes: _Optional[int] = ..., already_existed: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("arch", "head", "width", "epochs", "learning_rate", "lr_decay", "batch_size", "patch_size", "seed", "validation_fraction", "folds", "fold", "no_augment", "pretrained", "recipe")
+    __slots__ = ("arch", "head", "width", "epochs", "learning_rate", "lr_decay", "batch_size", "patch_size", "seed", "validation_fraction", "folds", "fold", "no_augment", "pretrained", "recipe", "stain_normalize")
     ARCH_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class TrainingConfig(_message.Message):
     NO_AUGMENT_FIELD_NUMBER: _ClassVar[int]
     PRETRAINED_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
+    STAIN_NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     arch: str
     head: str
     width: int
@@ -87,7 +88,8 @@ class TrainingConfig(_message.Message):
     no_augment: bool
     pretrained: str
     recipe: str
-    def __init__(self, arch: _Optional[str] = ..., head: _Optional[str] = ..., width: _Optional[int] = ..., epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., lr_decay: _Optional[float] = ..., batch_size: _Optional[int] = ..., patch_size: _Optional[int] = ..., seed: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., folds: _Optional[int] = ..., fold: _Optional[int] = ..., no_augment: _Optional[bool] = ..., pretrained: _Optional[str] = ..., recipe: _Optional[str] = ...) -> None: ...
+    stain_normalize: str
+    def __init__(self, arch: _Optional[str] = ..., head: _Optional[str] = ..., width: _Optional[int] = ..., epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., lr_decay: _Optional[float] = ..., batch_size: _Optional[int] = ..., patch_size: _Optional[int] = ..., seed: _Optional[int] = ..., validation_fraction: _Optional[float] = ..., folds: _Optional[int] = ..., fold: _Optional[int] = ..., no_augment: _Optional[bool] = ..., pretrained: _Optional[str] = ..., recipe: _Optional[str] = ..., stain_normalize: _Optional[str] = ...) -> None: ...
 
 class StartTrainingRequest(_message.Message):
     __slots__ = ("dataset", "config", "display_name", "resume_job")

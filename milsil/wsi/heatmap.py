@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from milsil.models.stain import model_stain
 from milsil.wsi.pipeline import OrderedWriter, read_ahead, to_device_ahead
 from milsil.wsi.reader import Slide
 from milsil.wsi.settings import SlideSettings
@@ -276,9 +277,11 @@ class TileReader:
     mean: Any
     std: Any
     pin: bool = False
+    stain: Any = None  # the slide's StainTransform (milsil.data.stain), or None
 
     def __call__(self, t: Any) -> tuple[Any, float]:
         from milsil.data import to_tensor
+        from milsil.data.stain import apply_stain
         from milsil.inference.tiling import context_box, mirror_pad
 
         t0 = time.perf_counter()
@@ -286,11 +289,27 @@ class TileReader:
         rw, rh = self.slide.region_size(ds)
         box = context_box(t.px, t.py, t.width, t.height, self.halo, rw, rh)
         rgb = self.slide.read(round(box.x0 * ds), round(box.y0 * ds), box.width, box.height, ds)
-        pixels = to_tensor(rgb, self.mean, self.std)
+        pixels = to_tensor(apply_stain(rgb, self.stain), self.mean, self.std)
         canvas = mirror_pad(pixels, box.left, box.right, box.top, box.bottom)
         if self.pin:
             canvas = canvas.pin_memory()
         return canvas, time.perf_counter() - t0
+
+
+def slide_stain(model: Any, slide: Any, tiles: list, downsample: float) -> Any:
+    """The slide's stain transform (:mod:`milsil.data.stain`): estimated once, from centre
+    crops of its most-tissue tiles (:func:`milsil.data.stain.slide_sample`); None when the
+    model has no target or the slide no tissue."""
+    from milsil.data.stain import region_stain, slide_sample
+
+    if model_stain(model) is None:
+        return None
+
+    def read(t: Any, x: int, y: int, w: int, h: int) -> np.ndarray:
+        ds = downsample
+        return slide.read(round((t.px + x) * ds), round((t.py + y) * ds), w, h, ds)
+
+    return region_stain(model, slide_sample(tiles, read), f"slide {slide.path.name}")
 
 
 def _timed(tiles_read: Iterator[tuple[Any, tuple[Any, float]]], timings: Timings) -> Iterator:
@@ -386,6 +405,8 @@ def slide_heatmap(
     familiarity = familiarity and model_familiarity(model) is not None
     if familiarity:  # absent otherwise: earlier work folders still resume
         meta["familiarity"] = True
+    if model_stain(model) is not None:  # another target is another map
+        meta["stain_normalization"] = model_stain(model).to_payload()
     done = _prepare_work_dir(work_dir, meta)
     heat = SlideHeatmap(work_dir, meta, done)
     if tissue_only and tissue is None:
@@ -393,6 +414,7 @@ def slide_heatmap(
         tissue = tissue_mask(slide)
         timings.tissue += time.perf_counter() - t0
     tiles = tile_grid(slide, tile, ds, tissue if tissue_only else None)
+    stain = slide_stain(model, slide, tiles, ds)  # the whole slide's, whatever the roi
     if roi is not None:
         tiles = tiles_in(tiles, roi)
     todo = [t for t in tiles if (t.row, t.col) not in done]
@@ -402,7 +424,7 @@ def slide_heatmap(
     # The device the tiles go to (the model's when none is given): on CUDA they are pinned
     # by the readers and copied on a side stream.
     target = torch.device(device) if device is not None else next(model.parameters()).device
-    read = TileReader(slide, halo, ds, mean, std, pin=target.type == "cuda")
+    read = TileReader(slide, halo, ds, mean, std, pin=target.type == "cuda", stain=stain)
 
     log = open(work_dir / "tiles.done", "a")  # noqa: SIM115 - closed in finally
     start = time.perf_counter()
