@@ -43,6 +43,7 @@ import numpy as np
 
 from milsil.atomic import atomic_copy, atomic_write_bytes, file_sha256
 from milsil.errors import MilsilError, NotFoundError
+from milsil.models.stain import model_stain
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MAX_PAGE_SIZE = 1000
@@ -471,10 +472,7 @@ def model_trust(model: Any) -> dict[str, Any]:
 
 
 def stain_method(model: Any) -> str:
-    """The model's stain normalization method ("macenko", "reinhard"), or "" for none.
-
-    Stain normalization (issue 20, the checkpoint's ``stain_normalization`` entry) is not
-    on this branch yet: no model here carries one, so this is "" until it is merged, when
-    it reads ``milsil.models.stain.model_stain(model).method``.
-    """
-    return ""
+    """The model's stain normalization method ("macenko", "reinhard"), or "" for none
+    (the checkpoint's ``stain_normalization`` entry, :mod:`milsil.models.stain`)."""
+    target = model_stain(model)
+    return target.method if target is not None else ""

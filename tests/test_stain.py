@@ -261,6 +261,7 @@ def test_a_server_training_job_fits_and_stores_the_target(tmp_path):
             done = client.wait_job(job.name)
             assert training_service_pb2.Job.State.Name(done.state) == "SUCCEEDED", done.error
             model = load_checkpoint(server.store.model_path(done.model.split("/")[-1]))
+            assert client.get_model(done.model).stain_normalization == "reinhard"
             plain = client.start_training(ds.name, fast)
             assert plain.config.stain_normalize == "none"
             client.cancel_job(plain.name)
