@@ -8,9 +8,10 @@ reference a checkpoint carries). Here it is computed where the answers are:
   same dense pass as the logits (``familiarity=True`` on ``iter_logit_bands`` /
   ``band_logits`` / ``iter_region_bands``: channel ``C``), so a caller that already
   computes a heatmap gets it at the cost of ``K`` more 1x1 output channels.
-* :func:`region_score` / :class:`FamiliarityAccumulator`: a region's score is the mean
-  distance of its samples (NaN samples and those outside ``mask`` never count), whole or
-  band by band; above the reference's threshold the region is *unlike the training data*.
+* :func:`region_score` / :class:`FamiliarityAccumulator`: a region's score comes from the
+  mean distance of its samples (NaN samples and those outside ``mask`` never count), whole
+  or band by band: how many training-image spreads it lies from the typical mean, either
+  way; above the reference's threshold the region is *unlike the training data*.
 * :func:`images_familiarity`: ClassifyBag's tiles and their bag, from each tile's own
   feature map (the valid windows, as at fit time).
 
@@ -120,10 +121,12 @@ class FamiliarityAccumulator:
         self.count += int(valid.sum())
 
     def result(self) -> FamiliarityScore | None:
-        """The mean distance against the threshold; None without a reference or samples."""
+        """The region's score (its mean distance, as far from typical as it lies) against
+        the threshold; None without a reference or samples."""
         if self.reference is None or self.count == 0:
             return None
-        return FamiliarityScore(self.total / self.count, self.reference.threshold)
+        score = self.reference.region_score(self.total / self.count)
+        return FamiliarityScore(score, self.reference.threshold)
 
 
 def region_score(
