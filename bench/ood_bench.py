@@ -17,9 +17,9 @@ images) and the share of in-distribution test images above the stored threshold 
 false-alarm rate; goal <= 5%), for the score the library uses (:func:`milsil.inference.
 familiarity.distance_map` + ``region_score``, the dense pass with mirrored borders), and
 the AUROC of candidates computed on the images' valid windows: the per-window distance
-averaged and judged two-sided against the training images' typical value (the chosen
-statistic, a typicality test), the same average one-sided (larger = unlike, as Lee et
-al. 2018 use the distance), the distance of the image's mean feature, and the energy
+averaged (larger = unlike, as Lee et al. 2018 use the distance: the chosen statistic),
+the same average judged two-sided against the training images' typical value (a
+typicality test), the distance of the image's mean feature, and the energy
 score ``-logsumexp(logits)`` averaged over windows (each candidate's own threshold
 calibrated on the calibration patients the same way, for its false alarms).
 
@@ -151,7 +151,7 @@ def candidates(model: Any, image: np.ndarray) -> dict[str, float]:
     logits = torch.einsum("cd,dhw->chw", model.fc.weight, features) + model.fc.bias[:, None, None]
     mean_distance = float(reference.distances(z).mean())
     return {
-        "typicality": reference.region_score(mean_distance),
+        "typicality": abs(mean_distance - reference.typical) / reference.spread,
         "per_window_mahalanobis": mean_distance,
         "mean_feature_mahalanobis": float(reference.distances(z.mean(dim=(1, 2)))),
         "energy": float(-torch.logsumexp(logits, dim=0).mean()),

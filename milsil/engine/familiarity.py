@@ -92,7 +92,7 @@ def fit_familiarity(
         )
     weight, bias, centres = fit_projection(features, classes, components)
     draft = FamiliarityReference(
-        method=f"typicality-mahalanobis-pca{weight.shape[0]}",
+        method=f"mahalanobis-pca{weight.shape[0]}-zscore",
         threshold=0.0,
         weight=weight,
         bias=bias,

@@ -10,8 +10,8 @@ reference a checkpoint carries). Here it is computed where the answers are:
   computes a heatmap gets it at the cost of ``K`` more 1x1 output channels.
 * :func:`region_score` / :class:`FamiliarityAccumulator`: a region's score comes from the
   mean distance of its samples (NaN samples and those outside ``mask`` never count), whole
-  or band by band: how many training-image spreads it lies from the typical mean, either
-  way; above the reference's threshold the region is *unlike the training data*.
+  or band by band: how many training-image spreads it lies above the typical training
+  image; above the reference's threshold the region is *unlike the training data*.
 * :func:`images_familiarity`: ClassifyBag's tiles and their bag, from each tile's own
   feature map (the valid windows, as at fit time).
 
@@ -121,8 +121,8 @@ class FamiliarityAccumulator:
         self.count += int(valid.sum())
 
     def result(self) -> FamiliarityScore | None:
-        """The region's score (its mean distance, as far from typical as it lies) against
-        the threshold; None without a reference or samples."""
+        """The region's score (its mean distance, in spreads above the typical training
+        image) against the threshold; None without a reference or samples."""
         if self.reference is None or self.count == 0:
             return None
         score = self.reference.region_score(self.total / self.count)

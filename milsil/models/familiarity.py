@@ -16,21 +16,21 @@ divided by ``K``. The projection is one affine map ``z = W f + b``, so the dense
 pass gets it as ``K`` extra rows beside the classifier's 1x1 convolution, at the cost of
 ``K`` more output channels.
 
-A region's score is a typicality test (Nalisnick et al. 2019) on the mean distance of
-its windows: ``|mean - typical| / spread``, where ``typical`` and ``spread`` are the mean
-and standard deviation of that mean over the training images. Both directions count.
-On the benchmark, blur, blank glass, strong stain variation and a x2 magnification made
-the windows look *more* typical than real tissue (smooth windows sit near the class
-centres: a one-sided distance ranked them below in-distribution images, AUROC < 0.3),
-while pen marks and an IHC-like stain push them far; the two-sided test catches both.
-A mean streams band by band, and a shifted area moves it in proportion to the share of
-the region it covers.
+A region's score is the mean distance of its windows, expressed as how many spreads it
+lies above the typical training image (``(mean - typical) / spread``, the mean and
+standard deviation of that mean over the training images): 0 is a typical image, and
+the threshold reads in the same unit whatever the model. A mean streams band by band,
+and a shifted area raises it in proportion to the share of the region it covers.
 
-Measured alternatives that lost (README, "Trust: unlike the training data"): the
-one-sided mean distance (above), the Mahalanobis distance of the region's mean feature
-(no per-sample map, and blur and magnification barely move the mean), and the energy
-score ``-logsumexp(logits)`` (logits grow on shifted inputs as often as they shrink: the
-demo model answered an IHC image with logits up to 258).
+Measured alternatives (README, "Trust: unlike the training data"): a two-sided
+typicality test on the same mean (Nalisnick et al. 2019: ``|mean - typical| / spread``;
+blur, x2 magnification and strong stain variation make windows look *more* typical, so
+it catches those better, but it loses grayscale and blank glass, whose means land near
+the typical value: no better on average); the Mahalanobis distance of the region's mean
+feature (the best separation measured, but a region's score then needs its ``K``-vector
+mean, not one channel per sample: a contract change, left as the next step); and the
+energy score ``-logsumexp(logits)`` (logits grow on shifted inputs as often as they
+shrink: the demo model answered an IHC image with logits up to 258).
 
 The threshold is calibrated on held-out patients of the training data (the validation
 split, else a patient-level split of the training patients): the score that about 5% of
@@ -65,7 +65,7 @@ class FamiliarityReference:
     (mean and whitening folded in); ``centres`` ``[M, K]`` are the class centres there (the
     classes the model predicted on training windows). ``typical`` and ``spread``: the mean
     and standard deviation over training images of an image's mean window distance (the
-    region score is how many spreads a region's mean lies from ``typical``, either way).
+    region score is how many spreads a region's mean lies above ``typical``).
     ``calibration``: how the threshold
     was set (patients, images, false-alarm rate, split); ``fit``: what the projection was
     fitted on (images, windows). Plain values only, so a checkpoint loads with
@@ -105,9 +105,9 @@ class FamiliarityReference:
         return d.min(dim=-1).values / self.components
 
     def region_score(self, mean_distance: float) -> float:
-        """A region's score from its mean window distance: the typicality test's
-        ``|mean - typical| / spread`` (too typical is as unlike as too far)."""
-        return abs(float(mean_distance) - self.typical) / self.spread
+        """A region's score from its mean window distance: how many training-image spreads
+        it lies above the typical training image, ``(mean - typical) / spread``."""
+        return (float(mean_distance) - self.typical) / self.spread
 
     def to_payload(self) -> dict[str, Any]:
         return {
