@@ -2,7 +2,9 @@
 
 The stream's tiles are decoded under the bag limits (:func:`bag_request`), the model
 runs under a compute slot (:func:`classify_tiles`, checking ``is_active`` between chunks so
-a cancelled call stops within about a second), and the result becomes the response.
+a cancelled call stops within about a second), and the result becomes the response,
+with how like the training data each tile and the bag were (the library's
+``images_familiarity``; ``available = false`` for a model without training statistics).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import torch
 
 from milsil.data.images import to_tensor
 from milsil.errors import MilsilError
+from milsil.inference.familiarity import FamiliarityScore, images_familiarity
 from milsil.v1 import inference_service_pb2
 
 from .auth import client_of
 from .errors import Cancelled, ResourceExhausted
-from .messages import decode
+from .messages import decode, familiarity, warn_unlike
 from .resources import Limits, Resources
 
 
@@ -29,7 +32,10 @@ def classify_bag_rpc(res: Resources, requests: Iterable[Any], context: Any) -> A
     ident, model = res.model(model_name, "model")
     with res.slots.acquire(context.is_active, client_of(context), context.peer()):
         result = classify_tiles(model, tiles, context.is_active)
-    return classify_bag_response(ident, model.class_names, result)
+        judged = images_familiarity(model, tiles)
+    tile_scores, bag = judged if judged is not None else ([None] * len(tiles), None)
+    warn_unlike(f"ClassifyBag models/{ident} bag of {len(tiles)} tiles", bag)
+    return classify_bag_response(ident, model.class_names, result, tile_scores, bag)
 
 
 def bag_request(requests: Iterable[Any], limits: Limits) -> tuple[str, list[np.ndarray]]:
@@ -56,8 +62,14 @@ def bag_request(requests: Iterable[Any], limits: Limits) -> tuple[str, list[np.n
 
 
 def classify_bag_response(
-    model_id: str, classes: list[str], result: dict[str, Any]
+    model_id: str,
+    classes: list[str],
+    result: dict[str, Any],
+    tile_scores: list[FamiliarityScore | None],
+    bag: FamiliarityScore | None,
 ) -> inference_service_pb2.ClassifyBagResponse:
+    """The probabilities, each tile's familiarity (``tile_scores``, in tile order) and
+    the bag's."""
     response = inference_service_pb2.ClassifyBagResponse(
         model=f"models/{model_id}",
         class_names=classes,
@@ -65,12 +77,15 @@ def classify_bag_response(
         bag_probabilities=result["mil_probabilities"],
         attention=result["attention"],
         predicted_class=classes[int(np.argmax(result["mil_probabilities"]))],
+        familiarity=familiarity(bag),
     )
     if result["sil_logits"] is not None:
-        for i, (lg, pr) in enumerate(
-            zip(result["sil_logits"], result["sil_probabilities"], strict=True)
+        for i, (lg, pr, judged) in enumerate(
+            zip(result["sil_logits"], result["sil_probabilities"], tile_scores, strict=True)
         ):
-            response.tiles.add(index=i, logits=lg, probabilities=pr)
+            response.tiles.add(
+                index=i, logits=lg, probabilities=pr, familiarity=familiarity(judged)
+            )
     return response
 
 

@@ -10,13 +10,16 @@ messages live beside its RPCs (:mod:`.bags`, :mod:`.regions`, :mod:`.objects`,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+import math
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 from google.protobuf import timestamp_pb2
 
 from milsil.errors import MilsilError
+from milsil.inference.familiarity import FamiliarityScore
 from milsil.inference.tiling import context_for_receptive_field
 from milsil.v1 import common_pb2, inference_service_pb2
 from milsil.wsi.outlines import OutlineSettings, check_pixel_size
@@ -24,6 +27,8 @@ from milsil.wsi.outlines import OutlineSettings, check_pixel_size
 from .resources import Limits
 from .slots import QueueStatus
 from .tiles import TileData, decode_tile
+
+log = logging.getLogger("milsil.server")
 
 # ------------------------------------------------------------------ contract facts
 
@@ -181,10 +186,13 @@ def heatmap_tile(
     logits: np.ndarray,
     dtype: np.dtype,
     probabilities: np.ndarray | None,
+    judged: FamiliarityScore | None = None,
 ) -> inference_service_pb2.HeatmapTile:
     """Map samples ``[C, rows, cols]`` whose top-left is ``(row, col)``, as ``dtype``
-    (Heatmap: one per request tile; SlideHeatmap: one per block)."""
+    (Heatmap: one per request tile; SlideHeatmap: one per block), with the familiarity of
+    those samples (``judged``)."""
     tile = inference_service_pb2.HeatmapTile(
+        familiarity=familiarity(judged),
         tile_index=index,
         row=row,
         col=col,
@@ -196,3 +204,64 @@ def heatmap_tile(
     if probabilities is not None:
         tile.probabilities = probabilities.astype(dtype).tobytes()
     return tile
+
+
+# ------------------------------------------------------------------ familiarity (issue 20)
+
+# The measurement a QuPath object gets: the familiarity score of the region (Annotate) or
+# slide tile (AnnotateSlide) it was drawn from; the QuPath scripts write the same name.
+OOD_MEASUREMENT = "milsil OOD score"
+# The feature property with the whole judgement (AnnotateSlide: each feature's slide tile).
+FAMILIARITY_PROPERTY = "milsil_familiarity"
+
+
+def familiarity(score: FamiliarityScore | None) -> common_pb2.Familiarity:
+    """A ``Familiarity`` message; ``None`` (a model without training statistics, or no
+    sample to judge) is ``available = false`` with every other field 0, as the contract
+    says."""
+    if score is None:
+        return common_pb2.Familiarity()
+    return common_pb2.Familiarity(
+        available=True,
+        score=score.score,
+        threshold=score.threshold,
+        unlike_training=score.unlike_training,
+    )
+
+
+def region_words(spec: Any) -> str:
+    """A request's region (a ``RegionSpec``) as the log names it:
+    ``region level-0 (x, y) w x h`` (level-0 pixels)."""
+    return (
+        f"region level-0 ({spec.x:g}, {spec.y:g}) "
+        f"{spec.width * spec.downsample:g} x {spec.height * spec.downsample:g}"
+    )
+
+
+def warn_unlike(what: str, score: FamiliarityScore | None) -> None:
+    """The server's one log line for an answer whose input was unlike the training data
+    (``what`` names the call and its region or slide; the library's wording, as the CLI's),
+    so an operator sees what users were warned about; nothing for a familiar input or a
+    model without statistics."""
+    line = score.warning(what) if score is not None else None
+    if line:
+        log.warning(line)
+
+
+def mark_feature(
+    feature: Mapping[str, Any], score: FamiliarityScore | None, with_property: bool
+) -> None:
+    """Add a QuPath GeoJSON feature's familiarity: the measurement :data:`OOD_MEASUREMENT`
+    (``properties.measurements`` stays a name -> number map, as QuPath reads it) and, with
+    ``with_property``, :data:`FAMILIARITY_PROPERTY` ``{score, threshold, unlike_training}``.
+    Nothing for ``None``: an old model's features are unchanged."""
+    if score is None or not math.isfinite(score.score):
+        return
+    props = feature["properties"]
+    props.setdefault("measurements", {})[OOD_MEASUREMENT] = float(score.score)
+    if with_property:
+        props[FAMILIARITY_PROPERTY] = {
+            "score": float(score.score),
+            "threshold": float(score.threshold),
+            "unlike_training": bool(score.unlike_training),
+        }

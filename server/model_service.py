@@ -115,6 +115,9 @@ def model_message(row: dict[str, Any]) -> model_service_pb2.Model:
         size_bytes=row.get("size_bytes", 0),
         sha256=row.get("sha256", ""),
         create_time=timestamp(row["create_time"]),
+        familiarity_method=row.get("familiarity_method", ""),
+        familiarity_threshold=row.get("familiarity_threshold", 0.0),
+        stain_normalization=row.get("stain_normalization", ""),
     )
 
 

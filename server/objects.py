@@ -5,7 +5,9 @@ with ids, all before the first tile) are read, checked and charged to the call's
 reservation as they arrive; the region's pixels come as streamed tiles or, for a slide
 under ``--slide-root``, are read by the server in row order (:func:`slide_tiles`), and
 either way are computed band by band by :class:`~.region_stream.RegionStream`, each band
-feeding the library's :class:`milsil.inference.objects.ObjectAccumulator`.
+feeding the library's :class:`milsil.inference.objects.ObjectAccumulator` and, from the
+same pass, its ``FamiliarityAccumulator``: the header and every measurement carry the
+region's familiarity.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from milsil.errors import MilsilError, compact
+from milsil.inference.familiarity import FamiliarityAccumulator, FamiliarityScore
 from milsil.inference.objects import ObjectAccumulator, ObjectMeasurements
 from milsil.v1 import inference_service_pb2
 from milsil.wsi.objects import PixelRegion, region_pieces
@@ -28,7 +31,7 @@ from .auth import client_of
 from .errors import ResourceExhausted
 from .inbox import Inbox
 from .memory import Reservation, trim_memory
-from .messages import queue_status, region_tiles
+from .messages import familiarity, queue_status, region_tiles, region_words, warn_unlike
 from .region_stream import Computed, RegionSpec, open_stream
 from .resources import Limits, Resources, halo_for
 from .tiles import TileData
@@ -82,6 +85,7 @@ def _measure_objects(res: Resources, inbox: Inbox, context: Any) -> Iterator[Any
             downsample=spec.downsample,
         )
         received.geometries = []
+        judge = FamiliarityAccumulator(model)
         with res.slots.turns(context.is_active, client_of(context), context.peer()) as turn:
             for status in turn.waiting():
                 yield Response(queue=queue_status(status))
@@ -92,6 +96,8 @@ def _measure_objects(res: Resources, inbox: Inbox, context: Any) -> Iterator[Any
                 for event in stream.events(tiles):
                     if isinstance(event, Computed):
                         accumulator.add_band(event.row0, event.logits)
+                        if event.distance is not None:
+                            judge.add(event.distance)
             finally:
                 stream.close()
             if slide is not None:
@@ -100,8 +106,11 @@ def _measure_objects(res: Resources, inbox: Inbox, context: Any) -> Iterator[Any
                         "tiles were sent with config.slide_path: send one or the other"
                     )
         result = accumulator.result()
-    yield Response(header=header(ident, model.class_names, len(result.ids), halo))
-    for batch in measurement_batches(result):
+    judged = judge.result()
+    slide_words = f" of slide {config.slide_path}" if config.slide_path else ""
+    warn_unlike(f"MeasureObjects models/{ident} {region_words(spec)}{slide_words}", judged)
+    yield Response(header=header(ident, model.class_names, len(result.ids), halo, judged))
+    for batch in measurement_batches(result, judged=judged):
         yield Response(measurements=batch)
 
 
@@ -236,21 +245,28 @@ def slide_tiles(path: Path, spec: RegionSpec, context: int) -> Iterator[TileData
 
 
 def header(
-    model_id: str, class_names: list[str], count: int, context: int
+    model_id: str,
+    class_names: list[str],
+    count: int,
+    context: int,
+    judged: FamiliarityScore | None,
 ) -> inference_service_pb2.MeasureObjectsHeader:
     return inference_service_pb2.MeasureObjectsHeader(
         model=f"models/{model_id}",
         class_names=list(class_names),
         object_count=count,
         context_pixels=context,
+        familiarity=familiarity(judged),
     )
 
 
 def measurement_batches(
-    result: ObjectMeasurements, batch: int = BATCH
+    result: ObjectMeasurements, batch: int = BATCH, judged: FamiliarityScore | None = None
 ) -> Iterator[inference_service_pb2.ObjectMeasurements]:
-    """The measurements in messages of ``batch`` objects, in the order the objects came."""
+    """The measurements in messages of ``batch`` objects, in the order the objects came,
+    each with the region's familiarity (``judged``)."""
     p = result.p
+    region = familiarity(judged)
     Measurement = inference_service_pb2.ObjectMeasurement
     for start in range(0, len(result.ids), batch):
         stop = min(start + batch, len(result.ids))
@@ -262,6 +278,7 @@ def measurement_batches(
                     max_logits=result.max_logit[k].tolist(),
                     probabilities=p[k].tolist(),
                     pixels=int(result.pixels[k]),
+                    familiarity=region,
                 )
                 for k in range(start, stop)
             ]

@@ -39,6 +39,7 @@ from milsil.inference.heatmap import (
     stream_band_rows,
 )
 from milsil.inference.tiling import Band, BandCanvas, UncoveredError
+from milsil.models.familiarity import model_familiarity
 
 from .errors import Busy, Cancelled, ResourceExhausted
 from .memory import Reservation, trim_memory
@@ -121,11 +122,24 @@ class Placed:
 
 @dataclass(frozen=True)
 class Computed:
-    """Map rows ``[row0, row1)`` (samples) are done: ``logits`` is ``[C, row1 - row0, cols]``."""
+    """Map rows ``[row0, row1)`` (samples) are done: ``values`` is ``[C, row1 - row0, cols]``
+    logits, then (a stream with ``familiarity``) one more channel, the per-sample distance
+    from the training data (:mod:`milsil.inference.familiarity`) of the same dense pass."""
 
     row0: int
     row1: int
-    logits: torch.Tensor
+    values: torch.Tensor
+    classes: int
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """``[C, rows, cols]``."""
+        return self.values[: self.classes]
+
+    @property
+    def distance(self) -> torch.Tensor | None:
+        """``[rows, cols]`` per-sample distance, or None (the stream computes none)."""
+        return self.values[self.classes] if self.values.shape[0] > self.classes else None
 
 
 # --------------------------------------------------------------------------- streaming
@@ -152,6 +166,9 @@ class RegionStream:
     # The call's compute turn: held while a band computes, given up while the call waits
     # for its client (None: the caller holds a slot for the whole call).
     turn: Turn | None = None
+    # Also the per-sample distance from the training data, in the same pass (a model with
+    # a familiarity reference): one more channel in every Computed.
+    familiarity: bool = False
     tiles: int = field(init=False, default=0)
     answered: bool = field(init=False, default=False)  # a reply went out (Heatmap's header)
     canvas: BandCanvas = field(init=False)
@@ -172,12 +189,17 @@ class RegionStream:
 
     # ------------------------------------------------------------------ memory
 
+    @property
+    def channels(self) -> int:
+        """Channels of each :class:`Computed` (the classes, and the distance if any)."""
+        return int(self.model.config.num_classes) + int(self.familiarity)
+
     def nbytes(self) -> int:
         """What this call holds at most, given the window and the largest tile so far."""
         c = self.halo
         chunk = (self.band + 2 * c) * (self._chunk_side * self.stride + 2 * c)
         chunk_input = chunk * 12 * 2  # one chunk normalized (float32), its channels-last copy
-        classes = int(self.model.config.num_classes)
+        classes = self.channels
         out = (self.canvas.capacity // self.stride + 2 * self.band // self.stride + 2) * self.cols
         outputs = out * classes * 4 * 3  # logits, probabilities, a class's maps
         activations = 4 * TILE_ACTIVATION_BUDGET["cpu"] if self.device.type == "cpu" else 0
@@ -323,11 +345,13 @@ class RegionStream:
             device=self.device,
             target_seconds=BAND_TARGET_SECONDS,
             should_stop=lambda: not self.is_active(),
+            familiarity=self.familiarity,
         )
         if logits is None:
             raise Cancelled("request cancelled or deadline exceeded; heatmap computation stopped")
         row0 = band.row0 // self.stride
-        return Computed(row0, row0 + logits.shape[1], logits)
+        classes = int(self.model.config.num_classes)
+        return Computed(row0, row0 + logits.shape[1], logits, classes)
 
 
 class TileReplies:
@@ -351,7 +375,8 @@ class TileReplies:
     def handle(
         self, event: Placed | Computed
     ) -> Iterator[tuple[int, tuple[int, int, int, int], torch.Tensor]]:
-        """``(tile index, samples, logits [C, rows, cols])`` of every tile now complete."""
+        """``(tile index, samples, values [channels, rows, cols])`` of every tile now
+        complete (the stream's :attr:`Computed.values`: logits, then the distance if any)."""
         if isinstance(event, Placed):
             samples = self.samples(event.box)
             r0, r1, c0, c1 = samples
@@ -376,13 +401,12 @@ class TileReplies:
     def _rows(self, samples: tuple[int, int, int, int]) -> torch.Tensor:
         r0, r1, c0, c1 = samples
         parts = [
-            b.logits[:, max(r0, b.row0) - b.row0 : min(r1, b.row1) - b.row0, c0:c1]
+            b.values[:, max(r0, b.row0) - b.row0 : min(r1, b.row1) - b.row0, c0:c1]
             for b in self.blocks
             if b.row1 > r0 and b.row0 < r1
         ]
         if not parts:
-            classes = int(self.stream.model.config.num_classes)
-            return torch.zeros(classes, 0, max(c1 - c0, 0))
+            return torch.zeros(self.stream.channels, 0, max(c1 - c0, 0))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
@@ -403,7 +427,8 @@ def open_stream(
     turn: Turn | None = None,
 ) -> RegionStream:
     """A region stream computed under this server's limits, device and tile cap, for as
-    long as the call (``context``) is active, in ``turn``'s compute turns."""
+    long as the call (``context``) is active, in ``turn``'s compute turns; with the
+    per-sample familiarity distance when the model has a reference."""
     return RegionStream(
         spec,
         model,
@@ -415,4 +440,5 @@ def open_stream(
         res.device,
         res.max_tiles,
         turn,
+        familiarity=model_familiarity(model) is not None,
     )

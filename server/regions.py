@@ -5,7 +5,10 @@ Read top to bottom: the two RPCs; :func:`open_region` reads the first message's 
 through a :class:`~.region_stream.RegionStream` under a compute slot and the memory
 budget; Heatmap answers each request tile as soon as its rows are computed
 (:class:`~.region_stream.TileReplies`, :func:`region_tile`), Annotate gathers outlines
-and answers once (:func:`annotate_response`).
+and answers once (:func:`annotate_response`). Both judge how like the training data the
+region was from the same dense pass (the stream's distance channel, gathered by the
+library's ``FamiliarityAccumulator``): Heatmap per tile and, in its last message, for the
+whole region; Annotate for the region, on the response, its objects and its features.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from milsil.errors import MilsilError
+from milsil.inference.familiarity import FamiliarityAccumulator, FamiliarityScore, region_score
 from milsil.inference.heatmap import output_size
 from milsil.models import target_class_index
 from milsil.v1 import inference_service_pb2
@@ -30,12 +34,16 @@ from .auth import client_of
 from .errors import Cancelled
 from .inbox import Inbox
 from .messages import (
+    familiarity,
     heatmap_header,
     heatmap_tile,
+    mark_feature,
     outline_request,
     queue_status,
     region_tiles,
+    region_words,
     value_type,
+    warn_unlike,
 )
 from .region_stream import Computed, RegionSpec, TileReplies, class_maps, open_stream
 from .resources import Limits, Resources, halo_for
@@ -44,9 +52,10 @@ from .resources import Limits, Resources, halo_for
 
 
 def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterator[Any]:
-    """The Heatmap RPC: queue places, the header, then one tile per request tile. The
-    compute slot is held only while a band computes (:class:`~.slots.Turn`): waiting for
-    the client's next message, the call holds its reserved memory and nothing else."""
+    """The Heatmap RPC: queue places, the header, one tile per request tile, then the
+    region's familiarity alone. The compute slot is held only while a band computes
+    (:class:`~.slots.Turn`): waiting for the client's next message, the call holds its
+    reserved memory and nothing else."""
     with res.inbox(requests, context) as inbox:
         region = open_region(res, inbox, "Heatmap")
         req, r = region.request, region.request.spec
@@ -74,10 +83,18 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
                     )
                     stream.answered = True
                     replies = TileReplies(stream)
+                    judge = FamiliarityAccumulator(region.model)
                     for event in events:
+                        if isinstance(event, Computed) and event.distance is not None:
+                            judge.add(event.distance)
                         for index, samples, block in replies.handle(event):
                             tile = region_tile(
-                                index, samples, block, req.dtype, req.include_probabilities
+                                index,
+                                samples,
+                                block,
+                                req.dtype,
+                                req.include_probabilities,
+                                region.model,
                             )
                             # The slot goes back before each reply: a client slow to
                             # read (gRPC's flow control holds the call) holds no slot.
@@ -85,6 +102,9 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
                             yield Response(tile=tile)
                 finally:
                     stream.close()
+        whole = judge.result()
+        warn_unlike(region.describe("Heatmap"), whole)
+        yield Response(familiarity=familiarity(whole))
 
 
 def annotate_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Any:
@@ -112,6 +132,7 @@ def _annotate(res: Resources, inbox: Inbox, context: Any) -> Any:
         outline=settings.outline,
         pixel_size_um=settings.pixel_size_um,
     )
+    judge = FamiliarityAccumulator(region.model)
     with (
         res.slots.turns(context.is_active, client_of(context), context.peer()) as turn,
         res.memory.reservation() as reservation,
@@ -126,12 +147,16 @@ def _annotate(res: Resources, inbox: Inbox, context: Any) -> Any:
                     probs, logits = class_maps(event.logits, settings.class_index)
                     values = probs if settings.probability else logits
                     outlines.add(values, {"probability": probs, "logit": logits})
+                    if event.distance is not None:
+                        judge.add(event.distance)
         finally:
             stream.close()
     if not context.is_active():
         raise Cancelled("request cancelled or deadline exceeded")
     collection, objects = outlines.finish()
-    return annotate_response(collection, objects, region.model_id, settings.class_name)
+    judged = judge.result()
+    warn_unlike(region.describe("Annotate"), judged)
+    return annotate_response(collection, objects, region.model_id, settings.class_name, judged)
 
 
 # ------------------------------------------------------------------ the stream's first message
@@ -152,6 +177,10 @@ class Region:
 
     def tiles(self) -> Iterator[Any]:
         return region_tiles(self.first.tiles, self.rest)
+
+    def describe(self, kind: str) -> str:
+        """The call and its region, for the server's log (:func:`~.messages.region_words`)."""
+        return f"{kind} models/{self.model_id} {region_words(self.request.spec)}"
 
     @property
     def samples(self) -> tuple[int, int]:
@@ -278,17 +307,31 @@ def region_tile(
     block: torch.Tensor,
     dtype: np.dtype,
     probabilities: bool,
+    model: torch.nn.Module,
 ) -> inference_service_pb2.HeatmapTile:
     """The logits ``[C, rows, cols]`` of the samples ``(row0, row1, col0, col1)`` of one
-    request tile."""
+    request tile, and those samples' familiarity (``block``'s distance channel, when the
+    stream computed one)."""
     r0, _, c0, _ = samples
-    probs = torch.softmax(block, dim=0).numpy() if probabilities else None
-    return heatmap_tile(index, r0, c0, block.numpy(), dtype, probs)
+    classes = int(model.config.num_classes)
+    logits = block[:classes]
+    judged = region_score(model, block[classes]) if block.shape[0] > classes else None
+    probs = torch.softmax(logits, dim=0).numpy() if probabilities else None
+    return heatmap_tile(index, r0, c0, logits.numpy(), dtype, probs, judged)
 
 
 def annotate_response(
-    collection: dict[str, Any], objects: list[dict[str, Any]], model_id: str, class_name: str
+    collection: dict[str, Any],
+    objects: list[dict[str, Any]],
+    model_id: str,
+    class_name: str,
+    judged: FamiliarityScore | None,
 ) -> inference_service_pb2.AnnotateResponse:
+    """The outlines and their measurements; every object and feature carries the region's
+    familiarity (``judged``; features as the measurement "milsil OOD score")."""
+    for feature in collection["features"]:
+        mark_feature(feature, judged, with_property=False)
+    region = familiarity(judged)
     return inference_service_pb2.AnnotateResponse(
         geojson=json.dumps(collection),
         objects=[
@@ -298,9 +341,11 @@ def annotate_response(
                 mean_probability=o["mean_probability"],
                 max_probability=o["max_probability"],
                 mean_logit=o["mean_logit"],
+                familiarity=region,
             )
             for o in objects
         ],
         model=f"models/{model_id}",
         class_name=class_name,
+        familiarity=region,
     )

@@ -7,7 +7,10 @@ the slide inside a slide root, the TIFF target and the resumable work folder, wh
 name is a digest of everything that changes the map (so a retry with the same settings
 resumes, and anything different starts afresh). :meth:`SlideJob.outlines` and
 :meth:`SlideJob.logit_map` call the library in the background (:mod:`.runner`); progress,
-map blocks and the summary become messages at the end.
+map blocks and the summary become messages at the end. The same pass judges how like the
+training data each slide tile (the job's ``tile_size``) and the whole slide were: the
+summary carries the slide's familiarity, each SlideHeatmap block its samples', and each
+AnnotateSlide feature that of the slide tiles it touches (:func:`mark_slide_features`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely.geometry
 
 from milsil.errors import MilsilError
+from milsil.inference.familiarity import FamiliarityScore, region_score
 from milsil.models import target_class_index
 from milsil.v1 import inference_service_pb2
 from milsil.wsi.annotate import AnnotateResult, annotate_slide
@@ -37,7 +42,17 @@ from milsil.wsi.tiff import write_probability_tiff
 from . import runner
 from .auth import client_of
 from .errors import Cancelled, ResourceExhausted
-from .messages import heatmap_header, heatmap_tile, outline_request, queue_status, value_type
+from .messages import (
+    familiarity,
+    heatmap_header,
+    heatmap_tile,
+    log,
+    mark_feature,
+    outline_request,
+    queue_status,
+    value_type,
+    warn_unlike,
+)
 from .resources import Limits, Resources, halo_for
 from .slots import QueueStatus
 
@@ -70,6 +85,7 @@ def annotate_slide_rpc(res: Resources, request: Any, context: Any) -> Iterator[A
                 f"request cancelled or deadline exceeded after {result.tiles_computed} of "
                 f"{result.tiles_total} tiles; call again with the same settings to resume"
             )
+        mark_slide_features(result.collection["features"], result.tile_familiarity, job)
         geojson = json.dumps(result.collection)
         if len(geojson) > res.max_message_bytes - 65536:
             raise ResourceExhausted(
@@ -78,12 +94,14 @@ def annotate_slide_rpc(res: Resources, request: Any, context: Any) -> Iterator[A
                 "is kept: a new threshold costs no recomputation)"
             )
         shutil.rmtree(job.work_dir, ignore_errors=True)
+    warn_slide(f"AnnotateSlide models/{job.model_id} slide {job.request_path}", result)
     summary = slide_summary(
         job,
         result.tiles_total,
         result.tiles_computed - tally.computed,
         result.tissue_megapixels,
         result.timings,
+        result.familiarity,
     )
     yield Response(
         result=inference_service_pb2.AnnotateSlideResult(
@@ -135,7 +153,12 @@ def slide_heatmap_rpc(res: Resources, request: Any, context: Any) -> Iterator[An
             if not request.omit_values:
                 yield Response(progress=slide_progress(None, tally.started, "values"))
                 for tile in slide_tiles(
-                    heat, block, dtype, request.include_probabilities, context.is_active
+                    heat,
+                    block,
+                    dtype,
+                    request.include_probabilities,
+                    context.is_active,
+                    job.model,
                 ):
                     yield Response(tile=tile)
             if job.tiff is not None:
@@ -143,12 +166,15 @@ def slide_heatmap_rpc(res: Resources, request: Any, context: Any) -> Iterator[An
                 t0 = time.perf_counter()
                 write_probability_tiff(heat, job.tiff, job.class_index)
                 timings.tiff = time.perf_counter() - t0
+            whole = heat.familiarity(job.model)
+            warn_unlike(f"SlideHeatmap models/{job.model_id} slide {job.request_path}", whole)
             summary = slide_summary(
                 job,
                 heat.tiles_total,
                 len(heat.done) - tally.computed,
                 heat.computed_megapixels(),
                 vars(timings),
+                whole,
             )
             del heat  # the memory map, before its folder goes
             shutil.rmtree(job.work_dir, ignore_errors=True)
@@ -200,6 +226,7 @@ class SlideJob:
             progress=progress,
             should_stop=should_stop,
             roi=self.roi,
+            familiarity=True,
         )
 
     def logit_map(
@@ -221,6 +248,7 @@ class SlideJob:
             should_stop=should_stop,
             timings=timings,
             roi=self.roi,
+            familiarity=True,
         )
 
 
@@ -385,6 +413,7 @@ def slide_summary(
     tiles_resumed: int,
     megapixels: float,
     timings: dict[str, float],
+    whole: FamiliarityScore | None,
 ) -> inference_service_pb2.SlideSummary:
     return inference_service_pb2.SlideSummary(
         model=f"models/{job.model_id}",
@@ -397,13 +426,20 @@ def slide_summary(
         downsample=job.settings.downsample,
         tiff_path=job.tiff_rel,
         timings={k: float(v) for k, v in timings.items()},
+        familiarity=familiarity(whole),
     )
 
 
 def slide_tiles(
-    heat: Any, block: int, dtype: np.dtype, probabilities: bool, is_active: Callable[[], bool]
+    heat: Any,
+    block: int,
+    dtype: np.dtype,
+    probabilities: bool,
+    is_active: Callable[[], bool],
+    model: Any,
 ) -> Iterator[inference_service_pb2.HeatmapTile]:
-    """The computed part of a slide's map as HeatmapTile blocks (NaN where not computed)."""
+    """The computed part of a slide's map as HeatmapTile blocks (NaN where not computed),
+    each with the familiarity of its computed samples."""
     n = 0
     for r0 in range(0, heat.rows, block):
         for c0 in range(0, heat.cols, block):
@@ -419,8 +455,54 @@ def slide_tiles(
                 with np.errstate(invalid="ignore"):
                     e = np.exp(lg - lg.max(axis=0, keepdims=True))
                     probs = e / e.sum(axis=0)
-            yield heatmap_tile(n, r0, c0, logits, dtype, probs)
+            distance = heat.distance_block(r0, r1, c0, c1)
+            judged = None if distance is None else region_score(model, distance)
+            yield heatmap_tile(n, r0, c0, logits, dtype, probs, judged)
             n += 1
+
+
+def mark_slide_features(
+    features: list[dict[str, Any]],
+    tiles: dict[tuple[int, int], FamiliarityScore],
+    job: SlideJob,
+) -> None:
+    """Give each AnnotateSlide feature the familiarity of its slide tile: the highest score
+    among the computed slide tiles its bounding box touches (an outline across tiles is as
+    doubtful as its least familiar part). Nothing when no tile was judged."""
+    if not tiles:
+        return
+    side = job.settings.tile * job.settings.downsample  # a slide tile's level-0 side
+    for feature in features:
+        x0, y0, x1, y1 = shapely.geometry.shape(feature["geometry"]).bounds
+        touched = [
+            tiles[(r, c)]
+            for r in range(int(y0 // side), math.ceil(y1 / side))
+            for c in range(int(x0 // side), math.ceil(x1 / side))
+            if (r, c) in tiles
+        ]
+        if touched:
+            mark_feature(feature, max(touched, key=lambda t: t.score), with_property=True)
+
+
+def warn_slide(what: str, result: Any) -> None:
+    """The server's log line for a slide whose input was unlike the training data: the
+    whole slide, or else the slide tiles that were (their features carry it)."""
+    whole = result.familiarity
+    if whole is not None and whole.unlike_training:
+        warn_unlike(what, whole)
+        return
+    unlike = [t for t in result.tile_familiarity.values() if t.unlike_training]
+    if unlike:
+        worst = max(unlike, key=lambda t: t.score)
+        log.warning(
+            "%s: %d of %d slide tiles unlike the training data (highest score %.4g, "
+            "threshold %.4g)",
+            what,
+            len(unlike),
+            len(result.tile_familiarity),
+            worst.score,
+            worst.threshold,
+        )
 
 
 class _Tally:

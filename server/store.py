@@ -401,11 +401,13 @@ class Store:
                 "size_bytes": dest.stat().st_size,
                 "sha256": file_sha256(dest),
                 "create_time": time.time(),
+                **model_trust(model),
             }
             self._put("models", ident, row)
         return row
 
     def get_model(self, ident: str) -> dict[str, Any]:
+        """A model's row; rows registered before a field existed lack it (``.get``)."""
         return self._get("models", ident, "model")
 
     def list_models(self, limit: int, offset: int) -> tuple[list[dict], bool]:
@@ -452,3 +454,27 @@ class Store:
 
     def job_dir(self, ident: str) -> Path:
         return self.root / "jobs" / ident
+
+
+def model_trust(model: Any) -> dict[str, Any]:
+    """What a user needs to know to trust a model's answers (``Model`` fields): how it
+    judges an input's familiarity and at what threshold (empty / 0 without a reference),
+    and the stain normalization it applies (empty: none)."""
+    from milsil.models import model_familiarity
+
+    reference = model_familiarity(model)
+    return {
+        "familiarity_method": reference.method if reference is not None else "",
+        "familiarity_threshold": float(reference.threshold) if reference is not None else 0.0,
+        "stain_normalization": stain_method(model),
+    }
+
+
+def stain_method(model: Any) -> str:
+    """The model's stain normalization method ("macenko", "reinhard"), or "" for none.
+
+    Stain normalization (issue 20, the checkpoint's ``stain_normalization`` entry) is not
+    on this branch yet: no model here carries one, so this is "" until it is merged, when
+    it reads ``milsil.models.stain.model_stain(model).method``.
+    """
+    return ""

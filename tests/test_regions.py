@@ -162,8 +162,9 @@ def test_context_tiles_far_from_the_region_are_not_decoded(tmp_path):
         responses = list(_stream(client, config, far + [tile]))
         seconds = time.perf_counter() - started
         assert seconds < 5, f"{seconds:.1f} s: were the far tiles decoded?"
-        assert len(responses) == 1 + len(far) + 1
-        logits = np.frombuffer(responses[-1].tile.logits, dtype="<f4").reshape(2, 16, 16)
+        assert len(responses) == 1 + len(far) + 1 + 1  # then the region's familiarity
+        assert responses[-1].HasField("familiarity")
+        logits = np.frombuffer(responses[-2].tile.logits, dtype="<f4").reshape(2, 16, 16)
         np.testing.assert_allclose(logits, logit_heatmap(model, region, stride=4), atol=1e-3)
         # A tile inside the region whose PNG header disagrees with its declared size is
         # refused before its pixels are decoded.

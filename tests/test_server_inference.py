@@ -93,8 +93,10 @@ def test_heatmap_tiles_in_any_order_with_downsample(env):
     ]
     responses = list(client.inference.Heatmap(iter(requests), timeout=60))
     assert responses[0].HasField("header")
-    assert len(responses) == 1 + len(tiles)  # one heatmap tile per request tile
-    assert sorted(r.tile.tile_index for r in responses[1:]) == list(range(len(tiles)))
+    # one heatmap tile per request tile, then the region's familiarity alone
+    assert len(responses) == 1 + len(tiles) + 1
+    assert responses[-1].ListFields()[0][0].name == "familiarity"
+    assert sorted(r.tile.tile_index for r in responses[1:-1]) == list(range(len(tiles)))
     header = responses[0].header
     assert header.step == 4.0 and header.origin_x == 1001.0
     result = assemble_heatmap(responses)

@@ -5,10 +5,17 @@ torch: a workstation that only talks to a GPU server needs grpcio, protobuf and 
 """
 
 from milsil.client.grpc_client import MilsilClient
-from milsil.client.messages import HeatmapResult, assemble_heatmap, encode_tile, image_tiles
+from milsil.client.messages import (
+    Familiarity,
+    HeatmapResult,
+    assemble_heatmap,
+    encode_tile,
+    image_tiles,
+)
 from milsil.client.training import bags_from_dataset
 
 __all__ = [
+    "Familiarity",
     "HeatmapResult",
     "MilsilClient",
     "assemble_heatmap",

@@ -1,4 +1,9 @@
-"""``milsil client ...``: drive a running milsil server from the shell (demo, scripts, checks)."""
+"""``milsil client ...``: drive a running milsil server from the shell (demo, scripts, checks).
+
+The inference commands print ``milsil: <image or slide>: unlike the training data (score S,
+threshold T)`` on stderr when the server judged their input unlike the model's training
+data (:meth:`milsil.client.messages.Familiarity.warning`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from milsil.client.messages import Familiarity
 from milsil.client.outlines import add_outline_arguments, describe_outlines, outline_values
 from milsil.errors import MilsilError
 
@@ -215,6 +221,13 @@ def _print(message) -> None:
     print(json.dumps(json_format.MessageToDict(message), indent=2))
 
 
+def _warn(where: object, familiarity: Familiarity | None) -> None:
+    """The warning line for an input unlike the training data (nothing otherwise)."""
+    line = familiarity.warning(str(where)) if familiarity is not None else None
+    if line:
+        print(line, file=sys.stderr, flush=True)
+
+
 def _load_image(path: Path):
     from milsil.data import load_rgb
 
@@ -227,7 +240,9 @@ def _classify(client, args) -> int:
     size = args.patch_size or client.get_model(args.model).patch_size
     if not size:
         raise MilsilError("the model records no patch size: pass --patch-size")
-    _print(client.classify_bag(args.model, image_to_bag(_load_image(args.image), size)))
+    response = client.classify_bag(args.model, image_to_bag(_load_image(args.image), size))
+    _print(response)
+    _warn(args.image, Familiarity.from_message(response.familiarity))
     return 0
 
 
@@ -245,6 +260,7 @@ def _heatmap(client, args) -> int:
     )
     np.save(args.out, result.logits)
     print(f"wrote {args.out}: logits {list(result.logits.shape)} classes {result.class_names}")
+    _warn(args.image, result.familiarity)
     return 0
 
 
@@ -266,6 +282,7 @@ def _annotate(client, args) -> int:
     args.out.write_text(json.dumps(collection))
     print(f"wrote {args.out}: {len(collection['features'])} {response.class_name} annotations")
     print(describe_outlines(collection))
+    _warn(args.image, Familiarity.from_message(response.familiarity))
     return 0
 
 
@@ -293,6 +310,7 @@ def _measure_objects(client, args) -> int:
         f"wrote {args.out}: {len(features):,} objects measured ({', '.join(result.class_names)})"
         + (f"; {outside:,} outside the region: not measured" if outside else "")
     )
+    _warn(args.image if args.image is not None else args.slide, result.familiarity)
     return 0
 
 
@@ -334,7 +352,28 @@ def _annotate_slide(client, args) -> int:
         + (f"; server TIFF: {s.tiff_path} (under its output root)" if s.tiff_path else "")
     )
     print(describe_outlines(collection))
+    _warn(args.path, Familiarity.from_message(s.familiarity))
+    _warn_features(args.path, collection)
     return 0
+
+
+def _warn_features(where: str, collection: dict) -> None:
+    """One line for the slide's annotations drawn where its slide tiles were unlike the
+    training data (their ``milsil_familiarity`` property), when there are any."""
+    unlike = [
+        f["properties"]["milsil_familiarity"]
+        for f in collection["features"]
+        if f.get("properties", {}).get("milsil_familiarity", {}).get("unlike_training")
+    ]
+    if unlike:
+        worst = max(unlike, key=lambda j: j["score"])
+        print(
+            f"milsil: {where}: {len(unlike)} of {len(collection['features'])} annotations lie "
+            f"where the slide is unlike the training data (score up to {worst['score']:.3g}, "
+            f"threshold {worst['threshold']:.3g})",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _upload(client, args) -> int:

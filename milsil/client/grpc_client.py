@@ -10,6 +10,7 @@
         for job in client.watch_job(job.name):
             print(job.state, job.progress.epoch)
         heat = client.heatmap(job.model, image)          # numpy [C, H, W] logits
+        heat.familiarity.unlike_training                 # unlike the training data?
         fc, objects = client.annotate(job.model, image)  # QuPath GeoJSON
         fc, result = client.annotate_slide(job.model, "case1.svs")  # read by the server
 
@@ -19,6 +20,12 @@ server is busy are :class:`~milsil.client.connection.Connection`'s; each family'
 are built in the module named after it (:mod:`~milsil.client.regions`,
 :mod:`~milsil.client.objects`, :mod:`~milsil.client.slides`,
 :mod:`~milsil.client.training`), as on the server.
+
+Every inference answer says how like the model's training data its input was:
+``HeatmapResult.familiarity`` and ``ObjectResult.familiarity`` are
+:class:`~milsil.client.messages.Familiarity`; the responses returned as messages
+(ClassifyBag, Annotate, AnnotateSlide) carry a ``familiarity`` message, which
+``Familiarity.from_message`` turns into one.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import numpy as np
 
 from milsil.client import messages, regions
 from milsil.client.connection import Connection
-from milsil.client.messages import HeatmapResult, assemble_heatmap, encode_tile
+from milsil.client.messages import Familiarity, HeatmapResult, assemble_heatmap, encode_tile
 from milsil.client.objects import ObjectResult, assemble_objects, object_messages, region_around
 from milsil.client.outlines import outline_message
 from milsil.client.regions import interior_region, region_requests
@@ -419,6 +426,7 @@ class MilsilClient(Connection):
         heat = assemble_heatmap(map_messages())
         if not summary:
             raise MilsilError("the server ended SlideHeatmap without a result")
+        heat.familiarity = Familiarity.from_message(summary[0].familiarity)  # the whole slide
         if probabilities and heat.probabilities is None:
             heat.probabilities = np.full_like(heat.logits, np.nan)
         return heat, summary[0]

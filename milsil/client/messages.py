@@ -92,13 +92,51 @@ def image_tiles(
             )
 
 
+@dataclass(frozen=True)
+class Familiarity:
+    """How like the model's training data an input was (the contract's ``Familiarity``).
+
+    ``available`` is False when the model carries no training statistics (then nothing
+    was judged and the numbers are 0); ``unlike_training``: ``score > threshold``, the
+    model's answer for that input should not be trusted.
+    """
+
+    available: bool = False
+    score: float = 0.0
+    threshold: float = 0.0
+    unlike_training: bool = False
+
+    @classmethod
+    def from_message(cls, message: common_pb2.Familiarity) -> Familiarity:
+        return cls(
+            bool(message.available),
+            float(message.score),
+            float(message.threshold),
+            bool(message.unlike_training),
+        )
+
+    def warning(self, where: str) -> str | None:
+        """``milsil: <where>: unlike the training data (score S, threshold T)``, the line
+        every milsil client prints (the QuPath scripts' too), or None when familiar."""
+        if not (self.available and self.unlike_training):
+            return None
+        return (
+            f"milsil: {where}: unlike the training data "
+            f"(score {self.score:.3g}, threshold {self.threshold:.3g})"
+        )
+
+
 @dataclass
 class HeatmapResult:
-    """A heatmap put back together from the streamed tiles."""
+    """A heatmap put back together from the streamed tiles, with how like the training
+    data the whole region was (``familiarity``) and each streamed tile's samples
+    (``tile_familiarity``, in the order they came: ``HeatmapTile.tile_index`` first)."""
 
     header: inference_service_pb2.HeatmapHeader
     logits: np.ndarray  # float32 [C, rows, cols]
     probabilities: np.ndarray | None  # float32 [C, rows, cols] when requested
+    familiarity: Familiarity = Familiarity()
+    tile_familiarity: list[tuple[int, Familiarity]] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -106,12 +144,18 @@ class HeatmapResult:
 
 
 def assemble_heatmap(responses: Iterable[inference_service_pb2.HeatmapResponse]) -> HeatmapResult:
-    """Put streamed HeatmapResponse tiles back into whole ``[C, rows, cols]`` arrays."""
+    """Put streamed HeatmapResponse tiles back into whole ``[C, rows, cols]`` arrays; the
+    region's familiarity comes alone in the last message (Heatmap)."""
     header = None
     logits = probs = None
+    region = Familiarity()
+    tiles: list[tuple[int, Familiarity]] = []
     for response in responses:
         if "queue" in response.DESCRIPTOR.fields_by_name and response.HasField("queue"):
             continue  # waiting for compute (HeatmapResponse.queue)
+        if "familiarity" in response.DESCRIPTOR.fields_by_name and response.HasField("familiarity"):
+            region = Familiarity.from_message(response.familiarity)
+            continue
         if response.HasField("header"):
             header = response.header
             c = len(header.class_names)
@@ -120,6 +164,7 @@ def assemble_heatmap(responses: Iterable[inference_service_pb2.HeatmapResponse])
         if header is None:
             raise MilsilError("the server sent heatmap tiles before the header")
         t = response.tile
+        tiles.append((t.tile_index, Familiarity.from_message(t.familiarity)))
         dtype = _NUMPY_TYPES[header.value_type or common_pb2.VALUE_TYPE_FLOAT32]
         shape = (t.num_classes, t.rows, t.cols)
         logits[:, t.row : t.row + t.rows, t.col : t.col + t.cols] = np.frombuffer(
@@ -133,4 +178,4 @@ def assemble_heatmap(responses: Iterable[inference_service_pb2.HeatmapResponse])
             ).reshape(shape)
     if header is None:
         raise MilsilError("the server sent no heatmap header")
-    return HeatmapResult(header, logits, probs)
+    return HeatmapResult(header, logits, probs, region, tiles)

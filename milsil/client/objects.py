@@ -18,10 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from milsil.client.messages import Familiarity
 from milsil.errors import MilsilError
 from milsil.v1 import inference_service_pb2
 
 ROI_CHOICES = ("nucleus", "cell")
+# The measurement of an object's familiarity (its region's score), as the QuPath scripts
+# and the server's Annotate/AnnotateSlide features name it.
+OOD_MEASUREMENT = "milsil OOD score"
 
 
 def read_features(path: str | Path) -> tuple[Any, list[dict]]:
@@ -112,7 +116,8 @@ def region_around(geometries: Sequence[Mapping]) -> tuple[float, float, float, f
 
 @dataclass
 class ObjectResult:
-    """The measurements of MeasureObjects, rows in the order the objects were sent."""
+    """The measurements of MeasureObjects, rows in the order the objects were sent, and
+    how like the training data their region was (``familiarity``)."""
 
     class_names: list[str]
     ids: list[str]
@@ -120,9 +125,11 @@ class ObjectResult:
     max_logits: np.ndarray  # [N, C]
     probabilities: np.ndarray  # [N, C]
     pixels: np.ndarray  # [N]
+    familiarity: Familiarity = Familiarity()
 
     def measurements(self) -> list[dict[str, float]]:
-        """Per object, QuPath measurement names (as :mod:`milsil.inference.objects`)."""
+        """Per object, QuPath measurement names (as :mod:`milsil.inference.objects`), and
+        the region's familiarity score (:data:`OOD_MEASUREMENT`) when the model has one."""
         rows = []
         for k in range(len(self.ids)):
             row: dict[str, float] = {}
@@ -131,6 +138,8 @@ class ObjectResult:
                 row[f"milsil max logit({name})"] = float(self.max_logits[k, c])
                 row[f"milsil p({name})"] = float(self.probabilities[k, c])
             row["milsil pixels"] = int(self.pixels[k])
+            if self.familiarity.available:
+                row[OOD_MEASUREMENT] = self.familiarity.score
             rows.append(row)
         return rows
 
@@ -177,4 +186,5 @@ def assemble_objects(
         column(1),
         column(2),
         np.array([r[3] for r in rows], np.int64),
+        Familiarity.from_message(header.familiarity),
     )

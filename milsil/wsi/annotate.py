@@ -45,9 +45,14 @@ class AnnotateResult:
     collection: dict[str, Any] | None = None
     # the outline clean-up used: settings as given, their units ("um"/"px"), pixel size
     outline_settings: dict[str, Any] | None = None
+    # With familiarity: each computed slide tile's FamiliarityScore ((tile row, tile col)
+    # -> score) and the whole slide's (None: not asked, or a model without a reference).
+    tile_familiarity: dict[tuple[int, int], Any] = field(default_factory=dict)
+    familiarity: Any = None
 
     def summary(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "collection"}
+        skip = ("collection", "tile_familiarity", "familiarity")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 
 def _timed_tiff(heat: Any, tiff: str | Path, cls: int) -> float:
@@ -70,6 +75,7 @@ def annotate_slide(
     progress: Callable[[SlideProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     roi: Any = None,
+    familiarity: bool = False,
 ) -> AnnotateResult:
     """Slide -> logit heatmap (tissue tiles) -> QuPath GeoJSON (and a probability TIFF).
 
@@ -79,7 +85,9 @@ def annotate_slide(
     temporary one) holds the resumable state; it is removed after success unless
     ``keep_work``. When stopped, the result has ``stopped=True`` and nothing is written; a
     rerun continues. ``roi`` (a shapely geometry, level-0 px): only tiles that intersect it
-    are computed, and the outlines are clipped to it.
+    are computed, and the outlines are clipped to it. ``familiarity``: also judge how like
+    the training data each slide tile and the whole slide were, from the same pass
+    (``tile_familiarity``, ``familiarity``; a model with a familiarity reference).
     """
     settings = settings if settings is not None else SlideSettings()
     timings = Timings()
@@ -103,6 +111,7 @@ def annotate_slide(
                 should_stop=should_stop,
                 timings=timings,
                 roi=roi,
+                familiarity=familiarity,
             )
             result = AnnotateResult(
                 slide=str(slide_path),
@@ -121,6 +130,8 @@ def annotate_slide(
             if stopped:
                 result.timings = asdict(timings)
                 return result
+            result.tile_familiarity = heat.tile_familiarity(model)
+            result.familiarity = heat.familiarity(model)
             if progress is not None:
                 progress(
                     SlideProgress(

@@ -7,7 +7,9 @@ stitched map equals ``logit_heatmap`` of the whole slide image: no seams. Beyond
 slide's edge the slide is mirrored, exactly as ``logit_heatmap`` pads at an image border.
 Logits go to a memory-mapped file in a work folder (:class:`SlideHeatmap`) and every
 finished tile is appended to a log after its data is flushed, so memory stays bounded and
-an interrupted run continues where it stopped.
+an interrupted run continues where it stopped. With ``familiarity`` (a model with a
+familiarity reference) the same pass also stores each sample's distance from the training
+data (:mod:`milsil.inference.familiarity`), judged per slide tile and for the whole slide.
 """
 
 from __future__ import annotations
@@ -89,6 +91,14 @@ class SlideHeatmap:
             mode="r+",
             shape=(self.num_classes, self.rows, self.cols),
         )
+        # Per-sample distance from the training data (a run with familiarity), else None.
+        self.distance = (
+            np.memmap(
+                work_dir / "distance.f32", dtype=np.float32, mode="r+", shape=(self.rows, self.cols)
+            )
+            if meta.get("familiarity")
+            else None
+        )
 
     @property
     def tile_samples(self) -> int:
@@ -119,6 +129,44 @@ class SlideHeatmap:
             e = np.exp(lg - lg.max(axis=0, keepdims=True))
             return (e[class_index] / e.sum(axis=0)).astype(np.float32)
 
+    def distance_block(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
+        """Per-sample distance ``[r1-r0, c1-c0]`` (NaN where not computed), or None when the
+        run computed no distance."""
+        if self.distance is None:
+            return None
+        out = np.array(self.distance[r0:r1, c0:c1], dtype=np.float32)
+        out[~self.valid(r0, r1, c0, c1)] = np.nan
+        return out
+
+    def tile_familiarity(self, model: Any) -> dict[tuple[int, int], Any]:
+        """``(tile row, tile col) -> FamiliarityScore`` of every computed slide tile (the
+        unit a slide is judged in); empty when the run computed no distance."""
+        from milsil.inference.familiarity import region_score
+
+        if self.distance is None:
+            return {}
+        t = self.tile_samples
+        scores = {}
+        for r, c in sorted(self.done):
+            block = np.asarray(self.distance[r * t : (r + 1) * t, c * t : (c + 1) * t])
+            score = region_score(model, block)
+            if score is not None:
+                scores[(r, c)] = score
+        return scores
+
+    def familiarity(self, model: Any) -> Any:
+        """The whole computed map's ``FamiliarityScore`` (tile by tile, so memory stays
+        bounded), or None (no distance, or no reference)."""
+        from milsil.inference.familiarity import FamiliarityAccumulator
+
+        if self.distance is None:
+            return None
+        judge = FamiliarityAccumulator(model)
+        t = self.tile_samples
+        for r, c in sorted(self.done):
+            judge.add(np.asarray(self.distance[r * t : (r + 1) * t, c * t : (c + 1) * t]))
+        return judge.result()
+
     def to_array(self) -> np.ndarray:
         """The whole logit map in memory (small slides and tests only)."""
         return self.block(0, self.rows, 0, self.cols)
@@ -142,7 +190,8 @@ def _prepare_work_dir(work_dir: Path, meta: dict[str, Any]) -> set[tuple[int, in
             old = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, OSError):
             old = None
-        if old == meta and (work_dir / "logits.f32").is_file():
+        maps = ["logits.f32"] + (["distance.f32"] if meta.get("familiarity") else [])
+        if old == meta and all((work_dir / name).is_file() for name in maps):
             done = set()
             log = work_dir / "tiles.done"
             if log.is_file():
@@ -152,13 +201,17 @@ def _prepare_work_dir(work_dir: Path, meta: dict[str, Any]) -> set[tuple[int, in
                         done.add((int(parts[0]), int(parts[1])))
             return done
     if work_dir.exists():
-        for name in ("heatmap.json", "logits.f32", "tiles.done"):
+        for name in ("heatmap.json", "logits.f32", "distance.f32", "tiles.done"):
             (work_dir / name).unlink(missing_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     nbytes = int(np.prod(shape)) * 4
     with open(work_dir / "logits.f32", "wb") as f:  # sparse: untouched tiles take no disk
         if nbytes:
             f.truncate(nbytes)
+    if meta.get("familiarity"):
+        with open(work_dir / "distance.f32", "wb") as f:
+            if nbytes:
+                f.truncate(nbytes // meta["num_classes"])
     tmp = meta_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
     os.replace(tmp, meta_path)
@@ -248,14 +301,19 @@ def _timed(tiles_read: Iterator[tuple[Any, tuple[Any, float]]], timings: Timings
 
 
 def _store_tile(
-    heat: SlideHeatmap, log: Any, t: Any, logits: np.ndarray, ts: int, timings: Timings
+    heat: SlideHeatmap, log: Any, t: Any, values: np.ndarray, ts: int, timings: Timings
 ) -> None:
-    """Write one tile's logits, then log it as done (after the data is flushed, so a crash
-    never logs a tile whose logits are not on disk). Runs on the writer thread."""
+    """Write one tile's logits (and its distance channel, with familiarity), then log it
+    as done (after the data is flushed, so a crash never logs a tile whose logits are not
+    on disk). Runs on the writer thread."""
     t0 = time.perf_counter()
     r0, c0 = t.row * ts, t.col * ts
-    heat.logits[:, r0 : r0 + logits.shape[1], c0 : c0 + logits.shape[2]] = logits
+    rows, cols = values.shape[1], values.shape[2]
+    heat.logits[:, r0 : r0 + rows, c0 : c0 + cols] = values[: heat.num_classes]
     heat.logits.flush()
+    if heat.distance is not None:
+        heat.distance[r0 : r0 + rows, c0 : c0 + cols] = values[heat.num_classes]
+        heat.distance.flush()
     log.write(f"{t.row} {t.col} ok\n")
     log.flush()
     os.fsync(log.fileno())
@@ -275,8 +333,12 @@ def slide_heatmap(
     should_stop: Callable[[], bool] | None = None,
     timings: Timings | None = None,
     roi: Any = None,
+    familiarity: bool = False,
 ) -> tuple[SlideHeatmap, bool]:
     """The logit heatmap of a whole slide, tile by tile, resumable. Returns ``(map, stopped)``.
+
+    ``familiarity``: also each sample's distance from the training data, from the same pass
+    (``SlideHeatmap.distance``; only for a model with a familiarity reference).
 
     ``roi``: a shapely (Multi)Polygon in level-0 pixels: only tiles that intersect it are
     computed (tiles of an earlier run with another region of interest are kept).
@@ -294,8 +356,9 @@ def slide_heatmap(
     """
     import torch
 
-    from milsil.inference.heatmap import chunk_side, logit_heatmap, output_size
+    from milsil.inference.heatmap import chunk_side, iter_logit_bands, logit_heatmap, output_size
     from milsil.inference.tiling import context_pixels
+    from milsil.models.familiarity import model_familiarity
 
     stride, ds, tile = settings.stride, settings.downsample, settings.tile
     tissue_only, bf16 = settings.tissue_only, settings.bf16
@@ -320,6 +383,9 @@ def slide_heatmap(
         "cols": output_size(rw, stride),
         "mpp": list(slide.mpp) if slide.mpp else None,
     }
+    familiarity = familiarity and model_familiarity(model) is not None
+    if familiarity:  # absent otherwise: earlier work folders still resume
+        meta["familiarity"] = True
     done = _prepare_work_dir(work_dir, meta)
     heat = SlideHeatmap(work_dir, meta, done)
     if tissue_only and tissue is None:
@@ -344,6 +410,7 @@ def slide_heatmap(
     stopped = False
     readers = settings.readers
     tiles_read = read_ahead(todo, read, readers)
+    dense = {"stride": stride, "margin": halo, "tile": chunk, "device": device, "bf16": bf16}
     on_device = to_device_ahead(
         ((t, canvas) for t, (canvas, _) in _timed(tiles_read, timings)), target
     )
@@ -357,11 +424,12 @@ def slide_heatmap(
                 t, canvas = next(on_device)
                 t1 = time.perf_counter()
                 timings.wait += t1 - t0
-                logits = logit_heatmap(
-                    model, canvas, stride=stride, margin=halo, tile=chunk, device=device, bf16=bf16
-                )
+                if familiarity:  # the logits and, channel C, the distance: one pass
+                    *_, (_, values) = iter_logit_bands(model, canvas, familiarity=True, **dense)
+                else:
+                    values = logit_heatmap(model, canvas, **dense)
                 timings.compute += time.perf_counter() - t1
-                writer.submit(_store_tile, heat, log, t, logits.numpy(), ts, timings)
+                writer.submit(_store_tile, heat, log, t, values.numpy(), ts, timings)
                 if progress is not None:
                     elapsed = time.perf_counter() - start
                     remaining = len(todo) - k - 1
