@@ -323,3 +323,34 @@ def test_ood_bench_smoke_runs_end_to_end(tmp_path, capsys):
     assert report["reference"]["calibration"]["held_out"] is True
     assert report["images"]["test"] >= 2
     assert "| pen_marks |" in capsys.readouterr().out
+
+
+def test_slide_commands_name_the_slide_and_count_unlike_tiles(model, trained, tmp_path, capsys):
+    """A pyramidal TIFF slide of four 64-px slide tiles: held-out tissue on the left, its
+    negative on the right. annotate-slide and batch say the slide is unlike the training
+    data as a whole and that 2 of its 4 tiles are; batch records it in <slide>.json."""
+    from milsil.cli import main
+    from milsil.wsi.tiff import write_pyramidal_tiff
+
+    images = [load_rgb(r.path) for r in trained["test"]]
+    left = np.concatenate([images[0][:, :32], images[1][:, :32]], axis=1)  # 48 x 64
+    left = np.concatenate([left, left, left[:32]], axis=0)  # 128 x 64
+    rgb = np.concatenate([left, negative(left)], axis=1)  # 128 x 128
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    write_pyramidal_tiff(slides / "half.tif", np.ascontiguousarray(rgb), mpp=0.5)
+    common = ["--model", str(trained["best"]), "--stride", "4", "--tile", "64", "--all-tiles"]
+    assert (
+        main(
+            ["annotate-slide", str(slides / "half.tif"), "-o", str(tmp_path / "a.geojson")] + common
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "milsil: half.tif: unlike the training data (score " in err
+    assert "milsil: half.tif: 2 of 4 slide tiles unlike the training data (highest score " in err
+    assert main(["batch", str(slides), "--out", str(tmp_path / "batch")] + common) == 0
+    assert "milsil: half: 2 of 4 slide tiles unlike the training data" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "batch" / "half.json").read_text())
+    assert summary["familiarity"]["unlike_tiles"] == 2 and summary["familiarity"]["tiles"] == 4
+    assert summary["familiarity"]["unlike_training"] is True

@@ -21,7 +21,7 @@ reference existed, or attention MIL).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,6 +178,27 @@ def images_familiarity(
     whole = bag.result()
     assert whole is not None
     return tiles, whole
+
+
+def slide_familiarity(
+    name: str, whole: FamiliarityScore | None, tiles: Mapping[object, FamiliarityScore]
+) -> tuple[dict[str, object] | None, list[str]]:
+    """A slide's run metadata (the whole slide's score, how many of its slide tiles are
+    unlike the training data, the highest tile score) and its warning lines: the whole
+    slide when unlike, and the count of unlike slide tiles when there are any (a slide can
+    be familiar as a whole with a few unlike tiles: pen marks, a bubble, a fold)."""
+    if whole is None:
+        return None, []
+    unlike = sum(score.unlike_training for score in tiles.values())
+    highest = max((score.score for score in tiles.values()), default=whole.score)
+    meta = {**whole.to_dict(), "tiles": len(tiles), "unlike_tiles": unlike, "highest_tile": highest}
+    lines = [line for line in [whole.warning(name)] if line]
+    if unlike:
+        lines.append(
+            f"milsil: {name}: {unlike} of {len(tiles)} slide tiles unlike the training data "
+            f"(highest score {highest:.3g}, threshold {whole.threshold:.3g})"
+        )
+    return meta, lines
 
 
 def _as_numpy(values: torch.Tensor | np.ndarray, what: str) -> np.ndarray:
