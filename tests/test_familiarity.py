@@ -354,3 +354,60 @@ def test_slide_commands_name_the_slide_and_count_unlike_tiles(model, trained, tm
     summary = json.loads((tmp_path / "batch" / "half.json").read_text())
     assert summary["familiarity"]["unlike_tiles"] == 2 and summary["familiarity"]["tiles"] == 4
     assert summary["familiarity"]["unlike_training"] is True
+
+
+def test_without_validation_the_threshold_is_calibrated_on_a_patient_split(trained):
+    from milsil.engine.familiarity import calibration_split
+
+    records = trained["train"] + trained["val"]
+    fit, calibration, held_out, split = calibration_split(records, [], seed=0)
+    assert held_out and split == "patient split of the training data"
+    assert {r.patient for r in fit}.isdisjoint({r.patient for r in calibration})
+    assert len(fit) + len(calibration) == len(records) and calibration
+    one = [r for r in records if r.patient == records[0].patient]
+    fit, calibration, held_out, _ = calibration_split(one, [], seed=0)
+    assert not held_out and fit == calibration == one  # said, not hidden
+
+
+def test_evaluate_warns_per_unlike_image(trained, tmp_path):
+    """milsil evaluate --checkpoint: a line for the negative image only, every score kept."""
+    familiar = trained["test"][0]
+    Image.fromarray(negative(load_rgb(familiar.path))).save(tmp_path / "negative.png")
+    Image.open(familiar.path).save(tmp_path / "familiar.png")
+    (tmp_path / "manifest.csv").write_text(
+        "image,label,patient\nfamiliar.png,benign,a\nnegative.png,benign,b\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "milsil.cli", "evaluate", str(tmp_path / "manifest.csv")]
+        + ["--checkpoint", str(trained["best"]), "--no-localization", "--device", "cpu"]
+        + ["--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "unlike the training" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("milsil: negative.png: unlike the")
+    assert "familiarity: 1 of 2 images unlike the training data" in result.stdout
+    scores = json.loads((tmp_path / "out" / "evaluation.json").read_text())["familiarity"]
+    assert len(scores["scores"]) == 2
+
+
+def test_streamed_region_bands_carry_the_same_distances(model, trained):
+    """iter_region_bands(familiarity=True): a region streamed as row-ordered pieces gives
+    the distance map of the whole image, band by band, and its accumulated score."""
+    from milsil.inference.heatmap import iter_region_bands
+
+    image = np.concatenate([load_rgb(r.path) for r in trained["test"][:2]], axis=0)  # 96x48
+    h, w = image.shape[:2]
+    pieces = [(0, y, image[y : y + 16]) for y in range(0, h, 16)]
+    whole = distance_map(model, image, stride=2)
+    accumulator = FamiliarityAccumulator(model)
+    rows = []
+    for row0, band in iter_region_bands(model, w, h, pieces, stride=2, familiarity=True):
+        assert band.shape[0] == model.config.num_classes + 1
+        rows.append((row0, band[-1]))
+        accumulator.add(band[-1])
+    stitched = torch.cat([b for _, b in sorted(rows, key=lambda r: r[0])])
+    torch.testing.assert_close(stitched, whole, rtol=1e-4, atol=1e-4)
+    assert accumulator.result().score == pytest.approx(region_score(model, whole).score, rel=1e-4)

@@ -76,16 +76,9 @@ def distance_map(
     if model_familiarity(model) is None:
         return None
     bands = iter_logit_bands(
-        model,
-        image,
-        stride=stride,
-        margin=margin,
-        tile=tile,
-        device=device,
-        precision=precision,
-        familiarity=True,
+        model, image, stride, margin, tile, device, familiarity=True, precision=precision
     )
-    *_, (_, result) = bands
+    *_, (_, result) = bands  # the last band's result is the whole map
     return result[-1].contiguous()
 
 
