@@ -104,6 +104,11 @@ class FamiliarityReference:
         d = ((z.unsqueeze(-2) - centres) ** 2).sum(dim=-1)  # [..., M]
         return d.min(dim=-1).values / self.components
 
+    def distance_channel(self, out: torch.Tensor, classes: int) -> torch.Tensor:
+        """A dense pass's ``[C + K, h, w]`` (logits, then the projection) -> ``[C + 1, h, w]``
+        (logits, then the per-sample distance)."""
+        return torch.cat([out[:classes], self.distances(out[classes:])[None]])
+
     def region_score(self, mean_distance: float) -> float:
         """A region's score from its mean window distance: how many training-image spreads
         it lies above the typical training image, ``(mean - typical) / spread``."""
