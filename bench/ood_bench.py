@@ -219,9 +219,10 @@ def run(preset: str, out: Path, seed: int, device: str) -> dict[str, Any]:
     calib = score_all(model, [load_rgb(r.path) for r in calibration], p["stride"])
     thresholds = {key: calibrated_threshold(values)[0] for key, values in calib.items()}
     thresholds["library"] = reference.threshold  # the stored one
-    rows = {}
+    rows: dict[str, Any] = {}
+    raw = {"test": inside, "calibration": calib}  # every image's scores, to recompute
     for name, images in shifted(test_images, rng, variation).items():
-        outside = score_all(model, images, p["stride"])
+        outside = raw[name] = score_all(model, images, p["stride"])
         rows[name] = {
             key: {
                 "auroc": auroc(
@@ -253,6 +254,7 @@ def run(preset: str, out: Path, seed: int, device: str) -> dict[str, Any]:
         "false_alarm_rate": {key: false_alarms(v, thresholds[key]) for key, v in inside.items()},
         "shifts": rows,
         "val_mil_accuracy": result.history[-1].get("val_mil_accuracy") if result.history else None,
+        "scores": raw,
         "seconds": {"train": trained - start, "total": time.monotonic() - start},
     }
 
