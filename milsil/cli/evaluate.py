@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, records: list, class_names: l
         f"  SIL accuracy {metrics['sil_accuracy']:.4f}  AUROC {metrics['sil_auroc']:.4f}"
     )
     result: dict[str, Any] = {"checkpoint": str(args.checkpoint), "metrics": metrics}
+    result["familiarity"] = _familiarity(model, records, patch)
     if not args.no_localization:
         instances = _instances(args)
         loc = localization(
@@ -124,6 +126,27 @@ def _evaluate_checkpoint(args: argparse.Namespace, records: list, class_names: l
         write_json_atomic(path, result)
         print(f"results: {path}")
     return 0
+
+
+def _familiarity(model: Any, records: list, patch: int) -> dict[str, Any] | None:
+    """Each image's familiarity (its bag's windows, as the threshold was calibrated): a
+    warning line per image unlike the training data; None for a model without a reference."""
+    from milsil.data import load_bag
+    from milsil.inference.familiarity import images_familiarity
+    from milsil.models import model_familiarity
+
+    reference = model_familiarity(model)
+    if reference is None:
+        return None
+    scores = {}
+    for record in records:
+        _, bag = images_familiarity(model, list(load_bag(record, patch)))
+        scores[record.path] = bag.score
+        if bag.unlike_training:
+            print(bag.warning(Path(record.path).name), file=sys.stderr)
+    unlike = sum(score > reference.threshold for score in scores.values())
+    print(f"  familiarity: {unlike} of {len(scores)} images unlike the training data")
+    return {"method": reference.method, "threshold": reference.threshold, "scores": scores}
 
 
 def register_cli(subparsers: Any) -> None:

@@ -17,10 +17,11 @@ from milsil.client.messages import precision_note
 from milsil.engine.config import resolve_device
 from milsil.errors import MilsilError
 from milsil.inference.cam import cam, gradcam
-from milsil.inference.heatmap import logit_heatmap
+from milsil.inference.familiarity import region_score
+from milsil.inference.heatmap import iter_logit_bands
 from milsil.inference.precision import EXPECTED_MAX_LOGIT_DEVIATION, fast_mode
 from milsil.inference.render import comparison_figure, overlay
-from milsil.models import load_checkpoint, target_class_index
+from milsil.models import load_checkpoint, model_familiarity, target_class_index
 
 
 def contrast(logits: torch.Tensor, index: int) -> np.ndarray:
@@ -75,13 +76,21 @@ def render_image(
     bf16: bool,
     precision: str = "exact",
 ) -> dict:
-    """Write ``<stem>.logits.npy``, ``<stem>.heatmap.png`` (and ``<stem>.compare.png``)."""
+    """Write ``<stem>.logits.npy``, ``<stem>.heatmap.png`` (and ``<stem>.compare.png``);
+    the image's familiarity comes from the same pass (a warning line when unlike)."""
     from milsil.data import load_rgb
 
     image = load_rgb(path)
     start = time.perf_counter()
-    logits = logit_heatmap(model, image, stride=stride, bf16=bf16, precision=precision)
+    known = model_familiarity(model) is not None
+    *_, (_, maps) = iter_logit_bands(
+        model, image, stride=stride, bf16=bf16, precision=precision, familiarity=known
+    )
+    classes = model.config.num_classes
+    logits, familiarity = maps[:classes], region_score(model, maps[classes] if known else None)
     seconds = time.perf_counter() - start
+    if familiarity is not None and familiarity.unlike_training:
+        print(familiarity.warning(path.name), file=sys.stderr)
     stem = out_dir / path.stem
     outputs = [f"{stem}.logits.npy"]
     atomic_write(outputs[0], lambda fh: np.save(fh, logits.numpy()))
@@ -92,7 +101,13 @@ def render_image(
         outputs.append(save_png(comparison_figure(image, maps), f"{stem}.compare.png"))
     # Written last: its presence is what marks the image done on a rerun.
     outputs.append(save_png(overlay(image, contrast(logits, cls)), f"{stem}.heatmap.png"))
-    return {"image": str(path), "shape": list(logits.shape), "seconds": seconds, "outputs": outputs}
+    return {
+        "image": str(path),
+        "shape": list(logits.shape),
+        "seconds": seconds,
+        "outputs": outputs,
+        "familiarity": familiarity and familiarity.to_dict(),  # None: the model has no reference
+    }
 
 
 def run(args: argparse.Namespace) -> int:

@@ -117,6 +117,7 @@ def _print_progress(p: SlideProgress) -> None:
 
 
 def _cmd_annotate(args: argparse.Namespace) -> int:
+    from milsil.inference.familiarity import slide_familiarity
     from milsil.models import load_checkpoint
     from milsil.wsi.annotate import annotate_slide
 
@@ -135,7 +136,11 @@ def _cmd_annotate(args: argparse.Namespace) -> int:
         device=args.device,
         keep_work=args.keep_work,
         progress=_print_progress if sys.stderr.isatty() else None,
+        familiarity=True,
     )
+    _, warnings = slide_familiarity(Path(args.slide).name, res.familiarity, res.tile_familiarity)
+    for line in warnings:
+        print(line, file=sys.stderr)
     t = res.timings
     print(
         f"done: {res.objects} {res.class_name} objects from {res.tiles_computed} tissue tiles "

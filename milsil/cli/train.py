@@ -11,6 +11,7 @@ The training flags (:func:`add_train_arguments`) are shared with ``milsil evalua
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from pathlib import Path
@@ -187,6 +188,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"  log:  {out / 'log.jsonl'}",
         flush=True,
     )
+    familiarity = json.loads((out / "run.json").read_text()).get("familiarity")
+    if familiarity:  # milsil.engine.familiarity: what the answers' scores are judged by
+        cal = familiarity["calibration"]
+        print(
+            f"  familiarity: {familiarity['method']}, threshold {familiarity['threshold']:.3g} "
+            f"(calibrated on {cal['images']} images of {cal['patients']} patients, "
+            f"{cal['split']}; {cal['false_alarm_rate']:.0%} of them above it)"
+        )
     return 0
 
 

@@ -12,6 +12,7 @@ finished run resumed) is left as it is.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +43,22 @@ _PATCHES_PER_PASS = 256
 def record_windows(
     model: ConfiguredModel, record: BagRecord, patch_size: int, device: torch.device
 ) -> torch.Tensor:
-    """Features ``[windows, D]`` of every receptive-field window of the record's patches."""
+    """Features ``[windows, D]`` of the receptive-field windows of the record's patches,
+    on a grid of half the model's stride (each patch also shifted by half a stride, where
+    it stays at least a window wide): four times the windows of one pass, same cost per
+    window."""
     mean, std = model.normalization
     patches = load_bag(record, patch_size)
+    half = getattr(model.backbone, "output_stride", 8) // 2
+    shifts = [0, half] if patches.shape[1] - half >= model.min_patch_size else [0]
     out = []
     for start in range(0, len(patches), _PATCHES_PER_PASS):
         x = to_tensor(patches[start : start + _PATCHES_PER_PASS], mean, std).to(device)
-        features = model.feature_map(x)  # [n, D, h, w]
-        out.append(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).float().cpu())
+        for dy in shifts:
+            for dx in shifts:
+                features = model.feature_map(x[:, :, dy:, dx:])  # [n, D, h, w]
+                flat = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+                out.append(flat.float().cpu())
     return torch.cat(out)
 
 
@@ -82,26 +91,32 @@ def fit_familiarity(
             [model.fc(part.to(device)).argmax(dim=1).cpu() for part in features.split(8192)]
         )
     weight, bias, centres = fit_projection(features, classes, components)
-    reference = FamiliarityReference(
-        method=f"mahalanobis-pca{weight.shape[0]}",
+    draft = FamiliarityReference(
+        method=f"mahalanobis-pca{weight.shape[0]}-zscore",
         threshold=0.0,
         weight=weight,
         bias=bias,
         centres=centres,
     )
+
+    def mean_distance(windows: torch.Tensor) -> float:
+        return float(draft.distances(draft.project(windows, dim=1), dim=1).mean())
+
+    # The typical image: its mean window distance over the training images (each from its
+    # sampled windows, an unbiased estimate of its mean).
+    means = torch.tensor([mean_distance(chunk) for chunk in chunks], dtype=torch.float64)
+    typical = float(means.mean())
+    spread = float(means.std()) if len(means) > 1 else 0.0
+    spread = max(spread, 1e-3 * abs(typical), 1e-9)
+    reference = replace(draft, typical=typical, spread=spread)
     scores = [
-        float(reference.distances(reference.project(windows, dim=1), dim=1).mean())
-        for windows in (
-            record_windows(model, record, patch_size, device) for record in calibration_records
-        )
+        reference.region_score(mean_distance(record_windows(model, record, patch_size, device)))
+        for record in calibration_records
     ]
     threshold, false_alarms = calibrated_threshold(scores)
-    return FamiliarityReference(
-        method=reference.method,
+    return replace(
+        reference,
         threshold=threshold,
-        weight=weight,
-        bias=bias,
-        centres=centres,
         calibration={
             "split": split,
             "held_out": held_out,
@@ -144,6 +159,7 @@ def attach_familiarity(
     None for models without per-window features (attention MIL, ResNet-50, DenseNet)."""
     fit, calibration, held_out, split = calibration_split(train_records, val_records, seed)
     summary = None
+    fitted: list[tuple[dict[str, torch.Tensor], FamiliarityReference]] = []
     for path in paths:
         if not Path(path).is_file():
             continue
@@ -153,9 +169,14 @@ def attach_familiarity(
             model = load_checkpoint(path)
             if not supports_familiarity(model):
                 return None
-            reference = fit_familiarity(
-                model, fit, calibration, patch_size, device, seed, held_out, split
-            )
+            state = payload["state_dict"]
+            # best.pt and last.pt hold the same weights when the last epoch was the best.
+            reference = next((ref for s, ref in fitted if _same_weights(s, state)), None)
+            if reference is None:
+                reference = fit_familiarity(
+                    model, fit, calibration, patch_size, device, seed, held_out, split
+                )
+                fitted.append((state, reference))
             payload[FAMILIARITY_KEY] = reference.to_payload()
             atomic_torch_save(payload, path)
         summary = {
@@ -164,3 +185,7 @@ def attach_familiarity(
             "calibration": reference.calibration,
         }
     return summary
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -8,9 +8,10 @@ reference a checkpoint carries). Here it is computed where the answers are:
   same dense pass as the logits (``familiarity=True`` on ``iter_logit_bands`` /
   ``band_logits`` / ``iter_region_bands``: channel ``C``), so a caller that already
   computes a heatmap gets it at the cost of ``K`` more 1x1 output channels.
-* :func:`region_score` / :class:`FamiliarityAccumulator`: a region's score is the mean
-  distance of its samples (NaN samples and those outside ``mask`` never count), whole or
-  band by band; above the reference's threshold the region is *unlike the training data*.
+* :func:`region_score` / :class:`FamiliarityAccumulator`: a region's score comes from the
+  mean distance of its samples (NaN samples and those outside ``mask`` never count), whole
+  or band by band: how many training-image spreads it lies above the typical training
+  image; above the reference's threshold the region is *unlike the training data*.
 * :func:`images_familiarity`: ClassifyBag's tiles and their bag, from each tile's own
   feature map (the valid windows, as at fit time).
 
@@ -20,7 +21,7 @@ reference existed, or attention MIL).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,16 +76,9 @@ def distance_map(
     if model_familiarity(model) is None:
         return None
     bands = iter_logit_bands(
-        model,
-        image,
-        stride=stride,
-        margin=margin,
-        tile=tile,
-        device=device,
-        precision=precision,
-        familiarity=True,
+        model, image, stride, margin, tile, device, familiarity=True, precision=precision
     )
-    *_, (_, result) = bands
+    *_, (_, result) = bands  # the last band's result is the whole map
     return result[-1].contiguous()
 
 
@@ -120,10 +114,12 @@ class FamiliarityAccumulator:
         self.count += int(valid.sum())
 
     def result(self) -> FamiliarityScore | None:
-        """The mean distance against the threshold; None without a reference or samples."""
+        """The region's score (its mean distance, in spreads above the typical training
+        image) against the threshold; None without a reference or samples."""
         if self.reference is None or self.count == 0:
             return None
-        return FamiliarityScore(self.total / self.count, self.reference.threshold)
+        score = self.reference.region_score(self.total / self.count)
+        return FamiliarityScore(score, self.reference.threshold)
 
 
 def region_score(
@@ -175,6 +171,27 @@ def images_familiarity(
     whole = bag.result()
     assert whole is not None
     return tiles, whole
+
+
+def slide_familiarity(
+    name: str, whole: FamiliarityScore | None, tiles: Mapping[object, FamiliarityScore]
+) -> tuple[dict[str, object] | None, list[str]]:
+    """A slide's run metadata (the whole slide's score, how many of its slide tiles are
+    unlike the training data, the highest tile score) and its warning lines: the whole
+    slide when unlike, and the count of unlike slide tiles when there are any (a slide can
+    be familiar as a whole with a few unlike tiles: pen marks, a bubble, a fold)."""
+    if whole is None:
+        return None, []
+    unlike = sum(score.unlike_training for score in tiles.values())
+    highest = max((score.score for score in tiles.values()), default=whole.score)
+    meta = {**whole.to_dict(), "tiles": len(tiles), "unlike_tiles": unlike, "highest_tile": highest}
+    lines = [line for line in [whole.warning(name)] if line]
+    if unlike:
+        lines.append(
+            f"milsil: {name}: {unlike} of {len(tiles)} slide tiles unlike the training data "
+            f"(highest score {highest:.3g}, threshold {whole.threshold:.3g})"
+        )
+    return meta, lines
 
 
 def _as_numpy(values: torch.Tensor | np.ndarray, what: str) -> np.ndarray:

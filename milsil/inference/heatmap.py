@@ -251,8 +251,7 @@ class DenseLogitNet:
         ]
         fc = model.fc
         self.classifier = _Conv(fc.weight.detach()[:, :, None, None], fc.bias.detach(), 1, 1)
-        # The familiarity projection: K more 1x1 rows on the same features, a conv of its
-        # own so the logits stay bit-identical (milsil.models.familiarity).
+        # The familiarity projection (milsil.models.familiarity): its own conv, same logits.
         self.reference = ref = model_familiarity(model)
         on = fc.weight.device
         self.projector = ref and _Conv(ref.weight[:, :, None, None].to(on), ref.bias.to(on), 1, 1)
@@ -267,9 +266,7 @@ class DenseLogitNet:
         yield self.stem
         for block in self.blocks:
             yield from (c for c in (block.conv1, block.conv2, block.conv3, block.downsample) if c)
-        yield self.classifier
-        if self.projector:
-            yield self.projector
+        yield from (c for c in (self.classifier, self.projector) if c)
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor, project: bool = False) -> torch.Tensor:
@@ -449,9 +446,7 @@ def iter_logit_bands(
         with fp32_precision(precision):
             logits = net(crop, familiarity)[0, :, ::step, ::step][:, : r1 - r0, : c1 - c0]
             if familiarity and net.projector:
-                logits = torch.cat(
-                    [logits[:classes], net.reference.distances(logits[classes:])[None]]
-                )
+                logits = net.reference.distance_channel(logits, classes)
         result[: len(logits), r0:r1, c0:c1] = logits.float().cpu()
         if c1 == out_w:
             yield r1, result

@@ -12,17 +12,25 @@ windows are projected onto their top ``K`` principal components, grouped by the 
 the model predicts for the window, and whitened with the pooled within-class covariance
 (Lee et al. 2018's tied class-conditional Gaussians, in a K-dimensional subspace). The
 per-window distance is the squared Mahalanobis distance to the nearest class centre,
-divided by ``K`` (about 1 on the training data). The projection is one affine map
-``z = W f + b``, so the dense heatmap pass gets it as ``K`` extra rows beside the
-classifier's 1x1 convolution, at the cost of ``K`` more output channels. A region's
-score is the mean distance of its windows (a mean streams band by band, and a shifted
-area raises it in proportion to the share of the region it covers).
+divided by ``K``. The projection is one affine map ``z = W f + b``, so the dense heatmap
+pass gets it as ``K`` extra rows beside the classifier's 1x1 convolution, at the cost of
+``K`` more output channels.
 
-Measured alternatives that lost (README, "Trust: unlike the training data"): the
-Mahalanobis distance of the region's mean feature (averaging first hides per-window
-oddities, e.g. pen marks over part of a region, and grayscale/blur move the mean
-little), and the energy score ``-logsumexp(logits)`` (logits grow on shifted inputs as
-often as they shrink: an IHC-like stain gave the demo model larger logits than H&E).
+A region's score is the mean distance of its windows, expressed as how many spreads it
+lies above the typical training image (``(mean - typical) / spread``, the mean and
+standard deviation of that mean over the training images): 0 is a typical image, and
+the threshold reads in the same unit whatever the model. A mean streams band by band,
+and a shifted area raises it in proportion to the share of the region it covers.
+
+Measured alternatives (README, "Trust: unlike the training data"): a two-sided
+typicality test on the same mean (Nalisnick et al. 2019: ``|mean - typical| / spread``;
+blur, x2 magnification and strong stain variation make windows look *more* typical, so
+it catches those better, but it loses grayscale and blank glass, whose means land near
+the typical value: no better on average); the Mahalanobis distance of the region's mean
+feature (the best separation measured, but a region's score then needs its ``K``-vector
+mean, not one channel per sample: a contract change, left as the next step); and the
+energy score ``-logsumexp(logits)`` (logits grow on shifted inputs as often as they
+shrink: the demo model answered an IHC image with logits up to 258).
 
 The threshold is calibrated on held-out patients of the training data (the validation
 split, else a patient-level split of the training patients): the score that about 5% of
@@ -55,7 +63,10 @@ class FamiliarityReference:
 
     ``weight`` ``[K, D]`` and ``bias`` ``[K]`` map a window's feature to the whitened space
     (mean and whitening folded in); ``centres`` ``[M, K]`` are the class centres there (the
-    classes the model predicted on training windows). ``calibration``: how the threshold
+    classes the model predicted on training windows). ``typical`` and ``spread``: the mean
+    and standard deviation over training images of an image's mean window distance (the
+    region score is how many spreads a region's mean lies above ``typical``).
+    ``calibration``: how the threshold
     was set (patients, images, false-alarm rate, split); ``fit``: what the projection was
     fitted on (images, windows). Plain values only, so a checkpoint loads with
     ``weights_only``.
@@ -66,6 +77,8 @@ class FamiliarityReference:
     weight: torch.Tensor
     bias: torch.Tensor
     centres: torch.Tensor
+    typical: float = 1.0
+    spread: float = 1.0
     calibration: dict[str, Any] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
 
@@ -91,10 +104,22 @@ class FamiliarityReference:
         d = ((z.unsqueeze(-2) - centres) ** 2).sum(dim=-1)  # [..., M]
         return d.min(dim=-1).values / self.components
 
+    def distance_channel(self, out: torch.Tensor, classes: int) -> torch.Tensor:
+        """A dense pass's ``[C + K, h, w]`` (logits, then the projection) -> ``[C + 1, h, w]``
+        (logits, then the per-sample distance)."""
+        return torch.cat([out[:classes], self.distances(out[classes:])[None]])
+
+    def region_score(self, mean_distance: float) -> float:
+        """A region's score from its mean window distance: how many training-image spreads
+        it lies above the typical training image, ``(mean - typical) / spread``."""
+        return (float(mean_distance) - self.typical) / self.spread
+
     def to_payload(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "threshold": float(self.threshold),
+            "typical": float(self.typical),
+            "spread": float(self.spread),
             "weight": self.weight.detach().cpu().float().clone(),
             "bias": self.bias.detach().cpu().float().clone(),
             "centres": self.centres.detach().cpu().float().clone(),
@@ -112,7 +137,8 @@ class FamiliarityReference:
 
         if not isinstance(raw, dict):
             raise bad(f"expected a mapping, got {type(raw).__name__}")
-        missing = [k for k in ("method", "threshold", "weight", "bias", "centres") if k not in raw]
+        required = ("method", "threshold", "typical", "spread", "weight", "bias", "centres")
+        missing = [k for k in required if k not in raw]
         if missing:
             raise bad(f"missing {', '.join(missing)}")
         weight, bias, centres = raw["weight"], raw["bias"], raw["centres"]
@@ -129,18 +155,24 @@ class FamiliarityReference:
             raise bad(f"bias must be [{k}], got {tuple(bias.shape)}")
         if centres.ndim != 2 or centres.shape[1] != k or centres.shape[0] < 1:
             raise bad(f"centres must be [M, {k}], got {tuple(centres.shape)}")
-        try:
-            threshold = float(raw["threshold"])
-        except (TypeError, ValueError):
-            raise bad(f"threshold must be a number, got {raw['threshold']!r}") from None
-        if not math.isfinite(threshold):
-            raise bad("threshold must be finite")
+        numbers = {}
+        for key in ("threshold", "typical", "spread"):
+            try:
+                numbers[key] = float(raw[key])
+            except (TypeError, ValueError):
+                raise bad(f"{key} must be a number, got {raw[key]!r}") from None
+            if not math.isfinite(numbers[key]):
+                raise bad(f"{key} must be finite")
+        if numbers["spread"] <= 0:
+            raise bad(f"spread must be positive, got {numbers['spread']}")
         calibration, fit = raw.get("calibration", {}), raw.get("fit", {})
         if not isinstance(calibration, dict) or not isinstance(fit, dict):
             raise bad("calibration and fit must be mappings")
         return cls(
             method=str(raw["method"]),
-            threshold=threshold,
+            threshold=numbers["threshold"],
+            typical=numbers["typical"],
+            spread=numbers["spread"],
             weight=weight.float(),
             bias=bias.float(),
             centres=centres.float(),

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from milsil.atomic import file_sha256, write_json_atomic
 from milsil.errors import MilsilError, NotFoundError
+from milsil.inference.familiarity import slide_familiarity
 from milsil.wsi.annotate import annotate_slide
 from milsil.wsi.reader import SLIDE_SUFFIXES
 from milsil.wsi.settings import SlideSettings
@@ -153,6 +154,7 @@ def run_batch(
                     settings,
                     tiff=(out / f"{name}.tif") if tiff else None,
                     device=ctx.device,
+                    familiarity=True,
                 )
             except Exception as exc:  # noqa: BLE001 - one bad slide must not stop the others
                 message = " ".join(str(exc).split()) or type(exc).__name__
@@ -173,6 +175,11 @@ def run_batch(
                 "seconds": time.monotonic() - t0,
                 "rank": ctx.rank,
             }
+            summary["familiarity"], warnings = slide_familiarity(
+                name, res.familiarity, res.tile_familiarity
+            )
+            for line in warnings:
+                print(line, file=sys.stderr, flush=True)
             write_json_atomic(summary_path, summary)
             outcomes.append(
                 {"slide": str(path), "name": name, "status": "ok", "objects": res.objects}
