@@ -31,9 +31,11 @@ import numpy as np
 import torch
 
 # The tiny test models live with the tests (tests/server_support.py), not in the wheel.
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# Imported by name from that folder: a `tests` package of some installed dependency
+# would shadow the repository's (a folder without __init__.py) as `tests.server_support`.
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
 
 
 def start_server(data_dir: Path, python: str) -> tuple[subprocess.Popen, str]:
@@ -151,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
+    from server_support import tiny_model
+
     from milsil.client import MilsilClient
     from milsil.models import save_checkpoint
-    from tests.server_support import tiny_model
 
     results: dict[str, object] = {"torch_threads": torch.get_num_threads(), "device": "cpu"}
     rng = np.random.default_rng(0)

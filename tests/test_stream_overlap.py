@@ -1,13 +1,13 @@
 """Streamed regions compute while they receive (issue 16), proved by the order of events.
 
 A real server on loopback, real channels: Heatmap, Annotate and MeasureObjects stream a
-region of seven tile rows (three bands: the first is handed out when the fourth row
-arrives). Two orders are checked:
+region of seven tile rows (four bands of at most 143 rows: the first is handed out when
+the fourth row arrives). Two orders are checked:
 
 * *band 0 computes while later tiles are decoded*: the server's compute of band 0 waits
-  until a tile has been decoded after that compute began. Receiving and computing on one
-  thread cannot do that (the decode would wait for the compute, which waits for the
-  decode): the wait would run out and the test fail;
+  until a tile has been decoded after band 0 was handed out. Receiving and computing on
+  one thread cannot do that (the decode would wait for the compute, which waits for the
+  decode): the wait would run out and the test fail (as it does on the previous server);
 * *a band is computed before the last tile is sent*: the client holds back the last tile
   row until it has seen a band computed (Heatmap: a tile reply with samples on the
   channel; Annotate and MeasureObjects answer once, so the server's compute is watched).
@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
+import grpc
 import numpy as np
 import pytest
 from server_support import register_tiny_model, running_server
 
 import milsil_server.region_stream as region_stream
 from milsil.client import MilsilClient, encode_tile
+from milsil.inference.tiling import BandCanvas
 from milsil.v1 import common_pb2, inference_service_pb2
 
 WIDTH, HEIGHT, TILE = 128, 448, 64  # 7 rows of 2 tiles; bands of 143 rows (width-8 BagNet-9)
@@ -31,19 +34,19 @@ STALL_SECONDS = 60.0  # how long a wait may take before the test calls it a dead
 
 
 class Probe:
-    """The server's band computes and tile decodes, in order, with band 0's compute held
-    until a decode happens during it."""
+    """The server's bands handed out and computed and its tile decodes, in order; band 0's
+    compute held until a tile has been decoded after band 0 was handed out."""
 
     def __init__(self) -> None:
         self.events: list[tuple[str, int]] = []
         self.cond = threading.Condition()
-        self.computing0 = False
-        self.decoded_during_band0 = 0
+        self.decoded_during_band0 = 0  # decodes after band 0 was handed out, before it was done
 
     def note(self, kind: str, index: int) -> None:
         with self.cond:
             self.events.append((kind, index))
-            if kind == "decode" and self.computing0:
+            handed0 = ("handed", 0) in self.events and ("computed", 0) not in self.events
+            if kind == "decode" and handed0:
                 self.decoded_during_band0 += 1
             self.cond.notify_all()
 
@@ -53,14 +56,19 @@ class Probe:
 
     def install(self, monkeypatch) -> None:
         band_logits, decode_tile = region_stream.band_logits, region_stream.decode_tile
+        take = BandCanvas._take
+
+        def handing(canvas, end):
+            band = take(canvas, end)
+            self.note("handed", band.index)
+            return band
 
         def computing(model, band, *args, **kwargs):
             if band.index == 0:
+                # Held until the receiver decodes a tile after band 0 was handed out: one
+                # thread that receives and computes never gets there.
                 with self.cond:
-                    self.computing0 = True
-                    # Held until the receiver decodes a tile meanwhile.
                     self.cond.wait_for(lambda: self.decoded_during_band0 > 0, STALL_SECONDS)
-                    self.computing0 = False
             out = band_logits(model, band, *args, **kwargs)
             self.note("computed", band.index)
             return out
@@ -70,6 +78,7 @@ class Probe:
             self.note("decode", int(args[4].removeprefix("tiles[").rstrip("]")))
             return pixels
 
+        monkeypatch.setattr(BandCanvas, "_take", handing)
         monkeypatch.setattr(region_stream, "band_logits", computing)
         monkeypatch.setattr(region_stream, "decode_tile", decoding)
 
@@ -85,6 +94,15 @@ def env(tmp_path, monkeypatch):
             yield client, probe, server
         finally:
             client.close()
+        # Every call's receiver thread has ended with its call (none left reading).
+        _wait_for(lambda: not [t for t in threading.enumerate() if t.name == "milsil-receiver"])
+
+
+def _wait_for(condition, timeout: float = STALL_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
 
 
 def _rows() -> list[list[common_pb2.Tile]]:
@@ -113,7 +131,7 @@ def _region() -> common_pb2.Region:
 
 
 def _assert_overlapped(probe: Probe, sent: list[str]) -> None:
-    assert probe.decoded_during_band0 > 0, "no tile was decoded while band 0 computed"
+    assert probe.decoded_during_band0 > 0, "no tile was decoded before band 0 was computed"
     assert sent == ["held", "released", "last row"]
     computed = [i for kind, i in probe.events if kind == "computed"]
     assert computed == [0, 1, 2, 3]  # 448 rows: bands of 143, 143, 143 and 19
@@ -174,3 +192,23 @@ def test_measure_objects_computes_band_0_while_later_tiles_arrive(env):
     assert [m.id for m in measured] == ["top", "bottom"]
     assert [m.pixels for m in measured] == [100, 400]
     assert server.memory.in_use == 0
+
+
+def test_a_bad_tile_received_while_a_band_computes_ends_the_call_as_before(env):
+    client, probe, server = env
+    rows = _rows()
+    bad = rows[-1][1]
+    bad.data = bad.data[:-3]  # one pixel short
+    config = inference_service_pb2.HeatmapConfig(model="models/tiny", region=_region(), stride=1)
+    Request = inference_service_pb2.HeatmapRequest
+    requests = [Request(config=config)] + [Request(tiles=row) for row in rows]
+    with pytest.raises(grpc.RpcError) as info:
+        list(client.inference.Heatmap(iter(requests), timeout=300))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == (
+        f"tiles[13].data has {TILE * TILE * 3 - 3} bytes; RAW_RGB8 {TILE}x{TILE} needs "
+        f"width*height*3 = {TILE * TILE * 3}"
+    )
+    assert probe.decoded_during_band0 > 0
+    assert [i for kind, i in probe.events if kind == "computed"] == [0, 1]  # before the error
+    _wait_for(lambda: server.memory.in_use == 0)
