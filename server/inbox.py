@@ -41,7 +41,9 @@ class StreamIdle(ServiceError):
     reason = "stream_idle"
 
 
-class _Failed:
+class Failed:
+    """What a reader thread raised, handed to the thread it reads for (raised there)."""
+
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
@@ -94,7 +96,7 @@ class Inbox:
             if not self.is_active():  # gRPC ends the requests of a cancelled call quietly
                 raise Cancelled("the client cancelled the call while sending")
             raise StopIteration
-        if isinstance(item, _Failed):
+        if isinstance(item, Failed):
             self._done = True
             if not self.is_active():
                 raise Cancelled("the client cancelled the call while sending") from None
@@ -137,7 +139,7 @@ class Inbox:
                     return
             self._put(_END)
         except Exception as exc:  # noqa: BLE001 - handed to the call, which maps it
-            self._put(_Failed(exc))
+            self._put(Failed(exc))
 
     def _put(self, item: Any) -> bool:
         while not self._closed.is_set():

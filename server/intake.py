@@ -31,18 +31,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .inbox import GRACE_SECONDS, POLL_SECONDS
+from .inbox import GRACE_SECONDS, POLL_SECONDS, Failed
 
 END = object()  # the receiver is done: every tile placed, every band handed over
 
 
 class Stopped(Exception):
     """The call's thread has ended: the receiver stops where it is."""
-
-
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
 
 
 class Handover:
@@ -99,7 +94,7 @@ class Handover:
         except Stopped:
             pass
         except BaseException as exc:  # noqa: BLE001 - raised on the call's thread
-            self._queue.put(_Failed(exc))
+            self._queue.put(Failed(exc))
 
     # ------------------------------------------------------------------ the call's side
 
@@ -111,7 +106,7 @@ class Handover:
             item = self._queue.get(timeout=GRACE_SECONDS)
         except queue.Empty:
             item = self._wait()
-        if isinstance(item, _Failed):
+        if isinstance(item, Failed):
             raise item.exc
         return item
 
@@ -135,8 +130,3 @@ class Handover:
         self._band_free.release()  # a receiver waiting to hand a band over wakes and stops
         with self._lock:
             pass
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the receiver thread to end (tests); whether it has."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
