@@ -4,13 +4,15 @@
 Starts ``milsil serve`` as a separate process on loopback (as in production: the client
 and server do not share a GIL), registers BagNet-9 models, and measures:
 
-1. streaming: MB/s of RAW tiles client->server (Heatmap at stride 64, where compute is
-   negligible) and of checkpoint bytes server->client (ExportModel);
+1. streaming: tile intake, MB/s of RAW tiles client->server, received, checked, decoded
+   and placed (:func:`intake_seconds`), and of checkpoint bytes server->client (ExportModel);
 2. overhead: wall time of ``Heatmap`` over gRPC divided by the same
    ``milsil.inference.heatmap.logit_heatmap`` call in this process on the same region (goal <= 1.10);
 3. concurrency: N clients issuing small Heatmap requests: requests/s, p50 and p99 latency.
 
-Usage: ``python bench/grpc_bench.py [--quick] [--json out.json]``.
+Usage: ``python bench/grpc_bench.py [--quick] [--json out.json] [--server-python PY]``
+(``--server-python``: the interpreter that runs the server, e.g. another checkout's
+virtual environment, to measure its server with this client: a before/after pair).
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ import numpy as np
 import torch
 
 # The tiny test models live with the tests (tests/server_support.py), not in the wheel.
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# Imported by name from that folder: a `tests` package of some installed dependency
+# would shadow the repository's (a folder without __init__.py) as `tests.server_support`.
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
 
 
-def start_server(data_dir: Path, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: Path, python: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [
-            sys.executable,
+            python,
             "-m",
             "milsil.cli",
             "serve",
@@ -70,6 +74,37 @@ def best_of(fn, repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def intake_seconds(client, model: str, strip: np.ndarray, tile: int = 512) -> float:
+    """Seconds for the server to take in ``strip`` (RAW tiles of ``tile`` px, 4 a message,
+    built before the clock starts): from the call's start to the reply to one more tile,
+    context only, sent after them. The strip is one band high (512 rows at stride 64), so
+    no band is computed before that reply (it comes once every earlier tile was received,
+    checked, decoded and placed), and the pixels are all that is timed."""
+    from milsil.client.messages import image_tiles
+    from milsil.client.regions import region_requests
+    from milsil.v1 import common_pb2, inference_service_pb2
+
+    height, width = strip.shape[:2]
+    config = inference_service_pb2.HeatmapConfig(
+        model=model,
+        region=common_pb2.Region(width=width, height=height, downsample=1),
+        stride=64,
+    )
+    Request = inference_service_pb2.HeatmapRequest
+    requests = list(region_requests({"config": config}, strip, 0, 0, 1.0, 0, tile, "raw", Request))
+    below = np.zeros((2, 64, 3), np.uint8)  # in the context below the strip: no samples
+    requests.append(Request(tiles=list(image_tiles(below, 64, "raw", 0, height, 1.0))))
+    last = sum(len(r.tiles) for r in requests) - 1
+    started = time.perf_counter()
+    call = client.inference.Heatmap(iter(requests))
+    for response in call:
+        if response.HasField("tile") and response.tile.tile_index == last:
+            elapsed = time.perf_counter() - started
+            call.cancel()
+            return elapsed
+    raise RuntimeError("the server never answered the last tile")
 
 
 def overhead_row(
@@ -106,17 +141,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller regions and fewer repeats")
     parser.add_argument("--json", type=Path, help="write the figures here too")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--only",
+        default="streaming,overhead,concurrency",
+        help="the parts to run, comma-separated (default: all three)",
+    )
+    parser.add_argument(
+        "--server-python",
+        default=sys.executable,
+        help="the Python that runs the server (another checkout's venv: its server, this client)",
+    )
     args = parser.parse_args(argv)
+
+    from server_support import tiny_model
 
     from milsil.client import MilsilClient
     from milsil.models import save_checkpoint
-    from tests.server_support import tiny_model
 
     results: dict[str, object] = {"torch_threads": torch.get_num_threads(), "device": "cpu"}
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        proc, target = start_server(tmp / "data", torch.get_num_threads())
+        proc, target = start_server(tmp / "data", args.server_python)
         try:
             client = MilsilClient(target, max_message_mb=128)
             models = {}
@@ -126,104 +172,88 @@ def main(argv: list[str] | None = None) -> int:
                 client.import_model(tmp / f"w{width}.pt", model_id=f"w{width}")
                 models[width] = model
 
-            # 1. streaming: the header is sent once every tile is received, decoded and
-            # placed, so time-to-header is the intake time of the whole region.
-            side = 1024 if args.quick else 2048
-            image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-            mb = image.nbytes / 1e6
-            client.heatmap("models/w8", image[:256, :256], stride=64)  # warm-up
-
-            def intake() -> None:
-                from milsil.client.regions import region_requests
-                from milsil.v1 import common_pb2, inference_service_pb2
-
-                config = inference_service_pb2.HeatmapConfig(
-                    model="models/w8",
-                    region=common_pb2.Region(width=side, height=side, downsample=1),
-                    stride=64,
+            parts = set(args.only.split(","))
+            if "streaming" in parts:
+                # 1. streaming: tile intake (a strip one band high, nothing computed meanwhile)
+                width = 4096 if args.quick else 8192
+                strip = rng.integers(0, 256, (512, width, 3), dtype=np.uint8)
+                mb = strip.nbytes / 1e6
+                client.heatmap("models/w8", strip[:256, :256], stride=64)  # warm-up
+                intakes = sorted(
+                    intake_seconds(client, "models/w8", strip) for _ in range(2 * args.repeat + 1)
                 )
-                reqs = region_requests(
-                    {"config": config},
-                    image,
-                    0,
-                    0,
-                    1.0,
-                    0,
-                    512,
-                    "raw",
-                    inference_service_pb2.HeatmapRequest,
+                wall = statistics.median(intakes)
+                export_bytes = client.get_model("models/w64").size_bytes
+                export = best_of(
+                    lambda: client.export_model("models/w64", tmp / "out.pt"), args.repeat
                 )
-                call = client.inference.Heatmap(reqs)
-                next(call)
-                call.cancel()
-
-            wall = best_of(intake, args.repeat)
-            export_bytes = client.get_model("models/w64").size_bytes
-            export = best_of(lambda: client.export_model("models/w64", tmp / "out.pt"), args.repeat)
-            results["streaming"] = {
-                "tiles_mb": round(mb, 1),
-                "tile_intake_s": round(wall, 3),
-                "tiles_upload_mb_per_s": round(mb / wall, 1),
-                "export_mb_per_s": round(export_bytes / 1e6 / export, 1),
-            }
-            print(json.dumps({"streaming": results["streaming"]}), flush=True)
-
-            # 2. overhead vs in-process on the same region
-            overhead = []
-            cases = [(16, 256 if args.quick else 384, 1), (64, 1024 if args.quick else 2048, 8)]
-            for width, size, stride in cases:
-                region = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-                client.heatmap(
-                    f"models/w{width}", region[:64, :64], stride=stride
-                )  # warm the model cache
-                row = {
-                    "model": f"bagnet9 width {width}",
-                    **overhead_row(
-                        client, f"models/w{width}", models[width], region, stride, args.repeat
-                    ),
+                results["streaming"] = {
+                    "tiles_mb": round(mb, 1),
+                    "tile_intake_s": round(wall, 4),
+                    "tile_intake_mb_per_s": round(mb / wall, 1),  # the median of the repeats
+                    "tile_intake_mb_per_s_best": round(mb / intakes[0], 1),
+                    "export_mb_per_s": round(export_bytes / 1e6 / export, 1),
                 }
-                overhead.append(row)
-                print(json.dumps({"overhead": row}), flush=True)
-            results["overhead"] = overhead
+                print(json.dumps({"streaming": results["streaming"]}), flush=True)
 
-            # 3. concurrent clients
-            small = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
-            per_client = 5 if args.quick else 10
-            concurrency = []
-            for n in (1, 2, 4, 8):
-                latencies: list[float] = []
-                lock = threading.Lock()
-                clients = [MilsilClient(target) for _ in range(n)]
+            if "overhead" in parts:
+                # 2. overhead vs in-process on the same region
+                overhead = []
+                cases = [(16, 256 if args.quick else 384, 1), (64, 1024 if args.quick else 2048, 8)]
+                for width, size, stride in cases:
+                    region = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                    client.heatmap(
+                        f"models/w{width}", region[:64, :64], stride=stride
+                    )  # warm the model cache
+                    row = {
+                        "model": f"bagnet9 width {width}",
+                        **overhead_row(
+                            client, f"models/w{width}", models[width], region, stride, args.repeat
+                        ),
+                    }
+                    overhead.append(row)
+                    print(json.dumps({"overhead": row}), flush=True)
+                results["overhead"] = overhead
 
-                def work(c: MilsilClient, lock=lock, latencies=latencies) -> None:
-                    for _ in range(per_client):
-                        t = time.perf_counter()
-                        c.heatmap("models/w16", small, stride=4)
-                        with lock:
-                            latencies.append(time.perf_counter() - t)
+            if "concurrency" in parts:
+                # 3. concurrent clients
+                small = rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)
+                per_client = 5 if args.quick else 10
+                concurrency = []
+                for n in (1, 2, 4, 8):
+                    latencies: list[float] = []
+                    lock = threading.Lock()
+                    clients = [MilsilClient(target) for _ in range(n)]
 
-                threads = [threading.Thread(target=work, args=(c,)) for c in clients]
-                t0 = time.perf_counter()
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                total = time.perf_counter() - t0
-                for c in clients:
-                    c.close()
-                latencies.sort()
-                row = {
-                    "clients": n,
-                    "requests": len(latencies),
-                    "requests_per_s": round(len(latencies) / total, 2),
-                    "p50_ms": round(1000 * statistics.median(latencies), 1),
-                    "p99_ms": round(
-                        1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1
-                    ),
-                }
-                concurrency.append(row)
-                print(json.dumps({"concurrency": row}), flush=True)
-            results["concurrency"] = concurrency
+                    def work(c: MilsilClient, lock=lock, latencies=latencies) -> None:
+                        for _ in range(per_client):
+                            t = time.perf_counter()
+                            c.heatmap("models/w16", small, stride=4)
+                            with lock:
+                                latencies.append(time.perf_counter() - t)
+
+                    threads = [threading.Thread(target=work, args=(c,)) for c in clients]
+                    t0 = time.perf_counter()
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    total = time.perf_counter() - t0
+                    for c in clients:
+                        c.close()
+                    latencies.sort()
+                    row = {
+                        "clients": n,
+                        "requests": len(latencies),
+                        "requests_per_s": round(len(latencies) / total, 2),
+                        "p50_ms": round(1000 * statistics.median(latencies), 1),
+                        "p99_ms": round(
+                            1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1
+                        ),
+                    }
+                    concurrency.append(row)
+                    print(json.dumps({"concurrency": row}), flush=True)
+                results["concurrency"] = concurrency
             client.close()
         finally:
             proc.terminate()

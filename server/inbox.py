@@ -10,7 +10,9 @@ holds the client back) and the call waits for each with ``--stream-idle-timeout`
   hand-over) is handed over at once, and the call keeps its compute turn;
 * otherwise ``on_wait`` runs, and again at every check while the call waits (a streamed
   region gives its compute slot back if another call waits for one, see
-  :class:`~.slots.Turn`), and the call waits, checking that the client is still there;
+  :class:`~.slots.Turn`; once its tiles are read by a receiver thread, :mod:`.intake`
+  does that on the call's thread instead), and the call waits, checking that the client
+  is still there;
 * no message for ``idle_seconds``: :class:`StreamIdle` (DEADLINE_EXCEEDED, naming the
   limit); a client that cancelled: :class:`~.errors.Cancelled` (CANCELLED, never INTERNAL).
 """
@@ -39,7 +41,9 @@ class StreamIdle(ServiceError):
     reason = "stream_idle"
 
 
-class _Failed:
+class Failed:
+    """What a reader thread raised, handed to the thread it reads for (raised there)."""
+
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
@@ -92,7 +96,7 @@ class Inbox:
             if not self.is_active():  # gRPC ends the requests of a cancelled call quietly
                 raise Cancelled("the client cancelled the call while sending")
             raise StopIteration
-        if isinstance(item, _Failed):
+        if isinstance(item, Failed):
             self._done = True
             if not self.is_active():
                 raise Cancelled("the client cancelled the call while sending") from None
@@ -116,6 +120,9 @@ class Inbox:
                 raise Cancelled(
                     "the client cancelled the call (or its deadline passed) while sending"
                 )
+            if self._closed.is_set():  # the call has ended (a region's receiver thread stops)
+                self._done = True
+                raise Cancelled("the call ended while it waited for the client's next message")
             if deadline is not None and time.monotonic() >= deadline:
                 self._done = True
                 raise StreamIdle(
@@ -132,7 +139,7 @@ class Inbox:
                     return
             self._put(_END)
         except Exception as exc:  # noqa: BLE001 - handed to the call, which maps it
-            self._put(_Failed(exc))
+            self._put(Failed(exc))
 
     def _put(self, item: Any) -> bool:
         while not self._closed.is_set():

@@ -90,8 +90,9 @@ def _measure_objects(res: Resources, inbox: Inbox, context: Any) -> Iterator[Any
             for status in turn.waiting():
                 yield Response(queue=queue_status(status))
             inbox.on_wait = turn.release_if_wanted
-            stream = open_stream(res, spec, model, halo, 1, reservation, context, turn)
             tiles = received.tiles() if slide is None else slide_tiles(slide, spec, halo)
+            source = inbox if slide is None else None  # where the receiver reads tiles from
+            stream = open_stream(res, spec, model, halo, 1, reservation, context, turn, source)
             try:
                 for event in stream.events(tiles):
                     if isinstance(event, Computed):

@@ -4,9 +4,11 @@ Heatmap and Annotate (:mod:`.regions`) and MeasureObjects (:mod:`.objects`) all 
 
 A region is not assembled: its tiles arrive in row order and land in the tiled engine's
 :class:`milsil.inference.tiling.BandCanvas`, which hands out each band (with its context,
-missing context mirrored) once the band and its context have arrived; the band is
-computed at once and its pixels freed. What a call keeps is bounded by the band height
-times the region's width, never by its area:
+missing context mirrored) once the band and its context have arrived. Tiles are received
+and decoded on a thread of their own (:mod:`.intake`) while the call's thread computes the
+band handed out before, and frees its pixels. What a call keeps is bounded by the band
+height times the region's width (the window, the band computing and the next one), never
+by its area:
 
 * Heatmap keeps the computed rows that tiles still waiting for their answer need;
 * Annotate keeps the outlines and per-component sums (:class:`milsil.wsi.geojson.OutlineStream`).
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +44,8 @@ from milsil.inference.tiling import Band, BandCanvas, UncoveredError
 from milsil.models.familiarity import model_familiarity
 
 from .errors import Busy, Cancelled, ResourceExhausted
+from .inbox import Inbox
+from .intake import END, Handover
 from .memory import Reservation, trim_memory
 from .resources import Limits, Resources
 from .slots import Turn
@@ -147,7 +151,7 @@ class Computed:
 
 @dataclass
 class RegionStream:
-    """One streamed region: tiles in (:meth:`feed`, then :meth:`finish`), events out.
+    """One streamed region: tiles in, events out (:meth:`events`).
 
     ``reservation`` is charged before the window, a band or a tile's pixels are
     allocated (:meth:`nbytes` says how much in all); ``is_active`` is polled between
@@ -173,7 +177,11 @@ class RegionStream:
     # Also the per-sample distance from the training data, in the same pass (a model with
     # a familiarity reference): one more channel in every Computed.
     familiarity: bool = False
+    # The call's inbox when the tiles come from it: its ``on_wait`` (the caller's, while
+    # this thread reads the first tile) is cleared once the receiver thread reads it.
+    inbox: Inbox | None = None
     tiles: int = field(init=False, default=0)
+    _hand: Handover | None = field(init=False, default=None)  # the receiver, once started
     answered: bool = field(init=False, default=False)  # a reply went out (Heatmap's header)
     canvas: BandCanvas = field(init=False)
     band: int = field(init=False)
@@ -182,7 +190,12 @@ class RegionStream:
         self.band = stream_band_rows(self.model, self.spec.width, self.stride, self.device)
         self._chunk_side = chunk_side(self.model, self.stride, self.device)
         self.canvas = BandCanvas(
-            self.spec.width, self.spec.height, self.halo, self.band, reserve=self._reserve
+            self.spec.width,
+            self.spec.height,
+            self.halo,
+            self.band,
+            reserve=self._reserve,
+            held_bands=2,  # the band computing and the next one (:mod:`.intake`)
         )
         self.rows = output_size(self.spec.height, self.stride)
         self.cols = output_size(self.spec.width, self.stride)
@@ -258,39 +271,44 @@ class RegionStream:
         px, py = round((tile.x - r.x) / ds), round((tile.y - r.y) / ds)  # region pixels
         return px, py, self.canvas.clip(px, py, tile.width, tile.height)
 
-    def feed(self, tiles: Iterable[TileData]) -> Iterator[Placed | Computed]:
-        """Take tiles; yields each tile's :class:`Placed` and every band computed meanwhile."""
-        for tile in tiles:
-            if not self.is_active():
-                raise Cancelled("request cancelled or deadline exceeded")
-            n = self.tiles
-            if n >= self.max_tiles:
-                raise ResourceExhausted(
-                    f"at most {compact(self.max_tiles)} tiles per request", reason="too_large"
-                )
-            self.tiles += 1
-            where = f"tiles[{n}]"
-            px, py, box = self._box(tile, where)
-            if box is None:
-                # Context beyond what the receptive field needs (a client may send a wider
-                # margin): ignored before decoding. The coverage check still catches gaps.
-                if self._outside is None:
-                    self._outside = f"{where} at level-0 ({compact(tile.x)}, {compact(tile.y)})"
-                yield Placed(n, (0, 0, 0, 0))
-                continue
-            self._placed += 1
-            with self._uncovered():
-                for band in self.canvas.make_room(box):
-                    yield self._compute(band)
-            if tile.width * tile.height > self._tile_pixels:
-                self._tile_pixels = tile.width * tile.height
-                self._ensure()
-            pixels = decode_tile(
-                tile.encoding, tile.data, tile.width, tile.height, where, self.limits
-            )
-            yield Placed(n, self.canvas.place(pixels, px, py))
+    def _receive(self, tiles: Iterator[TileData], hand: Handover) -> None:
+        """The receiver thread (:mod:`.intake`): every tile checked from its header, its room
+        made (bands handed over to compute), decoded and placed; then the bands left."""
+        for tile in tiles:  # waits for the client (the inbox's idle limit), holding nothing
+            with hand.working():
+                self._take_tile(tile, hand)
+        with hand.working():
+            self._finish(hand)
 
-    def finish(self) -> Iterator[Computed]:
+    def _take_tile(self, tile: TileData, hand: Handover) -> None:
+        if not self.is_active():
+            raise Cancelled("request cancelled or deadline exceeded")
+        n = self.tiles
+        if n >= self.max_tiles:
+            raise ResourceExhausted(
+                f"at most {compact(self.max_tiles)} tiles per request", reason="too_large"
+            )
+        self.tiles += 1
+        where = f"tiles[{n}]"
+        px, py, box = self._box(tile, where)
+        if box is None:
+            # Context beyond what the receptive field needs (a client may send a wider
+            # margin): ignored before decoding. The coverage check still catches gaps.
+            if self._outside is None:
+                self._outside = f"{where} at level-0 ({compact(tile.x)}, {compact(tile.y)})"
+            hand.put(Placed(n, (0, 0, 0, 0)))
+            return
+        self._placed += 1
+        with self._uncovered():
+            for band in self.canvas.make_room(box):
+                hand.hand_band(band, self.canvas.own)
+        if tile.width * tile.height > self._tile_pixels:
+            self._tile_pixels = tile.width * tile.height
+            self._ensure()
+        pixels = decode_tile(tile.encoding, tile.data, tile.width, tile.height, where, self.limits)
+        hand.put(Placed(n, self.canvas.place(pixels, px, py)))
+
+    def _finish(self, hand: Handover) -> None:
         """The bands left once the client has sent everything."""
         if self.tiles and not self._placed:
             r = self.spec
@@ -302,21 +320,45 @@ class RegionStream:
             )
         with self._uncovered():
             for band in self.canvas.finish():
-                yield self._compute(band)
+                hand.hand_band(band, self.canvas.own)
 
     def events(self, tiles: Iterator[TileData]) -> Iterator[Placed | Computed]:
         """All of the stream's events (tiles placed, bands computed), its window reserved
         for the first tile before anything is answered (so a busy budget is refused up
-        front)."""
+        front). The tiles are received on a thread of their own (:mod:`.intake`) from the
+        first event on, while this thread computes."""
         first = next(tiles, None)
         if first is not None:
             side = self.limits.max_tile_side
             self.reserve_for(min(first.height, side), min(first.width, side))
             tiles = itertools.chain([first], tiles)
-        return itertools.chain(self.feed(tiles), self.finish())
+        if self.inbox is not None:
+            # The receiver thread reads on; this thread then waits in Handover.get, which
+            # gives the turn back (a Turn is only ever touched by the call's thread).
+            self.inbox.on_wait = None
+        return self._computed(tiles)
+
+    def _computed(self, tiles: Iterator[TileData]) -> Iterator[Placed | Computed]:
+        on_wait = self.turn.release_if_wanted if self.turn is not None else None
+        self._hand = hand = Handover(lambda h: self._receive(tiles, h), on_wait)
+        try:
+            while (item := hand.get()) is not END:
+                if isinstance(item, Band):
+                    try:
+                        computed = self._compute(item)
+                    finally:
+                        item.pixels = None
+                        hand.band_done()
+                    yield computed
+                else:
+                    yield item
+        finally:
+            hand.stop()
 
     def close(self) -> None:
-        """Free the window and hand the freed memory back to the system."""
+        """Stop the receiver, free the window and hand the freed memory back to the system."""
+        if self._hand is not None:
+            self._hand.stop()
         self.canvas.close()
         trim_memory()
 
@@ -432,10 +474,12 @@ def open_stream(
     reservation: Reservation,
     context: Any,
     turn: Turn | None = None,
+    inbox: Inbox | None = None,
 ) -> RegionStream:
     """A region stream computed under this server's limits, device and tile cap, for as
-    long as the call (``context``) is active, in ``turn``'s compute turns; with the
-    per-sample familiarity distance when the model has a reference."""
+    long as the call (``context``) is active, in ``turn``'s compute turns; ``inbox``: the
+    call's, when the tiles are read from it; with the per-sample familiarity distance when
+    the model has a reference."""
     return RegionStream(
         spec,
         model,
@@ -447,6 +491,7 @@ def open_stream(
         res.device,
         res.max_tiles,
         turn,
+        inbox,
         on_device=res.on_device,
         precision=res.precision,
         familiarity=model_familiarity(model) is not None,

@@ -66,7 +66,7 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
             inbox.on_wait = turn.release_if_wanted
             with res.memory.reservation() as reservation:
                 stream = open_stream(
-                    res, r, region.model, region.halo, req.stride, reservation, context, turn
+                    res, r, region.model, region.halo, req.stride, reservation, context, turn, inbox
                 )
                 try:
                     events = stream.events(region.tiles())
@@ -141,7 +141,9 @@ def _annotate(res: Resources, inbox: Inbox, context: Any) -> Any:
         for _status in turn.waiting():
             pass
         inbox.on_wait = turn.release_if_wanted
-        stream = open_stream(res, r, region.model, region.halo, stride, reservation, context, turn)
+        stream = open_stream(
+            res, r, region.model, region.halo, stride, reservation, context, turn, inbox
+        )
         try:
             for event in stream.events(region.tiles()):
                 if isinstance(event, Computed):

@@ -38,6 +38,9 @@ def decode_tile(
 ) -> np.ndarray:
     """Decode one tile to uint8 ``H x W x 3``, checking its declared size.
 
+    RAW_RGB8 is a view of ``data`` (no copy: the caller copies it once, into place); a PNG
+    or JPEG is decoded once, and its pixels copied once out of PIL's image.
+
     ``where`` names the tile in messages (e.g. ``tiles[3]``). The cheap checks
     (:func:`check_tile`) come first; a PNG's or JPEG's own header must agree with the
     declared size before any pixel is decoded.
@@ -59,8 +62,10 @@ def decode_tile(
                 raise MilsilError(
                     f"{where} declares {width}x{height} but its {encoding} image is {img.size[0]}x{img.size[1]}"
                 )
-            img.load()
-            pixels = np.asarray(img.convert("RGB"), dtype=np.uint8)
+            img.load()  # decoded once, here
+            if img.mode != "RGB":  # (an RGB image is used as decoded, not copied)
+                img = img.convert("RGB")
+            pixels = np.asarray(img)
     except MilsilError:
         raise
     except Exception as exc:  # PIL raises many types for corrupt/truncated files

@@ -261,10 +261,12 @@ class BandCanvas:
         context: int,
         band: int,
         reserve: Callable[[int], None] | None = None,
+        held_bands: int = 1,
     ) -> None:
-        if width < 1 or height < 1 or context < 0 or band < 1:
+        if width < 1 or height < 1 or context < 0 or band < 1 or held_bands < 1:
             raise ValueError(f"bad canvas {width}x{height}, context {context}, band {band}")
         self.width, self.height, self.context, self.band = width, height, context, band
+        self.held_bands = held_bands  # bands of their own alive at once (:meth:`own`)
         self.cols = width + 2 * context
         self.reserve = reserve
         self.window: np.ndarray | None = None  # uint8 [capacity, cols, 3]
@@ -283,9 +285,10 @@ class BandCanvas:
         return 0 if self.window is None else self.window.shape[0]
 
     def nbytes(self, capacity: int) -> int:
-        """Bytes held with a window of ``capacity`` rows: pixels, the supplied mask and one
-        band's copy."""
-        return capacity * self.cols * 4 + (self.band + 2 * self.context) * self.cols * 3
+        """Bytes held with a window of ``capacity`` rows: pixels, the supplied mask and
+        ``held_bands`` bands' copies."""
+        band_bytes = (self.band + 2 * self.context) * self.cols * 3
+        return capacity * self.cols * 4 + self.held_bands * band_bytes
 
     def clip(self, x: int, y: int, width: int, height: int) -> tuple[int, int, int, int] | None:
         """The part of a piece at region pixel ``(x, y)`` within the region and its context,
@@ -350,6 +353,14 @@ class BandCanvas:
         if ix0 >= ix1 or iy0 >= iy1:
             return 0, 0, 0, 0
         return ix0, iy0, ix1, iy1
+
+    def own(self, band: Band) -> Band:
+        """``band`` with pixels of its own: one handed out as a view of the window (nothing to
+        mirror) is copied, so the window may take the next pieces while the band is computed
+        on another thread (a caller doing so holds ``held_bands`` such bands at once)."""
+        if self.window is not None and np.may_share_memory(band.pixels, self.window):
+            band.pixels = band.pixels.copy()
+        return band
 
     def finish(self) -> Iterator[Band]:
         """The bands not computed yet (the stream has ended: every row is complete)."""
@@ -434,7 +445,7 @@ class BandCanvas:
         if left == right == c and (r_src == np.arange(first, last)).all():
             pixels = self.window[first - base : last - base]  # a view: nothing to mirror
         else:
-            pixels = self.window[r_src - base][:, c_src + c]
+            pixels = self.window[np.ix_(r_src - base, c_src + c)]  # one copy, mirrored
         band = Band(self.bands, a, end, pixels, self.shared)
         self.bands += 1
         self.next_row = end
