@@ -491,7 +491,7 @@ def open_stream(
         res.device,
         res.max_tiles,
         turn,
-        inbox,
+        inbox=inbox,
         on_device=res.on_device,
         precision=res.precision,
         familiarity=model_familiarity(model) is not None,
