@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from dense_support import watch_dense_passes
 from server_support import register_tiny_model, serve_process, stop_process, tiny_model
 
 import milsil.inference.heatmap as heatmap
@@ -59,33 +60,21 @@ class Passes:
         self.inside = self.most = self.entered = 0
         self.hold = hold
         self.seen: list[str] = []  # the device of every pass
-        build = heatmap.dense_net
 
-        def dense_net(*args, **kwargs):
-            net = build(*args, **kwargs)
+        def around(x, run):
+            with self.lock:
+                self.inside += 1
+                self.most = max(self.most, self.inside)
+                n, self.entered = self.entered, self.entered + 1
+                self.seen.append(str(x.device))
+            try:
+                self.hold(n)
+                return run()
+            finally:
+                with self.lock:
+                    self.inside -= 1
 
-            passes = self
-
-            class Watched:  # the network, its passes counted (attributes: the network's)
-                def __call__(self, x, *args, **kwargs):
-                    with passes.lock:
-                        passes.inside += 1
-                        passes.most = max(passes.most, passes.inside)
-                        n, passes.entered = passes.entered, passes.entered + 1
-                        passes.seen.append(str(x.device))
-                    try:
-                        passes.hold(n)
-                        return net(x, *args, **kwargs)
-                    finally:
-                        with passes.lock:
-                            passes.inside -= 1
-
-                def __getattr__(self, name):
-                    return getattr(net, name)
-
-            return Watched()
-
-        monkeypatch.setattr(heatmap, "dense_net", dense_net)
+        watch_dense_passes(monkeypatch, around)
 
 
 def _image(seed: int, side: int = 64) -> np.ndarray:

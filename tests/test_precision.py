@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from dense_support import watch_dense_passes
 
 import milsil.inference.heatmap as heatmap
 from milsil.errors import MilsilError
@@ -31,18 +32,12 @@ def caller_flags():
 def _recording(monkeypatch) -> list[list[str]]:
     """Record the flags each dense pass runs under."""
     seen: list[list[str]] = []
-    build = heatmap.dense_net
 
-    def dense_net(*args, **kwargs):
-        net = build(*args, **kwargs)
+    def around(x, run):
+        seen.append([f.fp32_precision for f in FLAGS])
+        return run()
 
-        def forward(x):
-            seen.append([f.fp32_precision for f in FLAGS])
-            return net(x)
-
-        return forward
-
-    monkeypatch.setattr(heatmap, "dense_net", dense_net)
+    watch_dense_passes(monkeypatch, around)
     return seen
 
 
