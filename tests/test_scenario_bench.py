@@ -92,3 +92,17 @@ def test_presets_hold_the_design():
     assert len(cpu.noise) >= 3 and cpu.epochs > cpu.patience  # early stopping can act
     with pytest.raises(SystemExit):
         scenario_bench.parse(["--preset", "huge"])
+
+
+def test_docs_benchmark_tables_are_the_committed_raw_files_report():
+    """docs/benchmark.md's CPU-preset results are exactly what scenario_report prints for
+    the committed raw file (every table, interval, count and sentence), so no number there
+    can drift from the data it claims to come from."""
+    docs = BENCH.parent / "docs"
+    run, trainings, end = scenario_report.read_raw(docs / "benchmark_noise_cpu.jsonl")
+    report = scenario_report.markdown(run, trainings, end).strip()
+    text = (docs / "benchmark.md").read_text()
+    results = text[text.index("## Results: the CPU preset") :]
+    assert report in results
+    assert run["commit"][:7] in results and not run["dirty"]
+    assert len(trainings) == 135  # 3 noise levels x 5 folds x 3 seeds x 3 models
