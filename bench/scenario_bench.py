@@ -109,7 +109,7 @@ PRESETS = {
     ),
     # this 2-core machine, <= 60 min: sized from the first full run of the previous, smaller
     # cpu design (60 trainings of <= 4 epochs on 30 x 6 images in 4.5 min, 2026-12-04):
-    # 135 trainings of about 7 epochs on 30 x 10 images, about 35-40 min unshared
+    # 135 trainings of about 9 epochs on 30 x 10 images: about 52-54 min unshared (measured)
     "cpu": Preset(
         scenarios=("default",),
         noise=(0.0, 0.5, 0.75),
