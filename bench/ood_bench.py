@@ -12,20 +12,23 @@ stain (haematoxylin counterstain + DAB brown), grayscale, strong blur, magnifica
 and x0.5, blank glass, pen marks; and new patients drawn with ``milsil synth
 --stain-variation`` (strong stain and blur variation).
 
-Reported per shift: the detection AUROC of the score (shifted vs in-distribution test
+Every seed (``--seeds``, default five) makes its own data, model, calibration and shifts;
+the table is the mean and sample standard deviation over them. Reported per shift: the
+detection AUROC of the score (shifted vs in-distribution test
 images) and the share of in-distribution test images above the stored threshold (the
 false-alarm rate; goal <= 5%), for the score the library uses (:func:`milsil.inference.
-familiarity.distance_map` + ``region_score``, the dense pass with mirrored borders), and
-the AUROC of candidates computed on the images' valid windows: the per-window distance
-averaged (larger = unlike, as Lee et al. 2018 use the distance: the chosen statistic),
-the same average judged two-sided against the training images' typical value (a
+familiarity.distance_map` + ``region_score`` with the image's pixels: the larger of the
+feature part and the appearance part, :mod:`milsil.data.appearance`), and the AUROC of
+candidates: the per-window feature distance averaged on the valid windows (the feature
+part alone, Lee et al. 2018), the appearance part alone, the same feature average judged
+two-sided against the training images' typical value (a
 typicality test), the distance of the image's mean feature, and the energy
 score ``-logsumexp(logits)`` averaged over windows (each candidate's own threshold
 calibrated on the calibration patients the same way, for its false alarms).
 
 Usage::
 
-    python bench/ood_bench.py --out bench_out/ood          # ~5-10 min on 2 CPU cores
+    python bench/ood_bench.py --out bench_out/ood          # 5 seeds, a few min on 2 CPU cores
     python bench/ood_bench.py --smoke --out /tmp/ood       # seconds (tests run it)
 """
 
@@ -44,6 +47,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from milsil.data import load_rgb, patient_split, read_manifest
+from milsil.data.appearance import appearance_sums
 from milsil.data.augment import hed_to_rgb, rgb_to_hed
 from milsil.data.synth import synthesize_dataset
 from milsil.engine.config import TrainConfig
@@ -55,7 +59,7 @@ from milsil.models.familiarity import calibrated_threshold
 
 PRESETS = {
     # patients, images per patient, image side, epochs, width, map stride
-    "full": {"patients": 20, "images": 4, "size": 64, "epochs": 3, "width": 16, "stride": 4},
+    "full": {"patients": 40, "images": 4, "size": 64, "epochs": 6, "width": 16, "stride": 4},
     "smoke": {"patients": 6, "images": 2, "size": 48, "epochs": 1, "width": 8, "stride": 8},
 }
 SHIFTS = (
@@ -155,11 +159,12 @@ def candidates(model: Any, image: np.ndarray) -> dict[str, float]:
         "per_window_mahalanobis": mean_distance,
         "mean_feature_mahalanobis": float(reference.distances(z.mean(dim=(1, 2)))),
         "energy": float(-torch.logsumexp(logits, dim=0).mean()),
+        "appearance": reference.appearance.score(appearance_sums(image)),
     }
 
 
 def library_score(model: Any, image: np.ndarray, stride: int) -> float:
-    score = region_score(model, distance_map(model, image, stride=stride))
+    score = region_score(model, distance_map(model, image, stride=stride), pixels=image)
     assert score is not None
     return score.score
 
@@ -238,6 +243,7 @@ def run(preset: str, out: Path, seed: int, device: str) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or platform.platform()}",
         "preset": preset,
+        "seed": seed,
         "settings": p,
         "patients": {
             "train": len({r.patient for r in train}),
@@ -249,6 +255,12 @@ def run(preset: str, out: Path, seed: int, device: str) -> dict[str, Any]:
             "method": reference.method,
             "threshold": reference.threshold,
             "calibration": reference.calibration,
+            "appearance": None
+            if reference.appearance is None
+            else {
+                "threshold": reference.appearance.threshold,
+                "calibration": reference.appearance.calibration,
+            },
         },
         "thresholds": thresholds,
         "false_alarm_rate": {key: false_alarms(v, thresholds[key]) for key, v in inside.items()},
@@ -259,8 +271,53 @@ def run(preset: str, out: Path, seed: int, device: str) -> dict[str, Any]:
     }
 
 
+KEYS = [
+    "library",
+    "per_window_mahalanobis",
+    "appearance",
+    "typicality",
+    "mean_feature_mahalanobis",
+    "energy",
+]
+
+
+def summary(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation over the seeds' runs of every AUROC, detection
+    rate and false-alarm rate."""
+
+    def stats(values: list[float]) -> dict[str, float]:
+        a = np.asarray(values, dtype=np.float64)
+        return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0}
+
+    shifts = reports[0]["shifts"]
+    return {
+        "seeds": [r["seed"] for r in reports],
+        "shifts": {
+            name: {
+                key: {
+                    what: stats([r["shifts"][name][key][what] for r in reports])
+                    for what in ("auroc", "detected")
+                }
+                for key in KEYS
+            }
+            for name in shifts
+        },
+        "false_alarm_rate": {
+            key: stats([r["false_alarm_rate"][key] for r in reports]) for key in KEYS
+        },
+        "library_false_alarms_per_seed": [r["false_alarm_rate"]["library"] for r in reports],
+    }
+
+
 def markdown(report: dict[str, Any]) -> str:
-    keys = ["library", "typicality", "per_window_mahalanobis", "mean_feature_mahalanobis", "energy"]
+    """The summary's table: AUROC mean +- sample std over seeds, per shift and score."""
+    keys = KEYS
+
+    def cell(s: dict[str, float], pct: bool = False) -> str:
+        if pct:
+            return f"{s['mean']:.0%} ± {s['std']:.0%}"
+        return f"{s['mean']:.3f} ± {s['std']:.3f}"
+
     lines = [
         "| shift | "
         + " | ".join(f"{k} AUROC" for k in keys)
@@ -268,14 +325,17 @@ def markdown(report: dict[str, Any]) -> str:
         "| --- |" + " --- |" * (len(keys) + 1),
     ]
     for name, row in report["shifts"].items():
-        cells = [f"{row[k]['auroc']:.3f}" for k in keys]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['library']['detected']:.0%} |")
+        cells = [cell(row[k]["auroc"]) for k in keys]
+        detected = cell(row["library"]["detected"], pct=True)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {detected} |")
     fa = report["false_alarm_rate"]
     lines.append(
         "| in-distribution false alarms (test patients) | "
-        + " | ".join(f"{fa[k]:.0%}" for k in keys)
+        + " | ".join(cell(fa[k], pct=True) for k in keys)
         + " | |"
     )
+    per_seed = ", ".join(f"{v:.1%}" for v in report["library_false_alarms_per_seed"])
+    lines.append(f"\nlibrary false alarms per seed ({report['seeds']}): {per_seed}")
     return "\n".join(lines)
 
 
@@ -283,14 +343,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_out/ood"))
     parser.add_argument("--smoke", action="store_true", help="a tiny run in seconds")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", default=None, help="comma-separated seeds (default 0,1,2,3,4; smoke: 0)"
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    report = run("smoke" if args.smoke else "full", args.out, args.seed, args.device)
-    text = json.dumps(report, indent=2)
-    (args.out / "report.json").write_text(text + "\n")
-    print(text)
-    print(markdown(report))
+    preset = "smoke" if args.smoke else "full"
+    seeds = [int(s) for s in (args.seeds or ("0" if args.smoke else "0,1,2,3,4")).split(",")]
+    runs = []
+    for seed in seeds:  # each seed: its own data, model, calibration and shifts
+        runs.append(run(preset, args.out / f"seed{seed}", seed, args.device))
+        print(f"seed {seed}: done in {runs[-1]['seconds']['total']:.0f} s", flush=True)
+    report = {**{k: runs[0][k] for k in ("command", "machine", "preset", "settings")}}
+    report |= {"summary": summary(runs), "runs": runs}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(markdown(report["summary"]))
     return 0
 
 

@@ -39,6 +39,7 @@ def settings = [
     validationFraction: 0,               // images held out; 0 = the server's default (0.2)
     seed            : 0,
     noAugment       : false,             // true: no flips/rotations/colour jitter
+    stainNormalize  : '',                // '' = none; 'macenko' or 'reinhard': fit a stain target on the training images (kept in the model, applied by the server to every region)
     jobName         : '',                // display name of the job and model; '' = project name
     progressEverySeconds: 10,            // at most one progress line this often
     timeoutSeconds  : 60,                // deadline of quick calls
@@ -85,7 +86,8 @@ def work = { milsil ->
                   width: S.integer(s.width), epochs: S.integer(s.epochs),
                   learning_rate: S.num(s.learningRate), batch_size: S.integer(s.batchSize),
                   patch_size: S.integer(s.patchSize), seed: S.integer(s.seed),
-                  validation_fraction: S.num(s.validationFraction), no_augment: S.flag(s, 'noAugment')]
+                  validation_fraction: S.num(s.validationFraction), no_augment: S.flag(s, 'noAugment'),
+                  stain_normalize: s.stainNormalize ?: '']
     def job = client.startTraining(datasetName, config, display)
     println('milsil: started ' + job.name + ' on ' + datasetName + ' (' + config.arch + ', ' + config.epochs + ' epochs)')
     long every = (long) (S.num(s.progressEverySeconds) * 1000)

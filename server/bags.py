@@ -3,8 +3,9 @@
 The stream's tiles are decoded under the bag limits (:func:`bag_request`), the model
 runs under a compute slot (:func:`classify_tiles`, checking ``is_active`` between chunks so
 a cancelled call stops within about a second), and the result becomes the response,
-with how like the training data each tile and the bag were (the library's
-``images_familiarity``; ``available = false`` for a model without training statistics).
+with how like the training data each tile and the bag were (the library's ``bag_pass``:
+the classifier's features and the windows' distances from one backbone pass, then
+``bag_familiarity``; ``available = false`` for a model without training statistics).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from milsil.data.images import to_tensor
 from milsil.data.stain import apply_stain, bag_stain
 from milsil.errors import MilsilError
-from milsil.inference.familiarity import FamiliarityScore, images_familiarity
+from milsil.inference.familiarity import FamiliarityScore, Stopped, bag_familiarity, bag_pass
 from milsil.v1 import inference_service_pb2
 
 from .auth import client_of
@@ -34,7 +35,7 @@ def classify_bag_rpc(res: Resources, requests: Iterable[Any], context: Any) -> A
     with res.slots.acquire(context.is_active, client_of(context), context.peer()) as device:
         on_device = res.on_device(model, device)
         result = classify_tiles(on_device, tiles, context.is_active)
-        judged = images_familiarity(on_device, tiles)
+    judged = bag_familiarity(model, tiles, result["distances"])  # from the same pass
     tile_scores, bag = judged if judged is not None else ([None] * len(tiles), None)
     warn_unlike(f"ClassifyBag models/{ident} bag of {len(tiles)} tiles", bag)
     return classify_bag_response(ident, model.class_names, result, tile_scores, bag)
@@ -112,19 +113,17 @@ def classify_tiles(
     device = next(model.parameters()).device
     mean, std = model.normalization
     stain = bag_stain(model, tiles)  # the bag is one region (milsil.data.stain)
-    result: dict[str, object] = {"attention": []}
+    result: dict[str, object] = {"attention": [], "distances": None}
     with torch.inference_mode():
         if hasattr(model, "patch_features") and hasattr(model, "fc"):
-            feats = []
-            for k in range(0, len(tiles), chunk):
-                if not is_active():
-                    raise Cancelled(
-                        "request cancelled or deadline exceeded; classification stopped"
-                    )
-                x = to_tensor(apply_stain(np.stack(tiles[k : k + chunk]), stain), mean, std)
-                x = x.to(device)
-                feats.append(model.patch_features(x).float())
-            f = torch.cat(feats)
+            # One backbone pass: the classifier's features and the windows' familiarity.
+            try:
+                passed = bag_pass(model, tiles, stain, chunk, lambda: not is_active())
+            except Stopped:
+                raise Cancelled(
+                    "request cancelled or deadline exceeded; classification stopped"
+                ) from None
+            f, result["distances"] = passed.features, passed.distances
             sil = model.fc(f).float().cpu()
             mil = model.fc(f.mean(dim=0, keepdim=True))[0].float().cpu()
         else:

@@ -99,6 +99,7 @@ def _measure_objects(res: Resources, inbox: Inbox, context: Any) -> Iterator[Any
                         accumulator.add_band(event.row0, event.logits)
                         if event.distance is not None:
                             judge.add(event.distance)
+                            judge.add_appearance(event.appearance)
             finally:
                 stream.close()
             if slide is not None:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from milsil.errors import MilsilError, compact
+from milsil.inference.familiarity import band_appearance, piece_appearance
 from milsil.inference.heatmap import (
     TILE_ACTIVATION_BUDGET,
     band_logits,
@@ -122,6 +123,9 @@ class Placed:
 
     index: int
     box: tuple[int, int, int, int]
+    # The appearance sums of the tile's part of the region (a stream with familiarity and a
+    # reference with an appearance part), for the tile's own Familiarity; else None.
+    appearance: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,9 @@ class Computed:
     row1: int
     values: torch.Tensor
     classes: int
+    # The appearance sums of the band's own pixels (milsil.inference.familiarity.
+    # band_appearance), for the region's familiarity; None without an appearance part.
+    appearance: np.ndarray | None = None
 
     @property
     def logits(self) -> torch.Tensor:
@@ -306,7 +313,11 @@ class RegionStream:
             self._tile_pixels = tile.width * tile.height
             self._ensure()
         pixels = decode_tile(tile.encoding, tile.data, tile.width, tile.height, where, self.limits)
-        hand.put(Placed(n, self.canvas.place(pixels, px, py)))
+        x0, y0, x1, y1 = inside = self.canvas.place(pixels, px, py)
+        looks = None
+        if self.familiarity and x1 > x0 and y1 > y0:  # on this thread, beside the compute
+            looks = piece_appearance(self.model, pixels[y0 - py : y1 - py, x0 - px : x1 - px])
+        hand.put(Placed(n, inside, looks))
 
     def _finish(self, hand: Handover) -> None:
         """The bands left once the client has sent everything."""
@@ -400,7 +411,8 @@ class RegionStream:
             raise Cancelled("request cancelled or deadline exceeded; heatmap computation stopped")
         row0 = band.row0 // self.stride
         classes = int(self.model.config.num_classes)
-        return Computed(row0, row0 + logits.shape[1], logits, classes)
+        looks = band_appearance(self.model, band, self.halo) if self.familiarity else None
+        return Computed(row0, row0 + logits.shape[1], logits, classes, looks)
 
 
 class TileReplies:
@@ -414,6 +426,8 @@ class TileReplies:
         self.pending: list[tuple[int, tuple[int, int, int, int]]] = []  # (index, samples)
         self.blocks: list[Computed] = []
         self.done = 0  # map rows computed
+        # Each placed tile's appearance sums (Placed.appearance), until its reply takes them.
+        self.appearance: dict[int, np.ndarray | None] = {}
 
     def samples(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """Sample rows/cols ``(row0, row1, col0, col1)`` whose pixels lie in a tile's box."""
@@ -427,6 +441,7 @@ class TileReplies:
         """``(tile index, samples, values [channels, rows, cols])`` of every tile now
         complete (the stream's :attr:`Computed.values`: logits, then the distance if any)."""
         if isinstance(event, Placed):
+            self.appearance[event.index] = event.appearance
             samples = self.samples(event.box)
             r0, r1, c0, c1 = samples
             if r1 <= r0 or c1 <= c0:  # context only: an empty reply at once

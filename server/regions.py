@@ -88,6 +88,7 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
                     for event in events:
                         if isinstance(event, Computed) and event.distance is not None:
                             judge.add(event.distance)
+                            judge.add_appearance(event.appearance)
                         for index, samples, block in replies.handle(event):
                             tile = region_tile(
                                 index,
@@ -96,6 +97,7 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
                                 req.dtype,
                                 req.include_probabilities,
                                 region.model,
+                                replies.appearance.pop(index, None),
                             )
                             # The slot goes back before each reply: a client slow to
                             # read (gRPC's flow control holds the call) holds no slot.
@@ -152,6 +154,7 @@ def _annotate(res: Resources, inbox: Inbox, context: Any) -> Any:
                     outlines.add(values, {"probability": probs, "logit": logits})
                     if event.distance is not None:
                         judge.add(event.distance)
+                        judge.add_appearance(event.appearance)
         finally:
             stream.close()
     if not context.is_active():
@@ -311,14 +314,16 @@ def region_tile(
     dtype: np.dtype,
     probabilities: bool,
     model: torch.nn.Module,
+    appearance: np.ndarray | None = None,
 ) -> inference_service_pb2.HeatmapTile:
     """The logits ``[C, rows, cols]`` of the samples ``(row0, row1, col0, col1)`` of one
-    request tile, and those samples' familiarity (``block``'s distance channel, when the
-    stream computed one)."""
+    request tile, and its familiarity (when the stream computed one): those samples'
+    distance channel and the ``appearance`` sums of the tile's own pixels."""
     r0, _, c0, _ = samples
     classes = int(model.config.num_classes)
     logits = block[:classes]
-    judged = region_score(model, block[classes]) if block.shape[0] > classes else None
+    distance = block[classes] if block.shape[0] > classes else None
+    judged = region_score(model, distance, appearance=appearance)
     probs = torch.softmax(logits, dim=0).numpy() if probabilities else None
     return heatmap_tile(index, r0, c0, logits.numpy(), dtype, probs, judged)
 

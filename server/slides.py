@@ -462,7 +462,8 @@ def slide_tiles(
                     e = np.exp(lg - lg.max(axis=0, keepdims=True))
                     probs = e / e.sum(axis=0)
             distance = heat.distance_block(r0, r1, c0, c1)
-            judged = None if distance is None else region_score(model, distance)
+            looks = heat.block_appearance(r0, r1, c0, c1)  # its slide tiles' appearance
+            judged = None if distance is None else region_score(model, distance, appearance=looks)
             yield heatmap_tile(n, r0, c0, logits, dtype, probs, judged)
             n += 1
 

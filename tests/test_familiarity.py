@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from familiarity_support import hand_score, hand_sums
 from PIL import Image
 
 from milsil.data import load_rgb, patient_split, read_manifest
@@ -259,12 +260,15 @@ def test_images_familiarity_scores_tiles_and_their_bag(model, trained):
             squared = ((z[:, None, :] - stored["centres"].double()[None]) ** 2).sum(dim=2)
             per_tile.append(squared.min(dim=1).values.numpy() / stored["weight"].shape[0])
 
-    def judged(d: np.ndarray) -> float:
-        return (d.mean() - stored["typical"]) / stored["spread"]
+    def judged(d: np.ndarray, sums: np.ndarray) -> float:
+        return hand_score(stored, (d.mean() - stored["typical"]) / stored["spread"], sums)
 
     scores, bag = images_familiarity(model, tiles)
-    assert [s.score for s in scores] == pytest.approx([judged(d) for d in per_tile], rel=1e-4)
-    assert bag.score == pytest.approx(judged(np.concatenate(per_tile)), rel=1e-4)
+    sums = [hand_sums(tile) for tile in tiles]
+    expected = [judged(d, s) for d, s in zip(per_tile, sums, strict=True)]
+    assert [s.score for s in scores] == pytest.approx(expected, rel=1e-4)
+    assert bag.score == pytest.approx(judged(np.concatenate(per_tile), sum(sums)), rel=1e-4)
+    assert scores[2].unlike_training  # the grayscale tile: its appearance
     with pytest.raises(MilsilError, match="smaller than"):
         images_familiarity(model, [tiles[0][:5, :5]])
 
@@ -317,11 +321,14 @@ def test_ood_bench_smoke_runs_end_to_end(tmp_path, capsys):
 
     assert ood_bench.main(["--smoke", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report["shifts"]) == set(ood_bench.SHIFTS)
-    for row in report["shifts"].values():
+    (run,) = report["runs"]
+    assert set(run["shifts"]) == set(ood_bench.SHIFTS) == set(report["summary"]["shifts"])
+    for row in run["shifts"].values():
         assert 0.0 <= row["library"]["auroc"] <= 1.0
-    assert report["reference"]["calibration"]["held_out"] is True
-    assert report["images"]["test"] >= 2
+    assert run["reference"]["calibration"]["held_out"] is True
+    assert run["images"]["test"] >= 2
+    library = report["summary"]["shifts"]["grayscale"]["library"]["auroc"]
+    assert library == {"mean": run["shifts"]["grayscale"]["library"]["auroc"], "std": 0.0}
     assert "| pen_marks |" in capsys.readouterr().out
 
 

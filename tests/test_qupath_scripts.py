@@ -169,6 +169,7 @@ def _spec_for(world, out: Path, train_job: bool = True, big: bool = True) -> dic
             "milsil.seed": "1",
             "milsil.noAugment": "true",
             "milsil.progressEverySeconds": "0",
+            "milsil.stainNormalize": "reinhard",
         },
     )
     s = {
@@ -467,7 +468,8 @@ def test_export_and_train_from_project(ran, world):
     done = re.search(r"milsil: (jobs/\S+) SUCCEEDED: registered model (models/\S+)", lines[-1])
     assert done, logs["train"]
     model_id = done.group(2).split("/", 1)[1]
-    assert world["server"].store.get_model(model_id)
+    row = world["server"].store.get_model(model_id)
+    assert row and row["stain_normalization"] == "reinhard"  # the script's setting
     # Training never touches an image.
     assert ran["states"]["train"] == ran["states"]["initial"]
 

@@ -25,6 +25,7 @@ from server_support import RAW_OUTLINES, running_server
 from milsil.cli import main
 from milsil.client import Familiarity, MilsilClient
 from milsil.data import BagRecord, image_to_bag
+from milsil.data.appearance import appearance_sums
 from milsil.data.synth import patient_style, synth_image
 from milsil.engine.config import TrainConfig
 from milsil.engine.loop import train_model
@@ -114,8 +115,9 @@ def env(tmp_path_factory):
 
 
 def _library_score(model, image: np.ndarray, stride: int = 1) -> float:
-    """The library's region score of a whole image (its distance map, mirrored borders)."""
-    score = region_score(model, distance_map(model, image, stride=stride))
+    """The library's region score of a whole image (its distance map, mirrored borders,
+    and its pixels' appearance)."""
+    score = region_score(model, distance_map(model, image, stride=stride), pixels=image)
     assert score is not None
     return score.score
 
@@ -183,8 +185,8 @@ def test_heatmap_judges_each_tile_then_the_region_last(env):
         for r in responses:
             if r.HasField("tile"):
                 t = r.tile
-                block = distance[t.row : t.row + t.rows, t.col : t.col + t.cols]
-                expected = region_score(model, block)
+                box = np.s_[t.row : t.row + t.rows, t.col : t.col + t.cols]  # stride 1
+                expected = region_score(model, distance[box], pixels=image[box])
                 _assert_judged(t.familiarity, env, expected.unlike_training, expected.score)
         # The typed client: the same, and the old model's map unchanged, unjudged.
         heat = client.heatmap("models/fam", image, tile_size=32)
@@ -290,7 +292,8 @@ SLIDE = {"stride": STRIDE, "tile_size": TILE, "tissue_only": False}
 def test_annotate_slide_features_carry_their_slide_tile(env):
     client, model = env["client"], env["model"]
     blocks = _tile_blocks(env)
-    tiles = {k: region_score(model, block).score for k, block in blocks.items()}
+    looks = _tile_appearance(env)
+    tiles = {k: region_score(model, b, appearance=looks[k]).score for k, b in blocks.items()}
     threshold = env["threshold"]
     # One ROI per half (inset from the tile edges): the features of each half lie in its tiles.
     for x0, unlike in ((4, False), (132, True)):
@@ -310,10 +313,9 @@ def test_annotate_slide_features_carry_their_slide_tile(env):
             assert judged["unlike_training"] is unlike
             assert feature["properties"]["measurements"][OOD] == judged["score"]
         # The whole slide: the computed tiles (those the ROI touches) as one region.
-        computed = np.concatenate(
-            [b for (_, c), b in blocks.items() if c * TILE < x0 + 120 and (c + 1) * TILE > x0]
-        )
-        expected = region_score(model, computed)
+        touched = [k for k in blocks if k[1] * TILE < x0 + 120 and (k[1] + 1) * TILE > x0]
+        computed = np.concatenate([blocks[k] for k in touched])
+        expected = region_score(model, computed, appearance=sum(looks[k] for k in touched))
         _assert_judged(result.summary.familiarity, env, expected.unlike_training, expected.score)
         old_collection, old = client.annotate_slide(
             "models/old", "half.tif", threshold=0.0, roi=roi, outline=RAW_OUTLINES, **SLIDE
@@ -323,6 +325,16 @@ def test_annotate_slide_features_carry_their_slide_tile(env):
             assert "milsil_familiarity" not in a["properties"]
             assert OOD not in a["properties"]["measurements"]
             assert a["geometry"] == b["geometry"]
+
+
+def _tile_appearance(env) -> dict[tuple[int, int], np.ndarray]:
+    """The library's appearance sums of each slide tile's own pixels."""
+    rows, cols = env["slide"].shape[0] // TILE, env["slide"].shape[1] // TILE
+    return {
+        (r, c): appearance_sums(env["slide"][r * TILE : (r + 1) * TILE, c * TILE : (c + 1) * TILE])
+        for r in range(rows)
+        for c in range(cols)
+    }
 
 
 def _tile_blocks(env) -> dict[tuple[int, int], np.ndarray]:
@@ -343,14 +355,17 @@ def test_slide_heatmap_judges_each_block_and_the_slide(env):
     heat, summary = client.slide_heatmap(
         "models/fam", "half.tif", block_size=TILE // STRIDE, **SLIDE
     )
-    whole = region_score(model, np.concatenate(list(blocks.values())))
+    looks = sum(_tile_appearance(env).values())
+    whole = region_score(model, np.concatenate(list(blocks.values())), appearance=looks)
     _assert_judged(summary.familiarity, env, whole.unlike_training, whole.score)
     assert heat.familiarity == Familiarity.from_message(summary.familiarity)
     assert len(heat.tile_familiarity) == len(blocks)
     t = TILE // STRIDE
     raw = _slide_blocks(client)
-    for tile in raw:
-        expected = region_score(model, blocks[(tile.row // t, tile.col // t)])
+    tiles = _tile_appearance(env)
+    for tile in raw:  # a block: its samples, its slide tile's appearance
+        key = (tile.row // t, tile.col // t)
+        expected = region_score(model, blocks[key], appearance=tiles[key])
         unlike = tile.col // t >= 2
         _assert_judged(tile.familiarity, env, unlike, expected.score)
     old, old_summary = client.slide_heatmap(

@@ -131,7 +131,7 @@ def _evaluate_checkpoint(args: argparse.Namespace, records: list, class_names: l
 def _familiarity(model: Any, records: list, patch: int) -> dict[str, Any] | None:
     """Each image's familiarity (its bag's windows, as the threshold was calibrated): a
     warning line per image unlike the training data; None for a model without a reference."""
-    from milsil.data import load_bag
+    from milsil.data import load_bag, load_rgb
     from milsil.inference.familiarity import images_familiarity
     from milsil.models import model_familiarity
 
@@ -140,7 +140,8 @@ def _familiarity(model: Any, records: list, patch: int) -> dict[str, Any] | None
         return None
     scores = {}
     for record in records:
-        _, bag = images_familiarity(model, list(load_bag(record, patch)))
+        whole = None if record.path.lower().endswith(".npz") else load_rgb(record.path)
+        _, bag = images_familiarity(model, list(load_bag(record, patch)), source=whole)
         scores[record.path] = bag.score
         if bag.unlike_training:
             print(bag.warning(Path(record.path).name), file=sys.stderr)

@@ -87,7 +87,8 @@ def render_image(
         model, image, stride=stride, bf16=bf16, precision=precision, familiarity=known
     )
     classes = model.config.num_classes
-    logits, familiarity = maps[:classes], region_score(model, maps[classes] if known else None)
+    logits = maps[:classes]
+    familiarity = region_score(model, maps[classes] if known else None, pixels=image)
     seconds = time.perf_counter() - start
     if familiarity is not None and familiarity.unlike_training:
         print(familiarity.warning(path.name), file=sys.stderr)

@@ -1,6 +1,7 @@
 """Fit the familiarity reference at the end of training (:mod:`milsil.models.familiarity`).
 
-The projection is fitted on the windows of the training bags (no augmentation); the
+The projection is fitted on the windows of the training bags (no augmentation), the
+appearance part on their images' pixels (:func:`fit_records_appearance`); the
 threshold is calibrated on held-out patients: the validation records when the run has
 them, else a patient-level split of the training records (the fit then leaves those
 patients out). A run with a single patient calibrates on its own training images and
@@ -19,15 +20,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from milsil.data import load_bag, patient_split, to_tensor
+from milsil.data import load_bag, load_npz_tiles, load_rgb, patient_split, to_tensor
+from milsil.data.appearance import appearance_sums
 from milsil.data.bags import BagRecord
 from milsil.models import atomic_torch_save, load_checkpoint, read_checkpoint
 from milsil.models.familiarity import (
     DEFAULT_COMPONENTS,
+    DESCRIPTOR,
     FALSE_ALARM_TARGET,
     FAMILIARITY_KEY,
+    AppearanceReference,
     FamiliarityReference,
+    appearance_descriptor,
     calibrated_threshold,
+    combined_threshold,
+    fit_appearance,
     fit_projection,
     payload_familiarity,
     supports_familiarity,
@@ -113,10 +120,17 @@ def fit_familiarity(
         reference.region_score(mean_distance(record_windows(model, record, patch_size, device)))
         for record in calibration_records
     ]
-    threshold, false_alarms = calibrated_threshold(scores)
+    appearance = fit_records_appearance(fit_records, calibration_records, held_out)
+    if appearance is None:
+        threshold, false_alarms = calibrated_threshold(scores)
+    else:  # the two parts share the 5%: appearance first, the features take what is left
+        looks = [appearance.score(record_appearance(r)) for r in calibration_records]
+        alarms = [a is not None and a > appearance.threshold for a in looks]
+        threshold, false_alarms = combined_threshold(scores, alarms)
     return replace(
         reference,
         threshold=threshold,
+        appearance=appearance,
         calibration={
             "split": split,
             "held_out": held_out,
@@ -131,6 +145,31 @@ def fit_familiarity(
             "windows": len(features),
             "classes": [model.class_names[int(c)] for c in torch.unique(classes)],
         },
+    )
+
+
+def record_appearance(record: BagRecord) -> np.ndarray:
+    """The appearance sums of one training image (all its pixels), or of a ``.npz`` bag's
+    tiles (each tile a piece of its own, as ClassifyBag judges them)."""
+    if record.path.lower().endswith(".npz"):
+        return sum(appearance_sums(tile) for tile in load_npz_tiles(record.path))
+    return appearance_sums(load_rgb(record.path))
+
+
+def fit_records_appearance(
+    fit_records: Sequence[BagRecord], calibration_records: Sequence[BagRecord], held_out: bool
+) -> AppearanceReference | None:
+    """The appearance part: fitted on ``fit_records``' images, its threshold from those
+    images with their own patient left out and (``held_out``) the calibration images; None
+    with fewer than 3 training images (too few for a Gaussian)."""
+    if len(fit_records) < 3:
+        return None
+    descriptors = np.stack([appearance_descriptor(record_appearance(r)) for r in fit_records])
+    held = [appearance_descriptor(record_appearance(r)) for r in calibration_records]
+    return fit_appearance(
+        descriptors,
+        [r.patient for r in fit_records],
+        np.stack(held) if held and held_out else np.empty((0, DESCRIPTOR)),
     )
 
 

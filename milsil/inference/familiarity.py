@@ -21,14 +21,16 @@ reference existed, or attention MIL).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from milsil.data.appearance import appearance_sums
 from milsil.errors import MilsilError
-from milsil.inference.heatmap import iter_logit_bands, prepare_image
+from milsil.inference.heatmap import iter_logit_bands
+from milsil.inference.tiling import Band
 from milsil.models.familiarity import model_familiarity
 from milsil.models.mil import ConfiguredModel
 
@@ -93,6 +95,21 @@ class FamiliarityAccumulator:
         self.reference = model_familiarity(model)
         self.total = 0.0
         self.count = 0
+        self.appearance: np.ndarray | None = None  # the pixels' sums, when given any
+
+    def add_pixels(self, rgb: np.ndarray | torch.Tensor) -> None:
+        """Count uint8 RGB pixels ``[h, w, 3]`` of the region (each pixel once: a band's
+        own rows, not its context) in its appearance (a reference with an appearance
+        part; nothing otherwise)."""
+        if self.reference is not None and self.reference.appearance is not None:
+            self.add_appearance(appearance_sums(rgb))
+
+    def add_appearance(self, sums: np.ndarray | None) -> None:
+        """Add appearance sums computed elsewhere (:func:`milsil.data.appearance.
+        appearance_sums` of pixels this accumulator has not seen)."""
+        if sums is not None:
+            sums = np.asarray(sums, dtype=np.float64)
+            self.appearance = sums.copy() if self.appearance is None else self.appearance + sums
 
     def add(
         self,
@@ -118,59 +135,154 @@ class FamiliarityAccumulator:
         image) against the threshold; None without a reference or samples."""
         if self.reference is None or self.count == 0:
             return None
-        score = self.reference.region_score(self.total / self.count)
+        features = self.reference.region_score(self.total / self.count)
+        score = self.reference.combined(features, self.appearance)
         return FamiliarityScore(score, self.reference.threshold)
+
+
+def piece_appearance(model: ConfiguredModel, pixels: np.ndarray) -> np.ndarray | None:
+    """The appearance sums of uint8 pixels ``[h, w, 3]`` of a region (a band's own rows, a
+    tile's part of the region), for a :class:`FamiliarityAccumulator`; None when the
+    model's reference has no appearance part (or the model no reference): nothing to do."""
+    reference = model_familiarity(model)
+    if reference is None or reference.appearance is None:
+        return None
+    return appearance_sums(pixels)
+
+
+def band_appearance(model: ConfiguredModel, band: Band, margin: int) -> np.ndarray | None:
+    """:func:`piece_appearance` of a streamed band's own pixels (its rows of the region,
+    not its ``margin`` of context)."""
+    rows = band.row1 - band.row0
+    width = band.pixels.shape[1] - 2 * margin
+    return piece_appearance(model, band.pixels[margin : margin + rows, margin : margin + width])
 
 
 def region_score(
     model: ConfiguredModel,
     distance: torch.Tensor | np.ndarray | None,
     mask: torch.Tensor | np.ndarray | None = None,
+    pixels: np.ndarray | torch.Tensor | None = None,
+    appearance: np.ndarray | None = None,
 ) -> FamiliarityScore | None:
     """One region's score from its whole distance map (``[rows, cols]``); ``mask``: the
-    samples that count. None without a reference, a map or any sample."""
+    samples that count; ``pixels`` (uint8 ``[h, w, 3]``, the region itself) or their
+    ``appearance`` sums: the appearance part. None without a reference, a map or any
+    sample."""
     if distance is None:
         return None
     accumulator = FamiliarityAccumulator(model)
     accumulator.add(distance, mask)
+    if pixels is not None:
+        accumulator.add_pixels(pixels)
+    accumulator.add_appearance(appearance)
     return accumulator.result()
 
 
-def images_familiarity(
-    model: ConfiguredModel, images: Sequence[np.ndarray]
-) -> tuple[list[FamiliarityScore], FamiliarityScore] | None:
-    """ClassifyBag's tiles: one score per tile and one for the bag (all tiles' samples).
+@dataclass
+class BagPass:
+    """One backbone pass over a bag of equally sized tiles (:func:`bag_pass`): each tile's
+    pooled features (``patch_features``, bit for bit: what the classifier takes) and, for a
+    model with a reference, its windows' distances ``[tiles, h, w]``."""
 
-    Each tile's samples are its valid windows (the feature map of the tile alone, no
-    mirrored border), as the reference was fitted. None without a reference."""
+    features: torch.Tensor
+    distances: torch.Tensor | None
+
+
+def bag_pass(
+    model: ConfiguredModel,
+    tiles: Sequence[np.ndarray],
+    stain: object = None,
+    chunk: int = 64,
+    should_stop: Callable[[], bool] | None = None,
+) -> BagPass:
+    """The features and (with a reference) window distances of uint8 tiles ``[h, w, 3]`` of
+    one size, ``chunk`` tiles a pass, under the bag's ``stain`` transform
+    (:func:`milsil.data.stain.bag_stain`); ``should_stop`` is polled between chunks and a
+    stop raises :class:`Stopped`. Needs a model with per-window features (a BagNet)."""
+    from milsil.data import to_tensor
+    from milsil.data.stain import apply_stain
+
     reference = model_familiarity(model)
-    if reference is None:
+    device = next(model.parameters()).device
+    mean, std = model.normalization
+    model.eval()
+    features, distances = [], []
+    with torch.inference_mode():
+        for k in range(0, len(tiles), chunk):
+            if should_stop is not None and should_stop():
+                raise Stopped("stopped between chunks of a bag")
+            x = to_tensor(apply_stain(np.stack(tiles[k : k + chunk]), stain), mean, std)
+            maps = model.feature_map(x.to(device))  # [n, D, h, w]
+            features.append(maps.mean(dim=(2, 3)).float())
+            if reference is not None:
+                distances.append(reference.distances(reference.project(maps, dim=1), dim=1).cpu())
+    return BagPass(torch.cat(features), torch.cat(distances) if distances else None)
+
+
+class Stopped(MilsilError):
+    """A :func:`bag_pass` its caller asked to stop."""
+
+
+def bag_familiarity(
+    model: ConfiguredModel,
+    tiles: Sequence[np.ndarray],
+    distances: torch.Tensor | None,
+    source: np.ndarray | None = None,
+) -> tuple[list[FamiliarityScore], FamiliarityScore] | None:
+    """Each tile's score and the bag's from :attr:`BagPass.distances` (every valid window
+    of each tile, as the reference was fitted) and the tiles' pixels (their appearance).
+    ``source``: the image the bag was cut from, whose pixels then give the bag's
+    appearance (as the training images were judged: whole). None without a reference."""
+    if model_familiarity(model) is None or distances is None:
+        return None
+    bag = FamiliarityAccumulator(model)
+    scores = []
+    for tile, d in zip(tiles, distances, strict=True):
+        judge = FamiliarityAccumulator(model)
+        judge.add(d)
+        judge.add_pixels(tile)
+        bag.add(d)
+        if source is None:
+            bag.add_appearance(judge.appearance)
+        score = judge.result()
+        assert score is not None  # a reference and at least one window
+        scores.append(score)
+    if source is not None:
+        bag.add_pixels(source)
+    whole = bag.result()
+    assert whole is not None
+    return scores, whole
+
+
+def images_familiarity(
+    model: ConfiguredModel, images: Sequence[np.ndarray], source: np.ndarray | None = None
+) -> tuple[list[FamiliarityScore], FamiliarityScore] | None:
+    """A bag of uint8 tiles judged as ClassifyBag judges it: one :func:`bag_pass` under the
+    bag's stain transform, then :func:`bag_familiarity`. None without a reference."""
+    from milsil.data.stain import bag_stain
+
+    if model_familiarity(model) is None:
         return None
     if not images:
         raise MilsilError("images_familiarity needs at least one image")
-    device = next(model.parameters()).device
-    model.eval()
-    bag = FamiliarityAccumulator(model)
-    tiles = []
-    for image in images:
-        x = prepare_image(model, image)
-        if min(x.shape[1:]) < model.min_patch_size:
+    shapes = {tuple(np.shape(im)) for im in images}
+    if len(shapes) > 1:
+        raise MilsilError(f"the tiles of a bag must have one size, got {sorted(shapes)}")
+    h, w = images[0].shape[:2]
+    if min(h, w) < model.min_patch_size:
+        raise MilsilError(
+            f"a tile of {w}x{h} pixels is smaller than the {model.config.arch} window "
+            f"({model.min_patch_size} pixels a side)"
+        )
+    for i, image in enumerate(images):
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3:
             raise MilsilError(
-                f"a tile of {x.shape[2]}x{x.shape[1]} pixels is smaller than the "
-                f"{model.config.arch} window ({model.min_patch_size} pixels a side)"
+                f"images[{i}] must be an H x W x 3 uint8 array, got "
+                f"{getattr(image, 'dtype', type(image).__name__)} {np.shape(image)}"
             )
-        with torch.inference_mode():
-            features = model.feature_map(x.unsqueeze(0).to(device))[0]
-        distances = reference.distances(reference.project(features, dim=0)).cpu()
-        tile = FamiliarityAccumulator(model)
-        tile.add(distances)
-        bag.add(distances)
-        score = tile.result()
-        assert score is not None  # a reference and at least one window
-        tiles.append(score)
-    whole = bag.result()
-    assert whole is not None
-    return tiles, whole
+    passed = bag_pass(model, images, bag_stain(model, images))
+    return bag_familiarity(model, images, passed.distances, source)
 
 
 def slide_familiarity(

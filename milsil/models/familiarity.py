@@ -16,26 +16,38 @@ divided by ``K``. The projection is one affine map ``z = W f + b``, so the dense
 pass gets it as ``K`` extra rows beside the classifier's 1x1 convolution, at the cost of
 ``K`` more output channels.
 
-A region's score is the mean distance of its windows, expressed as how many spreads it
-lies above the typical training image (``(mean - typical) / spread``, the mean and
-standard deviation of that mean over the training images): 0 is a typical image, and
-the threshold reads in the same unit whatever the model. A mean streams band by band,
-and a shifted area raises it in proportion to the share of the region it covers.
+The feature part of a region's score is the mean distance of its windows, expressed as
+how many spreads it lies above the typical training image (``(mean - typical) /
+spread``, the mean and standard deviation of that mean over the training images): 0 is
+a typical image. A mean streams band by band, and a shifted area raises it in
+proportion to the share of the region it covers.
+
+The features alone miss what makes windows look *more* typical: strong blur, a x2
+magnification, strong stain variation (their AUROC was below 0.5). So a reference also
+carries the **appearance part** (:class:`AppearanceReference`): a Gaussian of the
+training images' colour and detail-per-scale descriptors (:mod:`milsil.data.appearance`,
+the region's tissue pixels), judged as a squared Mahalanobis distance in spreads above
+the typical training image, each training patient judged with its own images left out
+of the fit. A region's score is the larger of the two parts, the appearance part shifted
+so that both cross the one ``threshold`` where each crosses its own: above it, one of
+them says *unlike*. References written before the appearance part load and score with
+the feature part alone.
 
 Measured alternatives (README, "Trust: unlike the training data"): a two-sided
-typicality test on the same mean (Nalisnick et al. 2019: ``|mean - typical| / spread``;
-blur, x2 magnification and strong stain variation make windows look *more* typical, so
-it catches those better, but it loses grayscale and blank glass, whose means land near
-the typical value: no better on average); the Mahalanobis distance of the region's mean
-feature (the best separation measured, but a region's score then needs its ``K``-vector
-mean, not one channel per sample: a contract change, left as the next step); and the
-energy score ``-logsumexp(logits)`` (logits grow on shifted inputs as often as they
-shrink: the demo model answered an IHC image with logits up to 258).
+typicality test on the feature mean (Nalisnick et al. 2019: ``|mean - typical| /
+spread``: catches blur a little, loses grayscale and blank glass); the Mahalanobis
+distance of the region's mean feature (better than the mean distance, still below 0.5
+on x2 magnification and blur); and the energy score ``-logsumexp(logits)`` (logits grow
+on shifted inputs as often as they shrink: the demo model answered an IHC image with
+logits up to 258).
 
-The threshold is calibrated on held-out patients of the training data (the validation
-split, else a patient-level split of the training patients): the score that about 5% of
-their images exceed. The reference records how many patients and images that was and
-the false-alarm rate it gave.
+The threshold is calibrated on held-out patients of the training data, the two parts
+sharing a 5% false-alarm budget: the appearance part's own threshold on the training
+images judged with their patient left out plus the held-out patients' (2.5%), then the
+feature threshold on the held-out patients (the validation split, else a patient-level
+split of the training patients) as the lowest at which at most 5% of their images raise
+either alarm. The reference records how many patients and images that was and the
+false-alarm rate it gave.
 
 Attention MIL and backbones without a bounded receptive field have no reference: their
 features are whole-bag embeddings with no per-window map (``None``, documented).
@@ -44,9 +56,11 @@ features are whole-bag embeddings with no per-window map (``None``, documented).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from milsil.errors import CheckpointError, MilsilError
@@ -55,6 +69,24 @@ FAMILIARITY_KEY = "familiarity"  # checkpoint payload key (plain values + tensor
 DEFAULT_COMPONENTS = 32  # K: principal components kept (at most the feature width)
 FALSE_ALARM_TARGET = 0.05  # share of held-out in-distribution images above the threshold
 _ATTRIBUTE = "familiarity_reference"
+# The appearance sums (milsil.data.appearance) and the descriptor they make: mean optical
+# density (3), its log standard deviations (3) and correlations (3), the log mean squared
+# Laplacian at each octave (4).
+OCTAVES = 4
+PART = 1 + 3 + 6 + 2 * OCTAVES  # one pixel set's sums: count, OD, OD products, detail
+SUMS = 2 * PART  # the tissue pixels' part, then all pixels' part
+# A pixel is tissue when it absorbs light (optical density summed over R, G and B above
+# TISSUE_OD, about 235 of 255 in every channel) and is coloured (its channels' densities
+# differ by more than TISSUE_COLOUR): glass and a scan's background are grey-white, as the
+# slide tissue mask (milsil.wsi.tissue) has it. On synthetic H&E: 92% of the training
+# images' pixels, none of grey glass (225-245 of 255) or of a grayscale image.
+TISSUE_OD = 0.25
+TISSUE_COLOUR = 0.08
+# Below this share of tissue pixels a region is judged on all its pixels (mostly glass).
+TISSUE_MIN_SHARE = 0.05
+DESCRIPTOR = 3 + 3 + 3 + OCTAVES
+OD_PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))  # the OD products summed
+APPEARANCE_FALSE_ALARMS = FALSE_ALARM_TARGET / 2  # the appearance part's share of the 5%
 
 
 @dataclass(frozen=True)
@@ -81,6 +113,7 @@ class FamiliarityReference:
     spread: float = 1.0
     calibration: dict[str, Any] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
+    appearance: AppearanceReference | None = None
 
     @property
     def components(self) -> int:
@@ -114,6 +147,18 @@ class FamiliarityReference:
         it lies above the typical training image, ``(mean - typical) / spread``."""
         return (float(mean_distance) - self.typical) / self.spread
 
+    def combined(self, feature_score: float, appearance_sums: Any = None) -> float:
+        """A region's score from its feature score and (a reference with an appearance
+        part, and pixels) its appearance sums: the larger of the two, the appearance score
+        shifted so that both cross :attr:`threshold` where each crosses its own."""
+        if self.appearance is None or appearance_sums is None:
+            return float(feature_score)
+        looks = self.appearance.score(appearance_sums)
+        if looks is None:
+            return float(feature_score)
+        shifted = looks - self.appearance.threshold + self.threshold
+        return max(float(feature_score), shifted)
+
     def to_payload(self) -> dict[str, Any]:
         return {
             "method": self.method,
@@ -125,6 +170,7 @@ class FamiliarityReference:
             "centres": self.centres.detach().cpu().float().clone(),
             "calibration": dict(self.calibration),
             "fit": dict(self.fit),
+            **({"appearance": self.appearance.to_payload()} if self.appearance else {}),
         }
 
     @classmethod
@@ -168,6 +214,9 @@ class FamiliarityReference:
         calibration, fit = raw.get("calibration", {}), raw.get("fit", {})
         if not isinstance(calibration, dict) or not isinstance(fit, dict):
             raise bad("calibration and fit must be mappings")
+        appearance = raw.get("appearance")  # absent in references written before it
+        if appearance is not None:
+            appearance = AppearanceReference.from_payload(appearance, bad)
         return cls(
             method=str(raw["method"]),
             threshold=numbers["threshold"],
@@ -178,7 +227,179 @@ class FamiliarityReference:
             centres=centres.float(),
             calibration=dict(calibration),
             fit=dict(fit),
+            appearance=appearance,
         )
+
+
+@dataclass(frozen=True)
+class AppearanceReference:
+    """The training images' appearance (:mod:`milsil.data.appearance`): a Gaussian of their
+    descriptors. ``mean``/``scale`` standardize a descriptor, ``precision`` is the inverse
+    of the standardized descriptors' correlation (a small ridge added); a region's
+    distance is its squared Mahalanobis distance over :data:`DESCRIPTOR`, its score
+    ``(distance - typical) / spread`` with ``typical``/``spread`` from training images
+    each judged with its own patient left out of the fit (how a new patient looks).
+    ``threshold``: in that unit, calibrated on held-out patients at
+    :data:`APPEARANCE_FALSE_ALARMS`."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
+    precision: torch.Tensor
+    typical: float
+    spread: float
+    threshold: float
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def distance(self, descriptor: np.ndarray) -> float:
+        """Squared Mahalanobis distance of one descriptor, over its length; a value the
+        region could not give (an octave too coarse for it) counts as typical."""
+        z = np.asarray(descriptor, dtype=np.float64) - self.mean.double().numpy()
+        z = np.nan_to_num(z / self.scale.double().numpy(), nan=0.0)
+        return float(z @ self.precision.double().numpy() @ z) / DESCRIPTOR
+
+    def score(self, sums: Any) -> float | None:
+        """A region's appearance score from its sums; None when they hold no pixel."""
+        descriptor = appearance_descriptor(sums)
+        return None if descriptor is None else self.score_descriptor(descriptor)
+
+    def score_descriptor(self, descriptor: np.ndarray) -> float:
+        """The score of a descriptor: ``(distance - typical) / spread``."""
+        return (self.distance(descriptor) - self.typical) / self.spread
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "mean": self.mean.detach().cpu().double().clone(),
+            "scale": self.scale.detach().cpu().double().clone(),
+            "precision": self.precision.detach().cpu().double().clone(),
+            "typical": float(self.typical),
+            "spread": float(self.spread),
+            "threshold": float(self.threshold),
+            "calibration": dict(self.calibration),
+        }
+
+    @classmethod
+    def from_payload(cls, raw: Any, bad: Any) -> AppearanceReference:
+        """Checked; ``bad(why)`` makes the error naming the checkpoint."""
+        if not isinstance(raw, dict):
+            raise bad(f"appearance must be a mapping, got {type(raw).__name__}")
+        shapes = {"mean": (DESCRIPTOR,), "scale": (DESCRIPTOR,), "precision": (DESCRIPTOR,) * 2}
+        for key, shape in shapes.items():
+            value = raw.get(key)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+                raise bad(f"appearance {key} must be a tensor of shape {list(shape)}")
+            if not value.is_floating_point() or not torch.isfinite(value).all():
+                raise bad(f"appearance {key} must hold finite floats")
+        if not (raw["scale"] > 0).all():
+            raise bad("appearance scale must be positive")
+        numbers = {}
+        for key in ("typical", "spread", "threshold"):
+            try:
+                numbers[key] = float(raw.get(key))
+            except (TypeError, ValueError):
+                raise bad(f"appearance {key} must be a number, got {raw.get(key)!r}") from None
+            if not math.isfinite(numbers[key]):
+                raise bad(f"appearance {key} must be finite")
+        if numbers["spread"] <= 0:
+            raise bad(f"appearance spread must be positive, got {numbers['spread']}")
+        calibration = raw.get("calibration", {})
+        if not isinstance(calibration, dict):
+            raise bad("appearance calibration must be a mapping")
+        return cls(
+            mean=raw["mean"].double(),
+            scale=raw["scale"].double(),
+            precision=raw["precision"].double(),
+            calibration=dict(calibration),
+            **numbers,
+        )
+
+
+def appearance_descriptor(sums: Any) -> np.ndarray | None:
+    """The descriptor ``[DESCRIPTOR]`` of appearance sums (``[SUMS]``, see
+    :mod:`milsil.data.appearance`): of the tissue pixels, or of all pixels when under
+    :data:`TISSUE_MIN_SHARE` of them are tissue; None without pixels. An octave no piece
+    was large enough for is NaN (judged as typical)."""
+    both = np.asarray(sums, dtype=np.float64)
+    if both.shape != (SUMS,):
+        raise MilsilError(f"appearance sums must have {SUMS} values, got shape {both.shape}")
+    tissue, everything = both[:PART], both[PART:]
+    if everything[0] <= 0:
+        return None
+    mostly_tissue = tissue[0] > 0 and tissue[0] >= TISSUE_MIN_SHARE * everything[0]
+    s = tissue if mostly_tissue else everything
+    n = s[0]
+    mean = s[1:4] / n
+    products = s[4:10] / n
+    cov = np.empty((3, 3))
+    for k, (i, j) in enumerate(OD_PAIRS):
+        cov[i, j] = cov[j, i] = products[k] - mean[i] * mean[j]
+    variance = np.maximum(np.diag(cov), 1e-8)
+    sd = np.sqrt(variance)
+    corr = np.clip([cov[0, 1], cov[0, 2], cov[1, 2]] / sd[[0, 0, 1]] / sd[[1, 2, 2]], -1, 1)
+    energy, counts = s[10 : 10 + OCTAVES], s[10 + OCTAVES :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        detail = np.where(counts > 0, np.log(energy / np.maximum(counts, 1) + 1e-6), np.nan)
+    return np.concatenate([mean, np.log(sd), corr, detail])
+
+
+def fit_appearance(
+    descriptors: np.ndarray,
+    patients: Sequence[str],
+    held_out: np.ndarray,
+) -> AppearanceReference:
+    """The appearance reference from the training images' descriptors (``[N, DESCRIPTOR]``)
+    and their patients, its threshold from held-out patients' descriptors.
+
+    ``typical``/``spread`` and the threshold are judged on distances no image's own patient
+    helped fit: each training patient's images against a fit without that patient (with a
+    single patient, against the fit on all), and ``held_out`` against the fit on all; the
+    threshold is the lowest score at most :data:`APPEARANCE_FALSE_ALARMS` of those exceed.
+    """
+    x = np.asarray(descriptors, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != DESCRIPTOR or len(x) < 3:
+        raise MilsilError(f"fitting appearance needs at least 3 descriptors, got {x.shape}")
+    groups = np.asarray(list(patients))
+
+    def gaussian(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        mean = np.nanmean(rows, axis=0)
+        filled = np.where(np.isnan(rows), mean, rows)
+        scale = np.maximum(filled.std(axis=0), 1e-6)
+        z = (filled - mean) / scale
+        corr = z.T @ z / max(1, len(z) - 1)
+        return mean, scale, np.linalg.inv(corr + 1e-3 * np.eye(DESCRIPTOR))
+
+    def distances(rows: np.ndarray, fit: tuple[np.ndarray, ...]) -> np.ndarray:
+        mean, scale, precision = fit
+        z = np.nan_to_num((rows - mean) / scale, nan=0.0)
+        return np.einsum("ni,ij,nj->n", z, precision, z) / DESCRIPTOR
+
+    whole = gaussian(x)
+    unique = np.unique(groups)
+    own = np.empty(len(x))
+    for patient in unique:
+        rows = groups == patient
+        fit = gaussian(x[~rows]) if len(unique) > 1 and (~rows).sum() >= 3 else whole
+        own[rows] = distances(x[rows], fit)
+    typical = float(own.mean())
+    spread = max(float(own.std(ddof=1)) if len(own) > 1 else 0.0, 1e-3 * abs(typical), 1e-9)
+    held = np.asarray(held_out, dtype=np.float64).reshape(-1, DESCRIPTOR)
+    judged = np.concatenate([own, distances(held, whole)]) if len(held) else own
+    scores = (judged - typical) / spread
+    threshold, alarms = calibrated_threshold(list(scores), APPEARANCE_FALSE_ALARMS)
+    return AppearanceReference(
+        mean=torch.from_numpy(whole[0]),
+        scale=torch.from_numpy(whole[1]),
+        precision=torch.from_numpy(whole[2]),
+        typical=typical,
+        spread=spread,
+        threshold=threshold,
+        calibration={
+            "patients": int(len(unique)),
+            "images": len(x),
+            "held_out_images": len(held),
+            "false_alarm_rate": alarms,
+            "target_false_alarm_rate": APPEARANCE_FALSE_ALARMS,
+        },
+    )
 
 
 def supports_familiarity(model: torch.nn.Module) -> bool:
@@ -256,12 +477,40 @@ def fit_projection(
     return weight.float(), bias.float(), centres.float()
 
 
-def calibrated_threshold(scores: list[float]) -> tuple[float, float]:
+def calibrated_threshold(
+    scores: list[float], target: float = FALSE_ALARM_TARGET
+) -> tuple[float, float]:
     """``(threshold, false-alarm rate)``: the lowest held-out image score that at most
-    :data:`FALSE_ALARM_TARGET` of the held-out images exceed, and the share that do (with
-    fewer than 20 images that is the highest score: no false alarm on them)."""
+    ``target`` of the held-out images exceed, and the share that do (with fewer than
+    ``1 / target`` images that is the highest score: no false alarm on them)."""
     if not scores:
         raise MilsilError("calibrating a familiarity threshold needs at least one image")
     values = sorted(float(s) for s in scores)
-    threshold = values[math.ceil((1.0 - FALSE_ALARM_TARGET) * len(values) - 1e-9) - 1]
+    threshold = values[math.ceil((1.0 - target) * len(values) - 1e-9) - 1]
     return threshold, sum(v > threshold for v in values) / len(values)
+
+
+def combined_threshold(
+    feature_scores: Sequence[float], appearance_alarms: Sequence[bool]
+) -> tuple[float, float]:
+    """``(feature threshold, false-alarm rate)`` on held-out images already judged by
+    appearance (``appearance_alarms``: above its own threshold): the lowest feature
+    threshold at which at most :data:`FALSE_ALARM_TARGET` of the images raise either alarm
+    (when appearance alone raises more, the highest feature score: no more from it)."""
+    if not feature_scores or len(feature_scores) != len(appearance_alarms):
+        raise MilsilError("calibrating needs one appearance judgement per feature score")
+    n = len(feature_scores)
+    allowed = math.floor(FALSE_ALARM_TARGET * n + 1e-9) - sum(bool(a) for a in appearance_alarms)
+    quiet = sorted(
+        (float(f) for f, a in zip(feature_scores, appearance_alarms, strict=True) if not a),
+        reverse=True,
+    )
+    if not quiet:
+        threshold = max(float(f) for f in feature_scores)
+    else:
+        threshold = quiet[min(max(allowed, 0), len(quiet) - 1)]
+    alarms = sum(
+        bool(a) or float(f) > threshold
+        for f, a in zip(feature_scores, appearance_alarms, strict=True)
+    )
+    return threshold, alarms / n

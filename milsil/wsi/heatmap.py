@@ -100,6 +100,17 @@ class SlideHeatmap:
             if meta.get("familiarity")
             else None
         )
+        # Each slide tile's appearance sums (a reference with an appearance part), else None.
+        self.appearance = (
+            np.memmap(
+                work_dir / "appearance.f64",
+                dtype=np.float64,
+                mode="r+",
+                shape=appearance_shape(meta),
+            )
+            if meta.get("appearance")
+            else None
+        )
 
     @property
     def tile_samples(self) -> int:
@@ -150,7 +161,7 @@ class SlideHeatmap:
         scores = {}
         for r, c in sorted(self.done):
             block = np.asarray(self.distance[r * t : (r + 1) * t, c * t : (c + 1) * t])
-            score = region_score(model, block)
+            score = region_score(model, block, appearance=self.tile_appearance(r, c))
             if score is not None:
                 scores[(r, c)] = score
         return scores
@@ -166,7 +177,26 @@ class SlideHeatmap:
         t = self.tile_samples
         for r, c in sorted(self.done):
             judge.add(np.asarray(self.distance[r * t : (r + 1) * t, c * t : (c + 1) * t]))
+            judge.add_appearance(self.tile_appearance(r, c))
         return judge.result()
+
+    def tile_appearance(self, row: int, col: int) -> np.ndarray | None:
+        """A computed slide tile's appearance sums (its own pixels), or None (none stored)."""
+        return None if self.appearance is None else np.array(self.appearance[row, col])
+
+    def block_appearance(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray | None:
+        """The appearance sums of the computed slide tiles a block of samples touches
+        (appearance is stored per slide tile), or None (none stored, none computed)."""
+        if self.appearance is None:
+            return None
+        t = self.tile_samples
+        touched = [
+            self.tile_appearance(tr, tc)
+            for tr in range(r0 // t, (r1 - 1) // t + 1)
+            for tc in range(c0 // t, (c1 - 1) // t + 1)
+            if (tr, tc) in self.done
+        ]
+        return sum(touched) if touched else None
 
     def to_array(self) -> np.ndarray:
         """The whole logit map in memory (small slides and tests only)."""
@@ -192,6 +222,7 @@ def _prepare_work_dir(work_dir: Path, meta: dict[str, Any]) -> set[tuple[int, in
         except (json.JSONDecodeError, OSError):
             old = None
         maps = ["logits.f32"] + (["distance.f32"] if meta.get("familiarity") else [])
+        maps += ["appearance.f64"] if meta.get("appearance") else []
         if old == meta and all((work_dir / name).is_file() for name in maps):
             done = set()
             log = work_dir / "tiles.done"
@@ -202,7 +233,7 @@ def _prepare_work_dir(work_dir: Path, meta: dict[str, Any]) -> set[tuple[int, in
                         done.add((int(parts[0]), int(parts[1])))
             return done
     if work_dir.exists():
-        for name in ("heatmap.json", "logits.f32", "distance.f32", "tiles.done"):
+        for name in ("heatmap.json", "logits.f32", "distance.f32", "appearance.f64", "tiles.done"):
             (work_dir / name).unlink(missing_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
     nbytes = int(np.prod(shape)) * 4
@@ -213,10 +244,22 @@ def _prepare_work_dir(work_dir: Path, meta: dict[str, Any]) -> set[tuple[int, in
         with open(work_dir / "distance.f32", "wb") as f:
             if nbytes:
                 f.truncate(nbytes // meta["num_classes"])
+    if meta.get("appearance"):
+        with open(work_dir / "appearance.f64", "wb") as f:
+            f.truncate(int(np.prod(appearance_shape(meta))) * 8)
     tmp = meta_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
     os.replace(tmp, meta_path)
     return set()
+
+
+def appearance_shape(meta: dict[str, Any]) -> tuple[int, int, int]:
+    """``(tile rows, tile cols, SUMS)``: the slide tiles' appearance sums store."""
+    from milsil.models.familiarity import SUMS
+
+    width, height = meta["region_size"]
+    tile = meta["tile"]
+    return (max(1, -(-height // tile)), max(1, -(-width // tile)), SUMS)
 
 
 def default_work_dir(output: str | Path) -> Path:
@@ -278,6 +321,9 @@ class TileReader:
     std: Any
     pin: bool = False
     stain: Any = None  # the slide's StainTransform (milsil.data.stain), or None
+    # When a dict: each read tile's appearance sums (its own pixels, before any stain
+    # normalization), by (tile row, tile col), for the familiarity of a slide tile.
+    appearance: dict | None = None
 
     def __call__(self, t: Any) -> tuple[Any, float]:
         from milsil.data import to_tensor
@@ -289,6 +335,12 @@ class TileReader:
         rw, rh = self.slide.region_size(ds)
         box = context_box(t.px, t.py, t.width, t.height, self.halo, rw, rh)
         rgb = self.slide.read(round(box.x0 * ds), round(box.y0 * ds), box.width, box.height, ds)
+        if self.appearance is not None:
+            from milsil.data.appearance import appearance_sums
+
+            y, x = t.py - box.y0, t.px - box.x0
+            own = rgb[y : y + t.height, x : x + t.width]
+            self.appearance[(t.row, t.col)] = appearance_sums(own)
         pixels = to_tensor(apply_stain(rgb, self.stain), self.mean, self.std)
         canvas = mirror_pad(pixels, box.left, box.right, box.top, box.bottom)
         if self.pin:
@@ -320,7 +372,13 @@ def _timed(tiles_read: Iterator[tuple[Any, tuple[Any, float]]], timings: Timings
 
 
 def _store_tile(
-    heat: SlideHeatmap, log: Any, t: Any, values: np.ndarray, ts: int, timings: Timings
+    heat: SlideHeatmap,
+    log: Any,
+    t: Any,
+    values: np.ndarray,
+    ts: int,
+    timings: Timings,
+    looks: np.ndarray | None = None,
 ) -> None:
     """Write one tile's logits (and its distance channel, with familiarity), then log it
     as done (after the data is flushed, so a crash never logs a tile whose logits are not
@@ -333,6 +391,9 @@ def _store_tile(
     if heat.distance is not None:
         heat.distance[r0 : r0 + rows, c0 : c0 + cols] = values[heat.num_classes]
         heat.distance.flush()
+    if heat.appearance is not None and looks is not None:
+        heat.appearance[t.row, t.col] = looks
+        heat.appearance.flush()
     log.write(f"{t.row} {t.col} ok\n")
     log.flush()
     os.fsync(log.fileno())
@@ -405,6 +466,8 @@ def slide_heatmap(
     familiarity = familiarity and model_familiarity(model) is not None
     if familiarity:  # absent otherwise: earlier work folders still resume
         meta["familiarity"] = True
+        if model_familiarity(model).appearance is not None:
+            meta["appearance"] = True
     if model_stain(model) is not None:  # another target is another map
         meta["stain_normalization"] = model_stain(model).to_payload()
     done = _prepare_work_dir(work_dir, meta)
@@ -424,7 +487,16 @@ def slide_heatmap(
     # The device the tiles go to (the model's when none is given): on CUDA they are pinned
     # by the readers and copied on a side stream.
     target = torch.device(device) if device is not None else next(model.parameters()).device
-    read = TileReader(slide, halo, ds, mean, std, pin=target.type == "cuda", stain=stain)
+    read = TileReader(
+        slide,
+        halo,
+        ds,
+        mean,
+        std,
+        pin=target.type == "cuda",
+        stain=stain,
+        appearance={} if heat.appearance is not None else None,
+    )
 
     log = open(work_dir / "tiles.done", "a")  # noqa: SIM115 - closed in finally
     start = time.perf_counter()
@@ -458,7 +530,8 @@ def slide_heatmap(
                 else:
                     values = logit_heatmap(model, canvas, **dense)
                 timings.compute += time.perf_counter() - t1
-                writer.submit(_store_tile, heat, log, t, values.numpy(), ts, timings)
+                looks = read.appearance.pop((t.row, t.col)) if read.appearance is not None else None
+                writer.submit(_store_tile, heat, log, t, values.numpy(), ts, timings, looks)
                 if progress is not None:
                     elapsed = time.perf_counter() - start
                     remaining = len(todo) - k - 1
