@@ -347,8 +347,13 @@ def main(argv: list[str] | None = None) -> int:
         "--seeds", default=None, help="comma-separated seeds (default 0,1,2,3,4; smoke: 0)"
     )
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--patients", type=int, default=None, help="patients per dataset (default: the preset's)"
+    )
     args = parser.parse_args(argv)
     preset = "smoke" if args.smoke else "full"
+    if args.patients is not None:  # e.g. how the false alarms depend on held-out patients
+        PRESETS[preset] = {**PRESETS[preset], "patients": args.patients}
     seeds = [int(s) for s in (args.seeds or ("0" if args.smoke else "0,1,2,3,4")).split(",")]
     runs = []
     for seed in seeds:  # each seed: its own data, model, calibration and shifts
