@@ -76,9 +76,11 @@ def best_of(fn, repeat: int) -> float:
     return min(times)
 
 
-def intake_seconds(client, model: str, strip: np.ndarray, tile: int = 512) -> float:
-    """Seconds for the server to take in ``strip`` (RAW tiles of ``tile`` px, 4 a message,
-    built before the clock starts): from the call's start to the reply to one more tile,
+def intake_seconds(
+    client, model: str, strip: np.ndarray, tile: int = 512, per_message: int | None = None
+) -> float:
+    """Seconds for the server to take in ``strip`` (RAW tiles of ``tile`` px, ``per_message``
+    a message (default: the client's), built before the clock starts): from the call's start to the reply to one more tile,
     context only, sent after them. The strip is one band high (512 rows at stride 64), so
     no band is computed before that reply (it comes once every earlier tile was received,
     checked, decoded and placed), and the pixels are all that is timed."""
@@ -93,7 +95,10 @@ def intake_seconds(client, model: str, strip: np.ndarray, tile: int = 512) -> fl
         stride=64,
     )
     Request = inference_service_pb2.HeatmapRequest
-    requests = list(region_requests({"config": config}, strip, 0, 0, 1.0, 0, tile, "raw", Request))
+    grouping = {} if per_message is None else {"tiles_per_message": per_message}
+    requests = list(
+        region_requests({"config": config}, strip, 0, 0, 1.0, 0, tile, "raw", Request, **grouping)
+    )
     below = np.zeros((2, 64, 3), np.uint8)  # in the context below the strip: no samples
     requests.append(Request(tiles=list(image_tiles(below, 64, "raw", 0, height, 1.0))))
     last = sum(len(r.tiles) for r in requests) - 1
@@ -147,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the parts to run, comma-separated (default: all three)",
     )
     parser.add_argument(
+        "--tiles-per-message",
+        type=int,
+        default=None,
+        help="RAW 512 px tiles per message in the intake probe (default: the client's)",
+    )
+    parser.add_argument(
         "--server-python",
         default=sys.executable,
         help="the Python that runs the server (another checkout's venv: its server, this client)",
@@ -180,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                 mb = strip.nbytes / 1e6
                 client.heatmap("models/w8", strip[:256, :256], stride=64)  # warm-up
                 intakes = sorted(
-                    intake_seconds(client, "models/w8", strip) for _ in range(2 * args.repeat + 1)
+                    intake_seconds(client, "models/w8", strip, per_message=args.tiles_per_message)
+                    for _ in range(2 * args.repeat + 1)
                 )
                 wall = statistics.median(intakes)
                 export_bytes = client.get_model("models/w64").size_bytes
