@@ -26,6 +26,7 @@ from milsil.models.familiarity import (
     appearance_descriptor,
     combined_threshold,
     fit_appearance,
+    held_out_level,
 )
 
 
@@ -223,3 +224,36 @@ def test_blur_and_magnification_are_unlike_the_training_images(tmp_path):
     blurred, zoomed = [score(blur(im)) for im in held], [score(zoom(im)) for im in held]
     assert min(blurred) > max(familiar) and min(zoomed) > max(familiar)
     assert min(blurred) > part.threshold
+
+
+def _left_out_rate(scores, alarms, patients, level) -> float:
+    """Each patient's images against the threshold the other patients give at ``level``."""
+    raised = 0
+    for p in sorted(set(patients)):
+        rest = [i for i, q in enumerate(patients) if q != p]
+        threshold, _ = combined_threshold(
+            [scores[i] for i in rest], [alarms[i] for i in rest], level
+        )
+        raised += sum(alarms[i] or scores[i] > threshold for i, q in enumerate(patients) if q == p)
+    return raised / len(scores)
+
+
+def test_the_level_keeps_new_patients_alarms_within_five_percent():
+    """Patients whose images share an offset: the nominal 5% level raises more on a left-out
+    patient, so a lower level is chosen, the highest of the steps that stays within 5%."""
+    rng = np.random.default_rng(4)
+    patients = [f"p{p}" for p in range(12) for _ in range(6)]
+    offsets = {p: rng.normal(0, 1.5) for p in sorted(set(patients))}
+    scores = [offsets[p] + rng.normal(0, 0.5) for p in patients]
+    alarms = [False] * len(scores)
+    alarms[3] = True  # one image the appearance part already flags
+    assert _left_out_rate(scores, alarms, patients, 0.05) > 0.05  # why a level is needed
+    level, rate = held_out_level(scores, alarms, patients)
+    assert 0 <= level < 0.05 and rate <= 0.05
+    assert rate == pytest.approx(_left_out_rate(scores, alarms, patients, level))
+    assert _left_out_rate(scores, alarms, patients, level + 0.005) > 0.05
+    # Too few patients to leave one out: the nominal level.
+    assert held_out_level(scores[:12], alarms[:12], patients[:12]) == (
+        0.05,
+        pytest.approx(np.nan, nan_ok=True),
+    )

@@ -211,13 +211,18 @@ def test_shifted_images_score_above_the_threshold_and_held_out_mostly_below(mode
     DAB-brown field and the photographic negative of the same images above. (The tiny
     model of this test does not separate subtler shifts; bench/ood_bench.py measures them.)"""
     held_out = [load_rgb(r.path) for r in trained["test"]]
-    familiar = [region_score(model, distance_map(model, im, stride=2)) for im in held_out]
+    familiar = [judge(model, im) for im in held_out]
     below = sum(not s.unlike_training for s in familiar)
     assert below >= 0.5 * len(held_out), [s.score for s in familiar]
     for image in held_out[:3]:
         for shifted in (np.full_like(image, (120, 70, 30)), negative(image)):
-            score = region_score(model, distance_map(model, shifted, stride=2))
+            score = judge(model, shifted)
             assert score.unlike_training, (score, [s.score for s in familiar])
+
+
+def judge(model, image: np.ndarray) -> FamiliarityScore:
+    """An image judged as the library judges one: its distance map and its pixels."""
+    return region_score(model, distance_map(model, image, stride=2), pixels=image)
 
 
 def test_band_accumulator_equals_region_score(model, trained):
@@ -285,7 +290,7 @@ def test_score_warning_format():
 
 def test_heatmap_cli_warns_for_a_shifted_image_only(model, trained, tmp_path):
     held_out = [load_rgb(r.path) for r in trained["test"]]
-    scores = [region_score(model, distance_map(model, im, stride=2)).score for im in held_out]
+    scores = [judge(model, im).score for im in held_out]
     familiar = held_out[int(np.argmin(scores))]
     Image.fromarray(familiar).save(tmp_path / "familiar.png")
     Image.fromarray(negative(familiar)).save(tmp_path / "negative.png")

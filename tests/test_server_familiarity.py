@@ -472,3 +472,30 @@ def test_client_commands_warn_for_the_shifted_image_only(env, tmp_path, capsys, 
     assert "milsil: half.tif: " in err and "unlike the training data" in err
     logged = [r.getMessage() for r in caplog.records if "unlike" in r.getMessage()]
     assert len(logged) == 1 and "half.tif" in logged[0]
+
+
+def test_an_outline_across_familiar_and_unlike_tiles_is_as_doubtful_as_its_worst(env):
+    """An ROI over both halves: an outline whose box touches familiar and unlike slide
+    tiles carries the highest of their scores, so it is unlike the training data."""
+    import shapely.geometry
+
+    client, model = env["client"], env["model"]
+    looks = _tile_appearance(env)
+    tiles = {k: region_score(model, b, appearance=looks[k]) for k, b in _tile_blocks(env).items()}
+    roi = {"type": "Polygon", "coordinates": [[[4, 4], [252, 4], [252, 124], [4, 124], [4, 4]]]}
+    collection, _ = client.annotate_slide(
+        "models/fam", "half.tif", threshold=0.0, roi=roi, outline=RAW_OUTLINES, **SLIDE
+    )
+    spanning = 0
+    for feature in collection["features"]:
+        x0, y0, x1, y1 = shapely.geometry.shape(feature["geometry"]).bounds
+        touched = [
+            s for (r, c), s in tiles.items()
+            if c * TILE < x1 and (c + 1) * TILE > x0 and r * TILE < y1 and (r + 1) * TILE > y0
+        ]  # fmt: skip
+        judged = feature["properties"]["milsil_familiarity"]
+        assert judged["score"] == pytest.approx(max(s.score for s in touched), rel=1e-5)
+        if any(s.unlike_training for s in touched) and not all(s.unlike_training for s in touched):
+            spanning += 1
+            assert judged["unlike_training"] is True
+    assert spanning >= 1, [f["geometry"]["type"] for f in collection["features"]]

@@ -12,6 +12,7 @@ finished run resumed) is left as it is.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -32,10 +33,10 @@ from milsil.models.familiarity import (
     AppearanceReference,
     FamiliarityReference,
     appearance_descriptor,
-    calibrated_threshold,
     combined_threshold,
     fit_appearance,
     fit_projection,
+    held_out_level,
     payload_familiarity,
     supports_familiarity,
 )
@@ -121,12 +122,14 @@ def fit_familiarity(
         for record in calibration_records
     ]
     appearance = fit_records_appearance(fit_records, calibration_records, held_out)
-    if appearance is None:
-        threshold, false_alarms = calibrated_threshold(scores)
-    else:  # the two parts share the 5%: appearance first, the features take what is left
+    alarms = [False] * len(scores)
+    if appearance is not None:  # the parts share the 5%: appearance first, features the rest
         looks = [appearance.score(record_appearance(r)) for r in calibration_records]
         alarms = [a is not None and a > appearance.threshold for a in looks]
-        threshold, false_alarms = combined_threshold(scores, alarms)
+    # The level that keeps a new patient's alarms within 5%, each patient left out in turn.
+    patients = [r.patient for r in calibration_records]
+    level, left_out = held_out_level(scores, alarms, patients)
+    threshold, false_alarms = combined_threshold(scores, alarms, level)
     return replace(
         reference,
         threshold=threshold,
@@ -138,6 +141,8 @@ def fit_familiarity(
             "images": len(calibration_records),
             "false_alarm_rate": false_alarms,
             "target_false_alarm_rate": FALSE_ALARM_TARGET,
+            "level": level,
+            "left_out_false_alarm_rate": None if math.isnan(left_out) else left_out,
         },
         fit={
             "patients": len({r.patient for r in fit_records}),
@@ -194,7 +199,8 @@ def attach_familiarity(
     seed: int,
 ) -> dict[str, Any] | None:
     """Fit and write the reference into every checkpoint in ``paths`` that exists and has
-    none; the summary (method, threshold, calibration) of the last one, for ``run.json``.
+    none; the summary (method, threshold, calibration) of the first one (``best.pt``, the
+    run's model), for ``run.json``.
     None for models without per-window features (attention MIL, ResNet-50, DenseNet)."""
     fit, calibration, held_out, split = calibration_split(train_records, val_records, seed)
     summary = None
@@ -218,11 +224,12 @@ def attach_familiarity(
                 fitted.append((state, reference))
             payload[FAMILIARITY_KEY] = reference.to_payload()
             atomic_torch_save(payload, path)
-        summary = {
-            "method": reference.method,
-            "threshold": reference.threshold,
-            "calibration": reference.calibration,
-        }
+        if summary is None:  # the first file's (best.pt: the run's model)
+            summary = {
+                "method": reference.method,
+                "threshold": reference.threshold,
+                "calibration": reference.calibration,
+            }
     return summary
 
 
