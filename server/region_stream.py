@@ -184,6 +184,9 @@ class RegionStream:
     # Also the per-sample distance from the training data, in the same pass (a model with
     # a familiarity reference): one more channel in every Computed.
     familiarity: bool = False
+    # With familiarity, also each request tile's appearance sums in its Placed event (for
+    # answers judged tile by tile: Heatmap's); the region's come from its bands either way.
+    tile_familiarity: bool = False
     # The call's inbox when the tiles come from it: its ``on_wait`` (the caller's, while
     # this thread reads the first tile) is cleared once the receiver thread reads it.
     inbox: Inbox | None = None
@@ -315,7 +318,8 @@ class RegionStream:
         pixels = decode_tile(tile.encoding, tile.data, tile.width, tile.height, where, self.limits)
         x0, y0, x1, y1 = inside = self.canvas.place(pixels, px, py)
         looks = None
-        if self.familiarity and x1 > x0 and y1 > y0:  # on this thread, beside the compute
+        judged = self.familiarity and self.tile_familiarity
+        if judged and x1 > x0 and y1 > y0:  # on this thread, beside the compute
             looks = piece_appearance(self.model, pixels[y0 - py : y1 - py, x0 - px : x1 - px])
         hand.put(Placed(n, inside, looks))
 
@@ -490,11 +494,13 @@ def open_stream(
     context: Any,
     turn: Turn | None = None,
     inbox: Inbox | None = None,
+    per_tile: bool = False,
 ) -> RegionStream:
     """A region stream computed under this server's limits, device and tile cap, for as
     long as the call (``context``) is active, in ``turn``'s compute turns; ``inbox``: the
     call's, when the tiles are read from it; with the per-sample familiarity distance when
-    the model has a reference."""
+    the model has a reference (``per_tile``: and each request tile's appearance, for
+    answers judged tile by tile)."""
     return RegionStream(
         spec,
         model,
@@ -510,4 +516,5 @@ def open_stream(
         on_device=res.on_device,
         precision=res.precision,
         familiarity=model_familiarity(model) is not None,
+        tile_familiarity=per_tile,
     )

@@ -66,7 +66,16 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
             inbox.on_wait = turn.release_if_wanted
             with res.memory.reservation() as reservation:
                 stream = open_stream(
-                    res, r, region.model, region.halo, req.stride, reservation, context, turn, inbox
+                    res,
+                    r,
+                    region.model,
+                    region.halo,
+                    req.stride,
+                    reservation,
+                    context,
+                    turn,
+                    inbox,
+                    per_tile=True,  # each reply tile is judged with its own pixels
                 )
                 try:
                     events = stream.events(region.tiles())

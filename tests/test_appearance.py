@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 from milsil.data import patient_split, read_manifest
 from milsil.data.appearance import appearance_sums
 from milsil.data.synth import synthesize_dataset
-from milsil.engine.familiarity import fit_records_appearance
+from milsil.engine.familiarity import fit_records_appearance, record_appearance
 from milsil.errors import CheckpointError, MilsilError
 from milsil.models.familiarity import (
     APPEARANCE_FALSE_ALARMS,
@@ -210,8 +210,8 @@ def test_blur_and_magnification_are_unlike_the_training_images(tmp_path):
     records, _ = read_manifest(manifest)
     rest, test = patient_split(records, 0.25, seed=0)
     train, val = patient_split(rest, 0.25, seed=1)
-    part = fit_records_appearance(train, val, held_out=True)
-    assert part is not None and part.calibration["held_out_images"] == len(val)
+    part = fit_records_appearance(train, [record_appearance(r) for r in val])
+    assert part.calibration["held_out_images"] == len(val)
 
     def score(rgb: np.ndarray) -> float:
         return part.score(appearance_sums(rgb))

@@ -65,14 +65,12 @@ def region_requests(
     size = 0
     first = True
     for tile in image_tiles(image, tile_size, encoding, ox, oy, downsample):
-        if batch and size + len(tile.data) > message_bytes:
+        full = tiles_per_message is not None and len(batch) == tiles_per_message
+        if batch and (full or size + len(tile.data) > message_bytes):
             yield request_cls(**(first_fields if first else {}), tiles=batch)
             batch, size, first = [], 0, False
         batch.append(tile)
         size += len(tile.data)
-        if tiles_per_message is not None and len(batch) == tiles_per_message:
-            yield request_cls(**(first_fields if first else {}), tiles=batch)
-            batch, size, first = [], 0, False
     if batch or first:
         yield request_cls(**(first_fields if first else {}), tiles=batch)
 

@@ -71,30 +71,28 @@ def appearance_sums(rgb: np.ndarray | torch.Tensor) -> np.ndarray:
     od = optical_density(rgb.permute(2, 0, 1))  # [3, h, w] float64
     colour = od.max(dim=0).values - od.min(dim=0).values
     tissue = ((od.sum(dim=0) > TISSUE_OD) & (colour > TISSUE_COLOUR)).double()
-    out[:PART] = _part_sums(od, tissue)
-    out[PART:] = _part_sums(od, torch.ones_like(tissue))
-    return out
-
-
-def _part_sums(od: torch.Tensor, weight: torch.Tensor) -> np.ndarray:
-    """One pixel set's sums (``weight``: 1 = in the set, ``[h, w]``): its pixels' colour,
-    and the detail at positions whose (pooled) centre is mostly in the set."""
-    out = np.zeros(PART, dtype=np.float64)
-    flat, w = od.reshape(3, -1), weight.reshape(-1)
-    out[0] = float(w.sum())
-    out[1:4] = (flat * w).sum(dim=1).numpy()
-    for k, (i, j) in enumerate(OD_PAIRS):
-        out[4 + k] = float((flat[i] * flat[j] * w).sum())
-    detail = od.sum(dim=0)[None, None].float()  # [1, 1, h, w]
-    inside = weight[None, None].float()
+    sets = torch.stack([tissue, torch.ones_like(tissue)])  # the two parts' pixels, [2, h, w]
+    flat = od.reshape(3, -1)
     base = 4 + len(OD_PAIRS)
+    for part, weight in enumerate(sets):
+        w, at = weight.reshape(-1), part * PART
+        out[at] = float(w.sum())
+        out[at + 1 : at + 4] = (flat * w).sum(dim=1).numpy()
+        for k, (i, j) in enumerate(OD_PAIRS):
+            out[at + 4 + k] = float((flat[i] * flat[j] * w).sum())
+    # Detail: one pyramid and one Laplacian per octave for both parts; each part counts the
+    # positions whose (pooled) centre is mostly in its pixel set.
+    detail = od.sum(dim=0)[None, None].float()  # [1, 1, h, w]
+    inside = sets[:, None].float()  # [2, 1, h, w]
     for octave in range(OCTAVES):
         if octave:
             detail, inside = F.avg_pool2d(detail, 2), F.avg_pool2d(inside, 2)
         if min(detail.shape[-2:]) < 3:
             break
-        response = F.conv2d(detail, _LAPLACIAN).double()
-        centre = (inside[..., 1:-1, 1:-1] >= 0.5).double()
-        out[base + octave] = float((response.pow(2) * centre).sum())
-        out[base + OCTAVES + octave] = float(centre.sum())
+        energy = F.conv2d(detail, _LAPLACIAN).double().pow(2)  # [1, 1, h', w']
+        centre = (inside[..., 1:-1, 1:-1] >= 0.5).double()  # [2, 1, h', w']
+        for part in range(2):
+            at = part * PART + base
+            out[at + octave] = float((energy * centre[part]).sum())
+            out[at + OCTAVES + octave] = float(centre[part].sum())
     return out

@@ -121,10 +121,12 @@ def fit_familiarity(
         reference.region_score(mean_distance(record_windows(model, record, patch_size, device)))
         for record in calibration_records
     ]
-    appearance = fit_records_appearance(fit_records, calibration_records, held_out)
     alarms = [False] * len(scores)
-    if appearance is not None:  # the parts share the 5%: appearance first, features the rest
-        looks = [appearance.score(record_appearance(r)) for r in calibration_records]
+    appearance = None
+    if len(fit_records) >= 3:  # the parts share the 5%: appearance first, features the rest
+        held = [record_appearance(r) for r in calibration_records]  # each image read once
+        appearance = fit_records_appearance(fit_records, held if held_out else [])
+        looks = [appearance.score(sums) for sums in held]
         alarms = [a is not None and a > appearance.threshold for a in looks]
     # The level that keeps a new patient's alarms within 5%, each patient left out in turn.
     patients = [r.patient for r in calibration_records]
@@ -162,19 +164,17 @@ def record_appearance(record: BagRecord) -> np.ndarray:
 
 
 def fit_records_appearance(
-    fit_records: Sequence[BagRecord], calibration_records: Sequence[BagRecord], held_out: bool
-) -> AppearanceReference | None:
-    """The appearance part: fitted on ``fit_records``' images, its threshold from those
-    images with their own patient left out and (``held_out``) the calibration images; None
-    with fewer than 3 training images (too few for a Gaussian)."""
-    if len(fit_records) < 3:
-        return None
+    fit_records: Sequence[BagRecord], held_out: Sequence[np.ndarray]
+) -> AppearanceReference:
+    """The appearance part: fitted on ``fit_records``' images (at least 3: a Gaussian), its
+    threshold from those images with their own patient left out and the held-out patients'
+    appearance sums ``held_out`` (:func:`record_appearance`; none when there are none)."""
     descriptors = np.stack([appearance_descriptor(record_appearance(r)) for r in fit_records])
-    held = [appearance_descriptor(record_appearance(r)) for r in calibration_records]
+    held = [appearance_descriptor(sums) for sums in held_out]
     return fit_appearance(
         descriptors,
         [r.patient for r in fit_records],
-        np.stack(held) if held and held_out else np.empty((0, DESCRIPTOR)),
+        np.stack(held) if held else np.empty((0, DESCRIPTOR)),
     )
 
 

@@ -204,16 +204,7 @@ class FamiliarityReference:
             raise bad(f"bias must be [{k}], got {tuple(bias.shape)}")
         if centres.ndim != 2 or centres.shape[1] != k or centres.shape[0] < 1:
             raise bad(f"centres must be [M, {k}], got {tuple(centres.shape)}")
-        numbers = {}
-        for key in ("threshold", "typical", "spread"):
-            try:
-                numbers[key] = float(raw[key])
-            except (TypeError, ValueError):
-                raise bad(f"{key} must be a number, got {raw[key]!r}") from None
-            if not math.isfinite(numbers[key]):
-                raise bad(f"{key} must be finite")
-        if numbers["spread"] <= 0:
-            raise bad(f"spread must be positive, got {numbers['spread']}")
+        numbers = _score_scale(raw, bad)
         calibration, fit = raw.get("calibration", {}), raw.get("fit", {})
         if not isinstance(calibration, dict) or not isinstance(fit, dict):
             raise bad("calibration and fit must be mappings")
@@ -294,16 +285,7 @@ class AppearanceReference:
                 raise bad(f"appearance {key} must hold finite floats")
         if not (raw["scale"] > 0).all():
             raise bad("appearance scale must be positive")
-        numbers = {}
-        for key in ("typical", "spread", "threshold"):
-            try:
-                numbers[key] = float(raw.get(key))
-            except (TypeError, ValueError):
-                raise bad(f"appearance {key} must be a number, got {raw.get(key)!r}") from None
-            if not math.isfinite(numbers[key]):
-                raise bad(f"appearance {key} must be finite")
-        if numbers["spread"] <= 0:
-            raise bad(f"appearance spread must be positive, got {numbers['spread']}")
+        numbers = _score_scale(raw, bad, "appearance ")
         calibration = raw.get("calibration", {})
         if not isinstance(calibration, dict):
             raise bad("appearance calibration must be a mapping")
@@ -314,6 +296,23 @@ class AppearanceReference:
             calibration=dict(calibration),
             **numbers,
         )
+
+
+def _score_scale(raw: dict, bad: Any, what: str = "") -> dict[str, float]:
+    """A payload's ``threshold``, ``typical`` and ``spread`` (a score's unit and line):
+    finite numbers, the spread positive; ``bad(why)`` makes the error, ``what`` prefixes
+    the names in it."""
+    numbers = {}
+    for key in ("threshold", "typical", "spread"):
+        try:
+            numbers[key] = float(raw.get(key))
+        except (TypeError, ValueError):
+            raise bad(f"{what}{key} must be a number, got {raw.get(key)!r}") from None
+        if not math.isfinite(numbers[key]):
+            raise bad(f"{what}{key} must be finite")
+    if numbers["spread"] <= 0:
+        raise bad(f"{what}spread must be positive, got {numbers['spread']}")
+    return numbers
 
 
 def appearance_descriptor(sums: Any) -> np.ndarray | None:

@@ -120,13 +120,21 @@ class SlideHeatmap:
         """Which samples of the block were computed (their tile is done)."""
         t = self.tile_samples
         out = np.zeros((r1 - r0, c1 - c0), dtype=bool)
-        for tr in range(r0 // t, (r1 - 1) // t + 1):
-            for tc in range(c0 // t, (c1 - 1) // t + 1):
-                if (tr, tc) in self.done:
-                    a0, a1 = max(tr * t, r0), min((tr + 1) * t, r1)
-                    b0, b1 = max(tc * t, c0), min((tc + 1) * t, c1)
-                    out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = True
+        for tr, tc in self.done_tiles(r0, r1, c0, c1):
+            a0, a1 = max(tr * t, r0), min((tr + 1) * t, r1)
+            b0, b1 = max(tc * t, c0), min((tc + 1) * t, c1)
+            out[a0 - r0 : a1 - r0, b0 - c0 : b1 - c0] = True
         return out
+
+    def done_tiles(self, r0: int, r1: int, c0: int, c1: int) -> list[tuple[int, int]]:
+        """The computed slide tiles ``(tile row, tile col)`` a block of samples touches."""
+        t = self.tile_samples
+        return [
+            (tr, tc)
+            for tr in range(r0 // t, (r1 - 1) // t + 1)
+            for tc in range(c0 // t, (c1 - 1) // t + 1)
+            if (tr, tc) in self.done
+        ]
 
     def block(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         """Logits ``[C, r1-r0, c1-c0]``; NaN where not computed."""
@@ -189,13 +197,7 @@ class SlideHeatmap:
         (appearance is stored per slide tile), or None (none stored, none computed)."""
         if self.appearance is None:
             return None
-        t = self.tile_samples
-        touched = [
-            self.tile_appearance(tr, tc)
-            for tr in range(r0 // t, (r1 - 1) // t + 1)
-            for tc in range(c0 // t, (c1 - 1) // t + 1)
-            if (tr, tc) in self.done
-        ]
+        touched = [self.tile_appearance(r, c) for r, c in self.done_tiles(r0, r1, c0, c1)]
         return sum(touched) if touched else None
 
     def to_array(self) -> np.ndarray:
