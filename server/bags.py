@@ -96,20 +96,7 @@ def classify_tiles(
     model: torch.nn.Module, tiles: list[np.ndarray], is_active: Callable[[], bool], chunk: int = 64
 ) -> dict[str, object]:
     """SIL (per tile) and MIL (bag) logits/probabilities of one bag of equally sized tiles."""
-    if not tiles:
-        raise MilsilError("no tiles were sent; a bag needs at least one tile")
-    h, w = tiles[0].shape[:2]
-    for i, t in enumerate(tiles):
-        if t.shape[:2] != (h, w):
-            raise MilsilError(
-                f"tiles[{i}] is {t.shape[1]}x{t.shape[0]} but tiles[0] is {w}x{h}: all tiles of a bag "
-                "must have the same size"
-            )
-    rf = getattr(model, "receptive_field", None)
-    if rf and (h < rf or w < rf):
-        raise MilsilError(
-            f"tiles are {w}x{h}; {model.config.arch} needs tiles of at least {rf}x{rf}"
-        )
+    model.check_tiles(tiles)
     device = next(model.parameters()).device
     mean, std = model.normalization
     stain = bag_stain(model, tiles)  # the bag is one region (milsil.data.stain)

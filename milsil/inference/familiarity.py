@@ -264,23 +264,7 @@ def images_familiarity(
 
     if model_familiarity(model) is None:
         return None
-    if not images:
-        raise MilsilError("images_familiarity needs at least one image")
-    shapes = {tuple(np.shape(im)) for im in images}
-    if len(shapes) > 1:
-        raise MilsilError(f"the tiles of a bag must have one size, got {sorted(shapes)}")
-    h, w = images[0].shape[:2]
-    if min(h, w) < model.min_patch_size:
-        raise MilsilError(
-            f"a tile of {w}x{h} pixels is smaller than the {model.config.arch} window "
-            f"({model.min_patch_size} pixels a side)"
-        )
-    for i, image in enumerate(images):
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3:
-            raise MilsilError(
-                f"images[{i}] must be an H x W x 3 uint8 array, got "
-                f"{getattr(image, 'dtype', type(image).__name__)} {np.shape(image)}"
-            )
+    model.check_tiles(images)
     passed = bag_pass(model, images, bag_stain(model, images))
     return bag_familiarity(model, images, passed.distances, source)
 

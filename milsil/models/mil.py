@@ -114,6 +114,36 @@ class ConfiguredModel(nn.Module):
                 f"at least {self.min_patch_size}x{self.min_patch_size}"
             )
 
+    def check_tiles(self, tiles: Sequence[Any]) -> None:
+        """Reject a bag of uint8 RGB tiles (``[h, w, 3]`` arrays, ClassifyBag's and
+        :func:`milsil.inference.familiarity.images_familiarity`'s input) that is empty,
+        not uint8 RGB, of more than one size or smaller than :attr:`min_patch_size`, with a
+        message naming the tile and what is allowed."""
+        if not len(tiles):
+            raise MilsilError("a bag needs at least one tile; none was given")
+        for i, tile in enumerate(tiles):
+            shape = getattr(tile, "shape", None)
+            if (
+                getattr(tile, "dtype", None) != "uint8"
+                or shape is None
+                or len(shape) != 3
+                or shape[2] != 3
+            ):
+                what = f"{getattr(tile, 'dtype', type(tile).__name__)} {shape}"
+                raise MilsilError(f"tiles[{i}] must be an H x W x 3 uint8 RGB array, got {what}")
+        h, w = tiles[0].shape[:2]
+        for i, tile in enumerate(tiles):
+            if tile.shape[:2] != (h, w):
+                raise MilsilError(
+                    f"tiles[{i}] is {tile.shape[1]}x{tile.shape[0]} but tiles[0] is {w}x{h}: "
+                    "all tiles of a bag must have the same size"
+                )
+        if min(h, w) < self.min_patch_size:
+            raise MilsilError(
+                f"tiles are {w}x{h}; {self.config.arch} needs tiles of at least "
+                f"{self.min_patch_size}x{self.min_patch_size}"
+            )
+
     @property
     def class_names(self) -> list[str]:
         return list(self.config.class_names)
