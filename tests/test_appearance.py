@@ -24,9 +24,7 @@ from milsil.models.familiarity import (
     AppearanceReference,
     FamiliarityReference,
     appearance_descriptor,
-    combined_threshold,
     fit_appearance,
-    held_out_level,
 )
 
 
@@ -107,21 +105,23 @@ def test_fit_judges_each_patient_left_out_and_calibrates_on_held_out():
     rng = np.random.default_rng(0)
     x, patients = _descriptors(rng, 12, 4)
     held, _ = _descriptors(rng, 5, 4)
-    part = fit_appearance(x, patients, held)
+    part, left_out = fit_appearance(x, patients, held)
     # typical/spread: each training patient's images against a fit without that patient,
     # computed here with numpy's own covariance.
-    own = []
+    own = np.empty(len(x))  # in the images' order
     for p in sorted(set(patients)):
         keep = np.array([q != p for q in patients])
         rest = x[keep]
         mean, scale = rest.mean(axis=0), rest.std(axis=0)
         corr = np.cov(((rest - mean) / scale).T)
         precision = np.linalg.inv(corr + 1e-3 * np.eye(DESCRIPTOR))
-        for row in x[~keep]:
-            z = (row - mean) / scale
-            own.append(z @ precision @ z / DESCRIPTOR)
+        for i in np.flatnonzero(~keep):
+            z = (x[i] - mean) / scale
+            own[i] = z @ precision @ z / DESCRIPTOR
     assert part.typical == pytest.approx(np.mean(own), rel=1e-9)
     assert part.spread == pytest.approx(np.std(own, ddof=1), rel=1e-9)
+    # The training images' scores, each with its patient left out (they calibrate too).
+    np.testing.assert_allclose(left_out, (own - part.typical) / part.spread, rtol=1e-9)
     # The threshold: over the left-out training distances and the held-out images' (against
     # the fit on all), the lowest score at most 2.5% of them exceed.
     mean, scale = x.mean(axis=0), x.std(axis=0)
@@ -143,7 +143,7 @@ def test_fit_judges_each_patient_left_out_and_calibrates_on_held_out():
 def test_payload_round_trips_and_damage_is_refused():
     rng = np.random.default_rng(1)
     x, patients = _descriptors(rng, 6, 3)
-    part = fit_appearance(x, patients, np.empty((0, DESCRIPTOR)))
+    part, _ = fit_appearance(x, patients, np.empty((0, DESCRIPTOR)))
     again = AppearanceReference.from_payload(part.to_payload(), CheckpointError)
     for d in x[:3]:
         assert again.score_descriptor(d) == part.score_descriptor(d)
@@ -179,19 +179,6 @@ def test_the_two_parts_share_one_threshold(images):
     assert plain.combined(0.5, sums) == 0.5  # a reference written before the appearance part
 
 
-def test_combined_threshold_keeps_the_false_alarms_within_five_percent():
-    features = [float(v) for v in range(40)]  # 0 .. 39
-    # No appearance alarm: two of forty may be feature alarms (5%).
-    assert combined_threshold(features, [False] * 40) == (37.0, 0.05)
-    # One image the appearance part already flags (the highest feature score): one left.
-    alarms = [False] * 39 + [True]
-    assert combined_threshold(features, alarms) == (37.0, 0.05)
-    alarms = [True, True, True] + [False] * 37  # appearance alone over 5%: no feature alarm
-    assert combined_threshold(features, alarms) == (39.0, 3 / 40)
-    with pytest.raises(MilsilError, match="one appearance judgement per feature score"):
-        combined_threshold(features, [False])
-
-
 def blur(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).filter(ImageFilter.GaussianBlur(2.0)))
 
@@ -210,7 +197,7 @@ def test_blur_and_magnification_are_unlike_the_training_images(tmp_path):
     records, _ = read_manifest(manifest)
     rest, test = patient_split(records, 0.25, seed=0)
     train, val = patient_split(rest, 0.25, seed=1)
-    part = fit_records_appearance(train, [record_appearance(r) for r in val])
+    part, _ = fit_records_appearance(train, [record_appearance(r) for r in val])
     assert part.calibration["held_out_images"] == len(val)
 
     def score(rgb: np.ndarray) -> float:
@@ -224,36 +211,3 @@ def test_blur_and_magnification_are_unlike_the_training_images(tmp_path):
     blurred, zoomed = [score(blur(im)) for im in held], [score(zoom(im)) for im in held]
     assert min(blurred) > max(familiar) and min(zoomed) > max(familiar)
     assert min(blurred) > part.threshold
-
-
-def _left_out_rate(scores, alarms, patients, level) -> float:
-    """Each patient's images against the threshold the other patients give at ``level``."""
-    raised = 0
-    for p in sorted(set(patients)):
-        rest = [i for i, q in enumerate(patients) if q != p]
-        threshold, _ = combined_threshold(
-            [scores[i] for i in rest], [alarms[i] for i in rest], level
-        )
-        raised += sum(alarms[i] or scores[i] > threshold for i, q in enumerate(patients) if q == p)
-    return raised / len(scores)
-
-
-def test_the_level_keeps_new_patients_alarms_within_five_percent():
-    """Patients whose images share an offset: the nominal 5% level raises more on a left-out
-    patient, so a lower level is chosen, the highest of the steps that stays within 5%."""
-    rng = np.random.default_rng(4)
-    patients = [f"p{p}" for p in range(12) for _ in range(6)]
-    offsets = {p: rng.normal(0, 1.5) for p in sorted(set(patients))}
-    scores = [offsets[p] + rng.normal(0, 0.5) for p in patients]
-    alarms = [False] * len(scores)
-    alarms[3] = True  # one image the appearance part already flags
-    assert _left_out_rate(scores, alarms, patients, 0.05) > 0.05  # why a level is needed
-    level, rate = held_out_level(scores, alarms, patients)
-    assert 0 <= level < 0.05 and rate <= 0.05
-    assert rate == pytest.approx(_left_out_rate(scores, alarms, patients, level))
-    assert _left_out_rate(scores, alarms, patients, level + 0.005) > 0.05
-    # Too few patients to leave one out: the nominal level.
-    assert held_out_level(scores[:12], alarms[:12], patients[:12]) == (
-        0.05,
-        pytest.approx(np.nan, nan_ok=True),
-    )

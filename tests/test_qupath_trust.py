@@ -126,13 +126,13 @@ def world(tmp_path_factory):
     Image.fromarray(big).save(base / "slide.png")
     write_pyramidal_tiff(slides / "slide.tif", big, mpp=0.5)
 
-    def score(box):  # the library's score of a region (streamed with its context)
-        x, y, w, h = box
+    def score(box):  # the library's score of a region (streamed with its context), with
+        x, y, w, h = box  # the region's own pixels for the appearance part
         d = distance_map(
             model, rgb[y - CONTEXT : y + h + CONTEXT, x - CONTEXT : x + w + CONTEXT],
             stride=STRIDE, margin=CONTEXT,
         )  # fmt: skip
-        return region_score(model, d).score
+        return region_score(model, d, pixels=rgb[y : y + h, x : x + w]).score
 
     def bag(box):  # the library's score of a TMA core's bag (tma_batch's patch grid)
         x, y, _, _ = box

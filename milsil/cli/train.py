@@ -190,13 +190,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     familiarity = json.loads((out / "run.json").read_text()).get("familiarity")
     if familiarity:  # milsil.engine.familiarity: what the answers' scores are judged by
-        cal = familiarity["calibration"]
-        print(
-            f"  familiarity: {familiarity['method']}, threshold {familiarity['threshold']:.3g} "
-            f"(calibrated on {cal['images']} images of {cal['patients']} patients, "
-            f"{cal['split']}; {cal['false_alarm_rate']:.0%} of them above it)"
-        )
+        print(familiarity_summary(familiarity))
     return 0
+
+
+def familiarity_summary(familiarity: dict) -> str:
+    """What ``run.json``'s familiarity entry says, for the end of ``milsil train``: the
+    threshold, what it was calibrated on and the bound on a new patient's false alarms
+    (:func:`milsil.models.familiarity.patient_threshold`), and a second line when there
+    were too few patients for the 5% goal."""
+    cal = familiarity["calibration"]
+    patients = cal.get("calibration_patients", cal["patients"])
+    line = (
+        f"  familiarity: {familiarity['method']}, threshold {familiarity['threshold']:.3g} "
+        f"(calibrated on {cal.get('calibration_images', cal['images'])} images of {patients} "
+        f"patients: {cal['split']}{' and training' if cal.get('held_out') else ''}; "
+        f"{cal['false_alarm_rate']:.0%} of the held-out images above it"
+    )
+    bound, target = cal.get("new_patient_bound"), cal["target_false_alarm_rate"]
+    if bound is None:
+        return line + ")"
+    line += f"; a new patient's expected false alarms at most {bound:.1%})"
+    if bound > target:  # no room for a feature alarm under the bound
+        needed = math.ceil(1 / target - 1 - 1e-9)
+        why = (
+            f"{patients} patients are too few to bound a new patient's false alarms by "
+            f"{target:.0%} ({needed} or more are needed)"
+            if patients < needed
+            else f"the appearance part's alarms on them already fill the {target:.0%} bound"
+        )
+        line += (
+            f"\n  familiarity: {why}: no calibration image's feature part is above the threshold"
+        )
+    return line
 
 
 def _cmd_train_ddp(args: argparse.Namespace) -> int:

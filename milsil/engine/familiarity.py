@@ -2,17 +2,17 @@
 
 The projection is fitted on the windows of the training bags (no augmentation), the
 appearance part on their images' pixels (:func:`fit_records_appearance`); the
-threshold is calibrated on held-out patients: the validation records when the run has
-them, else a patient-level split of the training records (the fit then leaves those
-patients out). A run with a single patient calibrates on its own training images and
-says so (``held_out: false``). Every checkpoint the run leaves (``best.pt``, ``last.pt``)
-gets the reference fitted on its own weights; a file that already carries one (a
-finished run resumed) is left as it is.
+threshold is calibrated on held-out patients (the validation records when the run has
+them, else a patient-level split of the training records; the fit then leaves those
+patients out) and on the training patients beside them, by a bound on a new patient's
+false alarms (:func:`milsil.models.familiarity.patient_threshold`). A run with a single
+patient calibrates on its own training images and says so (``held_out: false``). Every
+checkpoint the run leaves (``best.pt``, ``last.pt``) gets the reference fitted on its own
+weights; a file that already carries one (a finished run resumed) is left as it is.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -33,12 +33,12 @@ from milsil.models.familiarity import (
     AppearanceReference,
     FamiliarityReference,
     appearance_descriptor,
-    combined_threshold,
     fit_appearance,
     fit_projection,
-    held_out_level,
+    patient_threshold,
     payload_familiarity,
     supports_familiarity,
+    training_score_shift,
 )
 from milsil.models.mil import ConfiguredModel
 
@@ -122,16 +122,25 @@ def fit_familiarity(
         for record in calibration_records
     ]
     alarms = [False] * len(scores)
+    training_alarms = [False] * len(fit_records)
     appearance = None
     if len(fit_records) >= 3:  # the parts share the 5%: appearance first, features the rest
         held = [record_appearance(r) for r in calibration_records]  # each image read once
-        appearance = fit_records_appearance(fit_records, held if held_out else [])
+        appearance, left_out = fit_records_appearance(fit_records, held if held_out else [])
         looks = [appearance.score(sums) for sums in held]
         alarms = [a is not None and a > appearance.threshold for a in looks]
-    # The level that keeps a new patient's alarms within 5%, each patient left out in turn.
+        training_alarms = [bool(a > appearance.threshold) for a in left_out]
     patients = [r.patient for r in calibration_records]
-    level, left_out = held_out_level(scores, alarms, patients)
-    threshold, false_alarms = combined_threshold(scores, alarms, level)
+    feature_scores, judged, groups, shift = list(scores), list(alarms), list(patients), 0.0
+    if held_out:  # the training patients calibrate too (the bound needs many patients),
+        # each image scored from its sampled windows (an unbiased estimate of its mean)
+        training = [reference.region_score(float(m)) for m in means]
+        shift = training_score_shift(training, scores)
+        feature_scores = [t + shift for t in training] + feature_scores
+        judged = training_alarms + judged
+        groups = [r.patient for r in fit_records] + groups
+    threshold, rates = patient_threshold(feature_scores, judged, groups)
+    held_alarms = [a or s > threshold for s, a in zip(scores, alarms, strict=True)]
     return replace(
         reference,
         threshold=threshold,
@@ -139,12 +148,16 @@ def fit_familiarity(
         calibration={
             "split": split,
             "held_out": held_out,
-            "patients": len({r.patient for r in calibration_records}),
+            "patients": len(set(patients)),
             "images": len(calibration_records),
-            "false_alarm_rate": false_alarms,
+            "false_alarm_rate": sum(held_alarms) / len(held_alarms),
             "target_false_alarm_rate": FALSE_ALARM_TARGET,
-            "level": level,
-            "left_out_false_alarm_rate": None if math.isnan(left_out) else left_out,
+            "rule": "patient-level conformal bound",
+            "calibration_patients": len(set(groups)),
+            "calibration_images": len(groups),
+            "training_score_shift": shift,
+            "new_patient_bound": rates["bound"],
+            "calibration_false_alarm_rate": rates["false_alarm_rate"],
         },
         fit={
             "patients": len({r.patient for r in fit_records}),
@@ -165,10 +178,11 @@ def record_appearance(record: BagRecord) -> np.ndarray:
 
 def fit_records_appearance(
     fit_records: Sequence[BagRecord], held_out: Sequence[np.ndarray]
-) -> AppearanceReference:
+) -> tuple[AppearanceReference, np.ndarray]:
     """The appearance part: fitted on ``fit_records``' images (at least 3: a Gaussian), its
     threshold from those images with their own patient left out and the held-out patients'
-    appearance sums ``held_out`` (:func:`record_appearance`; none when there are none)."""
+    appearance sums ``held_out`` (:func:`record_appearance`; none when there are none);
+    and the records' scores, each with its patient left out (:func:`fit_appearance`)."""
     descriptors = np.stack([appearance_descriptor(record_appearance(r)) for r in fit_records])
     held = [appearance_descriptor(sums) for sums in held_out]
     return fit_appearance(
