@@ -32,6 +32,7 @@ def classify_bag_rpc(res: Resources, requests: Iterable[Any], context: Any) -> A
     """The ClassifyBag RPC."""
     model_name, tiles = bag_request(requests, res.limits)
     ident, model = res.model(model_name, "model")
+    model.check_tiles(tiles)  # a malformed bag never waits for, or takes, a compute slot
     with res.slots.acquire(context.is_active, client_of(context), context.peer()) as device:
         on_device = res.on_device(model, device)
         result = classify_tiles(on_device, tiles, context.is_active)
@@ -96,7 +97,7 @@ def classify_tiles(
     model: torch.nn.Module, tiles: list[np.ndarray], is_active: Callable[[], bool], chunk: int = 64
 ) -> dict[str, object]:
     """SIL (per tile) and MIL (bag) logits/probabilities of one bag of equally sized tiles."""
-    model.check_tiles(tiles)
+    model.check_tiles(tiles)  # the library's one check (classify_bag_rpc makes it early too)
     device = next(model.parameters()).device
     mean, std = model.normalization
     stain = bag_stain(model, tiles)  # the bag is one region (milsil.data.stain)

@@ -133,17 +133,26 @@ def test_milsil_train_says_what_the_threshold_rests_on():
     few = familiarity_summary({"method": "m", "threshold": 2.5, "calibration": calibration})
     assert few == (
         "  familiarity: m, threshold 2.5 (calibrated on 36 images of 12 patients: validation "
-        "and training; 0% of the held-out images above it; a new patient's expected false "
-        "alarms at most 7.7%)\n"
+        "and training; 0.0% of the held-out images above it; patient-level bound 7.7%)\n"
         "  familiarity: 12 patients are too few to bound a new patient's false alarms by 5% "
         "(19 or more are needed): no calibration image's feature part is above the threshold"
     )
     # Enough patients, but the appearance part's alarms (3 of 120 images) fill the bound.
     full = calibration | {"calibration_patients": 30, "new_patient_bound": 1.75 / 31}
     assert familiarity_summary({"method": "m", "threshold": 2.5, "calibration": full}).endswith(
-        "at most 5.6%)\n  familiarity: the appearance part's alarms on them already fill the 5% "
+        "bound 5.6%)\n  familiarity: the appearance part's alarms on them already fill the 5% "
         "bound: no calibration image's feature part is above the threshold"
     )
     enough = calibration | {"calibration_patients": 30, "new_patient_bound": 0.045}
     line = familiarity_summary({"method": "m", "threshold": 2.5, "calibration": enough})
-    assert line.endswith("expected false alarms at most 4.5%)") and "\n" not in line
+    assert line.endswith("patient-level bound 4.5%)") and "\n" not in line
+    # A bound that meets the goal up to rounding is met (no second line).
+    rounded = calibration | {"calibration_patients": 39, "new_patient_bound": 0.05000000000000001}
+    assert "\n" not in familiarity_summary(
+        {"method": "m", "threshold": 1.0, "calibration": rounded}
+    )
+    # One patient: calibrated on its training images, and said so.
+    alone = calibration | {"held_out": False, "split": "training images (one patient)"}
+    alone |= {"calibration_patients": 1, "calibration_images": 3, "new_patient_bound": 0.5}
+    text = familiarity_summary({"method": "m", "threshold": 1.0, "calibration": alone})
+    assert "3 images of 1 patient: training images (one patient); 0.0% of the training" in text

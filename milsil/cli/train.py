@@ -196,22 +196,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def familiarity_summary(familiarity: dict) -> str:
     """What ``run.json``'s familiarity entry says, for the end of ``milsil train``: the
-    threshold, what it was calibrated on and the bound on a new patient's false alarms
-    (:func:`milsil.models.familiarity.patient_threshold`), and a second line when there
-    were too few patients for the 5% goal."""
+    threshold, what it was calibrated on and the patient-level bound on a new patient's
+    false alarms (:func:`milsil.models.familiarity.patient_threshold`), and a second line
+    when the bound could not reach the goal."""
     cal = familiarity["calibration"]
     patients = cal.get("calibration_patients", cal["patients"])
+    judged = "held-out" if cal.get("held_out") else "training"
     line = (
         f"  familiarity: {familiarity['method']}, threshold {familiarity['threshold']:.3g} "
         f"(calibrated on {cal.get('calibration_images', cal['images'])} images of {patients} "
-        f"patients: {cal['split']}{' and training' if cal.get('held_out') else ''}; "
-        f"{cal['false_alarm_rate']:.0%} of the held-out images above it"
+        f"patient{'' if patients == 1 else 's'}: {cal['split']}{' and training' if cal.get('held_out') else ''}; "
+        f"{cal['false_alarm_rate']:.1%} of the {judged} images above it"
     )
     bound, target = cal.get("new_patient_bound"), cal["target_false_alarm_rate"]
     if bound is None:
         return line + ")"
-    line += f"; a new patient's expected false alarms at most {bound:.1%})"
-    if bound > target:  # no room for a feature alarm under the bound
+    line += f"; patient-level bound {bound:.1%})"
+    if bound > target + 1e-9:  # no room for a feature alarm under the goal
         needed = math.ceil(1 / target - 1 - 1e-9)
         why = (
             f"{patients} patients are too few to bound a new patient's false alarms by "

@@ -45,9 +45,9 @@ The threshold is calibrated on patients, the two parts sharing a 5% false-alarm 
 the appearance part's own threshold where 2.5% of the training images (each judged with
 its patient left out) and the held-out patients' images exceed it; then the feature
 threshold by a patient-level conformal bound (:func:`patient_threshold`): the lowest at
-which a new patient's expected share of images raising either alarm is at most 5%. The
+which a new patient's expected share of images raising either alarm is bounded by 5%. The
 bound needs many patients (19 or more for 5%), and a few held-out patients' 95th
-percentile was a noisy threshold (new patients exceeded it 4-15% of the time), so the
+percentile was a noisy threshold (new patients exceeded it up to 15% of the time), so the
 training patients calibrate too, beside the held-out ones (the validation split, else a
 patient-level split of the training patients): their feature scores raised by how much
 the held-out patients' run higher (:func:`training_score_shift`: the model saw their
@@ -510,14 +510,22 @@ def patient_threshold(
     A patient-level conformal bound: with ``n`` calibration patients and ``e_j`` the share
     of patient ``j``'s images that raise either alarm, the threshold is the lowest at which
     ``(e_1 + ... + e_n + 1) / (n + 1) <= target`` (the new patient counted as all alarms).
-    When the new patient is exchangeable with the calibration patients, its expected share
-    is then at most ``target``, however correlated one patient's images are (a threshold at
-    the 95th percentile of the images raised 4-15% on new patients: the percentile of a
-    few patients' correlated images is a noisy estimate, and its misses cost more than its
-    gains). It needs ``n >= 1 / target - 1`` patients (19 for 5%); with fewer, or when the
-    appearance alarms alone exceed it, the threshold is the highest feature score: no
-    feature alarm on any calibration image. ``rates``: ``bound`` (the left side, at the
-    threshold), ``patient_false_alarm_rate`` (the mean of the ``e_j``) and
+    When the calibration patients' scores are judged as a new patient's would be
+    (out of sample, the appearance threshold fixed beforehand) and the new patient is
+    exchangeable with them, its expected share is then at most ``target``, however
+    correlated one patient's images are. Training calibrates on scores that are only
+    nearly so (:func:`training_score_shift`; the appearance threshold is set on the same
+    images), so there the bound is a rule whose false alarms the benchmark measures, not a
+    proof. A threshold at the 95th percentile of the images raised up to 15% on new
+    patients (5.5% on average over ten seeds): a few patients' correlated images make a
+    noisy percentile whose misses cost more than its gains.
+
+    It needs ``n >= 1 / target - 1`` patients (19 for 5%). With fewer, or when the
+    appearance alarms alone fill it, the threshold is the highest feature score of all the
+    images (those the appearance part flags included: the highest of the others raised
+    4.0% instead of 3.0% on the benchmark's ten seeds, seed 0 10%, and detected no more
+    shifts): no feature alarm on any calibration image. ``rates``: ``bound`` (the left
+    side, at the threshold), ``patient_false_alarm_rate`` (the mean of the ``e_j``) and
     ``false_alarm_rate`` (the share of the images)."""
     groups = np.asarray(list(patients))
     f = np.asarray(feature_scores, dtype=np.float64)
