@@ -214,6 +214,24 @@ def test_busy_and_too_large_say_which_in_the_trailing_metadata(tmp_path):
         retrying.close()
 
 
+def test_a_malformed_bag_is_refused_without_waiting_for_a_slot(tmp_path):
+    """ClassifyBag checks the bag's tiles before it queues: with the only slot held and no
+    queue, a bag of unequal tiles is INVALID_ARGUMENT (naming them), not busy."""
+    with _server(tmp_path, max_waiting=0) as server:
+        register_tiny_model(server)
+        client = MilsilClient(f"127.0.0.1:{server.port}", retry_busy=False)
+        image = _image()
+        release = threading.Event()
+        with _slot_held(server, until=release.is_set):
+            with pytest.raises(grpc.RpcError) as info:
+                client.classify_bag("models/tiny", [image, image[:40]], timeout=30)
+            release.set()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+        assert "tiles[1] is 64x40 but tiles[0] is 64x48" in info.value.details()
+        assert _rejected(server) == 0  # it never asked for a place
+        client.close()
+
+
 def test_a_client_waits_on_busy_only_until_its_deadline(tmp_path):
     with _server(tmp_path, max_waiting=0) as server:
         register_tiny_model(server)
