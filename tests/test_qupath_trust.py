@@ -2,7 +2,7 @@
 
 A model with a familiarity reference fitted the way training fits it
 (``milsil.engine.familiarity.fit_familiarity``: windows of synthetic H&E images, the
-threshold calibrated on held-out patients) is shown one image whose left half is synthetic
+threshold calibrated on held-out and training patients) is shown one image whose left half is synthetic
 H&E (in distribution) and whose right half is the same kind of tissue in grayscale (out of
 distribution). Each script (heatmap_to_annotations, tma_batch, classify_cells) runs on it
 through the QuPath stand-ins (qupath_scripts/tests/stubs) and the real server, and must:

@@ -235,8 +235,8 @@ class AppearanceReference:
     distance is its squared Mahalanobis distance over :data:`DESCRIPTOR`, its score
     ``(distance - typical) / spread`` with ``typical``/``spread`` from training images
     each judged with its own patient left out of the fit (how a new patient looks).
-    ``threshold``: in that unit, calibrated on held-out patients at
-    :data:`APPEARANCE_FALSE_ALARMS`."""
+    ``threshold``: in that unit, where :data:`APPEARANCE_FALSE_ALARMS` of the training
+    images (judged so) and the held-out patients' images exceed it."""
 
     mean: torch.Tensor
     scale: torch.Tensor
