@@ -23,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from milsil.errors import MilsilError
-from milsil.inference.precision import check_precision
+from milsil.inference.precision import check_mode
 from milsil.v1 import (
     inference_service_pb2,
     inference_service_pb2_grpc,
@@ -106,7 +106,7 @@ class ServerConfig:
     stream_idle_timeout: float = 30.0
     # --devices: comma-separated, one compute slot each (None: every GPU, else the CPU).
     device: str | None = None
-    precision: str = "exact"  # --tf32: "tf32" (milsil.inference.precision)
+    precision: str = "exact"  # --tf32: "tf32", --bf16: "bf16" (milsil.inference.precision.MODES)
     limits: Limits = field(default_factory=Limits)
     # Folders whose slides AnnotateSlide/SlideHeatmap may read (none: those RPCs are off).
     slide_roots: tuple[Path, ...] = ()
@@ -411,7 +411,7 @@ class MilsilServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         limits = config.limits
-        check_precision(config.precision)
+        check_mode(config.precision)
         self.devices = parse_devices(config.device)
         self.device = self.devices[0]
         for root in config.slide_roots:

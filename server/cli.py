@@ -161,11 +161,21 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
         f"{EXPECTED_MAX_LOGIT_DEVIATION['tf32']:g} of exact, measured on an H200; the heatmap "
         "header says so). Default: exact (TF32 off). No effect on a CPU",
     )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="fast mode: the heatmap network in bfloat16 (heatmaps, Annotate, AnnotateSlide, "
+        "SlideHeatmap and MeasureObjects; ClassifyBag stays float32): logits within about "
+        f"{EXPECTED_MAX_LOGIT_DEVIATION['bf16']:g} of exact, measured on an H200, and the "
+        "heatmap header says so; fastest on GPUs and on CPUs with bfloat16 units (AMX, "
+        "AVX-512 BF16). Default: exact",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from milsil.inference.precision import fast_mode
     from milsil_server.app import ServerConfig, build_server
     from milsil_server.resources import Limits
 
@@ -203,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         grace=args.grace,
         stream_idle_timeout=args.stream_idle_timeout,
         device=args.devices,
-        precision="tf32" if args.tf32 else "exact",
+        precision=fast_mode(args.tf32, args.bf16),
         limits=Limits(max_region_pixels=args.max_region_pixels),
         max_memory_mb=args.max_memory,
         slide_roots=tuple(args.slide_roots),

@@ -41,6 +41,7 @@ from milsil.inference.heatmap import (
     output_size,
     stream_band_rows,
 )
+from milsil.inference.precision import mode_arithmetic
 from milsil.inference.tiling import Band, BandCanvas, UncoveredError
 from milsil.models.familiarity import model_familiarity
 
@@ -178,7 +179,7 @@ class RegionStream:
     # for its client (None: the caller holds a slot for the whole call).
     turn: Turn | None = None
     # A model's copy on the turn's device (Resources.on_device; None: compute on `device`),
-    # and the float32 mode (milsil.inference.precision).
+    # and the heatmap mode (milsil.inference.precision.MODES: exact, tf32 or bf16).
     on_device: Callable[[torch.nn.Module, Any], torch.nn.Module] | None = None
     precision: str = "exact"
     # Also the per-sample distance from the training data, in the same pass (a model with
@@ -399,6 +400,7 @@ class RegionStream:
             self.turn.hold()
         device = (self.turn and self.turn.device) or self.device  # the slot's device
         model = self.on_device(self.model, device) if self.on_device else self.model
+        precision, bf16 = mode_arithmetic(self.precision)
         logits = band_logits(
             model,
             band,
@@ -408,8 +410,9 @@ class RegionStream:
             device=device,
             target_seconds=BAND_TARGET_SECONDS,
             should_stop=lambda: not self.is_active(),
-            precision=self.precision,
+            precision=precision,
             familiarity=self.familiarity,
+            bf16=bf16,
         )
         if logits is None:
             raise Cancelled("request cancelled or deadline exceeded; heatmap computation stopped")

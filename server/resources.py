@@ -188,7 +188,7 @@ class Resources:
     work_locks: WorkLocks = field(default_factory=WorkLocks)
     # Longest silence between a streamed call's messages (--stream-idle-timeout; 0: none).
     stream_idle_seconds: float = 30.0
-    # The float32 mode of every heatmap (milsil.inference.precision: exact, or tf32).
+    # The mode of every heatmap (milsil.inference.precision.MODES: exact, tf32 or bf16).
     precision: str = "exact"
 
     @property

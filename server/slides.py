@@ -30,7 +30,7 @@ import shapely.geometry
 
 from milsil.errors import MilsilError
 from milsil.inference.familiarity import FamiliarityScore, region_score
-from milsil.inference.precision import heatmap_mode
+from milsil.inference.precision import heatmap_mode, mode_arithmetic
 from milsil.models import target_class_index
 from milsil.v1 import inference_service_pb2
 from milsil.wsi.annotate import AnnotateResult, annotate_slide
@@ -264,7 +264,8 @@ def slide_job(res: Resources, request: Any, outlines: bool) -> SlideJob:
     if not request.HasField("config"):
         raise MilsilError("config is required (model, path, stride, ...)")
     config = request.config
-    settings = slide_settings(request, res.limits, outlines).replace(precision=res.precision)
+    precision, bf16 = mode_arithmetic(res.precision)
+    settings = slide_settings(request, res.limits, outlines).replace(precision=precision, bf16=bf16)
     ident, model = res.model(config.model, "config.model")
     halo_for(model)  # FAILED_PRECONDITION for models without a receptive field
     try:
@@ -313,8 +314,9 @@ def work_dir(
         "tile": settings.tile,
         "tissue_only": settings.tissue_only,
     }
-    if settings.precision != "exact":  # exact folders keep the names they always had
-        key["precision"] = settings.precision
+    mode = heatmap_mode(settings.precision, settings.bf16)
+    if mode != "exact":  # exact folders keep the names they always had
+        key["precision"] = mode
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     return root / "slide-work" / digest
 

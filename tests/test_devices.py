@@ -25,7 +25,10 @@ import milsil.inference.heatmap as heatmap
 from milsil.cli import main as cli_main
 from milsil.client import MilsilClient
 from milsil.errors import MilsilError
-from milsil.inference.precision import fp32_precision
+from milsil.inference.precision import (
+    EXPECTED_MAX_LOGIT_DEVIATION,
+    fp32_precision,
+)
 from milsil.models import save_checkpoint
 from milsil_server.app import ServerConfig, build_server
 from milsil_server.resources import ModelCache, parse_devices
@@ -298,6 +301,53 @@ def test_the_heatmap_header_says_the_mode_and_tf32_changes_nothing_on_a_cpu(tmp_
     assert headers["tf32"].precision == "tf32"
     assert headers["tf32"].expected_max_logit_deviation == 1.7e-3  # the H200 run, issue 16
     np.testing.assert_array_equal(logits["exact"], logits["tf32"])
+
+
+def test_a_bf16_server_computes_regions_and_slides_in_bfloat16(tmp_path):
+    """``--bf16``: the header says so and what it may cost; the logits are not the exact
+    server's (another arithmetic ran) and lie within that cost of them, for a streamed
+    region and for a slide the server reads; a bf16 slide's work folder is its own."""
+    from milsil.wsi.settings import SlideSettings
+    from milsil.wsi.tiff import write_pyramidal_tiff
+    from milsil_server.slides import work_dir
+
+    image = _image(4)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    write_pyramidal_tiff(slides / "s.tif", _image(6, side=128), mpp=0.5)
+    heat, slide = {}, {}
+    for mode in ("exact", "bf16"):
+        with _server(
+            tmp_path / mode, device="cpu", precision=mode, slide_roots=(slides,)
+        ) as server:
+            client = MilsilClient(f"127.0.0.1:{server.port}", timeout=3 * WAIT)
+            heat[mode] = client.heatmap("models/tiny", image)
+            slide[mode], _ = client.slide_heatmap("models/tiny", "s.tif", tissue_only=False)
+            client.close()
+    cost = EXPECTED_MAX_LOGIT_DEVIATION["bf16"]
+    for result in (heat, slide):
+        assert result["exact"].header.precision == "exact"
+        assert result["bf16"].header.precision == "bf16"
+        assert result["bf16"].header.expected_max_logit_deviation == cost
+        exact, fast = result["exact"].logits, result["bf16"].logits
+        assert np.isfinite(exact).all() and exact.shape == fast.shape
+        assert 0 < np.abs(fast - exact).max() <= cost
+    folders = {
+        work_dir(tmp_path, slides / "s.tif", "m", "sha", SlideSettings(bf16=bf16))
+        for bf16 in (False, True)
+    }
+    assert len(folders) == 2
+    with pytest.raises(MilsilError, match="must be one of exact, tf32, bf16; got 'fp8'"):
+        build_server(ServerConfig(port=0, data_dir=tmp_path / "x", precision="fp8"))
+
+
+def test_serve_refuses_two_fast_modes(tmp_path, capsys):
+    args = ["serve", "--tf32", "--bf16", "--port", "0", "--data-dir", str(tmp_path / "d")]
+    assert cli_main(args) != 0
+    assert (
+        "--tf32 and --bf16 are two fast modes; choose one (neither: exact)"
+        in capsys.readouterr().err
+    )
 
 
 def test_serve_tf32_is_accepted_and_the_client_cli_says_the_mode(tmp_path, capsys):

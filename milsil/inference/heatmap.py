@@ -370,7 +370,7 @@ def iter_logit_bands(
     :func:`~milsil.inference.precision.fp32_precision` (``precision``), so the caller's TF32
     settings hold again between bands. With ``familiarity`` the result has ``C + 1``
     channels, channel ``C`` the per-sample distance (:mod:`milsil.inference.familiarity`).
-    settings hold again between bands. ``stain``: the region's stain transform (uint8 input
+    ``stain``: the region's stain transform (uint8 input
     of a model with a target), ``"auto"``: from the first band (:mod:`milsil.data.stain`).
     """
     model.eval()
@@ -463,10 +463,12 @@ def band_logits(
     should_stop: Callable[[], bool] | None = None,
     precision: str = "exact",
     familiarity: bool = False,
+    bf16: bool = False,
 ) -> torch.Tensor | None:
     """The map rows of one band of a streamed region (:class:`milsil.inference.tiling.
     BandCanvas`): ``[C, ceil((row1 - row0) / stride), cols]``, or ``None`` when
-    ``should_stop`` ended the computation early. ``margin``: the canvas's context."""
+    ``should_stop`` ended the computation early. ``margin``: the canvas's context;
+    ``precision``/``bf16`` as :func:`iter_logit_bands`."""
     from milsil.data.stain import band_stain
 
     rows = output_size(band.row1 - band.row0, stride)
@@ -482,6 +484,7 @@ def band_logits(
         should_stop=should_stop,
         precision=precision,
         familiarity=familiarity,
+        bf16=bf16,
         stain=band_stain(model, band, margin),  # the first band's, for every band
     )
     for step in steps:

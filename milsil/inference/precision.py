@@ -59,6 +59,20 @@ def check_precision(precision: str) -> str:
     return precision
 
 
+def check_mode(mode: str) -> str:
+    """``mode`` when it is one of :data:`MODES`; a message naming them otherwise."""
+    if mode not in MODES:
+        raise MilsilError(f"the heatmap mode must be one of {', '.join(MODES)}; got {mode!r}")
+    return mode
+
+
+def mode_arithmetic(mode: str) -> tuple[str, bool]:
+    """``(precision, bf16)``, the arguments of :func:`~milsil.inference.heatmap.
+    iter_logit_bands` that compute a heatmap in ``mode`` (the inverse of
+    :func:`heatmap_mode`): bfloat16 leaves float32 exact for what it does not cover."""
+    return ("exact", True) if check_mode(mode) == "bf16" else (mode, False)
+
+
 def heatmap_mode(precision: str = "exact", bf16: bool = False) -> str:
     """The mode (:data:`MODES`) of a heatmap computed with these arguments: bfloat16 wins
     (its network has no float32 arithmetic left for TF32 to change)."""
