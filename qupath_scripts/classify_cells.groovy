@@ -107,6 +107,7 @@ def work = { milsil ->
     def classify = S.flag(s, 'classify')
     def target = classify ? C.targetClass(model, s.className) : null
     def say = { line -> println(line) }
+    Q.sayPrecision(model, name, say)
     // Each region's familiarity: warning line, "milsil OOD score", class (lib/MilsilTrust.groovy).
     def trust = milsil.Trust.forRun(s, name, model.name, say)
     def r = C.measure(client, s, server, model, cells, name, say, trust)

@@ -89,6 +89,7 @@ def work = { milsil ->
             ') has no bounded receptive field; heatmaps need a BagNet model')
     }
     def say = { line -> println(line) }
+    Q.sayPrecision(model, name, say)
     Q.sayOutlineUnits(server, name, say)
     // Each region's familiarity: a warning line when the model cannot judge it, the "milsil OOD
     // score" measurement, the class "milsil: unlike training" (lib/MilsilTrust.groovy).

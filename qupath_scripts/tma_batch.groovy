@@ -87,7 +87,8 @@ def work = { milsil ->
     def results = []
     def skipped = []
     def say = { line -> println(line) }
-    if (S.flag(s, 'addHeatmap')) {
+    if (S.flag(s, 'addHeatmap')) {   // outlines from heatmaps (the classification is ClassifyBag's: exact)
+        Q.sayPrecision(model, name, say)
         Q.sayOutlineUnits(server, name, say)
     }
     // Each core's familiarity (its bag's): warning line, "milsil OOD score", class (lib/MilsilTrust.groovy).

@@ -467,7 +467,9 @@ class MilsilServer:
             options=options,
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelServicer(self.store, self.cache, max_bytes, config.max_model_mb * 2**20),
+            ModelServicer(
+                self.store, self.cache, max_bytes, config.max_model_mb * 2**20, config.precision
+            ),
             self.server,
         )
         inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(

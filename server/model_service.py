@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf import empty_pb2
 
 from milsil.errors import MilsilError
+from milsil.inference.precision import EXPECTED_MAX_LOGIT_DEVIATION
 from milsil.models import target_class_index
 from milsil.v1 import model_service_pb2, model_service_pb2_grpc
 
@@ -27,21 +28,30 @@ from .store import Store, new_id, parse_name, parse_page
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(
-        self, store: Store, cache: ModelCache, max_message_bytes: int, max_model_bytes: int
+        self,
+        store: Store,
+        cache: ModelCache,
+        max_message_bytes: int,
+        max_model_bytes: int,
+        precision: str = "exact",
     ) -> None:
         self.store, self.cache = store, cache
         self.max_message_bytes, self.max_model_bytes = max_message_bytes, max_model_bytes
+        self.precision = precision  # the server's heatmap mode, said with every model
+
+    def message(self, row: dict[str, Any]) -> model_service_pb2.Model:
+        return model_message(row, self.precision)
 
     def ListModels(self, request, context):
         limit, offset = parse_page(request.page_size, request.page_token)
         rows, more = self.store.list_models(limit, offset)
         return model_service_pb2.ListModelsResponse(
-            models=[model_message(r) for r in rows],
+            models=[self.message(r) for r in rows],
             next_page_token=page_token(offset, limit, more),
         )
 
     def GetModel(self, request, context):
-        return model_message(self.store.get_model(parse_name(request.name, "models")))
+        return self.message(self.store.get_model(parse_name(request.name, "models")))
 
     def DeleteModel(self, request, context):
         ident = parse_name(request.name, "models")
@@ -52,7 +62,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     def ExportModel(self, request, context):
         ident = parse_name(request.name, "models")
         size = export_chunk_size(request.chunk_size, self.max_message_bytes)
-        model = model_message(self.store.get_model(ident))
+        model = self.message(self.store.get_model(ident))
         for n, (offset, chunk) in enumerate(self.store.iter_model_file(ident, size)):
             if not context.is_active():
                 raise Cancelled("export cancelled by the client")
@@ -76,7 +86,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                 move=True,
                 label="the uploaded checkpoint (chunk_data)",
             )
-            return model_message(row)
+            return self.message(row)
         finally:
             Path(tmp).unlink(missing_ok=True)
 
@@ -97,7 +107,9 @@ def _receive(requests: Iterable[Any], fh: Any, max_bytes: int) -> Any:
     return first if total else None
 
 
-def model_message(row: dict[str, Any]) -> model_service_pb2.Model:
+def model_message(row: dict[str, Any], precision: str = "exact") -> model_service_pb2.Model:
+    """A registered model's message; ``precision``: the server's heatmap mode
+    (:data:`milsil.inference.precision.MODES`)."""
     return model_service_pb2.Model(
         name=f"models/{row['id']}",
         model_id=row["id"],
@@ -118,6 +130,8 @@ def model_message(row: dict[str, Any]) -> model_service_pb2.Model:
         familiarity_method=row.get("familiarity_method", ""),
         familiarity_threshold=row.get("familiarity_threshold", 0.0),
         stain_normalization=row.get("stain_normalization", ""),
+        heatmap_precision=precision,
+        expected_max_logit_deviation=EXPECTED_MAX_LOGIT_DEVIATION[precision],
     )
 
 

@@ -321,6 +321,9 @@ def test_a_bf16_server_computes_regions_and_slides_in_bfloat16(tmp_path):
             tmp_path / mode, device="cpu", precision=mode, slide_roots=(slides,)
         ) as server:
             client = MilsilClient(f"127.0.0.1:{server.port}", timeout=3 * WAIT)
+            model = client.get_model("models/tiny")  # every client learns the mode up front
+            assert model.heatmap_precision == mode
+            assert model.expected_max_logit_deviation == EXPECTED_MAX_LOGIT_DEVIATION[mode]
             heat[mode] = client.heatmap("models/tiny", image)
             slide[mode], _ = client.slide_heatmap("models/tiny", "s.tif", tissue_only=False)
             client.close()

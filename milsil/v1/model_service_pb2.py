@@ -26,7 +26,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmilsil/v1/model_service.proto\x12\tmilsil.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf9\x03\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0c\n\x04\x61rch\x18\x04 \x01(\t\x12\x0c\n\x04head\x18\x05 \x01(\t\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\x17\n\x0freceptive_field\x18\x08 \x01(\x05\x12\x12\n\npatch_size\x18\t \x01(\x05\x12\x12\n\nsource_job\x18\n \x01(\t\x12.\n\x07metrics\x18\x0b \x03(\x0b\x32\x1d.milsil.v1.Model.MetricsEntry\x12\x12\n\nsize_bytes\x18\x0c \x01(\x03\x12\x0e\n\x06sha256\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63ontext_pixels\x18\x0f \x01(\x05\x12\x14\n\x0ctarget_class\x18\x10 \x01(\t\x12\x1a\n\x12\x66\x61miliarity_method\x18\x11 \x01(\t\x12\x1d\n\x15\x66\x61miliarity_threshold\x18\x12 \x01(\x01\x12\x1b\n\x13stain_normalization\x18\x13 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.milsil.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\x12\x45xportModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\x05\"Z\n\x13\x45xportModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.milsil.v1.Model\x12\x12\n\nchunk_data\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"P\n\x12ImportModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\nchunk_data\x18\x03 \x01(\x0c\x32\xeb\x02\n\x0cModelService\x12I\n\nListModels\x12\x1c.milsil.v1.ListModelsRequest\x1a\x1d.milsil.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x1a.milsil.v1.GetModelRequest\x1a\x10.milsil.v1.Model\x12\x44\n\x0b\x44\x65leteModel\x12\x1d.milsil.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\x12N\n\x0b\x45xportModel\x12\x1d.milsil.v1.ExportModelRequest\x1a\x1e.milsil.v1.ExportModelResponse0\x01\x12@\n\x0bImportModel\x12\x1d.milsil.v1.ImportModelRequest\x1a\x10.milsil.v1.Model(\x01\x42$\n\rorg.milsil.v1B\x11ModelServiceProtoP\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmilsil/v1/model_service.proto\x12\tmilsil.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x04\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12\x0c\n\x04\x61rch\x18\x04 \x01(\t\x12\x0c\n\x04head\x18\x05 \x01(\t\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\x17\n\x0freceptive_field\x18\x08 \x01(\x05\x12\x12\n\npatch_size\x18\t \x01(\x05\x12\x12\n\nsource_job\x18\n \x01(\t\x12.\n\x07metrics\x18\x0b \x03(\x0b\x32\x1d.milsil.v1.Model.MetricsEntry\x12\x12\n\nsize_bytes\x18\x0c \x01(\x03\x12\x0e\n\x06sha256\x18\r \x01(\t\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63ontext_pixels\x18\x0f \x01(\x05\x12\x14\n\x0ctarget_class\x18\x10 \x01(\t\x12\x1a\n\x12\x66\x61miliarity_method\x18\x11 \x01(\t\x12\x1d\n\x15\x66\x61miliarity_threshold\x18\x12 \x01(\x01\x12\x1b\n\x13stain_normalization\x18\x13 \x01(\t\x12\x19\n\x11heatmap_precision\x18\x14 \x01(\t\x12$\n\x1c\x65xpected_max_logit_deviation\x18\x15 \x01(\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"O\n\x12ListModelsResponse\x12 \n\x06models\x18\x01 \x03(\x0b\x32\x10.milsil.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\"\n\x12\x44\x65leteModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"6\n\x12\x45xportModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\x05\"Z\n\x13\x45xportModelResponse\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.milsil.v1.Model\x12\x12\n\nchunk_data\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"P\n\x12ImportModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\nchunk_data\x18\x03 \x01(\x0c\x32\xeb\x02\n\x0cModelService\x12I\n\nListModels\x12\x1c.milsil.v1.ListModelsRequest\x1a\x1d.milsil.v1.ListModelsResponse\x12\x38\n\x08GetModel\x12\x1a.milsil.v1.GetModelRequest\x1a\x10.milsil.v1.Model\x12\x44\n\x0b\x44\x65leteModel\x12\x1d.milsil.v1.DeleteModelRequest\x1a\x16.google.protobuf.Empty\x12N\n\x0b\x45xportModel\x12\x1d.milsil.v1.ExportModelRequest\x1a\x1e.milsil.v1.ExportModelResponse0\x01\x12@\n\x0bImportModel\x12\x1d.milsil.v1.ImportModelRequest\x1a\x10.milsil.v1.Model(\x01\x42$\n\rorg.milsil.v1B\x11ModelServiceProtoP\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,23 +37,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODEL_METRICSENTRY']._loaded_options = None
   _globals['_MODEL_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_MODEL']._serialized_start=107
-  _globals['_MODEL']._serialized_end=612
-  _globals['_MODEL_METRICSENTRY']._serialized_start=566
-  _globals['_MODEL_METRICSENTRY']._serialized_end=612
-  _globals['_LISTMODELSREQUEST']._serialized_start=614
-  _globals['_LISTMODELSREQUEST']._serialized_end=672
-  _globals['_LISTMODELSRESPONSE']._serialized_start=674
-  _globals['_LISTMODELSRESPONSE']._serialized_end=753
-  _globals['_GETMODELREQUEST']._serialized_start=755
-  _globals['_GETMODELREQUEST']._serialized_end=786
-  _globals['_DELETEMODELREQUEST']._serialized_start=788
-  _globals['_DELETEMODELREQUEST']._serialized_end=822
-  _globals['_EXPORTMODELREQUEST']._serialized_start=824
-  _globals['_EXPORTMODELREQUEST']._serialized_end=878
-  _globals['_EXPORTMODELRESPONSE']._serialized_start=880
-  _globals['_EXPORTMODELRESPONSE']._serialized_end=970
-  _globals['_IMPORTMODELREQUEST']._serialized_start=972
-  _globals['_IMPORTMODELREQUEST']._serialized_end=1052
-  _globals['_MODELSERVICE']._serialized_start=1055
-  _globals['_MODELSERVICE']._serialized_end=1418
+  _globals['_MODEL']._serialized_end=677
+  _globals['_MODEL_METRICSENTRY']._serialized_start=631
+  _globals['_MODEL_METRICSENTRY']._serialized_end=677
+  _globals['_LISTMODELSREQUEST']._serialized_start=679
+  _globals['_LISTMODELSREQUEST']._serialized_end=737
+  _globals['_LISTMODELSRESPONSE']._serialized_start=739
+  _globals['_LISTMODELSRESPONSE']._serialized_end=818
+  _globals['_GETMODELREQUEST']._serialized_start=820
+  _globals['_GETMODELREQUEST']._serialized_end=851
+  _globals['_DELETEMODELREQUEST']._serialized_start=853
+  _globals['_DELETEMODELREQUEST']._serialized_end=887
+  _globals['_EXPORTMODELREQUEST']._serialized_start=889
+  _globals['_EXPORTMODELREQUEST']._serialized_end=943
+  _globals['_EXPORTMODELRESPONSE']._serialized_start=945
+  _globals['_EXPORTMODELRESPONSE']._serialized_end=1035
+  _globals['_IMPORTMODELREQUEST']._serialized_start=1037
+  _globals['_IMPORTMODELREQUEST']._serialized_end=1117
+  _globals['_MODELSERVICE']._serialized_start=1120
+  _globals['_MODELSERVICE']._serialized_end=1483
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Model(_message.Message):
-    __slots__ = ("name", "model_id", "display_name", "arch", "head", "width", "class_names", "receptive_field", "patch_size", "source_job", "metrics", "size_bytes", "sha256", "create_time", "context_pixels", "target_class", "familiarity_method", "familiarity_threshold", "stain_normalization")
+    __slots__ = ("name", "model_id", "display_name", "arch", "head", "width", "class_names", "receptive_field", "patch_size", "source_job", "metrics", "size_bytes", "sha256", "create_time", "context_pixels", "target_class", "familiarity_method", "familiarity_threshold", "stain_normalization", "heatmap_precision", "expected_max_logit_deviation")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,8 @@ class Model(_message.Message):
     FAMILIARITY_METHOD_FIELD_NUMBER: _ClassVar[int]
     FAMILIARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     STAIN_NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    HEATMAP_PRECISION_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_MAX_LOGIT_DEVIATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_id: str
     display_name: str
@@ -57,7 +59,9 @@ class Model(_message.Message):
     familiarity_method: str
     familiarity_threshold: float
     stain_normalization: str
-    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., display_name: _Optional[str] = ..., arch: _Optional[str] = ..., head: _Optional[str] = ..., width: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., receptive_field: _Optional[int] = ..., patch_size: _Optional[int] = ..., source_job: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context_pixels: _Optional[int] = ..., target_class: _Optional[str] = ..., familiarity_method: _Optional[str] = ..., familiarity_threshold: _Optional[float] = ..., stain_normalization: _Optional[str] = ...) -> None: ...
+    heatmap_precision: str
+    expected_max_logit_deviation: float
+    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., display_name: _Optional[str] = ..., arch: _Optional[str] = ..., head: _Optional[str] = ..., width: _Optional[int] = ..., class_names: _Optional[_Iterable[str]] = ..., receptive_field: _Optional[int] = ..., patch_size: _Optional[int] = ..., source_job: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context_pixels: _Optional[int] = ..., target_class: _Optional[str] = ..., familiarity_method: _Optional[str] = ..., familiarity_threshold: _Optional[float] = ..., stain_normalization: _Optional[str] = ..., heatmap_precision: _Optional[str] = ..., expected_max_logit_deviation: _Optional[float] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")

@@ -277,6 +277,23 @@ class MilsilQuPath {
         return Double.isNaN(um) || Double.isInfinite(um) || um <= 0 ? 0d : um
     }
 
+    /**
+     * One line when the server computes heatmaps in a fast mode (the model's
+     * `heatmap_precision`: "tf32" or "bf16", from `milsil serve --tf32` or `--bf16`): the
+     * outlines, cell scores and probability tiles then come from logits within about
+     * `expected_max_logit_deviation` of exact. Nothing when exact, or from a server too old
+     * to say.
+     */
+    static void sayPrecision(Map model, String name, Closure log) {
+        Object mode = model.get('heatmap_precision')
+        if (mode == null || mode.toString() in ['', 'exact']) {
+            return
+        }
+        double deviation = ((Number) model.get('expected_max_logit_deviation')).doubleValue()
+        MilsilProgress.say(log, 'milsil: ' + name + ': the server computes heatmaps in fast mode ' + mode +
+            ' (logits within about ' + String.format(Locale.ROOT, '%.1e', deviation) + ' of exact)')
+    }
+
     /** One line when the image has no pixel calibration: its outline settings are pixels. */
     static void sayOutlineUnits(Object server, String name, Closure log) {
         if (pixelSizeMicrons(server) == 0d) {
