@@ -87,7 +87,7 @@ def work = { milsil ->
     def results = []
     def skipped = []
     def say = { line -> println(line) }
-    if (S.flag(s, 'addHeatmap')) {   // outlines from heatmaps (the classification is ClassifyBag's: exact)
+    if (S.flag(s, 'addHeatmap')) {   // outlines from heatmaps (the classification is ClassifyBag's: float32, never bfloat16)
         Q.sayPrecision(model, name, say)
         Q.sayOutlineUnits(server, name, say)
     }

@@ -20,6 +20,7 @@ from milsil.data.images import to_tensor
 from milsil.data.stain import apply_stain, bag_stain
 from milsil.errors import MilsilError
 from milsil.inference.familiarity import FamiliarityScore, Stopped, bag_familiarity, bag_pass
+from milsil.inference.precision import fp32_precision, mode_arithmetic
 from milsil.v1 import inference_service_pb2
 
 from .auth import client_of
@@ -35,7 +36,8 @@ def classify_bag_rpc(res: Resources, requests: Iterable[Any], context: Any) -> A
     model.check_tiles(tiles)  # a malformed bag never waits for, or takes, a compute slot
     with res.slots.acquire(context.is_active, client_of(context), context.peer()) as device:
         on_device = res.on_device(model, device)
-        result = classify_tiles(on_device, tiles, context.is_active)
+        precision, _ = mode_arithmetic(res.precision)  # float32 always: bf16 is for heatmaps
+        result = classify_tiles(on_device, tiles, context.is_active, precision=precision)
     judged = bag_familiarity(model, tiles, result["distances"])  # from the same pass
     tile_scores, bag = judged if judged is not None else ([None] * len(tiles), None)
     warn_unlike(f"ClassifyBag models/{ident} bag of {len(tiles)} tiles", bag)
@@ -94,19 +96,26 @@ def classify_bag_response(
 
 
 def classify_tiles(
-    model: torch.nn.Module, tiles: list[np.ndarray], is_active: Callable[[], bool], chunk: int = 64
+    model: torch.nn.Module,
+    tiles: list[np.ndarray],
+    is_active: Callable[[], bool],
+    chunk: int = 64,
+    precision: str = "exact",
 ) -> dict[str, object]:
-    """SIL (per tile) and MIL (bag) logits/probabilities of one bag of equally sized tiles."""
+    """SIL (per tile) and MIL (bag) logits/probabilities of one bag of equally sized tiles,
+    in float32 under :func:`~milsil.inference.precision.fp32_precision` (``precision``:
+    the server's float32 mode, exact unless ``--tf32``)."""
     model.check_tiles(tiles)  # the library's one check (classify_bag_rpc makes it early too)
     device = next(model.parameters()).device
     mean, std = model.normalization
     stain = bag_stain(model, tiles)  # the bag is one region (milsil.data.stain)
     result: dict[str, object] = {"attention": [], "distances": None}
-    with torch.inference_mode():
+    with torch.inference_mode(), fp32_precision(precision):
         if hasattr(model, "patch_features") and hasattr(model, "fc"):
             # One backbone pass: the classifier's features and the windows' familiarity.
             try:
-                passed = bag_pass(model, tiles, stain, chunk, lambda: not is_active())
+                stop = lambda: not is_active()  # noqa: E731
+                passed = bag_pass(model, tiles, stain, chunk, stop, precision)
             except Stopped:
                 raise Cancelled(
                     "request cancelled or deadline exceeded; classification stopped"

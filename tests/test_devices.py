@@ -344,6 +344,29 @@ def test_a_bf16_server_computes_regions_and_slides_in_bfloat16(tmp_path):
         build_server(ServerConfig(port=0, data_dir=tmp_path / "x", precision="fp8"))
 
 
+def test_classify_bag_runs_in_the_servers_float32_mode(tmp_path, monkeypatch):
+    """ClassifyBag is float32 in every mode: TF32 on a --tf32 server, exact otherwise (a
+    --bf16 server's bags too: bfloat16 is for heatmaps)."""
+    from milsil.models.mil import MilSilNet
+
+    seen: list[str] = []
+    original = MilSilNet.feature_map
+
+    def feature_map(self, x):
+        seen.append(torch.backends.cudnn.conv.fp32_precision)
+        return original(self, x)
+
+    monkeypatch.setattr(MilSilNet, "feature_map", feature_map)
+    tiles = [_image(7, side=32)] * 2
+    for mode, inside in (("exact", "ieee"), ("tf32", "tf32"), ("bf16", "ieee")):
+        seen.clear()
+        with _server(tmp_path / mode, device="cpu", precision=mode) as server:
+            client = MilsilClient(f"127.0.0.1:{server.port}", timeout=3 * WAIT)
+            assert len(client.classify_bag("models/tiny", tiles).tiles) == 2
+            client.close()
+        assert seen and set(seen) == {inside}, (mode, seen)
+
+
 def test_serve_refuses_two_fast_modes(tmp_path, capsys):
     args = ["serve", "--tf32", "--bf16", "--port", "0", "--data-dir", str(tmp_path / "d")]
     assert cli_main(args) != 0

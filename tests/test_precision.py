@@ -71,3 +71,24 @@ def test_the_default_is_exact_and_an_error_inside_restores(caller_flags):
     exact = heatmap.logit_heatmap(_model(), image)
     fast = heatmap.logit_heatmap(_model(), image, precision="tf32")
     assert torch.equal(exact, fast)  # a CPU has no TF32: both are float32
+
+
+@pytest.mark.parametrize(("precision", "inside"), [("exact", "ieee"), ("tf32", "tf32")])
+def test_a_bags_backbone_pass_runs_in_its_mode_too(caller_flags, precision, inside):
+    """ClassifyBag's pass (bag_pass: pooled features and familiarity from one feature map)
+    is not a dense heatmap pass, and was run under CUDA's defaults (TF32 on) before."""
+    from milsil.inference.familiarity import bag_pass
+
+    model, seen = _model(), []
+    original = model.feature_map
+
+    def feature_map(x):
+        seen.append([f.fp32_precision for f in FLAGS])
+        return original(x)
+
+    model.feature_map = feature_map
+    tiles = [np.zeros((24, 24, 3), np.uint8)] * 3
+    passed = bag_pass(model, tiles, chunk=2, precision=precision)
+    assert passed.features.shape[0] == 3
+    assert seen == [[inside, inside]] * 2  # two chunks, each in the mode
+    assert [f.fp32_precision for f in FLAGS] == caller_flags

@@ -30,6 +30,7 @@ import torch
 from milsil.data.appearance import appearance_sums
 from milsil.errors import MilsilError
 from milsil.inference.heatmap import iter_logit_bands
+from milsil.inference.precision import fp32_precision
 from milsil.inference.tiling import Band
 from milsil.models.familiarity import model_familiarity
 from milsil.models.mil import ConfiguredModel
@@ -195,11 +196,14 @@ def bag_pass(
     stain: object = None,
     chunk: int = 64,
     should_stop: Callable[[], bool] | None = None,
+    precision: str = "exact",
 ) -> BagPass:
     """The features and (with a reference) window distances of uint8 tiles ``[h, w, 3]`` of
     one size, ``chunk`` tiles a pass, under the bag's ``stain`` transform
     (:func:`milsil.data.stain.bag_stain`); ``should_stop`` is polled between chunks and a
-    stop raises :class:`Stopped`. Needs a model with per-window features (a BagNet)."""
+    stop raises :class:`Stopped`. Each pass runs under :func:`~milsil.inference.precision.
+    fp32_precision` (``precision``: exact by default, so CUDA's default TF32 never applies
+    unasked). Needs a model with per-window features (a BagNet)."""
     from milsil.data import to_tensor
     from milsil.data.stain import apply_stain
 
@@ -213,10 +217,12 @@ def bag_pass(
             if should_stop is not None and should_stop():
                 raise Stopped("stopped between chunks of a bag")
             x = to_tensor(apply_stain(np.stack(tiles[k : k + chunk]), stain), mean, std)
-            maps = model.feature_map(x.to(device))  # [n, D, h, w]
-            features.append(maps.mean(dim=(2, 3)).float())
-            if reference is not None:
-                distances.append(reference.distances(reference.project(maps, dim=1), dim=1).cpu())
+            with fp32_precision(precision):
+                maps = model.feature_map(x.to(device))  # [n, D, h, w]
+                features.append(maps.mean(dim=(2, 3)).float())
+                if reference is not None:
+                    d = reference.distances(reference.project(maps, dim=1), dim=1)
+                    distances.append(d.cpu())
     return BagPass(torch.cat(features), torch.cat(distances) if distances else None)
 
 

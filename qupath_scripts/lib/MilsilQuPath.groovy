@@ -289,9 +289,11 @@ class MilsilQuPath {
         if (mode == null || mode.toString() in ['', 'exact']) {
             return
         }
-        double deviation = ((Number) model.get('expected_max_logit_deviation')).doubleValue()
-        MilsilProgress.say(log, 'milsil: ' + name + ': the server computes heatmaps in fast mode ' + mode +
-            ' (logits within about ' + String.format(Locale.ROOT, '%.1e', deviation) + ' of exact)')
+        Object deviation = model.get('expected_max_logit_deviation')
+        String cost = deviation instanceof Number && ((Number) deviation).doubleValue() > 0d ?
+            ' (logits within about ' + String.format(Locale.ROOT, '%.1e', ((Number) deviation).doubleValue()) +
+                ' of exact)' : ''
+        MilsilProgress.say(log, 'milsil: ' + name + ': the server computes heatmaps in fast mode ' + mode + cost)
     }
 
     /** One line when the image has no pixel calibration: its outline settings are pixels. */
