@@ -102,10 +102,10 @@ def classify_tiles(
     chunk: int = 64,
     precision: str = "exact",
 ) -> dict[str, object]:
-    """SIL (per tile) and MIL (bag) logits/probabilities of one bag of equally sized tiles,
-    in float32 under :func:`~milsil.inference.precision.fp32_precision` (``precision``:
-    the server's float32 mode, exact unless ``--tf32``)."""
-    model.check_tiles(tiles)  # the library's one check (classify_bag_rpc makes it early too)
+    """SIL (per tile) and MIL (bag) logits/probabilities of one bag of equally sized tiles
+    (checked by the caller: ``model.check_tiles``, before it takes a compute slot), in
+    float32 under :func:`~milsil.inference.precision.fp32_precision` (``precision``: the
+    server's float32 mode, exact unless ``--tf32``)."""
     device = next(model.parameters()).device
     mean, std = model.normalization
     stain = bag_stain(model, tiles)  # the bag is one region (milsil.data.stain)

@@ -97,9 +97,7 @@ def _measure_objects(res: Resources, inbox: Inbox, context: Any) -> Iterator[Any
                 for event in stream.events(tiles):
                     if isinstance(event, Computed):
                         accumulator.add_band(event.row0, event.logits)
-                        if event.distance is not None:
-                            judge.add(event.distance)
-                            judge.add_appearance(event.appearance)
+                        event.judge(judge)
             finally:
                 stream.close()
             if slide is not None:

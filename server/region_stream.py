@@ -33,7 +33,11 @@ import numpy as np
 import torch
 
 from milsil.errors import MilsilError, compact
-from milsil.inference.familiarity import band_appearance, piece_appearance
+from milsil.inference.familiarity import (
+    FamiliarityAccumulator,
+    band_appearance,
+    piece_appearance,
+)
 from milsil.inference.heatmap import (
     TILE_ACTIVATION_BUDGET,
     band_logits,
@@ -152,6 +156,13 @@ class Computed:
     def distance(self) -> torch.Tensor | None:
         """``[rows, cols]`` per-sample distance, or None (the stream computes none)."""
         return self.values[self.classes] if self.values.shape[0] > self.classes else None
+
+    def judge(self, accumulator: FamiliarityAccumulator) -> None:
+        """Count this band in a region's familiarity: its samples' distances and its
+        pixels' appearance (nothing when the stream computes no distance)."""
+        if self.distance is not None:
+            accumulator.add(self.distance)
+            accumulator.add_appearance(self.appearance)
 
 
 # --------------------------------------------------------------------------- streaming

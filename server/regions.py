@@ -95,9 +95,8 @@ def heatmap_rpc(res: Resources, requests: Iterable[Any], context: Any) -> Iterat
                     replies = TileReplies(stream)
                     judge = FamiliarityAccumulator(region.model)
                     for event in events:
-                        if isinstance(event, Computed) and event.distance is not None:
-                            judge.add(event.distance)
-                            judge.add_appearance(event.appearance)
+                        if isinstance(event, Computed):
+                            event.judge(judge)
                         for index, samples, block in replies.handle(event):
                             tile = region_tile(
                                 index,
@@ -161,9 +160,7 @@ def _annotate(res: Resources, inbox: Inbox, context: Any) -> Any:
                     probs, logits = class_maps(event.logits, settings.class_index)
                     values = probs if settings.probability else logits
                     outlines.add(values, {"probability": probs, "logit": logits})
-                    if event.distance is not None:
-                        judge.add(event.distance)
-                        judge.add_appearance(event.appearance)
+                    event.judge(judge)
         finally:
             stream.close()
     if not context.is_active():
